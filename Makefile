@@ -1,0 +1,78 @@
+# llmux build. Variable names follow LuaRocks so `luarocks make` can pass its own values.
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+PKG_CONFIG  ?= pkg-config
+PKGS        := lua$(LUA_VERSION) libcurl libpng
+LUA_INCDIR  ?= $(shell $(PKG_CONFIG) --variable=includedir lua$(LUA_VERSION) 2>/dev/null)/lua$(LUA_VERSION)
+CC          ?= cc
+CFLAGS      ?= -O2 -g
+WARN        := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
+DEPCFLAGS   := $(shell $(PKG_CONFIG) --cflags libcurl libpng 2>/dev/null)
+DEPLIBS     := $(shell $(PKG_CONFIG) --libs libcurl libpng 2>/dev/null) -lpthread
+LIBFLAG     ?= -shared
+PREFIX      ?= /usr/local
+INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BUILD       ?= build
+
+SRCS := $(wildcard src/*.c)
+OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+CORE := $(BUILD)/llmux/core.so
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) -I$(LUA_INCDIR) \
+             $(DEPCFLAGS) $(CFLAGS)
+
+# Debian packages the build, tests, demo and bench need.
+DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev libpng-dev pkg-config \
+            lua-busted nginx-extras openssl make gcc
+export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
+export LUA_CPATH := ./$(BUILD)/?.so;;
+BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
+
+.PHONY: all deps test demo bench asan install clean
+all: $(CORE)
+
+$(BUILD)/obj/%.o: src/%.c src/*.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(CORE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(CFLAGS) $(LDFLAGS) -o $@ $(OBJS) $(DEPLIBS)
+
+# Installs only what is missing, so a set-up machine pays one dpkg query.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: deps
+	$(MAKE) all
+	$(BUSTED) tests
+
+demo: deps
+	$(MAKE) all
+	$(LUA) tests/helpers/demo.lua
+
+bench: deps
+	$(MAKE) all
+	$(LUA) tests/bench/bench.lua
+
+asan: deps
+	$(MAKE) BUILD=build-asan CC=gcc CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=address,undefined" all
+	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
+
+install: $(CORE)
+	install -d $(DESTDIR)$(INST_LIBDIR)/llmux $(DESTDIR)$(INST_LUADIR)/llmux
+	install -m 755 $(CORE) $(DESTDIR)$(INST_LIBDIR)/llmux/core.so
+	install -m 644 lua/llmux.lua $(DESTDIR)$(INST_LUADIR)/llmux.lua
+	install -m 644 lua/llmux/*.lua $(DESTDIR)$(INST_LUADIR)/llmux/
+
+clean:
+	rm -rf build build-asan
