@@ -1,0 +1,72 @@
+/* luaopen_llmux_core: builds the classes and module functions of llmux.core. */
+#include <time.h>
+#include "llmux.h"
+
+double lmx_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Maps a finished transfer's curl code to llmux's closed code set (DESIGN.md section 3).
+ * Returns NULL for success. Anything that looks like a broken connection is "connect", so the
+ * retry policy treats it as a transport failure. */
+const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled) {
+  if (cancelled) return "cancelled";
+  if (toolarge) return "toolarge";
+  switch (cc) {
+    case CURLE_OK: return NULL;
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
+    case CURLE_FILESIZE_EXCEEDED: return "toolarge";
+    case CURLE_PARTIAL_FILE: return "truncated";
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CRL_BADFILE: case CURLE_USE_SSL_FAILED: case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_CLIENTCERT:
+      return "tls";
+    default: return "connect";
+  }
+}
+
+/* core.now() -> monotonic seconds */
+static int core_now(lua_State *L) {
+  lua_pushnumber(L, lmx_now());
+  return 1;
+}
+
+/* core.sleep(s): plain nanosleep, for drivers that have nothing to poll */
+static int core_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  if (s > 0) {
+    struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0) {}
+  }
+  return 0;
+}
+
+LMX_API int luaopen_llmux_core(lua_State *L);
+LMX_API int luaopen_llmux_core(lua_State *L) {
+  static int inited = 0;
+  if (!inited) {
+    /* curl_global_init is not reentrant before 7.84; the module loads once per process in
+     * practice, and a failure here is reported rather than ignored. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      return luaL_error(L, "llmux: curl_global_init failed");
+    inited = 1;
+  }
+  lua_newtable(L);
+  lmx_multi_open(L);
+  lmx_request_open(L);
+  lua_pushcfunction(L, core_now);
+  lua_setfield(L, -2, "now");
+  lua_pushcfunction(L, core_sleep);
+  lua_setfield(L, -2, "sleep");
+  lua_pushliteral(L, LMX_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lua_pushstring(L, curl_version());
+  lua_setfield(L, -2, "curl_version");
+  return 1;
+}

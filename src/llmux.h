@@ -1,0 +1,78 @@
+/* llmux internal header: shared types and helpers of the C core.
+ * Only luaopen_llmux_core is exported (LMX_API); everything else is hidden. */
+#ifndef LLMUX_H
+#define LLMUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <curl/curl.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "buf.h"
+
+#define LMX_API __attribute__((visibility("default")))
+#define LMX_VERSION "0.1.0"
+
+#define LMX_MULTI "llmux.Multi"
+#define LMX_REQUEST "llmux.Request"
+
+/* Easy handles kept for reuse by a Multi, so steady load allocates little. */
+#define LMX_FREE_EASY 128
+
+typedef struct lmx_Multi lmx_Multi;
+typedef struct lmx_Request lmx_Request;
+
+typedef enum { LMX_R_RUNNING, LMX_R_DONE, LMX_R_CLOSED } lmx_RState;
+
+struct lmx_Request {
+  lmx_RState state;
+  CURL *easy;                 /* owned while running; back to the Multi's free list after */
+  lmx_Multi *multi;           /* set while attached (running or queued), cleared both ways */
+  lmx_Request *prev, *next;   /* the Multi's list of attached requests */
+  lmx_Request *qnext;         /* completion queue link */
+  int queued;                 /* in the completion queue */
+  int toolarge, cancelled, closed_by_multi;
+  struct curl_slist *hdrs;
+  lmx_Buf body;               /* response body */
+  lmx_Buf head;               /* raw header lines of the last response only */
+  size_t max_bytes;           /* 0: no cap */
+  CURLcode cc;
+  long status, httpver, conn_id;
+  int reused;
+  curl_off_t t_total, t_namelookup, t_connect, t_appconnect, t_start; /* microseconds */
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+struct lmx_Multi {
+  CURLM *cm;
+  CURLSH *sh;
+  int epfd, tfd;              /* epoll set of curl's sockets + a timerfd for curl's timer */
+  int stepping, closed;
+  int running;                /* transfers in flight */
+  long timer_ms;              /* curl's last timer request, -1 when none */
+  double timer_due;           /* monotonic seconds when curl wants a timeout action */
+  lmx_Request *attached;      /* running and queued requests */
+  lmx_Request *qhead, *qtail; /* completion queue */
+  CURL *free_easy[LMX_FREE_EASY];
+  int nfree;
+  uint64_t done, connects;    /* counters for stats() */
+};
+
+double lmx_now(void);
+const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
+
+/* multi.c */
+void lmx_multi_open(lua_State *L);
+CURL *lmx_multi_easy(lmx_Multi *m);
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy);
+void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex);
+void lmx_multi_attach(lmx_Multi *m, lmx_Request *r);
+void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);
+
+/* request.c */
+void lmx_request_open(lua_State *L);
+lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
+void lmx_request_finish(lmx_Request *r, CURLcode cc);
+
+#endif

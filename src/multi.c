@@ -1,0 +1,349 @@
+/* The Multi: one CURLM driven through curl's socket interface and an epoll set, plus a share
+ * handle for DNS and TLS sessions. It is pollable (pollfd/timeout/step/next) and never calls
+ * Lua from a curl callback: callbacks only touch C state, finished requests go to a queue that
+ * Lua drains with next(). */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+#include "llmux.h"
+
+#define LMX_EVENTS 64
+
+static lmx_Multi *checkmulti(lua_State *L, int i) {
+  lmx_Multi *m = luaL_checkudata(L, i, LMX_MULTI);
+  if (m->closed) luaL_error(L, "attempt to use a closed llmux.Multi");
+  return m;
+}
+
+/* curl tells which socket to watch for what. socketp marks sockets already in the epoll set. */
+static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  lmx_Multi *m = userp;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    /* the socket may already be closed (epoll dropped it then): ignore the error */
+    if (socketp) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    curl_multi_assign(m->cm, s, NULL);
+    return 0;
+  }
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.data.fd = s;
+  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+  int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (epoll_ctl(m->epfd, op, s, &ev) != 0) {
+    if (errno == ENOENT) epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev);
+    else if (errno == EEXIST) epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev);
+  }
+  if (!socketp) curl_multi_assign(m->cm, s, m);
+  return 0;
+}
+
+/* curl asks for a timeout action in timeout_ms (-1: none). Only recorded: step() waits no
+ * longer than this and timeout() reports it, so no syscall is spent per update. */
+static int multi_timercb(CURLM *cm, long timeout_ms, void *userp) {
+  lmx_Multi *m = userp;
+  (void)cm;
+  m->timer_ms = timeout_ms;
+  m->timer_due = timeout_ms < 0 ? -1.0 : lmx_now() + (double)timeout_ms / 1000.0;
+  return 0;
+}
+
+CURL *lmx_multi_easy(lmx_Multi *m) {
+  if (m->nfree > 0) return m->free_easy[--m->nfree];
+  return curl_easy_init();
+}
+
+/* Takes ownership of an easy handle that is no longer in the multi. */
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy) {
+  if (!m->closed && m->nfree < LMX_FREE_EASY) {
+    curl_easy_reset(easy);
+    m->free_easy[m->nfree++] = easy;
+  } else {
+    curl_easy_cleanup(easy);
+  }
+}
+
+static void unqueue(lmx_Multi *m, lmx_Request *r) {
+  lmx_Request **pp = &m->qhead, *prev = NULL;
+  while (*pp && *pp != r) { prev = *pp; pp = &(*pp)->qnext; }
+  if (*pp) {
+    *pp = r->qnext;
+    if (m->qtail == r) m->qtail = prev;
+  }
+  r->qnext = NULL;
+  r->queued = 0;
+}
+
+void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r) {
+  r->qnext = NULL;
+  if (m->qtail) m->qtail->qnext = r; else m->qhead = r;
+  m->qtail = r;
+  r->queued = 1;
+}
+
+/* Unlinks r from m: list, queue and the strong reference in m's uservalue (when m's userdata is
+ * at mindex; 0 skips that, for callers inside finalizers). Clears r->multi. */
+void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex) {
+  if (r->queued) unqueue(m, r);
+  if (r->prev) r->prev->next = r->next; else if (m->attached == r) m->attached = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+  r->multi = NULL;
+  if (mindex) {
+    lua_getiuservalue(L, mindex, 1);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, r);
+    lua_pop(L, 1);
+  }
+}
+
+void lmx_multi_attach(lmx_Multi *m, lmx_Request *r) {
+  r->multi = m;
+  r->prev = NULL;
+  r->next = m->attached;
+  if (m->attached) m->attached->prev = r;
+  m->attached = r;
+}
+
+static int getintfield(lua_State *L, int t, const char *k, long dflt, long lo, long hi) {
+  int ty = lua_getfield(L, t, k);
+  long v = dflt;
+  if (ty != LUA_TNIL) {
+    int ok;
+    lua_Integer i = lua_tointegerx(L, -1, &ok);
+    if (!ok || i < lo || i > hi)
+      luaL_error(L, "llmux.multi: option '%s' must be an integer in [%d, %d]", k, (int)lo, (int)hi);
+    v = (long)i;
+  }
+  lua_pop(L, 1);
+  return (int)v;
+}
+
+/* core.multi([opts]) -> Multi.  opts: max_host_connections, max_total_connections,
+ * max_connects (connection cache size), max_concurrent_streams (per HTTP/2 connection). */
+static int multi_new(lua_State *L) {
+  static const char *const known[] = { "max_host_connections", "max_total_connections",
+                                       "max_connects", "max_concurrent_streams", NULL };
+  int hasopts = !lua_isnoneornil(L, 1);
+  if (hasopts) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      int i = 0;
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      while (k && known[i] && strcmp(known[i], k) != 0) i++;
+      if (!k || !known[i])
+        return luaL_error(L, "llmux.multi: unknown option '%s'", k ? k : luaL_typename(L, -2));
+      lua_pop(L, 1);
+    }
+  } else {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  long host = getintfield(L, 1, "max_host_connections", 0, 0, 100000);
+  long total = getintfield(L, 1, "max_total_connections", 0, 0, 100000);
+  long cache = getintfield(L, 1, "max_connects", 256, 1, 100000);
+  long streams = getintfield(L, 1, "max_concurrent_streams", 100, 1, 2147483647);
+
+  /* closed first: a failure below leaves an object __gc can skip */
+  lmx_Multi *m = lua_newuserdatauv(L, sizeof *m, 1);
+  memset(m, 0, sizeof *m);
+  m->closed = 1;
+  m->epfd = -1;
+  luaL_setmetatable(L, LMX_MULTI);
+  lua_newtable(L);              /* requests in flight or queued, keyed by their C pointer */
+  lua_setiuservalue(L, -2, 1);
+
+  m->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (m->epfd < 0) return luaL_error(L, "llmux.multi: epoll_create1: %s", strerror(errno));
+  m->cm = curl_multi_init();
+  m->sh = curl_share_init();
+  if (!m->cm || !m->sh) {
+    if (m->cm) curl_multi_cleanup(m->cm);
+    if (m->sh) curl_share_cleanup(m->sh);
+    close(m->epfd);
+    return luaL_error(L, "llmux.multi: out of memory");
+  }
+  /* Connections are pooled by the multi itself (that pool is what HTTP/2 multiplexing uses);
+   * the share adds the DNS cache and TLS session resumption across easy handles. */
+  curl_share_setopt(m->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  curl_share_setopt(m->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  curl_multi_setopt(m->cm, CURLMOPT_SOCKETFUNCTION, multi_sockcb);
+  curl_multi_setopt(m->cm, CURLMOPT_SOCKETDATA, m);
+  curl_multi_setopt(m->cm, CURLMOPT_TIMERFUNCTION, multi_timercb);
+  curl_multi_setopt(m->cm, CURLMOPT_TIMERDATA, m);
+  curl_multi_setopt(m->cm, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  curl_multi_setopt(m->cm, CURLMOPT_MAX_HOST_CONNECTIONS, host);
+  curl_multi_setopt(m->cm, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
+  curl_multi_setopt(m->cm, CURLMOPT_MAXCONNECTS, cache);
+  curl_multi_setopt(m->cm, CURLMOPT_MAX_CONCURRENT_STREAMS, streams);
+  m->timer_ms = -1;
+  m->timer_due = -1.0;
+  m->closed = 0;
+  return 1;
+}
+
+/* m:request(spec) -> Request: starts a transfer (see request.c for spec) */
+static int multi_request(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  if (m->stepping) return luaL_error(L, "llmux.Multi: request() during step()");
+  lmx_request_start(L, m, 1, 2);
+  return 1;
+}
+
+/* m:pollfd() -> fd: an epoll fd, readable when a transfer's socket has work */
+static int multi_pollfd(lua_State *L) {
+  lua_pushinteger(L, checkmulti(L, 1)->epfd);
+  return 1;
+}
+
+/* m:timeout() -> seconds | nil: when step() is due even without socket activity;
+ * 0 when completions are queued, nil when nothing is due */
+static int multi_timeout(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  if (m->qhead) lua_pushnumber(L, 0);
+  else if (m->timer_due < 0) lua_pushnil(L);
+  else {
+    double d = m->timer_due - lmx_now();
+    lua_pushnumber(L, d > 0 ? d : 0);
+  }
+  return 1;
+}
+
+static void drain(lmx_Multi *m) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(m->cm, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    CURL *e = msg->easy_handle;
+    CURLcode cc = msg->data.result;   /* copied: msg dies with remove_handle */
+    lmx_Request *r = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+    if (r) lmx_request_finish(r, cc);
+  }
+}
+
+/* m:step([t]) -> queued: waits at most t seconds (default 0) for socket activity, performs the
+ * due transfers' work and queues the finished ones. Never raises for network errors. */
+static int multi_step(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  double t = luaL_optnumber(L, 2, 0);
+  if (m->stepping) return luaL_error(L, "llmux.Multi: step() is not re-entrant");
+  m->stepping = 1;
+  double now = lmx_now(), wait = t;
+  if (m->qhead) wait = 0;
+  if (m->timer_due >= 0 && m->timer_due - now < wait) wait = m->timer_due - now;
+  if (wait < 0 || wait != wait) wait = 0;
+  int ms = wait > 86400.0 ? 86400000 : (int)ceil(wait * 1000.0);
+  struct epoll_event evs[LMX_EVENTS];
+  int n = epoll_wait(m->epfd, evs, LMX_EVENTS, ms);
+  int running = 0;
+  for (int i = 0; i < n; i++) {
+    uint32_t ev = evs[i].events;
+    int flags = ((ev & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
+                ((ev & EPOLLOUT) ? CURL_CSELECT_OUT : 0) | ((ev & EPOLLERR) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(m->cm, evs[i].data.fd, flags, &running);
+  }
+  if (m->timer_due >= 0 && lmx_now() >= m->timer_due) {
+    m->timer_due = -1.0;
+    curl_multi_socket_action(m->cm, CURL_SOCKET_TIMEOUT, 0, &running);
+  }
+  drain(m);
+  m->stepping = 0;
+  int q = 0;
+  for (lmx_Request *r = m->qhead; r; r = r->qnext) q++;
+  lua_pushinteger(L, q);
+  return 1;
+}
+
+/* m:next() -> Request | nil: pops one finished request; the Multi no longer holds it */
+static int multi_next(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  lmx_Request *r = m->qhead;
+  if (!r) return 0;
+  lua_getiuservalue(L, 1, 1);
+  lua_rawgetp(L, -1, r);
+  lmx_multi_detach(L, m, r, 1);
+  lua_pushnil(L);               /* drop the request's own reference to the Multi */
+  lua_setiuservalue(L, -2, 2);
+  return 1;
+}
+
+/* m:empty() -> true when nothing is in flight and nothing is queued */
+static int multi_empty(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  lua_pushboolean(L, m->running == 0 && m->qhead == NULL);
+  return 1;
+}
+
+/* m:stats() -> {running, queued, done, connects, free_easy} */
+static int multi_stats(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  int q = 0;
+  for (lmx_Request *r = m->qhead; r; r = r->qnext) q++;
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, m->running); lua_setfield(L, -2, "running");
+  lua_pushinteger(L, q); lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, (lua_Integer)m->done); lua_setfield(L, -2, "done");
+  lua_pushinteger(L, (lua_Integer)m->connects); lua_setfield(L, -2, "connects");
+  lua_pushinteger(L, m->nfree); lua_setfield(L, -2, "free_easy");
+  return 1;
+}
+
+/* m:close() / __gc / __close: aborts transfers in flight (their result says "closed"), frees
+ * curl and the epoll fd. Idempotent; never raises from __gc. */
+static int multi_close(lua_State *L) {
+  lmx_Multi *m = luaL_checkudata(L, 1, LMX_MULTI);
+  if (m->closed) return 0;
+  if (m->stepping) return luaL_error(L, "llmux.Multi: close() during step()");
+  m->closed = 1;   /* from here release_easy cleans up instead of pooling */
+  while (m->attached) {
+    lmx_Request *r = m->attached;
+    if (r->state == LMX_R_RUNNING) {
+      r->closed_by_multi = 1;
+      lmx_request_finish(r, CURLE_ABORTED_BY_CALLBACK);
+    }
+    lmx_multi_detach(L, m, r, 0);
+  }
+  m->qhead = m->qtail = NULL;
+  for (int i = 0; i < m->nfree; i++) curl_easy_cleanup(m->free_easy[i]);
+  m->nfree = 0;
+  curl_multi_cleanup(m->cm);
+  curl_share_cleanup(m->sh);
+  m->cm = NULL;
+  m->sh = NULL;
+  if (m->epfd >= 0) close(m->epfd);
+  m->epfd = -1;
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
+static int multi_tostring(lua_State *L) {
+  lmx_Multi *m = luaL_checkudata(L, 1, LMX_MULTI);
+  if (m->closed) lua_pushliteral(L, "llmux.Multi (closed)");
+  else lua_pushfstring(L, "llmux.Multi (%d running)", m->running);
+  return 1;
+}
+
+void lmx_multi_open(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"request", multi_request}, {"pollfd", multi_pollfd}, {"timeout", multi_timeout},
+    {"step", multi_step}, {"next", multi_next}, {"empty", multi_empty},
+    {"stats", multi_stats}, {"close", multi_close}, {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__gc", multi_close}, {"__close", multi_close}, {"__tostring", multi_tostring},
+    {NULL, NULL}
+  };
+  luaL_newmetatable(L, LMX_MULTI);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, multi_new);
+  lua_setfield(L, -2, "multi");
+}

@@ -1,0 +1,353 @@
+/* A Request: one easy handle in a Multi, its request header list, and the buffers its response
+ * lands in. curl's callbacks only append to those buffers. */
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include "llmux.h"
+
+static lmx_Request *checkrequest(lua_State *L, int i) {
+  lmx_Request *r = luaL_checkudata(L, i, LMX_REQUEST);
+  if (r->state == LMX_R_CLOSED) luaL_error(L, "attempt to use a closed llmux.Request");
+  return r;
+}
+
+/* curl write callback: a short count makes curl fail the transfer with CURLE_WRITE_ERROR,
+ * which finish() reports as "toolarge" (cap) or out of memory. */
+static size_t request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
+  lmx_Request *r = ud;
+  size_t n = size * nmemb;
+  if (r->max_bytes && n > r->max_bytes - r->body.n) {
+    r->toolarge = 1;
+    return 0;
+  }
+  return lmx_buf_append(&r->body, p, n) == 0 ? n : 0;
+}
+
+/* Keeps only the last response's header block (redirect or 1xx blocks come first). */
+static size_t request_headercb(char *p, size_t size, size_t nitems, void *ud) {
+  lmx_Request *r = ud;
+  size_t n = size * nitems;
+  if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) lmx_buf_reset(&r->head);
+  return lmx_buf_append(&r->head, p, n) == 0 ? n : 0;
+}
+
+static double optseconds(lua_State *L, int t, const char *k) {
+  double v = 0;
+  int ty = lua_getfield(L, t, k);
+  if (ty != LUA_TNIL) {
+    if (ty != LUA_TNUMBER) luaL_error(L, "llmux.request: '%s' must be a number (seconds)", k);
+    v = lua_tonumber(L, -1);
+    if (!(v >= 0)) luaL_error(L, "llmux.request: '%s' must not be negative", k);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static const char *optstring(lua_State *L, int t, const char *k, size_t *len) {
+  int ty = lua_getfield(L, t, k);
+  const char *s = NULL;
+  if (ty == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  else if (ty != LUA_TNIL) luaL_error(L, "llmux.request: '%s' must be a string", k);
+  lua_pop(L, 1);   /* the string stays alive: spec still references it */
+  return s;
+}
+
+static long ms(double s) {
+  double v = ceil(s * 1000.0);
+  return v > (double)LONG_MAX ? LONG_MAX : (long)v;
+}
+
+/* Pushes a new Request for spec (a table at index spec) and adds it to m (at mindex).
+ * spec: url (required), method, headers (array of "Name: value"), body, timeout,
+ * connect_timeout, max_response_bytes, ca_file, http2 (default true: HTTP/2 over TLS only).
+ * Raises on misuse; the Request is created closed, so a raise leaves nothing to leak. */
+lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec) {
+  luaL_checktype(L, spec, LUA_TTABLE);
+  size_t bodylen = 0;
+  const char *url = optstring(L, spec, "url", NULL);
+  const char *method = optstring(L, spec, "method", NULL);
+  const char *body = optstring(L, spec, "body", &bodylen);
+  const char *ca = optstring(L, spec, "ca_file", NULL);
+  double timeout = optseconds(L, spec, "timeout");
+  double ctimeout = optseconds(L, spec, "connect_timeout");
+  if (!url) luaL_error(L, "llmux.request: 'url' is required");
+  lua_Integer maxb = 0;
+  if (lua_getfield(L, spec, "max_response_bytes") != LUA_TNIL) {
+    int ok;
+    maxb = lua_tointegerx(L, -1, &ok);
+    if (!ok || maxb < 0) luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
+  }
+  lua_pop(L, 1);
+  int http2 = 1;
+  if (lua_getfield(L, spec, "http2") != LUA_TNIL) http2 = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 2);
+  memset(r, 0, sizeof *r);
+  r->state = LMX_R_CLOSED;
+  luaL_setmetatable(L, LMX_REQUEST);
+  int ri = lua_gettop(L);
+
+  /* header list: validated before any curl resource is taken */
+  struct curl_slist *hl = NULL;
+  if (lua_getfield(L, spec, "headers") != LUA_TNIL) {
+    if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
+        curl_slist_free_all(hl);
+        luaL_error(L, "llmux.request: headers[%d] must be a string", (int)i);
+      }
+      struct curl_slist *nl = curl_slist_append(hl, lua_tostring(L, -1));
+      if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
+      hl = nl;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  /* no "Expect: 100-continue" round trip on large bodies */
+  struct curl_slist *nl = curl_slist_append(hl, "Expect:");
+  if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
+  hl = nl;
+
+  CURL *e = lmx_multi_easy(m);
+  if (!e) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
+  r->hdrs = hl;
+  r->max_bytes = (size_t)maxb;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, request_writecb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, request_headercb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c */
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                   http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+  if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(timeout));
+  if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(ctimeout));
+  if (maxb > 0) curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
+  if (ca) curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+  if (body) {
+    /* zero copy: the body string is kept alive in the request's uservalue */
+    lua_getfield(L, spec, "body");
+    lua_setiuservalue(L, ri, 1);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    if (method && strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  } else if (!method || strcmp(method, "GET") == 0) {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  } else if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  r->errbuf[0] = '\0';
+  if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
+    curl_slist_free_all(hl);
+    r->hdrs = NULL;
+    lmx_multi_release_easy(m, e);
+    luaL_error(L, "llmux.request: cannot add the transfer");
+  }
+  r->easy = e;
+  r->state = LMX_R_RUNNING;
+  m->running++;
+  lmx_multi_attach(m, r);
+  lua_getiuservalue(L, mindex, 1);   /* the Multi holds the request while attached */
+  lua_pushvalue(L, ri);
+  lua_rawsetp(L, -2, r);
+  lua_pop(L, 1);
+  lua_pushvalue(L, mindex);          /* and the request its Multi */
+  lua_setiuservalue(L, ri, 2);
+  return r;
+}
+
+/* Ends a running transfer: records its result, gives the easy handle back, queues r. */
+void lmx_request_finish(lmx_Request *r, CURLcode cc) {
+  lmx_Multi *m = r->multi;
+  CURL *e = r->easy;
+  long nconn = 0, port = 0;
+  r->cc = cc;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &r->httpver);
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
+  curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
+  curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &r->t_total);
+  curl_easy_getinfo(e, CURLINFO_NAMELOOKUP_TIME_T, &r->t_namelookup);
+  curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &r->t_connect);
+  curl_easy_getinfo(e, CURLINFO_APPCONNECT_TIME_T, &r->t_appconnect);
+  curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &r->t_start);
+  r->reused = nconn == 0 && r->status != 0;  /* no connection at all is not reuse */
+  r->conn_id = port;
+  m->done++;
+  m->connects += (uint64_t)nconn;
+  curl_multi_remove_handle(m->cm, e);
+  lmx_multi_release_easy(m, e);
+  r->easy = NULL;
+  curl_slist_free_all(r->hdrs);
+  r->hdrs = NULL;
+  m->running--;
+  r->state = LMX_R_DONE;
+  lmx_multi_enqueue(m, r);
+}
+
+/* r:cancel(): aborts a running transfer at once (socket freed); the request is then done with
+ * code "cancelled" and is delivered by next() like any finished one. No-op when done. */
+static int request_cancel(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  if (r->state == LMX_R_RUNNING) {
+    if (r->multi->stepping) return luaL_error(L, "llmux.Request: cancel() during step()");
+    r->cancelled = 1;
+    lmx_request_finish(r, CURLE_ABORTED_BY_CALLBACK);
+  }
+  return 0;
+}
+
+/* r:close() / __gc / __close: cancels if running, leaves the Multi, frees buffers.
+ * Idempotent. In __gc a running request's Multi is garbage too (it held the request), but its
+ * memory is intact until every finalizer of the cycle ran, and its own __gc clears r->multi. */
+static int request_close(lua_State *L) {
+  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  if (r->state == LMX_R_CLOSED) return 0;
+  lmx_Multi *m = r->multi;
+  if (m) {
+    if (m->stepping) return luaL_error(L, "llmux.Request: close() during step()");
+    if (r->state == LMX_R_RUNNING) {
+      r->cancelled = 1;
+      lmx_request_finish(r, CURLE_ABORTED_BY_CALLBACK);
+    }
+    int mi = 0;
+    if (lua_getiuservalue(L, 1, 2) == LUA_TUSERDATA) mi = lua_gettop(L);
+    lmx_multi_detach(L, m, r, mi);
+    lua_settop(L, 1);
+  }
+  lmx_buf_free(&r->body);
+  lmx_buf_free(&r->head);
+  r->state = LMX_R_CLOSED;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 2);
+  return 0;
+}
+
+/* r:done() -> boolean */
+static int request_done(lua_State *L) {
+  lua_pushboolean(L, checkrequest(L, 1)->state == LMX_R_DONE);
+  return 1;
+}
+
+/* Pushes the header block as {lower-case name = value}; repeated names join with ", ". */
+static void pushheaders(lua_State *L, const lmx_Buf *b) {
+  lua_createtable(L, 0, 8);
+  const char *p = b->p, *end = b->p + b->n;
+  char name[128];
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *le = eol ? eol : end;
+    const char *colon = memchr(p, ':', (size_t)(le - p));
+    if (colon && colon > p && (size_t)(colon - p) < sizeof name && memcmp(p, "HTTP/", 5) != 0) {
+      size_t nl = (size_t)(colon - p);
+      for (size_t i = 0; i < nl; i++) name[i] = (char)tolower((unsigned char)p[i]);
+      const char *v = colon + 1, *ve = le;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      lua_pushlstring(L, name, nl);
+      if (lua_rawget(L, -2) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_pushlstring(L, name, nl);
+      lua_insert(L, -2);
+      lua_rawset(L, -3);
+    }
+    p = le + 1;
+  }
+}
+
+static void setnum(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* r:result() -> table | nil (while running). Fields: status, headers, body, http_version
+ * (1.0, 1.1, 2, 3), reused, local_port, time_* (s); on failure also code (llmux code),
+ * error (curl's message), curl_code. */
+static int request_result(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  if (r->state != LMX_R_DONE) return 0;
+  lua_createtable(L, 0, 16);
+  lua_pushinteger(L, r->status);
+  lua_setfield(L, -2, "status");
+  pushheaders(L, &r->head);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.n);
+  lua_setfield(L, -2, "body");
+  switch (r->httpver) {
+    case CURL_HTTP_VERSION_1_0: setnum(L, "http_version", 1.0); break;
+    case CURL_HTTP_VERSION_1_1: setnum(L, "http_version", 1.1); break;
+    case CURL_HTTP_VERSION_2_0: lua_pushinteger(L, 2); lua_setfield(L, -2, "http_version"); break;
+    case CURL_HTTP_VERSION_3: lua_pushinteger(L, 3); lua_setfield(L, -2, "http_version"); break;
+    default: break;
+  }
+  lua_pushboolean(L, r->reused);
+  lua_setfield(L, -2, "reused");
+  lua_pushinteger(L, r->conn_id);
+  lua_setfield(L, -2, "local_port");
+  setnum(L, "time_total", (double)r->t_total / 1e6);
+  setnum(L, "time_namelookup", (double)r->t_namelookup / 1e6);
+  setnum(L, "time_connect", (double)r->t_connect / 1e6);
+  setnum(L, "time_appconnect", (double)r->t_appconnect / 1e6);
+  setnum(L, "time_starttransfer", (double)r->t_start / 1e6);
+  const char *code = r->closed_by_multi ? "closed"
+                                        : lmx_curl_code(r->cc, r->toolarge, r->cancelled);
+  if (!code && r->cc != CURLE_OK) code = "connect";
+  if (code) {
+    lua_pushstring(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushinteger(L, r->cc);
+    lua_setfield(L, -2, "curl_code");
+    if (r->closed_by_multi) lua_pushliteral(L, "the llmux.Multi was closed");
+    else if (r->cancelled) lua_pushliteral(L, "cancelled");
+    else if (r->toolarge)
+      lua_pushfstring(L, "response larger than max_response_bytes (%I)", (lua_Integer)r->max_bytes);
+    else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
+    else lua_pushstring(L, curl_easy_strerror(r->cc));
+    lua_setfield(L, -2, "error");
+  }
+  return 1;
+}
+
+static int request_tostring(lua_State *L) {
+  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  static const char *const names[] = { "running", "done", "closed" };
+  lua_pushfstring(L, "llmux.Request (%s)", names[r->state]);
+  return 1;
+}
+
+void lmx_request_open(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"cancel", request_cancel}, {"close", request_close}, {"done", request_done},
+    {"result", request_result}, {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__gc", request_close}, {"__close", request_close}, {"__tostring", request_tostring},
+    {NULL, NULL}
+  };
+  luaL_newmetatable(L, LMX_REQUEST);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
