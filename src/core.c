@@ -1,5 +1,6 @@
 /* luaopen_llmux_core: builds the classes and module functions of llmux.core. */
 #include <time.h>
+#include <unistd.h>
 #include "llmux.h"
 
 double lmx_now(void) {
@@ -47,6 +48,12 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* core.isatty(fd) -> boolean (progress bars draw only on a terminal) */
+static int core_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+  return 1;
+}
+
 LMX_API int luaopen_llmux_core(lua_State *L);
 LMX_API int luaopen_llmux_core(lua_State *L) {
   static int inited = 0;
@@ -64,6 +71,8 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lua_setfield(L, -2, "now");
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, core_isatty);
+  lua_setfield(L, -2, "isatty");
   lua_pushliteral(L, LMX_VERSION);
   lua_setfield(L, -2, "_VERSION");
   lua_pushstring(L, curl_version());

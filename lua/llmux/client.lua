@@ -1,0 +1,259 @@
+-- The client for OpenAI-compatible endpoints: options, request building, the retry loop and
+-- the mapping of every failure onto llmux's error codes. The transfer itself is the core's;
+-- waiting is the scheduler's (yields inside a task, blocks outside).
+local sched = require "llmux.sched"
+local json = require "llmux.json"
+local errors = require "llmux.errors"
+local core = require "llmux.core"
+
+local error, next, pairs, setmetatable, tostring, type = error, next, pairs, setmetatable, tostring, type
+local mtype, min = math.type, math.min
+local format, find, lower, sub = string.format, string.find, string.lower, string.sub
+local getenv = os.getenv
+local now = core.now
+
+local M = { _VERSION = "0.1.0" }
+
+local Client = { __name = "llmux.Client" }
+Client.__index = Client
+
+-- Option name -> validator returning an error text or nil. Any option can be set on the
+-- client and overridden per call.
+local function number_ge0(v) return (type(v) ~= "number" or not (v >= 0)) and "a number >= 0" end
+local function positive(v) return (type(v) ~= "number" or not (v > 0)) and "a number > 0" end
+local function string_(v) return type(v) ~= "string" and "a string" end
+local OPTIONS = {
+  base_url = string_, api_key = string_, ca_file = string_,
+  timeout = positive, connect_timeout = positive, idle_timeout = positive, deadline = positive,
+  max_retries = function(v) return (mtype(v) ~= "integer" or v < 0) and "an integer >= 0" end,
+  max_response_bytes = function(v) return (mtype(v) ~= "integer" or v < 1) and "an integer >= 1" end,
+  headers = function(v)
+    if type(v) ~= "table" then return "a table of name = value strings" end
+    for k, x in pairs(v) do
+      if type(k) ~= "string" or type(x) ~= "string" then return "a table of name = value strings" end
+      if find(k, "[%c:]") or k == "" or find(x, "[\r\n%z]") then
+        return "a table of valid header names and values ('" .. k .. "' is not)"
+      end
+    end
+  end,
+  http2 = function(v) return type(v) ~= "boolean" and "a boolean" end,
+}
+M.OPTIONS = OPTIONS
+
+local DEFAULTS = {
+  timeout = 600, connect_timeout = 5, idle_timeout = 60, max_retries = 2,
+  max_response_bytes = 64 * 1024 * 1024, http2 = true,
+}
+
+local function check_options(opts, where, level)
+  for k, v in pairs(opts) do
+    local check = OPTIONS[k]
+    if not check then error(format("%s: unknown option '%s'", where, tostring(k)), level + 1) end
+    local want = check(v)
+    if want then error(format("%s: option '%s' must be %s", where, k, want), level + 1) end
+  end
+end
+
+-- base_url must be http(s)://host[:port][/path]; a trailing slash is dropped.
+local function check_url(u, where, level)
+  if not find(u, "^https?://[^/%s?#]+[^%s?#]*$") then
+    error(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u), level + 1)
+  end
+  return (u:gsub("/+$", ""))
+end
+
+-- The Authorization header lives here, keyed weakly by client, so the key is never a field
+-- of the client table (printing or serialising a client cannot show it).
+local secrets = setmetatable({}, { __mode = "k" })
+
+local function build_headers(key, user)
+  local h, seen = {}, {}
+  if user then
+    for k, v in pairs(user) do
+      seen[lower(k)] = true
+      h[#h + 1] = k .. ": " .. v
+    end
+  end
+  local function add(name, v)
+    if not seen[lower(name)] then h[#h + 1] = name .. ": " .. v end
+  end
+  if key then add("Authorization", "Bearer " .. key) end
+  add("Content-Type", "application/json")
+  add("Accept", "application/json")
+  add("User-Agent", "llmux/" .. M._VERSION)
+  return h
+end
+
+-- llmux.client(opts) -> Client
+function M.new(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then error("llmux.client: opts must be a table", 2) end
+  check_options(opts, "llmux.client", 2)
+  local self = setmetatable({}, Client)
+  for k, v in pairs(DEFAULTS) do self[k] = v end
+  for k, v in pairs(opts) do self[k] = v end
+  self.api_key = nil
+  local base = opts.base_url or getenv("LLMUX_BASE_URL") or getenv("OPENAI_BASE_URL")
+    or "https://api.openai.com/v1"
+  self.base_url = check_url(base, "llmux.client", 2)
+  local key = opts.api_key or getenv("LLMUX_API_KEY") or getenv("OPENAI_API_KEY")
+  if key == "" then key = nil end
+  if key and find(key, "[\r\n%z]") then error("llmux.client: api_key contains a line break", 2) end
+  secrets[self] = { key = key, headers = build_headers(key, opts.headers) }
+  return self
+end
+
+function Client:__tostring()
+  return "llmux.Client (" .. self.base_url .. ")"
+end
+
+-- Effective options of one call: the client's, overridden by opts.
+local function merged(self, opts, where)
+  if opts == nil or next(opts) == nil then return self, secrets[self].headers end
+  if type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
+  check_options(opts, where, 3)
+  local o = setmetatable({}, { __index = self })
+  for k, v in pairs(opts) do o[k] = v end
+  if opts.base_url then o.base_url = check_url(opts.base_url, where, 3) end
+  local key = secrets[self].key
+  if opts.api_key then key = opts.api_key end
+  local headers = secrets[self].headers
+  if opts.api_key or opts.headers then
+    local h = {}
+    for k, v in pairs(self.headers or {}) do h[k] = v end
+    for k, v in pairs(opts.headers or {}) do h[k] = v end
+    headers = build_headers(key, h)
+  end
+  return o, headers, key
+end
+
+local function short(s, n)
+  if #s > n then return sub(s, 1, n) .. "..." end
+  return s
+end
+
+-- Failure -> nil, message, code, detail; the key is scrubbed from message and detail.
+local function fail(key, what, why, code, detail)
+  local msg = format("llmux: %s: %s (%s)", what, why, code)
+  detail.code = code
+  return nil, errors.scrub(msg, key), code, errors.scrub(detail, key)
+end
+
+-- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
+local function judge(res)
+  local status = res.status
+  if res.code then
+    return false, res.error, res.code, { status = status ~= 0 and status or nil,
+      curl_code = res.curl_code, headers = res.headers }
+  end
+  local body, derr = json.decode(res.body)
+  if status >= 200 and status < 300 then
+    if body == nil or type(body) ~= "table" then
+      return false, "response is not a JSON object: " .. short(derr or res.body, 200), "decode",
+        { status = status, headers = res.headers, body = short(res.body, 4096) }
+    end
+    return true, body
+  end
+  local eobj = body and errors.error_object(body) or short(res.body, 4096)
+  local code = errors.classify(status, eobj)
+  local text = type(eobj) == "table" and eobj.message or (body == nil and short(res.body, 200)) or nil
+  local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
+  return false, why, code, { status = status, headers = res.headers, body = eobj }
+end
+
+-- The retry loop of DESIGN.md section 4 around one logical call.
+local function perform(self, opts, method, path, payload, where)
+  local o, headers, key = merged(self, opts, where)
+  key = key or secrets[self].key
+  local url = o.base_url .. path
+  local what = method .. " " .. url
+  local t0 = now()
+  local deadline_at = o.deadline and t0 + o.deadline
+  local spec = {
+    url = url, method = method, headers = headers, body = payload,
+    connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
+    ca_file = o.ca_file, http2 = o.http2,
+  }
+  local attempt, max_retries = 0, o.max_retries
+  while true do
+    attempt = attempt + 1
+    local timeout = o.timeout
+    if deadline_at then
+      local left = deadline_at - now()
+      if left <= 0 then
+        return fail(key, what, "deadline of " .. o.deadline .. " s passed", "timeout",
+          { attempts = attempt - 1, deadline = true })
+      end
+      timeout = min(timeout, left)
+    end
+    spec.timeout = timeout
+    local res = sched.fetch(spec)
+    local ok, a, code, detail = judge(res)
+    if ok then
+      local info = {
+        status = res.status, headers = res.headers, attempts = attempt, latency = now() - t0,
+        usage = a.usage, model = a.model, url = url, http_version = res.http_version,
+        reused = res.reused, time_total = res.time_total, time_connect = res.time_connect,
+        time_starttransfer = res.time_starttransfer,
+      }
+      return a, info
+    end
+    detail.attempts = attempt
+    if attempt > max_retries or not errors.should_retry(detail.status, res.headers, code) then
+      return fail(key, what, a, code, detail)
+    end
+    local wait = errors.retry_after(res.headers)
+    if wait and wait > errors.MAX_SERVER_WAIT then
+      detail.retry_after = wait
+      return fail(key, what, a .. format("; server asks to wait %.0f s", wait), "ratelimit", detail)
+    end
+    if not wait or wait <= 0 then wait = errors.backoff(attempt - 1) end
+    if wait and detail.status == 429 then detail.retry_after = wait end
+    if deadline_at and now() + wait >= deadline_at then
+      detail.deadline = true
+      return fail(key, what, a .. "; deadline leaves no time to retry", code, detail)
+    end
+    sched.sleep(wait)
+  end
+end
+
+local function encode_body(body, where)
+  if type(body) == "string" then return body end
+  local s, err = json.encode(body)
+  if not s then error(where .. ": body cannot be encoded as JSON: " .. tostring(err), 3) end
+  return s
+end
+
+-- c:chat(body[, opts]) -> response, info | nil, message, code, detail
+function Client:chat(body, opts)
+  if type(body) ~= "table" then error("llmux.Client:chat: body must be a table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:chat: opts must be a table", 2) end
+  return perform(self, opts, "POST", "/chat/completions", encode_body(body, "llmux.Client:chat"),
+    "llmux.Client:chat")
+end
+
+-- c:models([opts]) -> list response, info | nil, message, code, detail
+function Client:models(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:models: opts must be a table", 2) end
+  return perform(self, opts, "GET", "/models", nil, "llmux.Client:models")
+end
+
+local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true, HEAD = true }
+
+-- c:request(method, path[, body[, opts]]) -> decoded JSON, info | nil, message, code, detail
+function Client:request(method, path, body, opts)
+  if not METHODS[method] then
+    error("llmux.Client:request: method must be one of GET POST PUT PATCH DELETE HEAD", 2)
+  end
+  if type(path) ~= "string" or sub(path, 1, 1) ~= "/" then
+    error("llmux.Client:request: path must be a string starting with '/'", 2)
+  end
+  if body ~= nil and type(body) ~= "table" and type(body) ~= "string" then
+    error("llmux.Client:request: body must be a table, a string or nil", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:request: opts must be a table", 2) end
+  local payload = body ~= nil and encode_body(body, "llmux.Client:request") or nil
+  return perform(self, opts, method, path, payload, "llmux.Client:request")
+end
+
+return M

@@ -1,0 +1,153 @@
+-- Error classification and retry rules (DESIGN.md sections 3 and 4). Plain functions over
+-- plain values, so the policy is testable without a network and replaceable by users.
+local type, tonumber, tostring, pairs = type, tonumber, tostring, pairs
+local floor, min, random = math.floor, math.min, math.random
+local lower, find, match, format = string.lower, string.find, string.match, string.format
+local os_time = os.time
+
+local M = { _VERSION = "0.1.0" }
+
+M.CODES = {}
+for c in ("timeout connect resolve tls ratelimit auth badrequest context_length content_filter "
+  .. "notfound server http truncated stalled provider decode toolarge cancelled closed"):gmatch("%S+") do
+  M.CODES[c] = true
+end
+
+-- Phrases providers use for an over-long prompt or a blocked one (OpenAI, Azure, Anthropic,
+-- Gemini, DeepSeek, vLLM, OpenRouter), matched on the lower-cased error code and message.
+local CONTEXT = { "context_length", "context length", "maximum context", "context window",
+  "too many tokens", "prompt is too long", "input is too long", "maximum number of tokens",
+  "reduce the length", "exceeds the model" }
+local FILTER = { "content_filter", "content filter", "content_policy", "content policy",
+  "content management policy", "safety system", "responsibleai", "safety settings",
+  "flagged", "moderation" }
+
+local function has_any(s, list)
+  for i = 1, #list do
+    if find(s, list[i], 1, true) then return true end
+  end
+  return false
+end
+
+-- The provider's error object from a decoded body: body.error (table or string) or the body.
+function M.error_object(body)
+  if type(body) == "table" then
+    local e = body.error
+    if type(e) == "table" then return e end
+    if type(e) == "string" then return { message = e } end
+  end
+  return body
+end
+
+-- classify(status, body) -> code, for an HTTP status outside 2xx. body: decoded JSON or text.
+function M.classify(status, body)
+  if status == 429 then return "ratelimit" end
+  if status == 401 or status == 403 then return "auth" end
+  if status == 404 then return "notfound" end
+  if status == 408 then return "timeout" end
+  if status >= 500 then return "server" end
+  if status >= 400 then
+    local e, text = M.error_object(body), ""
+    if type(e) == "table" then
+      text = lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
+        .. tostring(e.message or ""))
+    elseif type(e) == "string" then
+      text = lower(e)
+    end
+    if has_any(text, CONTEXT) then return "context_length" end
+    if has_any(text, FILTER) then return "content_filter" end
+    if status == 400 or status == 409 or status == 422 or status == 413 then return "badrequest" end
+  end
+  return "http"
+end
+
+-- Transport failures worth another attempt: the connection, not the request, went wrong.
+local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, truncated = true }
+
+-- should_retry(status, headers, code) -> boolean. x-should-retry wins, as the server knows.
+function M.should_retry(status, headers, code)
+  local xs = headers and headers["x-should-retry"]
+  if xs == "true" then return true end
+  if xs == "false" then return false end
+  if not status or status == 0 then return RETRY_TRANSPORT[code] or false end
+  return status == 408 or status == 409 or status == 429 or status >= 500
+end
+
+local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
+  sep = 9, oct = 10, nov = 11, dec = 12 }
+
+-- Seconds since the epoch of a UTC civil date (Howard Hinnant's days_from_civil).
+local function utc_epoch(y, mo, d, h, mi, s)
+  y = mo <= 2 and y - 1 or y
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (mo + 9) % 12
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return ((era * 146097 + doe - 719468) * 86400) + h * 3600 + mi * 60 + s
+end
+
+-- parse_http_date(s) -> epoch seconds | nil. IMF-fixdate, RFC 850 and asctime (RFC 9110 5.6.7).
+function M.parse_http_date(s)
+  local d, mon, y, h, mi, sec = match(s, "^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if not d then
+    d, mon, y, h, mi, sec = match(s, "^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if y then y = tonumber(y); y = y + (y < 70 and 2000 or 1900) end
+  end
+  if not d then
+    mon, d, h, mi, sec, y = match(s, "^%a+ (%a%a%a) +(%d%d?) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+  end
+  local m = mon and MONTHS[lower(mon)]
+  if not m then return nil end
+  return utc_epoch(tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(sec))
+end
+
+-- retry_after(headers[, now_epoch]) -> seconds | nil: retry-after-ms, then Retry-After in
+-- seconds or as an HTTP date. A date in the past gives 0.
+function M.retry_after(headers, now_epoch)
+  if type(headers) ~= "table" then return nil end
+  local v = tonumber(headers["retry-after-ms"])
+  if v and v >= 0 then return v / 1000 end
+  local ra = headers["retry-after"]
+  if not ra then return nil end
+  v = tonumber(ra)
+  if v then return v >= 0 and v or nil end
+  local t = M.parse_http_date(ra)
+  if not t then return nil end
+  local d = t - (now_epoch or os_time())
+  return d > 0 and d or 0
+end
+
+M.BACKOFF_BASE, M.BACKOFF_MAX, M.MAX_SERVER_WAIT = 0.5, 8, 60
+
+-- backoff(n) -> seconds before retry n (0-based): 0.5 s x 2^n capped at 8 s, times a random
+-- factor in (0.75, 1] so a crowd of clients does not retry in step.
+function M.backoff(n)
+  return min(M.BACKOFF_BASE * 2 ^ n, M.BACKOFF_MAX) * (1 - 0.25 * random())
+end
+
+-- Replaces every occurrence of secret in strings of v (deeply, tables copied) by "[redacted]".
+function M.scrub(v, secret)
+  if not secret or secret == "" then return v end
+  local tv = type(v)
+  if tv == "string" then
+    local out, i = {}, 1
+    while true do
+      local a, b = find(v, secret, i, true)
+      if not a then break end
+      out[#out + 1] = v:sub(i, a - 1) .. "[redacted]"
+      i = b + 1
+    end
+    if i == 1 then return v end
+    out[#out + 1] = v:sub(i)
+    return table.concat(out)
+  elseif tv == "table" then
+    local c = {}
+    for k, x in pairs(v) do c[M.scrub(k, secret)] = M.scrub(x, secret) end
+    return c
+  end
+  return v
+end
+
+
+return M

@@ -1,0 +1,452 @@
+-- The coroutine scheduler: tasks, timers and the shared engine (one llmux.core Multi).
+-- Inside a task every wait yields; outside any task the same call drives the loop itself and
+-- blocks, so user code reads the same both ways. The engine never calls Lua: each turn steps
+-- the Multi and wakes the tasks whose requests finished.
+local core = require "llmux.core"
+
+local debug, io, math, string, table = debug, io, math, string, table
+local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
+  error, pcall, pairs, setmetatable, getmetatable, tostring, type
+local co_create, co_resume, co_running, co_status, co_yield =
+  coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
+local pack, unpack = table.pack, table.unpack
+local huge, min, floor = math.huge, math.min, math.floor
+local now = core.now
+
+local M = { _VERSION = "0.1.0", now = now }
+
+local WAIT = setmetatable({}, { __name = "llmux.wait" })  -- what our own yields carry
+
+---------------------------------------------------------------------------------------------
+-- engine
+
+local engine, engine_opts
+
+-- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams}
+-- applies to the shared Multi; allowed while nothing is in flight (it is rebuilt lazily).
+function M.configure(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("llmux.configure: opts must be a table", 2) end
+  core.multi(opts):close()   -- validates names and ranges, raising like core.multi does
+  if engine then
+    if not engine:empty() then error("llmux.configure: transfers are in flight", 2) end
+    engine:close()
+    engine = nil
+  end
+  engine_opts = opts
+end
+
+function M.engine()
+  if not engine then engine = core.multi(engine_opts) end
+  return engine
+end
+
+---------------------------------------------------------------------------------------------
+-- tasks, ready queue, timers
+
+local tasks = setmetatable({}, { __mode = "k" })  -- coroutine -> Task
+local alive = 0                                  -- tasks not yet finished
+local rq, rq_head, rq_tail = {}, 1, 0            -- ready ring: task, value pairs
+local waiting = {}                               -- core Request -> Task or box
+local heap, heap_n, seq = {}, 0, 0               -- timers: {due, seq, task}
+local unobserved = {}                            -- failed tasks nobody joined (yet)
+
+local Task = { __name = "llmux.Task" }
+Task.__index = Task
+
+local function current()
+  local co, main = co_running()
+  if main then return nil end
+  return tasks[co]
+end
+M.current = current
+
+local function push_ready(task, v)
+  rq_tail = rq_tail + 2
+  rq[rq_tail - 1], rq[rq_tail] = task, v
+end
+
+-- wake(w, v): w is a Task (resumed with v on the next run) or a box of a blocking wait.
+local function wake(w, v)
+  if getmetatable(w) == Task then
+    push_ready(w, v)
+  else
+    w.done, w.value = true, v
+  end
+end
+
+local function heap_push(due, task)
+  seq = seq + 1
+  heap_n = heap_n + 1
+  local e, i = { due, seq, task }, heap_n
+  while i > 1 do
+    local p = i // 2
+    local pe = heap[p]
+    if pe[1] < due or (pe[1] == due and pe[2] < e[2]) then break end
+    heap[i] = pe
+    i = p
+  end
+  heap[i] = e
+end
+
+local function heap_pop()
+  local top, last = heap[1], heap[heap_n]
+  heap[heap_n] = nil
+  heap_n = heap_n - 1
+  if heap_n > 0 then
+    local i = 1
+    while true do
+      local c = i * 2
+      if c > heap_n then break end
+      if c < heap_n then
+        local a, b = heap[c], heap[c + 1]
+        if b[1] < a[1] or (b[1] == a[1] and b[2] < a[2]) then c = c + 1 end
+      end
+      local ce = heap[c]
+      if last[1] < ce[1] or (last[1] == ce[1] and last[2] < ce[2]) then break end
+      heap[i] = ce
+      i = c
+    end
+    heap[i] = last
+  end
+  return top
+end
+
+local function finish(task, ok, ...)
+  alive = alive - 1
+  if ok then
+    task.state, task.results = "done", pack(...)
+  else
+    task.state = "failed"
+    local msg = ...
+    task.err = debug.traceback(task.co, tostring(msg))
+    task.message = tostring(msg)
+    if #task.joiners == 0 then unobserved[task] = true end
+  end
+  for i = 1, #task.joiners do wake(task.joiners[i], task) end
+  task.joiners = {}
+end
+
+local function resume(task, v)
+  if co_status(task.co) ~= "suspended" then return end
+  task.state = "running"
+  local r = pack(co_resume(task.co, v))
+  if co_status(task.co) == "dead" then
+    finish(task, unpack(r, 1, r.n))
+  elseif r[2] == WAIT then
+    task.state = "waiting"
+  else
+    -- a plain coroutine.yield() inside a task: a cooperative yield, run again next turn
+    task.state = "ready"
+    push_ready(task, nil)
+  end
+end
+
+local function run_ready()
+  local stop = rq_tail   -- tasks made ready by these resumes run on the next pass
+  while rq_head < stop do
+    local task, v = rq[rq_head], rq[rq_head + 1]
+    rq[rq_head], rq[rq_head + 1] = nil, nil
+    rq_head = rq_head + 2
+    resume(task, v)
+  end
+  if rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
+end
+
+local function fire_timers()
+  if heap_n == 0 then return end
+  local t = now()
+  while heap_n > 0 and heap[1][1] <= t do
+    wake(heap_pop()[3], nil)
+  end
+end
+
+local function drain(m)
+  local req = m:next()
+  while req do
+    local w = waiting[req]
+    if w then
+      waiting[req] = nil
+      wake(w, req)
+    end
+    req = m:next()
+  end
+end
+
+-- One turn of the loop: run ready tasks, wait at most max_wait for transfers or timers, wake
+-- and run what became ready. Never raises for a task's error (tasks fail on their own).
+local function turn(max_wait)
+  run_ready()
+  fire_timers()
+  local wait = max_wait
+  if rq_tail >= rq_head then wait = 0 end
+  if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
+  if wait < 0 then wait = 0 end
+  local m = engine
+  if m and not m:empty() then
+    m:step(wait)
+    drain(m)
+  elseif wait > 0 and wait < huge then
+    core.sleep(wait)
+  end
+  fire_timers()
+  run_ready()
+end
+
+local function idle()
+  return rq_tail < rq_head and heap_n == 0 and (engine == nil or engine:empty())
+end
+
+-- Blocks the caller (outside any task) until box.done, driving the loop.
+local function drive(box, what)
+  while not box.done do
+    if idle() then
+      error("llmux: deadlock: waiting for " .. what .. " but nothing is running or due", 3)
+    end
+    turn(huge)
+  end
+  return box.value
+end
+
+-- Suspends the current task (or blocks the caller) until wake(w, v); returns v.
+-- register(w) records w wherever the awaited event will find it.
+local function suspend(register, what)
+  local task = current()
+  if task then
+    register(task)
+    return co_yield(WAIT)
+  end
+  local box = {}
+  register(box)
+  return drive(box, what)
+end
+M.suspend = suspend
+
+---------------------------------------------------------------------------------------------
+-- public API
+
+-- await(req) -> req once the core Request is done (yields in a task, blocks outside).
+function M.await(req)
+  if req:done() then return req end
+  return suspend(function(w) waiting[req] = w end, "a transfer")
+end
+
+-- fetch(spec) -> result table of a finished transfer (the request is closed after).
+function M.fetch(spec)
+  local req = M.engine():request(spec)
+  M.await(req)
+  local res = req:result()
+  req:close()
+  return res
+end
+
+function M.sleep(s)
+  if type(s) ~= "number" then error("llmux.sleep: seconds must be a number", 2) end
+  local due = now() + s
+  local task = current()
+  if task then
+    heap_push(due, task)
+    co_yield(WAIT)
+    return
+  end
+  while true do
+    local left = due - now()
+    if left <= 0 then return end
+    turn(left)
+  end
+end
+
+function M.spawn(fn, ...)
+  if type(fn) ~= "function" then error("llmux.spawn: fn must be a function", 2) end
+  local args = pack(...)
+  local task = setmetatable({ state = "ready", joiners = {} }, Task)
+  task.co = co_create(function() return fn(unpack(args, 1, args.n)) end)
+  tasks[task.co] = task
+  alive = alive + 1
+  push_ready(task, nil)
+  return task
+end
+
+-- t:join() -> the task's results, or nil, message when it raised.
+function Task:join()
+  if self.state ~= "done" and self.state ~= "failed" then
+    if current() == self then error("llmux.Task: a task cannot join itself", 2) end
+    suspend(function(w) self.joiners[#self.joiners + 1] = w end, "a task")
+  end
+  if self.state == "failed" then
+    unobserved[self] = nil
+    return nil, self.message
+  end
+  return unpack(self.results, 1, self.results.n)
+end
+
+function Task:status() return self.state end
+function Task:done() return self.state == "done" or self.state == "failed" end
+function Task.__tostring(t) return "llmux.Task (" .. t.state .. ")" end
+
+-- step([t]) -> busy: one turn, waiting at most t seconds (default 0: never blocks).
+function M.step(t)
+  if t ~= nil and type(t) ~= "number" then error("llmux.step: timeout must be a number", 2) end
+  turn(t or 0)
+  return not idle() or alive > 0
+end
+
+-- run(fn, ...) -> fn's results: runs fn as a task and drives the loop until every task ended.
+-- fn's error is raised after the other tasks end; errors of tasks nobody joined are reported
+-- on stderr rather than lost.
+function M.run(fn, ...)
+  local main = M.spawn(fn, ...)
+  if current() then return main:join() end
+  while alive > 0 do
+    if idle() then
+      error("llmux.run: deadlock: " .. alive .. " task(s) wait but nothing is running or due", 2)
+    end
+    turn(huge)
+  end
+  unobserved[main] = nil
+  for t in pairs(unobserved) do
+    io.stderr:write("llmux: task failed and was never joined: ", t.err, "\n")
+    unobserved[t] = nil
+  end
+  if main.state == "failed" then error(main.err, 0) end
+  return unpack(main.results, 1, main.results.n)
+end
+
+---------------------------------------------------------------------------------------------
+-- semaphore
+
+local Sem = { __name = "llmux.Semaphore" }
+Sem.__index = Sem
+
+function M.semaphore(n)
+  if math.type(n) ~= "integer" or n < 1 then error("llmux.semaphore: n must be an integer >= 1", 2) end
+  return setmetatable({ permits = n, size = n, queue = {}, qh = 1 }, Sem)
+end
+
+function Sem:acquire()
+  if self.permits > 0 and self.qh > #self.queue then
+    self.permits = self.permits - 1
+    return true
+  end
+  suspend(function(w) self.queue[#self.queue + 1] = w end, "a semaphore")
+  return true
+end
+
+function Sem:release()
+  local q = self.queue
+  if self.qh <= #q then
+    local w = q[self.qh]
+    q[self.qh] = false
+    self.qh = self.qh + 1
+    if self.qh > #q then self.queue, self.qh = {}, 1 end
+    wake(w, true)   -- the permit passes straight to the waiter
+  elseif self.permits < self.size then
+    self.permits = self.permits + 1
+  else
+    error("llmux.Semaphore: release() without acquire()", 2)
+  end
+end
+
+-- sem:with(fn, ...) -> fn's results, holding a permit meanwhile (released on error too).
+function Sem:with(fn, ...)
+  self:acquire()
+  local r = pack(pcall(fn, ...))
+  self:release()
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function Sem.__tostring(s) return string.format("llmux.Semaphore (%d/%d free)", s.permits, s.size) end
+
+---------------------------------------------------------------------------------------------
+-- map
+
+local function fmt_time(s)
+  if s ~= s or s == huge then return "?" end
+  s = floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", s // 3600, s % 3600 // 60) end
+  if s >= 60 then return string.format("%dm%02ds", s // 60, s % 60) end
+  return s .. "s"
+end
+
+-- A progress bar on stderr, redrawn at most 10 times a second.
+local function progress_bar(total)
+  local t0, last = now(), -1
+  return function(done, _, failed, final)
+    local t = now()
+    if not final and t - last < 0.1 then return end
+    last = t
+    local el = t - t0
+    local rate = el > 0 and done / el or 0
+    local eta = rate > 0 and (total - done) / rate or huge
+    local width = 30
+    local fill = total > 0 and floor(width * done / total) or width
+    io.stderr:write(string.format("\r[%s%s] %d/%d  %.1f/s  %d failed  %s %s ",
+      string.rep("#", fill), string.rep(".", width - fill), done, total, rate, failed,
+      final and "took" or "ETA", fmt_time(final and el or eta)), final and "\n" or "")
+    io.stderr:flush()
+  end
+end
+
+-- map(items, fn[, {concurrency, progress}]) -> results, failures.
+-- results[i] is fn(items[i], i)'s first value (nil when it failed); failures lists
+-- {index, message, code, detail} for each item whose fn returned nil, msg[, code, detail] or
+-- raised, in index order.
+function M.map(items, fn, opts)
+  if type(items) ~= "table" then error("llmux.map: items must be a table", 2) end
+  if type(fn) ~= "function" then error("llmux.map: fn must be a function", 2) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("llmux.map: opts must be a table", 2) end
+  for k in pairs(opts) do
+    if k ~= "concurrency" and k ~= "progress" then
+      error("llmux.map: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  local conc = opts.concurrency or 16
+  if math.type(conc) ~= "integer" or conc < 1 then
+    error("llmux.map: concurrency must be an integer >= 1", 2)
+  end
+  local progress = opts.progress
+  if progress == true then
+    progress = core.isatty(2) and progress_bar(#items) or nil
+  elseif progress == "always" then
+    progress = progress_bar(#items)
+  elseif progress ~= nil and progress ~= false and type(progress) ~= "function" then
+    error("llmux.map: progress must be a boolean, \"always\" or a function", 2)
+  end
+  if progress == false then progress = nil end
+
+  local n = #items
+  local results, failures = {}, {}
+  local nexti, ndone, nfailed = 0, 0, 0
+  local function record(i, ok, r1, r2, r3, r4)
+    if not ok then
+      failures[#failures + 1] = { index = i, message = tostring(r1) }
+    elseif r1 == nil and r2 ~= nil then
+      failures[#failures + 1] = { index = i, message = tostring(r2), code = r3, detail = r4 }
+    else
+      results[i] = r1
+      return
+    end
+    nfailed = nfailed + 1
+  end
+  local function worker()
+    while nexti < n do
+      nexti = nexti + 1
+      local i = nexti
+      record(i, pcall(fn, items[i], i))
+      ndone = ndone + 1
+      if progress then progress(ndone, n, nfailed) end
+    end
+  end
+  local workers = {}
+  for w = 1, min(conc, n) do workers[w] = M.spawn(worker) end
+  for w = 1, #workers do
+    local ok, err = workers[w]:join()
+    if ok == nil and err then error(err, 0) end  -- only a bug in map itself gets here
+  end
+  if progress and progress ~= opts.progress then progress(ndone, n, nfailed, true) end
+  table.sort(failures, function(a, b) return a.index < b.index end)
+  return results, failures
+end
+
+return M
