@@ -36,13 +36,12 @@ local OPTIONS = {
       end
     end
   end,
-  http2 = function(v) return type(v) ~= "boolean" and "a boolean" end,
 }
 M.OPTIONS = OPTIONS
 
 local DEFAULTS = {
   timeout = 600, connect_timeout = 5, idle_timeout = 60, max_retries = 2,
-  max_response_bytes = 64 * 1024 * 1024, http2 = true,
+  max_response_bytes = 64 * 1024 * 1024,
 }
 
 local function check_options(opts, where, level)
@@ -172,7 +171,7 @@ local function perform(self, opts, method, path, payload, where)
   local spec = {
     url = url, method = method, headers = headers, body = payload,
     connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
-    ca_file = o.ca_file, http2 = o.http2,
+    ca_file = o.ca_file,
   }
   local attempt, max_retries = 0, o.max_retries
   while true do

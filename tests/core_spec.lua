@@ -1,0 +1,213 @@
+-- llmux.core: the Multi and Request objects, their pollable API and their lifetime rules.
+local core = require "llmux.core"
+local upstream = require "helpers.upstream"
+
+local u
+setup(function() u = upstream.start{} end)
+teardown(function() if u then u:stop() end end)
+
+local function chat_body(model, content)
+  return '{"model":"' .. model .. '","messages":[{"role":"user","content":"' .. (content or "hi") .. '"}]}'
+end
+
+local function spec(model, extra)
+  local s = { url = u.http .. "/chat/completions", method = "POST", body = chat_body(model),
+    headers = { "Authorization: Bearer sk-core", "Content-Type: application/json" }, timeout = 10 }
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
+-- Drives m until it is empty (bounded), returning the finished requests in order.
+local function drain(m, limit)
+  local out, t0 = {}, core.now()
+  while not m:empty() do
+    assert(core.now() - t0 < (limit or 15), "transfers did not finish in time")
+    m:step(0.05)
+    for r in function() return m:next() end do out[#out + 1] = r end
+  end
+  return out
+end
+
+describe("llmux.core Multi", function()
+  it("runs transfers and reports status, headers, body, version and timings", function()
+    local m = core.multi()
+    local r = m:request(spec("m"))
+    assert.is_false(r:done())
+    assert.is_nil(r:result())
+    local got = drain(m)
+    assert.equals(r, got[1])
+    local res = r:result()
+    assert.equals(200, res.status)
+    assert.equals(1.1, res.http_version)
+    assert.matches("application/json", res.headers["content-type"])
+    assert.matches('"echo: hi"', res.body)
+    assert.is_nil(res.code)
+    assert.is_true(res.time_total > 0 and res.time_total < 10)
+    m:close()
+  end)
+
+  it("reuses keep-alive connections", function()
+    local m = core.multi()
+    m:request(spec("m")); drain(m)
+    local r = m:request(spec("m")); drain(m)
+    assert.is_true(r:result().reused)
+    assert.equals(1, m:stats().connects)
+    m:close()
+  end)
+
+  it("maps transport failures to codes", function()
+    local m = core.multi()
+    local refused = m:request{ url = "http://127.0.0.1:1/", timeout = 5 }
+    local slow = m:request(spec("slow:3", { timeout = 0.3 }))
+    local reset = m:request(spec("reset"))
+    local big = m:request(spec("huge:300000", { max_response_bytes = 100000 }))
+    local trunc = m:request(spec("truncbody"))
+    local tls = m:request{ url = u.https .. "/models", timeout = 5, ca_file = u.other_ca_file }
+    drain(m)
+    assert.equals("connect", refused:result().code)
+    assert.equals("timeout", slow:result().code)
+    assert.equals("connect", reset:result().code)
+    assert.equals("toolarge", big:result().code)
+    assert.equals("truncated", trunc:result().code)
+    assert.equals("tls", tls:result().code)
+    assert.is_string(refused:result().error)
+    assert.is_number(refused:result().curl_code)
+    m:close()
+  end)
+
+  it("speaks HTTP/2 over TLS and multiplexes many requests on few connections", function()
+    local m = core.multi()
+    local reqs = {}
+    for i = 1, 50 do
+      reqs[i] = m:request{ url = u.https .. "/chat/completions", method = "POST",
+        body = chat_body("m", "n" .. i), ca_file = u.ca_file, timeout = 10,
+        headers = { "Authorization: Bearer sk-core" } }
+    end
+    drain(m)
+    local ports = {}
+    for i, r in ipairs(reqs) do
+      local res = r:result()
+      assert.equals(200, res.status)
+      assert.equals(2, res.http_version)
+      assert.matches('"echo: n' .. i .. '"', res.body)
+      ports[res.local_port] = true
+    end
+    local n = 0
+    for _ in pairs(ports) do n = n + 1 end
+    assert.is_true(n <= 3, "expected at most 3 connections, got " .. n)
+    m:close()
+  end)
+
+  it("pollfd, timeout and empty describe the work", function()
+    local m = core.multi()
+    assert.is_number(m:pollfd())
+    assert.is_nil(m:timeout())
+    assert.is_true(m:empty())
+    local r = m:request(spec("m"))
+    assert.is_false(m:empty())
+    assert.is_number(m:timeout())
+    drain(m)
+    assert.is_true(m:empty())
+    r:close()
+    m:close()
+  end)
+
+  it("step(0) never blocks, step(t) waits at most about t", function()
+    local m = core.multi()
+    m:request(spec("slow:1"))
+    local t0 = core.now()
+    m:step(0)
+    assert.is_true(core.now() - t0 < 0.05)
+    t0 = core.now()
+    m:step(0.2)
+    local el = core.now() - t0
+    assert.is_true(el < 0.5, "step(0.2) took " .. el)
+    m:close()
+  end)
+
+  it("cancel frees the transfer at once and delivers it as cancelled", function()
+    local m = core.multi()
+    local r = m:request(spec("slow:5"))
+    m:step(0.05)
+    r:cancel()
+    r:cancel()   -- idempotent
+    assert.is_true(r:done())
+    assert.equals(r, m:next())
+    assert.equals("cancelled", r:result().code)
+    assert.is_true(m:empty())
+    m:close()
+  end)
+end)
+
+describe("llmux.core lifetime", function()
+  it("close is idempotent and a closed object raises on use", function()
+    local m = core.multi()
+    local r = m:request(spec("m"))
+    r:close(); r:close()
+    assert.matches("closed", tostring(r))
+    assert.has_error(function() r:result() end, "attempt to use a closed llmux.Request")
+    assert.is_true(m:empty())
+    m:close(); m:close()
+    assert.matches("closed", tostring(m))
+    assert.has_error(function() m:step() end, "attempt to use a closed llmux.Multi")
+    assert.has_error(function() m:request(spec("m")) end, "attempt to use a closed llmux.Multi")
+  end)
+
+  it("a fire-and-forget request survives collection while in flight", function()
+    local m = core.multi()
+    m:request(spec("slow:0.2"))
+    collectgarbage(); collectgarbage()
+    local got = drain(m)
+    assert.equals(1, #got)
+    assert.equals(200, got[1]:result().status)
+    m:close()
+  end)
+
+  it("closing the Multi with requests pending ends them as closed", function()
+    local m = core.multi()
+    local a, b = m:request(spec("slow:5")), m:request(spec("slow:5"))
+    m:step(0.05)
+    m:close()
+    assert.equals("closed", a:result().code)
+    assert.equals("closed", b:result().code)
+    a:close(); b:close()
+  end)
+
+  it("collecting a Multi and its requests together is safe", function()
+    for _ = 1, 20 do
+      local m = core.multi()
+      for _ = 1, 5 do m:request(spec("slow:5")) end
+      m:step(0.01)
+    end
+    collectgarbage(); collectgarbage()
+  end)
+
+  it("closing a request after its Multi closed is safe", function()
+    local m = core.multi()
+    local r = m:request(spec("slow:5"))
+    m:close()
+    r:close()
+    collectgarbage()
+  end)
+
+  it("rejects bad specs with a message naming the field", function()
+    local m = core.multi()
+    assert.has_error(function() m:request{} end, "llmux.request: 'url' is required")
+    assert.has_error(function() m:request{ url = "http://x", timeout = "1" } end,
+      "llmux.request: 'timeout' must be a number (seconds)")
+    assert.has_error(function() m:request{ url = "http://x", headers = { 1 } } end,
+      "llmux.request: headers[1] must be a string")
+    assert.has_error(function() core.multi{ nope = 1 } end, "llmux.multi: unknown option 'nope'")
+    assert.is_true(m:empty())
+    m:close()
+  end)
+
+  it("refuses non-HTTP schemes", function()
+    local m = core.multi()
+    local r = m:request{ url = "file:///etc/passwd" }
+    drain(m)
+    assert.equals("connect", r:result().code)
+    assert.equals("", r:result().body)
+    m:close()
+  end)
+end)
