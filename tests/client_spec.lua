@@ -1,0 +1,342 @@
+-- llmux.client against the loopback upstream: answers, every error code, every retry rule,
+-- the deadline, option checking and keeping the key secret.
+local llmux = require "llmux"
+local errors = require "llmux.errors"
+local upstream = require "helpers.upstream"
+
+local KEY = "sk-test-SECRET-0123456789abcdef"
+local u, c, base_backoff
+setup(function()
+  u = upstream.start{}
+  c = llmux.client{ base_url = u.http, api_key = KEY, timeout = 10 }
+  -- fast retries for the suite; the policy itself is tested in errors_spec
+  base_backoff = errors.BACKOFF_BASE
+  errors.BACKOFF_BASE = 0.01
+end)
+teardown(function()
+  errors.BACKOFF_BASE = base_backoff
+  if u then u:stop() end
+end)
+
+local function body(model, content)
+  return { model = model, messages = { { role = "user", content = content or "hi" } } }
+end
+
+local uniq = 0
+local function key(name)
+  uniq = uniq + 1
+  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
+end
+
+local function server_count(k)
+  local res = assert(c:request("GET", "/_count?key=" .. k))
+  return res.count
+end
+
+-- Deep search for a string anywhere in a value (keys included).
+local function contains(v, s, seen)
+  seen = seen or {}
+  if type(v) == "string" then return v:find(s, 1, true) ~= nil end
+  if type(v) ~= "table" or seen[v] then return false end
+  seen[v] = true
+  for k, x in pairs(v) do
+    if contains(k, s, seen) or contains(x, s, seen) then return true end
+  end
+  return false
+end
+
+describe("client answers", function()
+  it("returns the response and an info table", function()
+    local res, info = c:chat(body("m", "hello"))
+    assert.equals("echo: hello", res.choices[1].message.content)
+    assert.equals("stop", res.choices[1].finish_reason)
+    assert.equals("integer", math.type(res.created))
+    assert.equals("integer", math.type(res.usage.total_tokens))
+    assert.equals(200, info.status)
+    assert.equals(1, info.attempts)
+    assert.equals(1.1, info.http_version)
+    assert.equals("m", info.model)
+    assert.same(res.usage, info.usage)
+    assert.equals(u.http .. "/chat/completions", info.url)
+    assert.matches("application/json", info.headers["content-type"])
+    assert.is_true(info.latency > 0 and info.latency < 10)
+  end)
+
+  it("uses HTTP/2 over TLS with the CA file", function()
+    local h = llmux.client{ base_url = u.https, api_key = KEY, ca_file = u.ca_file }
+    local res, info = h:chat(body("m"))
+    assert.equals("echo: hi", res.choices[1].message.content)
+    assert.equals(2, info.http_version)
+  end)
+
+  it("lists models and calls any JSON endpoint", function()
+    local list = assert(c:models())
+    assert.equals("list", list.object)
+    assert.is_true(#list.data >= 1)
+    local emb = assert(c:request("POST", "/embeddings", { model = "e", input = "x" }))
+    assert.equals(0, emb.data[1].index)
+    assert.equals("integer", math.type(emb.data[1].index))
+  end)
+
+  it("sends the key only in the Authorization header, plus user headers", function()
+    local res = assert(c:chat(body("echoheaders"), { headers = { ["X-Team"] = "a" } }))
+    local h = llmux.json.decode(res.choices[1].message.content)
+    assert.equals(#("Bearer " .. KEY), tonumber(h.authorization))
+    assert.equals("a", h["x-team"])
+    assert.matches("^llmux/", h["user-agent"])
+    assert.equals("application/json", h["content-type"])
+    assert.is_nil(h.expect)
+  end)
+
+  it("sends the body as JSON", function()
+    local res = assert(c:chat{ model = "echobody", messages = { { role = "user", content = "x" } },
+      temperature = 0.5, seed = 7 })
+    local sent = llmux.json.decode(res.choices[1].message.content)
+    assert.equals(0.5, sent.temperature)
+    assert.equals(7, sent.seed)
+  end)
+end)
+
+describe("client error codes", function()
+  local no = { max_retries = 0 }
+  local cases = {
+    { "ratelimit", "ratelimit", 429 }, { "status:401", "auth", 401 }, { "status:403", "auth", 403 },
+    { "status:404", "notfound", 404 }, { "badreq", "badrequest", 400 },
+    { "status:409", "badrequest", 409 }, { "status:422", "badrequest", 422 },
+    { "context", "context_length", 400 }, { "filter", "content_filter", 400 },
+    { "status:500", "server", 500 }, { "503", "server", 503 }, { "status:418", "http", 418 },
+    { "status:408", "timeout", 408 }, { "notjson", "decode", 200 },
+  }
+  for _, case in ipairs(cases) do
+    it(case[1] .. " -> " .. case[2], function()
+      local res, msg, code, detail = c:chat(body(case[1]), no)
+      assert.is_nil(res)
+      assert.equals(case[2], code)
+      assert.equals(case[3], detail.status)
+      assert.equals(1, detail.attempts)
+      assert.matches("%(" .. case[2] .. "%)$", msg)
+      assert.is_falsy(contains({ msg, detail }, KEY))
+    end)
+  end
+
+  it("a wrong key -> auth, with the provider's error object", function()
+    local bad = llmux.client{ base_url = u.http, api_key = "sk-bad-key" }
+    local res, msg, code, detail = bad:chat(body("m"))
+    assert.is_nil(res)
+    assert.equals("auth", code)
+    assert.equals("invalid_api_key", detail.body.code)
+    assert.matches("Incorrect API key", msg)
+  end)
+
+  it("provider error bodies are kept in detail.body", function()
+    local _, _, _, detail = c:chat(body("context"))
+    assert.equals("context_length_exceeded", detail.body.code)
+  end)
+
+  it("timeout, connect, resolve, tls, toolarge, truncated", function()
+    local _, msg, code = c:chat(body("slow:3"), { timeout = 0.3, max_retries = 0 })
+    assert.equals("timeout", code)
+    local dead = llmux.client{ base_url = "http://127.0.0.1:1/v1", api_key = KEY, max_retries = 0 }
+    _, msg, code = dead:chat(body("m"))
+    assert.equals("connect", code)
+    assert.matches("^llmux: POST http://127.0.0.1:1/v1/chat/completions: .*%(connect%)$", msg)
+    -- a label over 63 bytes fails in the resolver itself: no query leaves the machine
+    local nohost = llmux.client{ base_url = "http://" .. ("a"):rep(70) .. ".invalid/v1",
+      api_key = KEY, max_retries = 0 }
+    _, msg, code = nohost:chat(body("m"))
+    assert.equals("resolve", code)
+    local noca = llmux.client{ base_url = u.https, api_key = KEY, max_retries = 0,
+      ca_file = u.other_ca_file }
+    _, msg, code = noca:chat(body("m"))
+    assert.equals("tls", code)
+    _, msg, code = c:chat(body("huge:200000"), { max_response_bytes = 50000 })
+    assert.equals("toolarge", code)
+    _, msg, code = c:chat(body("truncbody"), { max_retries = 0 })
+    assert.equals("truncated", code)
+  end)
+
+  it("TLS fails without the CA file", function()
+    local h = llmux.client{ base_url = u.https, api_key = KEY, max_retries = 0 }
+    local res, msg, code = h:chat(body("m"))
+    assert.is_nil(res)
+    assert.equals("tls", code)
+    assert.matches("certificate", msg)
+  end)
+
+  it("a huge body within the cap arrives whole", function()
+    local res = assert(c:chat(body("huge:3000000")))
+    assert.is_true(#res.choices[1].message.content > 2900000)
+  end)
+end)
+
+describe("client retries", function()
+  it("retries a 500 and succeeds", function()
+    local k = key("f500")
+    local res, info = c:chat(body("fail:1:500:" .. k))
+    assert.equals("echo: hi", res.choices[1].message.content)
+    assert.equals(2, info.attempts)
+    assert.equals(2, server_count(k))
+  end)
+
+  it("gives up after max_retries and reports the attempts", function()
+    local k = key("f503")
+    local res, _, code, detail = c:chat(body("fail:9:503:" .. k))
+    assert.is_nil(res)
+    assert.equals("server", code)
+    assert.equals(3, detail.attempts)
+    assert.equals(3, server_count(k))
+    _, _, code, detail = c:chat(body("fail:9:503:" .. key("x")), { max_retries = 4 })
+    assert.equals(5, detail.attempts)
+  end)
+
+  it("retries a connection reset", function()
+    -- curl itself retries once when a reused connection dies before any byte arrives, so a
+    -- single reset may not reach llmux's count; a reset every time must cost every attempt
+    local res, info = c:chat(body("resetonce:" .. key("r")))
+    assert.equals("echo: hi", res.choices[1].message.content)
+    assert.is_true(info.attempts <= 2)
+    local _, _, code, detail = c:chat(body("reset"))
+    assert.equals("connect", code)
+    assert.equals(3, detail.attempts)
+  end)
+
+  it("retries 408, 409 and 429", function()
+    for _, m in ipairs{ "fail:1:408:%s", "fail:1:409:%s", "fail:1:429:%s" } do
+      local res, info = c:chat(body(m:format(key("r"))))
+      assert.truthy(res, m)
+      assert.equals(2, info.attempts, m)
+    end
+  end)
+
+  it("never retries 400, 401, 403, 404, 422", function()
+    for _, st in ipairs{ 400, 401, 403, 404, 422 } do
+      local k = key("n" .. st)
+      local res, _, _, detail = c:chat(body("fail:9:" .. st .. ":" .. k))
+      assert.is_nil(res)
+      assert.equals(1, detail.attempts)
+      assert.equals(1, server_count(k))
+    end
+  end)
+
+  it("obeys x-should-retry", function()
+    local res, _, code, detail = c:chat(body("noretry:503"))
+    assert.is_nil(res)
+    assert.equals("server", code)
+    assert.equals(1, detail.attempts)
+    local ok, info = c:chat(body("forceretry:400:" .. key("fr")))
+    assert.truthy(ok)
+    assert.equals(2, info.attempts)
+  end)
+
+  it("waits retry-after-ms", function()
+    local t0 = llmux.now()
+    local _, _, code, detail = c:chat(body("ratelimit-ms:150"), { max_retries = 1 })
+    local el = llmux.now() - t0
+    assert.equals("ratelimit", code)
+    assert.equals(2, detail.attempts)
+    assert.is_true(el >= 0.15 and el < 2, "took " .. el)
+  end)
+
+  it("waits Retry-After in seconds", function()
+    local t0 = llmux.now()
+    local _, _, _, detail = c:chat(body("ratelimit-s:1"), { max_retries = 1 })
+    local el = llmux.now() - t0
+    assert.equals(2, detail.attempts)
+    assert.is_true(el >= 1 and el < 3, "took " .. el)
+  end)
+
+  it("waits Retry-After as an HTTP date", function()
+    local t0 = llmux.now()
+    local _, _, _, detail = c:chat(body("ratelimit-date:2"), { max_retries = 1 })
+    local el = llmux.now() - t0
+    assert.equals(2, detail.attempts)
+    -- the date has 1 s resolution: 2 s ahead means a wait in (1, 2]
+    assert.is_true(el >= 0.9 and el < 3.5, "took " .. el)
+  end)
+
+  it("does not wait out a server wait over 60 s", function()
+    local t0 = llmux.now()
+    local res, msg, code, detail = c:chat(body("ratelimit-long"))
+    assert.is_nil(res)
+    assert.equals("ratelimit", code)
+    assert.equals(120, detail.retry_after)
+    assert.equals(1, detail.attempts)
+    assert.matches("120 s", msg)
+    assert.is_true(llmux.now() - t0 < 1)
+  end)
+
+  it("backs off exponentially without a server wait", function()
+    errors.BACKOFF_BASE = 0.1
+    local t0 = llmux.now()
+    local _, _, _, detail = c:chat(body("fail:9:500:" .. key("b")))
+    local el = llmux.now() - t0
+    errors.BACKOFF_BASE = 0.01
+    assert.equals(3, detail.attempts)
+    -- 0.1 + 0.2 seconds, each times a factor in (0.75, 1]
+    assert.is_true(el >= 0.225 and el < 1.5, "took " .. el)
+  end)
+end)
+
+describe("client deadline", function()
+  it("bounds a slow attempt", function()
+    local t0 = llmux.now()
+    local res, _, code = c:chat(body("slow:5"), { deadline = 0.4 })
+    local el = llmux.now() - t0
+    assert.is_nil(res)
+    assert.equals("timeout", code)
+    assert.is_true(el < 1.5, "took " .. el)
+  end)
+
+  it("cuts a retry wait short instead of sleeping past it", function()
+    local t0 = llmux.now()
+    local res, _, code, detail = c:chat(body("ratelimit-s:3"), { deadline = 1 })
+    assert.is_nil(res)
+    assert.equals("ratelimit", code)
+    assert.is_true(detail.deadline)
+    assert.equals(1, detail.attempts)
+    assert.is_true(llmux.now() - t0 < 0.9)
+  end)
+
+  it("spans all attempts", function()
+    local t0 = llmux.now()
+    local res, _, _, detail = c:chat(body("fail:9:500:" .. key("d")),
+      { deadline = 0.8, max_retries = 50 })
+    assert.is_nil(res)
+    assert.is_true(detail.attempts >= 2)
+    assert.is_true(llmux.now() - t0 < 1.5)
+  end)
+end)
+
+describe("client misuse", function()
+  it("raises naming the argument", function()
+    assert.has_error(function() llmux.client{ nope = 1 } end, "llmux.client: unknown option 'nope'")
+    assert.has_error(function() llmux.client{ timeout = "5" } end,
+      "llmux.client: option 'timeout' must be a number > 0")
+    assert.has_error(function() llmux.client{ max_retries = 1.5 } end,
+      "llmux.client: option 'max_retries' must be an integer >= 0")
+    assert.has_error(function() llmux.client{ base_url = "ftp://x" } end)
+    assert.has_error(function() llmux.client{ base_url = "not a url" } end)
+    assert.has_error(function() llmux.client{ headers = { ["X-A"] = "a\r\nInjected: 1" } } end)
+    assert.has_error(function() llmux.client{ api_key = "sk\nx" } end)
+    assert.has_error(function() c:chat("hi") end, "llmux.Client:chat: body must be a table")
+    assert.has_error(function() c:chat(body("m"), { retries = 1 }) end,
+      "llmux.Client:chat: unknown option 'retries'")
+    assert.has_error(function() c:chat({ f = print }) end)
+    assert.has_error(function() c:request("FETCH", "/x") end)
+    assert.has_error(function() c:request("GET", "x") end)
+  end)
+
+  it("never shows the key in the client", function()
+    assert.is_falsy(tostring(c):find(KEY, 1, true))
+    for k, v in pairs(c) do
+      assert.is_falsy(contains({ k, v }, KEY))
+    end
+  end)
+
+  it("scrubs the key if a provider echoes it", function()
+    local res, msg, _, detail = c:chat(body("leakkey"), { max_retries = 0 })
+    assert.is_nil(res)
+    assert.is_falsy(contains({ msg, detail }, KEY))
+    assert.matches("%[redacted%]", msg)
+  end)
+end)

@@ -1,0 +1,101 @@
+-- llmux.errors: classification and retry rules as plain functions (no network).
+local errors = require "llmux.errors"
+
+describe("errors.classify", function()
+  local cases = {
+    { 429, nil, "ratelimit" }, { 401, nil, "auth" }, { 403, nil, "auth" },
+    { 404, nil, "notfound" }, { 408, nil, "timeout" }, { 500, nil, "server" },
+    { 503, nil, "server" }, { 400, { message = "bad" }, "badrequest" },
+    { 409, nil, "badrequest" }, { 422, { message = "x" }, "badrequest" }, { 418, nil, "http" },
+    { 400, { code = "context_length_exceeded", message = "x" }, "context_length" },
+    { 400, { message = "This model's maximum context length is 8192 tokens" }, "context_length" },
+    { 400, { type = "invalid_request_error", message = "prompt is too long: 210000 tokens" },
+      "context_length" },
+    { 400, { code = "content_filter", message = "x" }, "content_filter" },
+    { 400, { message = "The response was filtered due to the prompt triggering Azure OpenAI's "
+      .. "content management policy." }, "content_filter" },
+    { 400, { code = "content_policy_violation" }, "content_filter" },
+    { 400, "plain text: context length exceeded", "context_length" },
+  }
+  for _, c in ipairs(cases) do
+    it(c[1] .. " " .. (type(c[2]) == "table" and (c[2].code or c[2].message or "") or tostring(c[2]))
+      .. " -> " .. c[3], function()
+      assert.equals(c[3], errors.classify(c[1], c[2]))
+    end)
+  end
+
+  it("finds the error object inside a body", function()
+    assert.same({ message = "m" }, errors.error_object({ error = { message = "m" } }))
+    assert.same({ message = "s" }, errors.error_object({ error = "s" }))
+    assert.equals("text", errors.error_object("text"))
+  end)
+end)
+
+describe("errors.should_retry", function()
+  it("retries connection failures, timeouts, 408, 409, 429 and 5xx", function()
+    for _, code in ipairs{ "connect", "timeout", "resolve", "truncated" } do
+      assert.is_true(errors.should_retry(nil, nil, code), code)
+    end
+    for _, code in ipairs{ "tls", "toolarge", "cancelled", "closed" } do
+      assert.is_false(errors.should_retry(nil, nil, code), code)
+    end
+    for _, st in ipairs{ 408, 409, 429, 500, 502, 503, 504 } do
+      assert.is_true(errors.should_retry(st, {}, "x"), st)
+    end
+    for _, st in ipairs{ 400, 401, 403, 404, 422 } do
+      assert.is_false(errors.should_retry(st, {}, "x"), st)
+    end
+  end)
+
+  it("obeys x-should-retry first", function()
+    assert.is_false(errors.should_retry(503, { ["x-should-retry"] = "false" }, "server"))
+    assert.is_true(errors.should_retry(400, { ["x-should-retry"] = "true" }, "badrequest"))
+  end)
+end)
+
+describe("errors.retry_after", function()
+  it("prefers retry-after-ms, then seconds, then an HTTP date", function()
+    assert.equals(0.25, errors.retry_after{ ["retry-after-ms"] = "250", ["retry-after"] = "9" })
+    assert.equals(3, errors.retry_after{ ["retry-after"] = "3" })
+    assert.equals(1.5, errors.retry_after{ ["retry-after"] = "1.5" })
+    local now = errors.parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT")
+    assert.equals(1445412480, now)
+    assert.equals(7, errors.retry_after({ ["retry-after"] = "Wed, 21 Oct 2015 07:28:07 GMT" }, now))
+    assert.equals(0, errors.retry_after({ ["retry-after"] = "Wed, 21 Oct 2015 07:27:00 GMT" }, now))
+    assert.is_nil(errors.retry_after{ ["retry-after"] = "soon" })
+    assert.is_nil(errors.retry_after{ ["retry-after"] = "-3" })
+    assert.is_nil(errors.retry_after{})
+  end)
+
+  it("parses the three HTTP date forms", function()
+    local t = 784111777
+    assert.equals(t, errors.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"))
+    assert.equals(t, errors.parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"))
+    assert.equals(t, errors.parse_http_date("Sun Nov  6 08:49:37 1994"))
+    assert.equals(951782400, errors.parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT"))
+    assert.is_nil(errors.parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"))
+  end)
+end)
+
+describe("errors.backoff", function()
+  it("doubles from 0.5 s, caps at 8 s, jitters within (0.75, 1]", function()
+    for n = 0, 8 do
+      local cap = math.min(0.5 * 2 ^ n, 8)
+      for _ = 1, 50 do
+        local d = errors.backoff(n)
+        assert.is_true(d > 0.75 * cap - 1e-9 and d <= cap, n .. ": " .. d)
+      end
+    end
+  end)
+end)
+
+describe("errors.scrub", function()
+  it("removes a secret from strings and nested tables", function()
+    local k = "sk-secret-xyz"
+    assert.equals("key [redacted] and [redacted]!", errors.scrub("key sk-secret-xyz and sk-secret-xyz!", k))
+    local t = errors.scrub({ a = { b = "x" .. k }, [k] = 1 }, k)
+    assert.same({ a = { b = "x[redacted]" }, ["[redacted]"] = 1 }, t)
+    assert.equals("no secret", errors.scrub("no secret", k))
+    assert.equals(5, errors.scrub(5, k))
+  end)
+end)
