@@ -1,0 +1,222 @@
+-- The scheduler: tasks, sleep, semaphores, map, the frame loop, and the same calls blocking
+-- outside any task.
+local llmux = require "llmux"
+local upstream = require "helpers.upstream"
+
+local u, c
+setup(function()
+  u = upstream.start{}
+  c = llmux.client{ base_url = u.http, api_key = "sk-sched", timeout = 10 }
+end)
+teardown(function() if u then u:stop() end end)
+
+local function ask(content, model)
+  local res, msg, code = c:chat{ model = model or "m", messages = { { role = "user", content = content } } }
+  if not res then return nil, msg, code end
+  return res.choices[1].message.content
+end
+
+describe("tasks", function()
+  it("run returns the main function's results", function()
+    assert.same({ 1, "two" }, { llmux.run(function(a) return a, "two" end, 1) })
+  end)
+
+  it("tasks run concurrently and join returns their results", function()
+    local order = {}
+    llmux.run(function()
+      local a = llmux.spawn(function() llmux.sleep(0.1); order[#order + 1] = "a"; return "A" end)
+      local b = llmux.spawn(function() llmux.sleep(0.05); order[#order + 1] = "b"; return "B", 2 end)
+      assert.equals("A", a:join())
+      assert.same({ "B", 2 }, { b:join() })
+    end)
+    assert.same({ "b", "a" }, order)
+  end)
+
+  it("a task's error does not kill the others; join returns nil, message", function()
+    local other_done
+    llmux.run(function()
+      local bad = llmux.spawn(function() llmux.sleep(0.01); error("boom") end)
+      local good = llmux.spawn(function() llmux.sleep(0.05); other_done = true; return 1 end)
+      local r, msg = bad:join()
+      assert.is_nil(r)
+      assert.matches("boom", msg)
+      assert.equals(1, good:join())
+    end)
+    assert.is_true(other_done)
+  end)
+
+  it("run raises the main function's error after the others end", function()
+    local finished
+    assert.has_error(function()
+      llmux.run(function()
+        llmux.spawn(function() llmux.sleep(0.05); finished = true end)
+        error("main failed")
+      end)
+    end)
+    assert.is_true(finished)
+  end)
+
+  it("sleeps concurrently inside tasks and blocks outside", function()
+    local t0 = llmux.now()
+    llmux.run(function()
+      local ts = {}
+      for i = 1, 20 do ts[i] = llmux.spawn(llmux.sleep, 0.2) end
+      for i = 1, 20 do ts[i]:join() end
+    end)
+    local el = llmux.now() - t0
+    assert.is_true(el >= 0.2 and el < 0.6, "took " .. el)
+    t0 = llmux.now()
+    llmux.sleep(0.1)
+    el = llmux.now() - t0
+    assert.is_true(el >= 0.1 and el < 0.3)
+  end)
+
+  it("join outside any task drives the loop", function()
+    local t = llmux.spawn(function() return ask("joined") end)
+    assert.equals("echo: joined", t:join())
+  end)
+
+  it("a blocking wait that can never end raises instead of hanging", function()
+    local sem = llmux.semaphore(1)
+    sem:acquire()
+    assert.has_error(function() sem:acquire() end)
+    sem:release()
+  end)
+
+  it("requests run concurrently inside tasks", function()
+    local t0 = llmux.now()
+    llmux.run(function()
+      local ts = {}
+      for i = 1, 10 do ts[i] = llmux.spawn(ask, "q" .. i, "slow:0.3") end
+      for i = 1, 10 do assert.equals("echo: q" .. i, ts[i]:join()) end
+    end)
+    local el = llmux.now() - t0
+    assert.is_true(el < 1.5, "10 x 0.3 s took " .. el)
+  end)
+end)
+
+describe("semaphore", function()
+  it("bounds concurrency", function()
+    local sem, inside, most = llmux.semaphore(3), 0, 0
+    llmux.run(function()
+      local ts = {}
+      for i = 1, 12 do
+        ts[i] = llmux.spawn(function()
+          sem:with(function()
+            inside = inside + 1
+            most = math.max(most, inside)
+            llmux.sleep(0.01)
+            inside = inside - 1
+          end)
+        end)
+      end
+      for i = 1, 12 do ts[i]:join() end
+    end)
+    assert.equals(3, most)
+    assert.matches("3/3", tostring(sem))
+  end)
+
+  it("releases on error and rejects misuse", function()
+    local sem = llmux.semaphore(1)
+    assert.has_error(function() sem:with(error, "x") end)
+    assert.is_true(sem:acquire())
+    sem:release()
+    assert.has_error(function() sem:release() end)
+    assert.has_error(function() llmux.semaphore(0) end)
+  end)
+end)
+
+describe("map", function()
+  it("2000 requests at concurrency 64, every answer checked", function()
+    local items = {}
+    for i = 1, 2000 do items[i] = "item-" .. i end
+    local calls = 0
+    local results, failures = llmux.map(items, function(s)
+      calls = calls + 1
+      return ask(s)
+    end, { concurrency = 64 })
+    assert.equals(0, #failures)
+    assert.equals(2000, calls)
+    for i = 1, 2000 do assert.equals("echo: item-" .. i, results[i]) end
+    local st = require("llmux.sched").engine():stats()
+    assert.is_true(st.connects <= 200, "connections: " .. st.connects)
+  end)
+
+  it("collects failures returned and raised, in index order", function()
+    local results, failures = llmux.map({ "a", "status:400", "b", "raise", "c" }, function(m, i)
+      if m == "raise" then error("bad item " .. i) end
+      return ask("x", m)
+    end, { concurrency = 2 })
+    assert.equals("echo: x", results[1])
+    assert.is_nil(results[2])
+    assert.equals("echo: x", results[5])
+    assert.equals(2, #failures)
+    assert.equals(2, failures[1].index)
+    assert.equals("badrequest", failures[1].code)
+    assert.equals(4, failures[2].index)
+    assert.matches("bad item 4", failures[2].message)
+  end)
+
+  it("works inside a task and reports progress through a function", function()
+    local seen = {}
+    local results = llmux.run(function()
+      return (llmux.map({ 1, 2, 3, 4 }, function(x) llmux.sleep(0.01); return x * 2 end, {
+        concurrency = 2,
+        progress = function(done, total, failed) seen[#seen + 1] = { done, total, failed } end,
+      }))
+    end)
+    assert.same({ 2, 4, 6, 8 }, results)
+    assert.same({ 4, 4, 0 }, seen[#seen])
+    assert.equals(4, #seen)
+  end)
+
+  it("draws a forced progress bar on stderr", function()
+    local path = os.tmpname()
+    local saved = io.stderr
+    local f = assert(io.open(path, "w"))
+    io.stderr = f
+    local ok, err = pcall(llmux.map, { 1, 2, 3 }, function(x) return x end, { progress = "always" })
+    io.stderr = saved
+    f:close()
+    local out = assert(io.open(path)):read("a")
+    os.remove(path)
+    assert.is_true(ok, err)
+    assert.matches("3/3", out)
+    assert.matches("0 failed", out)
+  end)
+
+  it("rejects bad arguments", function()
+    assert.has_error(function() llmux.map(nil, print) end)
+    assert.has_error(function() llmux.map({}, print, { concurrency = 0 }) end)
+    assert.has_error(function() llmux.map({}, print, { nope = 1 }) end)
+  end)
+end)
+
+describe("frame loop", function()
+  it("step(0) stays fast while requests are in flight", function()
+    local done, worst = 0, 0
+    for i = 1, 32 do
+      llmux.spawn(function()
+        assert.equals("echo: f" .. i, ask("f" .. i, "slow:0.2"))
+        done = done + 1
+      end)
+    end
+    local t0 = llmux.now()
+    while done < 32 and llmux.now() - t0 < 10 do
+      local s = llmux.now()
+      llmux.step(0)
+      worst = math.max(worst, llmux.now() - s)
+      llmux.core.sleep(0.004)   -- the rest of a frame
+    end
+    assert.equals(32, done)
+    assert.is_true(worst < 0.02, "worst step(0) took " .. worst)
+  end)
+
+  it("step(t) waits at most t", function()
+    llmux.spawn(ask, "z", "slow:1")
+    local t0 = llmux.now()
+    llmux.step(0.1)
+    assert.is_true(llmux.now() - t0 < 0.4)
+    while llmux.step(0.1) do end
+  end)
+end)
