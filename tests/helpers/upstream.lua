@@ -112,9 +112,14 @@ local function lua51_cpath()
   return dir .. "/?.so"
 end
 
+-- /usr/sbin is not on every user's PATH.
 local function nginx_bin()
   for _, p in ipairs{"/usr/sbin/nginx", "/usr/bin/nginx"} do
-    if read_file(p) then return p end
+    local f = io.open(p, "rb")
+    if f then
+      f:close()
+      return p
+    end
   end
   return "nginx"
 end
@@ -191,7 +196,7 @@ end
 local CONF = [[
 daemon off;
 master_process on;
-worker_processes ${workers};
+${user}worker_processes ${workers};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 
@@ -239,6 +244,13 @@ http {
 }
 ]]
 
+-- A root master would run its workers as nobody, who can neither enter the
+-- 0700 temp dir (bodies over 1m are spooled there) nor maybe read the repo.
+local function user_line()
+  local out = capture("id -u")
+  return out:match("^0%s") and "user root;\n" or ""
+end
+
 local function render(vars)
   return (CONF:gsub("%${([%w_]+)}", function(k)
     return tostring(assert(vars[k], "upstream: no value for " .. k))
@@ -261,12 +273,13 @@ end
 local Instance = {}
 Instance.__index = Instance
 
--- Kills the whole process group: `timeout` makes itself a group leader, so
--- the group is timeout + nginx master + workers and nothing else.
+-- Signals the whole process group: `timeout` makes itself a group leader, so
+-- the group is timeout + nginx master + workers and nothing else. Through
+-- bash because dash's kill builtin rejects negative (group) pids.
 local function kill(pid, master, sig)
   local targets = "-" .. pid .. " " .. pid
   if master then targets = targets .. " " .. master end
-  sh("kill -" .. sig .. " -- " .. targets .. " 2>/dev/null")
+  sh("bash -c " .. q("kill -" .. sig .. " -- " .. targets) .. " 2>/dev/null")
 end
 
 local function master_pid(dir)
@@ -337,6 +350,7 @@ function M.start(opts)
     modules = NGINX_MODULES,
     tests = tests_dir(),
     cpath = lua51_cpath(),
+    user = user_line(),
     workers = opts.workers or 1,
     keepalive_requests = opts.keepalive_requests or 1000000,
   }

@@ -1,0 +1,166 @@
+/* The benchmark floor: the leanest client we know how to write for llmux's workload, so the
+ * bench can say how much CPU llmux spends per request on top of libcurl itself.
+ *
+ *   floor URL N CONCURRENCY
+ *
+ * POSTs N small chat bodies to URL (the full .../chat/completions address) with CONCURRENCY
+ * transfers in flight over keep-alive HTTP/1.1, driven by the textbook curl_multi_perform +
+ * curl_multi_poll loop. That loop measured cheaper here than the socket API with epoll (which
+ * llmux's core uses): poll hands back every ready socket in one call, while the socket API adds
+ * an epoll_ctl per transfer as curl flips a connection between sending and receiving. Each
+ * transfer slot keeps its easy handle, request body and response buffer for the whole run, so
+ * the steady state allocates nothing of its own. A request passes when it ends with status 200
+ * and its body holds the echo of its own message.
+ *
+ * Prints one line of key=value pairs on stdout:
+ *   requests= failures= wall_s= cpu_us_per_req= peak_rss_kib=
+ * where CPU is user+sys of this process over the request loop only. Exit status 0 when every
+ * request passed, 1 when some failed, 2 on a setup error. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <curl/curl.h>
+
+#define SHOW_FAILURES 3   /* failures described on stderr; the rest are only counted */
+
+typedef struct {
+  CURL *easy;
+  long idx;               /* request number, which its message and echo carry */
+  char body[128];         /* request body: CURLOPT_POSTFIELDS points here, never copied */
+  char want[64];          /* the text a correct answer contains */
+  size_t wantlen;
+  char *resp;             /* response body, kept across requests */
+  size_t n, cap;
+} Slot;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double cpu_us(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud) {
+  Slot *s = ud;
+  size_t len = size * nmemb;
+  if (len > s->cap - s->n) {
+    size_t cap = s->cap ? s->cap : 1024;
+    while (cap - s->n < len) cap *= 2;
+    char *np = realloc(s->resp, cap);
+    if (!np) return 0;   /* a short count fails the transfer */
+    s->resp = np;
+    s->cap = cap;
+  }
+  memcpy(s->resp + s->n, p, len);
+  s->n += len;
+  return len;
+}
+
+/* Points slot s at request idx and hands its easy handle to the multi. */
+static int start(CURLM *cm, Slot *s, long idx) {
+  int len = snprintf(s->body, sizeof s->body,
+                     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q%ld\"}]}",
+                     idx);
+  s->wantlen = (size_t)snprintf(s->want, sizeof s->want, "\"echo: q%ld\"", idx);
+  s->idx = idx;
+  s->n = 0;
+  curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE, (long)len);
+  return curl_multi_add_handle(cm, s->easy) == CURLM_OK ? 0 : -1;
+}
+
+/* Judges one finished transfer: 0 passed, 1 failed. */
+static int judge(Slot *s, CURLcode rc, long *shown) {
+  long status = 0;
+  curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+  if (rc == CURLE_OK && status == 200 && memmem(s->resp, s->n, s->want, s->wantlen)) return 0;
+  if ((*shown)++ < SHOW_FAILURES)
+    fprintf(stderr, "floor: request %ld failed: %s, status %ld, body %.*s\n", s->idx,
+            curl_easy_strerror(rc), status, (int)(s->n < 200 ? s->n : 200),
+            s->resp ? s->resp : "");
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s URL N CONCURRENCY\n", argv[0]);
+    return 2;
+  }
+  const char *url = argv[1];
+  long n = strtol(argv[2], NULL, 10), conc = strtol(argv[3], NULL, 10);
+  if (n < 1 || conc < 1) {
+    fprintf(stderr, "floor: N and CONCURRENCY must be >= 1\n");
+    return 2;
+  }
+  if (conc > n) conc = n;
+
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return 2;
+  CURLM *cm = curl_multi_init();
+  if (!cm) return 2;
+
+  struct curl_slist *hdrs = curl_slist_append(NULL, "Authorization: Bearer sk-bench-floor");
+  hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+  Slot *slots = calloc((size_t)conc, sizeof *slots);
+  if (!hdrs || !slots) return 2;
+  /* Options are set once: a handle keeps them across remove/add, only the body size changes. */
+  for (long i = 0; i < conc; i++) {
+    Slot *s = &slots[i];
+    if (!(s->easy = curl_easy_init())) return 2;
+    curl_easy_setopt(s->easy, CURLOPT_URL, url);
+    curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, s->body);
+    curl_easy_setopt(s->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(s->easy, CURLOPT_PRIVATE, (char *)s);
+    curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
+  }
+
+  double t0 = now_s(), c0 = cpu_us();
+  long next = 0, done = 0, failures = 0, shown = 0;
+  int running = 0;
+  for (long i = 0; i < conc; i++) {
+    if (start(cm, &slots[i], next++) != 0) return 2;
+  }
+  while (done < n) {
+    if (curl_multi_perform(cm, &running) != CURLM_OK) return 2;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(cm, &left))) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      Slot *s;
+      CURLcode rc = msg->data.result;   /* copied: msg dies with remove_handle */
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+      curl_multi_remove_handle(cm, s->easy);
+      failures += judge(s, rc, &shown);
+      done++;
+      if (next < n && start(cm, s, next++) != 0) return 2;
+    }
+    /* The timeout only bounds a stall: the loop ends on the request count, not on time. */
+    if (done < n && curl_multi_poll(cm, NULL, 0, 1000, NULL) != CURLM_OK) return 2;
+  }
+  double wall = now_s() - t0, cpu = cpu_us() - c0;
+
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("requests=%ld failures=%ld wall_s=%.3f cpu_us_per_req=%.2f peak_rss_kib=%ld\n", n,
+         failures, wall, cpu / (double)n, ru.ru_maxrss);
+
+  for (long i = 0; i < conc; i++) {
+    curl_easy_cleanup(slots[i].easy);
+    free(slots[i].resp);
+  }
+  free(slots);
+  curl_slist_free_all(hdrs);
+  curl_multi_cleanup(cm);
+  curl_global_cleanup();
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,448 @@
+-- Mock OpenAI-compatible API, run by nginx's LuaJIT (Lua 5.1 syntax) in the
+-- loopback upstream that tests/helpers/upstream.lua starts.
+--
+-- The request body's "model" picks the behaviour: "name[:arg[:arg...]]",
+-- e.g. "slow:0.5", "fail:2:503:k1". Unknown names get a normal answer.
+-- Keyed behaviours count every request for their KEY in the shared dict;
+-- GET /v1/_count?key=KEY reads the count back.
+local cjson = require "cjson.safe"
+
+local M = {}
+
+local null = cjson.null
+local state = ngx.shared.state
+
+-- Responses ------------------------------------------------------------------
+
+-- Explicit Content-Length (no chunking) so clients see ordinary bodies.
+local function send(status, body, content_type, headers)
+  ngx.status = status
+  ngx.header["Content-Type"] = content_type
+  ngx.header["Content-Length"] = #body
+  if headers then
+    for k, v in pairs(headers) do ngx.header[k] = v end
+  end
+  ngx.print(body)
+  return ngx.exit(ngx.OK)
+end
+
+local function send_json(status, obj, headers)
+  return send(status, cjson.encode(obj), "application/json", headers)
+end
+
+local function send_error(status, message, etype, code, headers, param)
+  return send_json(status, {error = {
+    message = message,
+    type = etype,
+    param = param or null,
+    code = code or null,
+  }}, headers)
+end
+
+-- Error type for a bare status, roughly as OpenAI reports them.
+local function error_type(status)
+  if status == 401 then return "invalid_request_error" end
+  if status == 403 then return "permission_error" end
+  if status == 404 then return "not_found_error" end
+  if status == 429 then return "rate_limit_exceeded" end
+  if status >= 500 then return "server_error" end
+  return "invalid_request_error"
+end
+
+local function send_status(status, headers)
+  return send_error(status, "mock status " .. status, error_type(status), null, headers)
+end
+
+local function bad_request(message, param)
+  return send_error(400, message, "invalid_request_error", null, nil, param)
+end
+
+local function rate_limited(headers)
+  return send_error(429, "Rate limit reached for requests (mock)",
+    "rate_limit_exceeded", "rate_limit_exceeded", headers)
+end
+
+-- Closes the connection (the HTTP/2 stream) without sending anything.
+local function close()
+  return ngx.exit(444)
+end
+
+-- Request helpers ----------------------------------------------------------------
+
+local function read_body()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if body then return body end
+  -- Only when the body outgrew client_body_buffer_size.
+  local path = ngx.req.get_body_file()
+  if not path then return "" end
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  body = f:read("*a")
+  f:close()
+  return body
+end
+
+local function split(s, sep)
+  local parts = {}
+  for part in (s .. sep):gmatch("(.-)" .. sep) do parts[#parts + 1] = part end
+  return parts
+end
+
+-- Counts one request for key and returns the new count.
+local function count(key)
+  return (state:incr("count:" .. key, 1, 0))
+end
+
+local function text_of(content)
+  if type(content) == "string" then return content end
+  if type(content) ~= "table" then return "" end
+  -- Multi-part content: concatenate the text parts.
+  local out = {}
+  for _, part in ipairs(content) do
+    if type(part) == "table" and type(part.text) == "string" then
+      out[#out + 1] = part.text
+    end
+  end
+  return table.concat(out)
+end
+
+-- Deterministic stand-in for a tokenizer.
+local function tokens(bytes)
+  return math.floor(bytes / 4) + 1
+end
+
+-- Normal answers -----------------------------------------------------------------
+
+local function chat_object(ctx, content, completion_tokens)
+  local prompt_bytes = 0
+  for _, m in ipairs(ctx.req.messages) do
+    if type(m) == "table" then prompt_bytes = prompt_bytes + #text_of(m.content) end
+  end
+  local prompt_tokens = tokens(prompt_bytes)
+  completion_tokens = completion_tokens or tokens(#content)
+  return {
+    id = "chatcmpl-" .. state:incr("seq", 1, 0),
+    object = "chat.completion",
+    created = ngx.time(),
+    model = ctx.model,
+    choices = {{
+      index = 0,
+      message = {role = "assistant", content = content},
+      finish_reason = "stop",
+    }},
+    usage = {
+      prompt_tokens = prompt_tokens,
+      completion_tokens = completion_tokens,
+      total_tokens = prompt_tokens + completion_tokens,
+    },
+  }
+end
+
+local function embeddings_object(ctx)
+  local inputs = ctx.req.input
+  if type(inputs) ~= "table" then inputs = {inputs} end
+  local data, bytes = {}, 0
+  for i, input in ipairs(inputs) do
+    data[i] = {object = "embedding", index = i - 1, embedding = {0.1, 0.2}}
+    if type(input) == "string" then bytes = bytes + #input end
+  end
+  local n = tokens(bytes)
+  return {
+    object = "list",
+    data = data,
+    model = ctx.model,
+    usage = {prompt_tokens = n, total_tokens = n},
+  }
+end
+
+-- content: the chat answer (default "echo: " .. last message). Embeddings
+-- ignore it: the content behaviours only mean something for chat.
+local function answer(ctx, content)
+  if ctx.kind == "embeddings" then
+    return send_json(200, embeddings_object(ctx))
+  end
+  if not content then
+    local msgs = ctx.req.messages
+    local last = msgs[#msgs]
+    content = "echo: " .. text_of(type(last) == "table" and last.content or nil)
+  end
+  return send_json(200, chat_object(ctx, content))
+end
+
+-- Streams a chat answer of about `bytes` bytes without building it in memory.
+local function huge(ctx, bytes)
+  if ctx.kind ~= "chat" then return answer(ctx) end
+  local marker = "@@LLMUX-PAD@@"
+  local json = cjson.encode(chat_object(ctx, marker, tokens(bytes)))
+  local i, j = json:find(marker, 1, true)
+  local prefix, suffix = json:sub(1, i - 1), json:sub(j + 1)
+  local pad = math.max(0, bytes - #prefix - #suffix)
+  ngx.status = 200
+  ngx.header["Content-Type"] = "application/json"
+  ngx.header["Content-Length"] = #prefix + pad + #suffix
+  ngx.print(prefix)
+  local size = 65536
+  local chunk = string.rep("x", size)
+  local since_flush = 0
+  while pad > 0 do
+    local n = math.min(pad, size)
+    ngx.print(n == size and chunk or chunk:sub(1, n))
+    pad = pad - n
+    since_flush = since_flush + n
+    -- Waiting for the socket every MiB keeps nginx's buffers bounded.
+    if since_flush >= 1048576 then
+      since_flush = 0
+      if not ngx.flush(true) then return ngx.exit(ngx.ERROR) end
+    end
+  end
+  ngx.print(suffix)
+  return ngx.exit(ngx.OK)
+end
+
+-- Behaviours -------------------------------------------------------------------
+
+local function status_arg(s)
+  local n = tonumber(s)
+  if n and n == math.floor(n) and n >= 200 and n <= 599 then return n end
+  return nil
+end
+
+-- Each takes (ctx, args) where args are the ":"-separated parts after the
+-- name. Returning false means the arguments were unusable (-> 400).
+local behaviours = {}
+
+behaviours.slow = function(ctx, a)
+  local s = tonumber(a[1])
+  if not s then return false end
+  ngx.sleep(s)
+  return answer(ctx)
+end
+
+behaviours.silent = function()
+  ngx.sleep(30)
+  return close()
+end
+
+behaviours.reset = function()
+  return close()
+end
+
+behaviours["ratelimit-ms"] = function(_, a)
+  if not tonumber(a[1]) then return false end
+  return rate_limited({["retry-after-ms"] = a[1]})
+end
+
+behaviours["ratelimit-s"] = function(_, a)
+  if not tonumber(a[1]) then return false end
+  return rate_limited({["Retry-After"] = a[1]})
+end
+
+behaviours["ratelimit-date"] = function(_, a)
+  local s = tonumber(a[1])
+  if not s then return false end
+  return rate_limited({["Retry-After"] = ngx.http_time(ngx.time() + math.floor(s))})
+end
+
+behaviours["ratelimit-long"] = function()
+  return rate_limited({["Retry-After"] = "120"})
+end
+
+behaviours.ratelimit = function()
+  return rate_limited()
+end
+
+behaviours.status = function(_, a)
+  local n = status_arg(a[1])
+  if not n then return false end
+  return send_status(n)
+end
+
+behaviours.context = function()
+  return send_error(400, "This model's maximum context length is 8192 tokens. "
+    .. "However, your messages resulted in 9000 tokens.",
+    "invalid_request_error", "context_length_exceeded", nil, "messages")
+end
+
+behaviours.filter = function()
+  return send_error(400, "The response was filtered due to the prompt triggering "
+    .. "the content management policy (mock).",
+    "invalid_request_error", "content_filter", nil, "prompt")
+end
+
+behaviours.badreq = function()
+  return bad_request("Invalid request (mock)")
+end
+
+behaviours.noretry = function(_, a)
+  local n = status_arg(a[1])
+  if not n then return false end
+  return send_status(n, {["x-should-retry"] = "false"})
+end
+
+behaviours.forceretry = function(ctx, a)
+  local n = status_arg(a[1])
+  local key = table.concat(a, ":", 2)
+  if not n or key == "" then return false end
+  if count(key) == 1 then
+    return send_status(n, {["x-should-retry"] = "true"})
+  end
+  return answer(ctx)
+end
+
+behaviours.fail = function(ctx, a)
+  local times, n = tonumber(a[1]), status_arg(a[2])
+  local key = table.concat(a, ":", 3)
+  if not times or not n or key == "" then return false end
+  if count(key) <= times then return send_status(n) end
+  return answer(ctx)
+end
+
+behaviours.resetonce = function(ctx, a)
+  local key = table.concat(a, ":")
+  if key == "" then return false end
+  if count(key) == 1 then return close() end
+  return answer(ctx)
+end
+
+behaviours.count = function(ctx, a)
+  local key = table.concat(a, ":")
+  if key == "" then return false end
+  count(key)
+  return answer(ctx)
+end
+
+behaviours.notjson = function()
+  return send(200, "<html>oops</html>", "text/html")
+end
+
+behaviours.huge = function(ctx, a)
+  local n = tonumber(a[1])
+  if not n then return false end
+  return huge(ctx, math.floor(n))
+end
+
+behaviours.echoheaders = function(ctx)
+  local headers = ngx.req.get_headers(0)
+  -- Show that Authorization arrived without ever echoing the key.
+  local auth = headers.authorization
+  if type(auth) == "table" then
+    local lens = {}
+    for i, v in ipairs(auth) do lens[i] = #v end
+    headers.authorization = lens
+  elseif auth then
+    headers.authorization = #auth
+  end
+  return answer(ctx, cjson.encode(headers))
+end
+
+-- A careless provider that quotes the caller's key in its error: the client must scrub it.
+behaviours.leakkey = function()
+  local auth = ngx.var.http_authorization or ""
+  local key = auth:match("^Bearer%s+(.+)$") or auth
+  return send_error(400, "Invalid request for key " .. key .. " (see " .. key .. ")",
+    "invalid_request_error", "leaked")
+end
+
+behaviours.echobody = function(ctx)
+  return answer(ctx, ctx.body)
+end
+
+-- Byte-for-byte truncated body: promises 1000 bytes, sends ~20, then drops
+-- the connection (curl: exit 18, partial file).
+behaviours.truncbody = function()
+  ngx.status = 200
+  ngx.header["Content-Type"] = "application/json"
+  ngx.header["Content-Length"] = 1000
+  ngx.print('{"id":"chatcmpl-trunc')
+  ngx.flush(true)
+  return ngx.exit(ngx.ERROR)
+end
+
+local function dispatch(ctx)
+  local parts = split(ctx.model, ":")
+  local name = table.remove(parts, 1)
+  local b = behaviours[name]
+  -- "500", "503", ...: shortcut for status:N.
+  if not b and status_arg(name) and name:match("^%d%d%d$") then
+    return send_status(tonumber(name))
+  end
+  if not b then return answer(ctx) end
+  if b(ctx, parts) == false then
+    return bad_request("mock: bad arguments in model '" .. ctx.model .. "'", "model")
+  end
+end
+
+-- Routes -----------------------------------------------------------------------
+
+local function authorized()
+  local auth = ngx.var.http_authorization
+  local key = auth and auth:match("^[Bb]earer%s+(%S+)%s*$")
+  return key ~= nil and key:sub(1, 6) ~= "sk-bad"
+end
+
+local function completion(kind)
+  local body = read_body()
+  local req = cjson.decode(body)
+  if type(req) ~= "table" then
+    return bad_request("We could not parse the JSON body of your request.")
+  end
+  if type(req.model) ~= "string" or req.model == "" then
+    return bad_request("you must provide a model parameter", "model")
+  end
+  if kind == "chat" then
+    if type(req.messages) ~= "table" or #req.messages == 0 then
+      return bad_request("'messages' must be a non-empty array", "messages")
+    end
+  elseif type(req.input) ~= "string" and type(req.input) ~= "table" then
+    return bad_request("'input' is a required property", "input")
+  end
+  return dispatch({kind = kind, req = req, body = body, model = req.model})
+end
+
+local function models()
+  local data = {}
+  for i, id in ipairs({"mock-1", "mock-2", "mock-embed-1"}) do
+    data[i] = {id = id, object = "model", created = 1700000000, owned_by = "llmux"}
+  end
+  return send_json(200, {object = "list", data = data})
+end
+
+local function counter()
+  local key = ngx.req.get_uri_args().key
+  if type(key) ~= "string" or key == "" then
+    return bad_request("mock: key query argument required", "key")
+  end
+  return send_json(200, {count = state:get("count:" .. key) or 0})
+end
+
+local routes = {
+  ["/v1/models"] = {GET = models},
+  ["/v1/_count"] = {GET = counter},
+  ["/v1/chat/completions"] = {POST = function() return completion("chat") end},
+  ["/v1/embeddings"] = {POST = function() return completion("embeddings") end},
+}
+
+function M.handle()
+  local uri, method = ngx.var.uri, ngx.req.get_method()
+  if uri == "/health" then
+    return send(200, "ok", "text/plain")
+  end
+  if uri:sub(1, 4) == "/v1/" and not authorized() then
+    return send_error(401, "Incorrect API key provided",
+      "invalid_request_error", "invalid_api_key")
+  end
+  local route = routes[uri]
+  if not route then
+    return send_error(404, "Unknown request URL: " .. method .. " " .. uri,
+      "invalid_request_error", "unknown_url")
+  end
+  local handler = route[method] or (method == "HEAD" and route.GET)
+  if not handler then
+    return send_error(405, "Method " .. method .. " not allowed for " .. uri,
+      "invalid_request_error", "method_not_allowed")
+  end
+  return handler()
+end
+
+return M
