@@ -1,0 +1,247 @@
+-- llmux benchmark: client CPU per request of llmux against the floor, a minimal C client on
+-- libcurl multi (tests/bench/floor.c), on the loopback upstream. Both send the same kind of
+-- non-streaming chat request and check every answer, one after the other on the same
+-- upstream; what is compared is the client's own CPU (user+sys) per request.
+--
+--   make bench                                        (from the repo root)
+--   BENCH_N=2000 BENCH_CONC=16 BENCH_ROUNDS=1 lua5.4 tests/bench/bench.lua
+--
+-- Env: BENCH_N requests per client and round (20000), BENCH_CONC transfers in flight (64),
+-- BENCH_ROUNDS floor + llmux rounds (3), BENCH_STRICT=1 also fails the run when the CPU
+-- target is missed. Several rounds because a small shared VM drifts by tens of percent
+-- between runs: each round runs the two back to back, and the verdict is the median of the
+-- per-round ratios, which a slow spell hitting one round cannot swing.
+-- Exit status: 0 when every request passed, 1 otherwise (or on a missed target when strict).
+local llmux = require "llmux"
+local upstream = require "helpers.upstream"
+
+local TARGET = 1.5     -- llmux CPU per request may be at most this times the floor's
+local GUARD = 120      -- seconds: a phase still running after this is aborted
+local REQ_TIMEOUT = 30 -- seconds per request, so one hung transfer cannot outlast the guard
+local WORKERS = 1      -- nginx workers: on 2 cores the upstream and the client share the box
+local BUILD_DIR = "build/bench"
+
+local function env_int(name, default)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return default end
+  local n = math.tointeger(tonumber(v))
+  if not n or n < 1 then error(name .. " must be an integer >= 1, got '" .. v .. "'", 0) end
+  return n
+end
+
+local N = env_int("BENCH_N", 20000)
+local CONC = env_int("BENCH_CONC", 64)
+local ROUNDS = env_int("BENCH_ROUNDS", 3)
+local STRICT = os.getenv("BENCH_STRICT") == "1"
+
+-- Shell helpers ----------------------------------------------------------------------------
+
+local function q(s)
+  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return out, ok, code
+end
+
+-- This file's directory, so the bench finds floor.c wherever it is started from.
+local function here()
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  return src:match("^(.*)/[^/]*$") or "."
+end
+
+local function read_proc(name)
+  local f = assert(io.open("/proc/self/" .. name, "r"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Peak resident set of this process in KiB (the kernel's high-water mark).
+local function peak_rss_kib()
+  return tonumber(read_proc("status"):match("VmHWM:%s*(%d+)"))
+end
+
+local TICK_S = 1 / (tonumber((capture("getconf CLK_TCK"))) or 100)
+
+-- Kernel CPU time of this process in seconds. Only /proc has it without a C helper, in clock
+-- ticks (10 ms): coarse, but a phase of 20000 requests spans a hundred of them.
+local function sys_cpu()
+  local fields = read_proc("stat"):match("%) (.*)")
+  local stime = select(13, fields:match(("(%S+)%s+"):rep(13)))
+  return tonumber(stime) * TICK_S
+end
+
+-- The floor --------------------------------------------------------------------------------
+
+-- Compiled on every run: it takes a fraction of a second and can never be stale.
+local function build_floor()
+  local bin = BUILD_DIR .. "/floor"
+  local cmd = ("mkdir -p %s && %s -O2 -Wall -Wextra -o %s %s"
+    .. " $(pkg-config --cflags --libs libcurl) 2>&1")
+    :format(q(BUILD_DIR), os.getenv("CC") or "cc", q(bin), q(here() .. "/floor.c"))
+  local out, ok = capture(cmd)
+  if not ok then error("bench: building the floor failed:\n" .. out, 0) end
+  if out ~= "" then io.stderr:write(out) end  -- warnings: shown, not fatal
+  return bin
+end
+
+local function run_floor(bin, url, n, conc)
+  -- `timeout` is the wall guard here: the floor itself stops only on its request count.
+  local cmd = ("timeout %d %s %s %d %d"):format(GUARD, q(bin), q(url .. "/chat/completions"),
+    n, conc)
+  local out, _, code = capture(cmd)
+  if code == 124 then error("bench: the floor ran over the " .. GUARD .. " s guard", 0) end
+  local r = {}
+  for k, v in out:gmatch("(%w[%w_]*)=(%S+)") do r[k] = tonumber(v) end
+  if not (r.requests and r.failures and r.wall_s and r.cpu_us_per_req and r.sys_us_per_req
+      and r.peak_rss_kib) then
+    error(("bench: the floor failed (exit %s): %s"):format(tostring(code), out), 0)
+  end
+  return {
+    requests = r.requests, failures = r.failures, wall = r.wall_s,
+    cpu_us = r.cpu_us_per_req, sys_us = r.sys_us_per_req, rss_kib = r.peak_rss_kib,
+  }
+end
+
+-- llmux ----------------------------------------------------------------------------------
+
+-- n distinct prompts, so every answer can be checked against its own question.
+local function prompts(n)
+  local items = {}
+  for i = 1, n do items[i] = "q" .. i end
+  return items
+end
+
+local function run_llmux(client, n, conc)
+  local items = prompts(n)
+  local deadline = llmux.now() + GUARD
+  local aborted = false
+  local function ask(item)
+    -- Past the guard every remaining item fails at once, so map returns promptly.
+    if llmux.now() > deadline then
+      aborted = true
+      return nil, "aborted by the wall-time guard", "guard"
+    end
+    local res, err, code = client:chat{model = "m", messages = {{role = "user", content = item}}}
+    if not res then return nil, err, code end
+    local choice = res.choices and res.choices[1]
+    local content = choice and choice.message and choice.message.content
+    if content ~= "echo: " .. item then
+      return nil, ("wrong answer to %q: %q"):format(item, tostring(content)), "mismatch"
+    end
+    return true
+  end
+  -- Garbage left by earlier phases is not this phase's cost.
+  collectgarbage("collect")
+  local t0, c0, s0 = llmux.now(), os.clock(), sys_cpu()  -- os.clock: user+sys (glibc clock())
+  local _, failures = llmux.map(items, ask, {concurrency = conc})
+  local cpu, sys, wall = os.clock() - c0, sys_cpu() - s0, llmux.now() - t0
+  if aborted then error("bench: llmux ran over the " .. GUARD .. " s guard", 0) end
+  for i = 1, math.min(#failures, 3) do
+    io.stderr:write(("llmux: request %d failed: %s\n"):format(failures[i].index,
+      failures[i].message))
+  end
+  return {
+    requests = n, failures = #failures, wall = wall,
+    cpu_us = cpu * 1e6 / n, sys_us = sys * 1e6 / n, rss_kib = peak_rss_kib(),
+  }
+end
+
+-- Report ---------------------------------------------------------------------------------
+
+local function median(xs)
+  local t = table.move(xs, 1, #xs, 1, {})
+  table.sort(t)
+  local m = #t // 2
+  return #t % 2 == 1 and t[m + 1] or (t[m] + t[m + 1]) / 2
+end
+
+local function column(runs, f)
+  local xs = {}
+  for i, r in ipairs(runs) do xs[i] = f(r) end
+  return xs
+end
+
+-- Per-client summary of the rounds: counts add up, rates are medians, the RSS is the peak.
+local function summary(runs)
+  local s = {
+    requests = 0, failures = 0, rss_kib = 0,
+    wall = median(column(runs, function(r) return r.wall end)),
+    rate = median(column(runs, function(r) return r.requests / r.wall end)),
+    cpu_us = median(column(runs, function(r) return r.cpu_us end)),
+    sys_us = median(column(runs, function(r) return r.sys_us end)),
+  }
+  for _, r in ipairs(runs) do
+    s.requests, s.failures = s.requests + r.requests, s.failures + r.failures
+    s.rss_kib = math.max(s.rss_kib, r.rss_kib)
+  end
+  return s
+end
+
+local ROW = "%-7s %-6s %9d %9d %8.3f %9.0f %11.2f %11.2f %6.1f MiB"
+
+local function row(round, name, r)
+  print(ROW:format(round, name, r.requests, r.failures, r.wall, r.rate or r.requests / r.wall,
+    r.cpu_us, r.sys_us, r.rss_kib / 1024))
+end
+
+local function report(url, floors, mines, ratios)
+  print(("llmux bench: %d requests per client and round, concurrency %d, %d round(s)")
+    :format(N, CONC, ROUNDS))
+  print(("upstream %s (%d nginx worker), %s"):format(url, WORKERS,
+    llmux.core.curl_version:match("^%S+")))
+  print("CPU: user+sys of the client process over its request loop only; sys: its kernel part")
+  print()
+  print(("%-7s %-6s %9s %9s %8s %9s %11s %11s %10s"):format("round", "client", "requests",
+    "failures", "wall s", "req/s", "CPU us/req", "sys us/req", "peak RSS"))
+  for i = 1, #floors do
+    row(tostring(i), "floor", floors[i])
+    row(tostring(i), "llmux", mines[i])
+  end
+  if #floors > 1 then
+    row("all", "floor", summary(floors))
+    row("all", "llmux", summary(mines))
+    print("(all: requests and failures summed, highest peak RSS, medians of the rest)")
+  end
+  print()
+  local each = column(ratios, function(r) return ("%.2fx"):format(r) end)
+  local ratio = median(ratios)
+  print(("CPU per request, llmux / floor: %.2fx%s; target <= %.1fx: %s"):format(ratio,
+    #ratios > 1 and " (median of rounds " .. table.concat(each, ", ") .. ")" or "", TARGET,
+    ratio <= TARGET and "met" or "MISSED"))
+  return ratio
+end
+
+-- Main -----------------------------------------------------------------------------------
+
+local function main(u)
+  local bin = build_floor()
+  local client = llmux.client{base_url = u.http, api_key = "sk-bench", max_retries = 0,
+    timeout = REQ_TIMEOUT}
+  -- Warm-up: nginx's LuaJIT traces, llmux's connection pool and easy handles, Lua's heap.
+  local warm = run_llmux(client, math.min(N, 2000), CONC)
+  if warm.failures > 0 then error("bench: the warm-up had failures", 0) end
+
+  local floors, mines, ratios, failed = {}, {}, {}, false
+  for i = 1, ROUNDS do
+    floors[i] = run_floor(bin, u.http, N, CONC)
+    mines[i] = run_llmux(client, N, CONC)
+    ratios[i] = mines[i].cpu_us / floors[i].cpu_us
+    failed = failed or floors[i].failures > 0 or mines[i].failures > 0
+  end
+  local ratio = report(u.http, floors, mines, ratios)
+  return not failed and not (STRICT and ratio > TARGET)
+end
+
+local u = upstream.start{workers = WORKERS}
+local ran, ok = pcall(main, u)
+u:stop()
+if not ran then
+  io.stderr:write(tostring(ok), "\n")
+  os.exit(1)
+end
+os.exit(ok and 0 or 1)

@@ -1,0 +1,43 @@
+-- make install and the rockspec put a working module where Lua finds it.
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+local function tmpdir()
+  local _, out = sh("mktemp -d /tmp/llmux-install.XXXXXX")
+  return (out:gsub("%s+$", ""))
+end
+
+-- Loads llmux from the given paths only (not the repo) and reports what it found.
+local function probe(luadir, libdir)
+  local code = "local l = require 'llmux'; io.write(l._VERSION, ' ', "
+    .. "package.searchpath('llmux.core', package.cpath), ' ', l.client{base_url='http://127.0.0.1:1/v1'}.base_url)"
+  return sh(string.format("cd /tmp && LUA_PATH='%s/?.lua;;' LUA_CPATH='%s/?.so;;' lua5.4 -e %q",
+    luadir, libdir, code))
+end
+
+describe("installation", function()
+  it("make install honours DESTDIR and PREFIX", function()
+    local d = tmpdir()
+    local ok, out = sh("make -s install DESTDIR=" .. d .. " PREFIX=/opt/x")
+    assert.is_true(ok, out)
+    ok, out = probe(d .. "/opt/x/share/lua/5.4", d .. "/opt/x/lib/lua/5.4")
+    sh("rm -rf " .. d)
+    assert.is_true(ok, out)
+    assert.equals("0.1.0 " .. d .. "/opt/x/lib/lua/5.4/llmux/core.so http://127.0.0.1:1/v1", out)
+  end)
+
+  it("the rockspec builds offline with luarocks make", function()
+    local d = tmpdir()
+    local ok, out = sh("luarocks --lua-version=5.4 --tree=" .. d
+      .. " make --deps-mode=none rockspec/llmux-scm-1.rockspec")
+    assert.is_true(ok, out)
+    ok, out = probe(d .. "/share/lua/5.4", d .. "/lib/lua/5.4")
+    sh("rm -rf " .. d)
+    assert.is_true(ok, out)
+    assert.matches("^0%.1%.0 .*core.so", out)
+  end)
+end)
