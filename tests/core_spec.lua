@@ -98,6 +98,22 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  it("caps connections per host", function()
+    local m = core.multi{ max_host_connections = 2 }
+    local reqs = {}
+    for i = 1, 8 do reqs[i] = m:request(spec("slow:0.05")) end
+    drain(m)
+    local ports, n = {}, 0
+    for _, r in ipairs(reqs) do
+      assert.equals(200, r:result().status)
+      local p = r:result().local_port
+      if not ports[p] then ports[p], n = true, n + 1 end
+    end
+    assert.is_true(n <= 2, "connections: " .. n)
+    assert.is_true(m:stats().connects <= 2)
+    m:close()
+  end)
+
   it("pollfd, timeout and empty describe the work", function()
     local m = core.multi()
     assert.is_number(m:pollfd())

@@ -192,6 +192,19 @@ describe("map", function()
   end)
 end)
 
+describe("configure", function()
+  it("sets the shared engine's limits and checks them", function()
+    assert.has_error(function() llmux.configure{ max_host_connections = -1 } end)
+    assert.has_error(function() llmux.configure{ nope = 1 } end)
+    llmux.configure{ max_host_connections = 3 }
+    local results = llmux.map({ 1, 2, 3, 4, 5, 6 }, function(i) return ask("c" .. i, "slow:0.05") end,
+      { concurrency = 6 })
+    assert.equals("echo: c6", results[6])
+    assert.is_true(require("llmux.sched").engine():stats().connects <= 3)
+    llmux.configure{}
+  end)
+end)
+
 describe("frame loop", function()
   it("step(0) stays fast while requests are in flight", function()
     local done, worst = 0, 0

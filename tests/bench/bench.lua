@@ -91,7 +91,7 @@ end
 
 local function run_floor(bin, url, n, conc)
   -- `timeout` is the wall guard here: the floor itself stops only on its request count.
-  local cmd = ("timeout %d %s %s %d %d"):format(GUARD, q(bin), q(url .. "/chat/completions"),
+  local cmd = ("timeout %g %s %s %d %d"):format(GUARD, q(bin), q(url .. "/chat/completions"),
     n, conc)
   local out, _, code = capture(cmd)
   if code == 124 then error("bench: the floor ran over the " .. GUARD .. " s guard", 0) end
