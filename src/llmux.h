@@ -40,7 +40,7 @@ struct lmx_Request {
   CURLcode cc;
   long status, httpver, conn_id;
   int reused;
-  curl_off_t t_total, t_namelookup, t_connect, t_appconnect, t_start; /* microseconds */
+  curl_off_t t_total, t_connect, t_start;   /* microseconds */
   char errbuf[CURL_ERROR_SIZE];
 };
 

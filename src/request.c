@@ -180,9 +180,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
   curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
   curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &r->t_total);
-  curl_easy_getinfo(e, CURLINFO_NAMELOOKUP_TIME_T, &r->t_namelookup);
   curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &r->t_connect);
-  curl_easy_getinfo(e, CURLINFO_APPCONNECT_TIME_T, &r->t_appconnect);
   curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &r->t_start);
   r->reused = nconn == 0 && r->status != 0;  /* no connection at all is not reuse */
   r->conn_id = port;
@@ -244,10 +242,11 @@ static int request_done(lua_State *L) {
   return 1;
 }
 
-/* Pushes the header block as {lower-case name = value}; repeated names join with ", ". */
-static void pushheaders(lua_State *L, const lmx_Buf *b) {
+/* Pushes a raw header block as {lower-case name = value}; repeated names join with ", ".
+ * Status lines and lines without a colon are skipped. */
+static void pushheaders(lua_State *L, const char *p, size_t n) {
   lua_createtable(L, 0, 8);
-  const char *p = b->p, *end = b->p + b->n;
+  const char *end = p + n;
   char name[128];
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -281,17 +280,26 @@ static void setnum(lua_State *L, const char *k, double v) {
   lua_setfield(L, -2, k);
 }
 
-/* r:result() -> table | nil (while running). Fields: status, headers, body, http_version
- * (1.0, 1.1, 2, 3), reused, local_port, time_* (s); on failure also code (llmux code),
- * error (curl's message), curl_code. */
+/* core.parse_headers(raw) -> {lower-case name = value} */
+static int core_parse_headers(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n);
+  pushheaders(L, p, n);
+  return 1;
+}
+
+/* r:result() -> table | nil (while running). Fields: status, head (the raw header block of
+ * the last response: core.parse_headers makes the table, only when someone needs it), body,
+ * http_version (1.0, 1.1, 2, 3), reused, local_port, time_total, time_connect,
+ * time_starttransfer (s); on failure also code (llmux code), error (curl's message), curl_code. */
 static int request_result(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
   if (r->state != LMX_R_DONE) return 0;
   lua_createtable(L, 0, 16);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
-  pushheaders(L, &r->head);
-  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
+  lua_setfield(L, -2, "head");
   lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.n);
   lua_setfield(L, -2, "body");
   switch (r->httpver) {
@@ -306,9 +314,7 @@ static int request_result(lua_State *L) {
   lua_pushinteger(L, r->conn_id);
   lua_setfield(L, -2, "local_port");
   setnum(L, "time_total", (double)r->t_total / 1e6);
-  setnum(L, "time_namelookup", (double)r->t_namelookup / 1e6);
   setnum(L, "time_connect", (double)r->t_connect / 1e6);
-  setnum(L, "time_appconnect", (double)r->t_appconnect / 1e6);
   setnum(L, "time_starttransfer", (double)r->t_start / 1e6);
   const char *code = r->closed_by_multi ? "closed"
                                         : lmx_curl_code(r->cc, r->toolarge, r->cancelled);
@@ -350,4 +356,6 @@ void lmx_request_open(lua_State *L) {
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+  lua_pushcfunction(L, core_parse_headers);
+  lua_setfield(L, -2, "parse_headers");
 }

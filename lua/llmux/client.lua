@@ -10,7 +10,7 @@ local error, next, pairs, setmetatable, tostring, type = error, next, pairs, set
 local mtype, min = math.type, math.min
 local format, find, lower, sub = string.format, string.find, string.lower, string.sub
 local getenv = os.getenv
-local now = core.now
+local now, parse_headers = core.now, core.parse_headers
 
 local M = { _VERSION = "0.1.0" }
 
@@ -132,10 +132,21 @@ local function short(s, n)
 end
 
 -- Failure -> nil, message, code, detail; the key is scrubbed from message and detail.
-local function fail(key, what, why, code, detail)
-  local msg = format("llmux: %s: %s (%s)", what, why, code)
+local function fail(key, method, url, why, code, detail)
+  local msg = format("llmux: %s %s: %s (%s)", method, url, why, code)
   detail.code = code
   return nil, errors.scrub(msg, key), code, errors.scrub(detail, key)
+end
+
+-- info.headers is parsed from the raw block on first access: most callers never look.
+local raw_heads = setmetatable({}, { __mode = "k" })
+local Info = { __name = "llmux.Info" }
+function Info.__index(t, k)
+  if k ~= "headers" then return nil end
+  local h = parse_headers(raw_heads[t] or "")
+  raw_heads[t] = nil
+  rawset(t, "headers", h)
+  return h
 end
 
 -- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
@@ -143,13 +154,13 @@ local function judge(res)
   local status = res.status
   if res.code then
     return false, res.error, res.code, { status = status ~= 0 and status or nil,
-      curl_code = res.curl_code, headers = res.headers }
+      curl_code = res.curl_code, headers = parse_headers(res.head) }
   end
   local body, derr = json.decode(res.body)
   if status >= 200 and status < 300 then
     if body == nil or type(body) ~= "table" then
       return false, "response is not a JSON object: " .. short(derr or res.body, 200), "decode",
-        { status = status, headers = res.headers, body = short(res.body, 4096) }
+        { status = status, headers = parse_headers(res.head), body = short(res.body, 4096) }
     end
     return true, body
   end
@@ -157,7 +168,7 @@ local function judge(res)
   local code = errors.classify(status, eobj)
   local text = type(eobj) == "table" and eobj.message or (body == nil and short(res.body, 200)) or nil
   local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
-  return false, why, code, { status = status, headers = res.headers, body = eobj }
+  return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
 
 -- The retry loop of DESIGN.md section 4 around one logical call.
@@ -165,7 +176,6 @@ local function perform(self, opts, method, path, payload, where)
   local o, headers, key = merged(self, opts, where)
   key = key or secrets[self].key
   local url = o.base_url .. path
-  local what = method .. " " .. url
   local t0 = now()
   local deadline_at = o.deadline and t0 + o.deadline
   local spec = {
@@ -180,7 +190,7 @@ local function perform(self, opts, method, path, payload, where)
     if deadline_at then
       local left = deadline_at - now()
       if left <= 0 then
-        return fail(key, what, "deadline of " .. o.deadline .. " s passed", "timeout",
+        return fail(key, method, url, "deadline of " .. o.deadline .. " s passed", "timeout",
           { attempts = attempt - 1, deadline = true })
       end
       timeout = min(timeout, left)
@@ -189,28 +199,30 @@ local function perform(self, opts, method, path, payload, where)
     local res = sched.fetch(spec)
     local ok, a, code, detail = judge(res)
     if ok then
-      local info = {
-        status = res.status, headers = res.headers, attempts = attempt, latency = now() - t0,
+      local info = setmetatable({
+        status = res.status, attempts = attempt, latency = now() - t0,
         usage = a.usage, model = a.model, url = url, http_version = res.http_version,
         reused = res.reused, time_total = res.time_total, time_connect = res.time_connect,
         time_starttransfer = res.time_starttransfer,
-      }
+      }, Info)
+      raw_heads[info] = res.head
       return a, info
     end
     detail.attempts = attempt
-    if attempt > max_retries or not errors.should_retry(detail.status, res.headers, code) then
-      return fail(key, what, a, code, detail)
+    if attempt > max_retries or not errors.should_retry(detail.status, detail.headers, code) then
+      return fail(key, method, url, a, code, detail)
     end
-    local wait = errors.retry_after(res.headers)
+    local wait = errors.retry_after(detail.headers)
     if wait and wait > errors.MAX_SERVER_WAIT then
       detail.retry_after = wait
-      return fail(key, what, a .. format("; server asks to wait %.0f s", wait), "ratelimit", detail)
+      return fail(key, method, url, a .. format("; server asks to wait %.0f s", wait), "ratelimit",
+        detail)
     end
     if not wait or wait <= 0 then wait = errors.backoff(attempt - 1) end
     if wait and detail.status == 429 then detail.retry_after = wait end
     if deadline_at and now() + wait >= deadline_at then
       detail.deadline = true
-      return fail(key, what, a .. "; deadline leaves no time to retry", code, detail)
+      return fail(key, method, url, a .. "; deadline leaves no time to retry", code, detail)
     end
     sched.sleep(wait)
   end

@@ -126,19 +126,23 @@ local function finish(task, ok, ...)
   task.joiners = {}
 end
 
-local function resume(task, v)
-  if co_status(task.co) ~= "suspended" then return end
-  task.state = "running"
-  local r = pack(co_resume(task.co, v))
+-- Classifies what a resume returned (no table per resume: this runs once per wake-up).
+local function resumed(task, ok, a, ...)
   if co_status(task.co) == "dead" then
-    finish(task, unpack(r, 1, r.n))
-  elseif r[2] == WAIT then
+    finish(task, ok, a, ...)
+  elseif a == WAIT then
     task.state = "waiting"
   else
     -- a plain coroutine.yield() inside a task: a cooperative yield, run again next turn
     task.state = "ready"
     push_ready(task, nil)
   end
+end
+
+local function resume(task, v)
+  if co_status(task.co) ~= "suspended" then return end
+  task.state = "running"
+  resumed(task, co_resume(task.co, v))
 end
 
 local function run_ready()
@@ -227,6 +231,11 @@ M.suspend = suspend
 -- await(req) -> req once the core Request is done (yields in a task, blocks outside).
 function M.await(req)
   if req:done() then return req end
+  local task = current()
+  if task then       -- the hot path: no closure
+    waiting[req] = task
+    return co_yield(WAIT)
+  end
   return suspend(function(w) waiting[req] = w end, "a transfer")
 end
 
