@@ -33,6 +33,7 @@ struct lmx_Request {
   lmx_Request *qnext;         /* completion queue link */
   int queued;                 /* in the completion queue */
   int toolarge, cancelled, closed_by_multi;
+  int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
   struct curl_slist *hdrs;
   lmx_Buf body;               /* response body */
   lmx_Buf head;               /* raw header lines of the last response only */
@@ -54,7 +55,7 @@ struct lmx_Multi {
   double timer_due;           /* monotonic seconds when curl wants a timeout action */
   lmx_Request *attached;      /* running and queued requests */
   lmx_Request *qhead, *qtail; /* completion queue */
-  CURL *free_easy[LMX_FREE_EASY];
+  CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
   int nfree;
   uint64_t done, connects;    /* counters for stats() */
 };
@@ -65,7 +66,7 @@ const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
 /* multi.c */
 void lmx_multi_open(lua_State *L);
 CURL *lmx_multi_easy(lmx_Multi *m);
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy);
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty);
 void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex);
 void lmx_multi_attach(lmx_Multi *m, lmx_Request *r);
 void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);

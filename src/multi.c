@@ -51,15 +51,35 @@ static int multi_timercb(CURLM *cm, long timeout_ms, void *userp) {
   return 0;
 }
 
-CURL *lmx_multi_easy(lmx_Multi *m) {
-  if (m->nfree > 0) return m->free_easy[--m->nfree];
-  return curl_easy_init();
+/* The options every transfer of m shares; callbacks and per-transfer ones are request.c's. */
+static void easy_setup(lmx_Multi *m, CURL *e) {
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "llmux/" LMX_VERSION);
 }
 
-/* Takes ownership of an easy handle that is no longer in the multi. */
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy) {
+/* An easy handle for a new transfer, its shared options set. Pooled handles keep every option
+ * of their last transfer (a reset costs more than the setup itself), so lmx_request_start sets
+ * each per-transfer option every time. */
+CURL *lmx_multi_easy(lmx_Multi *m) {
+  if (m->nfree > 0) return m->free_easy[--m->nfree];
+  CURL *e = curl_easy_init();
+  if (e) easy_setup(m, e);
+  return e;
+}
+
+/* Takes ownership of an easy handle that is no longer in the multi. A dirty handle (a CA file
+ * or a custom method was set) is reset, so those cannot leak into a later transfer. */
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty) {
   if (!m->closed && m->nfree < LMX_FREE_EASY) {
-    curl_easy_reset(easy);
+    if (dirty) {
+      curl_easy_reset(easy);
+      easy_setup(m, easy);
+    }
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);   /* no pointer into a freed request */
     m->free_easy[m->nfree++] = easy;
   } else {
     curl_easy_cleanup(easy);

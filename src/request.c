@@ -106,15 +106,18 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     }
   }
   lua_pop(L, 1);
-  /* no "Expect: 100-continue" round trip on large bodies */
-  struct curl_slist *nl = curl_slist_append(hl, "Expect:");
-  if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
-  hl = nl;
+  /* no "Expect: 100-continue" round trip: curl adds it to bodies over 1 MiB */
+  if (bodylen > 1024 * 1024) {
+    struct curl_slist *nl = curl_slist_append(hl, "Expect:");
+    if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
+    hl = nl;
+  }
 
   CURL *e = lmx_multi_easy(m);
   if (!e) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
   r->hdrs = hl;
   r->max_bytes = (size_t)maxb;
+  /* every option a previous transfer may have set is set again (pooled handles keep them) */
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, request_writecb);
@@ -122,38 +125,37 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, request_headercb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c */
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
-  if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(timeout));
-  if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(ctimeout));
-  if (maxb > 0) curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
-  if (ca) curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout > 0 ? ms(timeout) : 0L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ctimeout > 0 ? ms(ctimeout) : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
+  if (ca) {
+    curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+    r->dirty = 1;
+  }
+  int plain = !method || strcmp(method, body ? "POST" : "GET") == 0;
   if (body) {
     /* zero copy: the body string is kept alive in the request's uservalue */
     lua_getfield(L, spec, "body");
     lua_setiuservalue(L, ri, 1);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    if (method && strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  } else if (!method || strcmp(method, "GET") == 0) {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-  } else if (strcmp(method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   } else {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  }
+  if (!plain) {
+    r->dirty = 1;
+    if (strcmp(method, "HEAD") == 0) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
   r->errbuf[0] = '\0';
   if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
     curl_slist_free_all(hl);
     r->hdrs = NULL;
-    lmx_multi_release_easy(m, e);
+    lmx_multi_release_easy(m, e, 1);
     luaL_error(L, "llmux.request: cannot add the transfer");
   }
   r->easy = e;
@@ -187,7 +189,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   m->done++;
   m->connects += (uint64_t)nconn;
   curl_multi_remove_handle(m->cm, e);
-  lmx_multi_release_easy(m, e);
+  lmx_multi_release_easy(m, e, r->dirty);
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;

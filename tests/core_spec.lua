@@ -98,6 +98,35 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  it("a pooled handle carries nothing into the next transfer", function()
+    local m = core.multi()
+    local auth = { "Authorization: Bearer sk-core" }
+    local function one(s)
+      local r = m:request(s)
+      drain(m)
+      local res = r:result()
+      r:close()
+      return res
+    end
+    -- a CA file must not stay trusted for the next request that names none
+    assert.equals(200, one{ url = u.https .. "/models", headers = auth, ca_file = u.ca_file }.status)
+    assert.equals("tls", one{ url = u.https .. "/models", headers = auth }.code)
+    -- methods and bodies must not stick either
+    assert.equals(405, one{ url = u.http .. "/models", method = "DELETE", headers = auth }.status)
+    assert.equals(200, one(spec("m")).status)
+    local res = one{ url = u.http .. "/models", headers = auth }
+    assert.equals(200, res.status)
+    assert.matches('"object":"list"', res.body)
+    assert.equals(200, one{ url = u.http .. "/models", method = "HEAD", headers = auth }.status)
+    res = one{ url = u.http .. "/models", headers = auth }
+    assert.matches('"object":"list"', res.body)
+    assert.equals("timeout", one(spec("slow:0.5", { timeout = 0.1 })).code)
+    local s = spec("slow:0.3")   -- timeouts must not stick
+    s.timeout = nil
+    assert.equals(200, one(s).status)
+    m:close()
+  end)
+
   it("caps connections per host", function()
     local m = core.multi{ max_host_connections = 2 }
     local reqs = {}

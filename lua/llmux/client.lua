@@ -78,8 +78,7 @@ local function build_headers(key, user)
   end
   if key then add("Authorization", "Bearer " .. key) end
   add("Content-Type", "application/json")
-  add("Accept", "application/json")
-  add("User-Agent", "llmux/" .. M._VERSION)
+  -- User-Agent: curl sends "llmux/<version>" unless the user gives one
   return h
 end
 
