@@ -76,4 +76,5 @@ void lmx_request_open(lua_State *L);
 lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 
+void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 #endif

@@ -76,7 +76,8 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   if (lua_getfield(L, spec, "max_response_bytes") != LUA_TNIL) {
     int ok;
     maxb = lua_tointegerx(L, -1, &ok);
-    if (!ok || maxb < 0) luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
+    if (!ok || maxb < 0)
+      luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
   }
   lua_pop(L, 1);
   int http2 = 1;

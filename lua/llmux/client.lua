@@ -6,7 +6,8 @@ local json = require "llmux.json"
 local errors = require "llmux.errors"
 local core = require "llmux.core"
 
-local error, next, pairs, setmetatable, tostring, type = error, next, pairs, setmetatable, tostring, type
+local error, next, pairs, setmetatable, tostring, type =
+  error, next, pairs, setmetatable, tostring, type
 local mtype, min = math.type, math.min
 local format, find, lower, sub = string.format, string.find, string.lower, string.sub
 local getenv = os.getenv
@@ -26,11 +27,15 @@ local OPTIONS = {
   base_url = string_, api_key = string_, ca_file = string_,
   timeout = positive, connect_timeout = positive, idle_timeout = positive, deadline = positive,
   max_retries = function(v) return (mtype(v) ~= "integer" or v < 0) and "an integer >= 0" end,
-  max_response_bytes = function(v) return (mtype(v) ~= "integer" or v < 1) and "an integer >= 1" end,
+  max_response_bytes = function(v)
+    return (mtype(v) ~= "integer" or v < 1) and "an integer >= 1"
+  end,
   headers = function(v)
     if type(v) ~= "table" then return "a table of name = value strings" end
     for k, x in pairs(v) do
-      if type(k) ~= "string" or type(x) ~= "string" then return "a table of name = value strings" end
+      if type(k) ~= "string" or type(x) ~= "string" then
+        return "a table of name = value strings"
+      end
       if find(k, "[%c:]") or k == "" or find(x, "[\r\n%z]") then
         return "a table of valid header names and values ('" .. k .. "' is not)"
       end
@@ -165,7 +170,8 @@ local function judge(res)
   end
   local eobj = body and errors.error_object(body) or short(res.body, 4096)
   local code = errors.classify(status, eobj)
-  local text = type(eobj) == "table" and eobj.message or (body == nil and short(res.body, 200)) or nil
+  local text = type(eobj) == "table" and eobj.message
+    or (body == nil and short(res.body, 200)) or nil
   local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
@@ -237,14 +243,18 @@ end
 -- c:chat(body[, opts]) -> response, info | nil, message, code, detail
 function Client:chat(body, opts)
   if type(body) ~= "table" then error("llmux.Client:chat: body must be a table", 2) end
-  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:chat: opts must be a table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("llmux.Client:chat: opts must be a table", 2)
+  end
   return perform(self, opts, "POST", "/chat/completions", encode_body(body, "llmux.Client:chat"),
     "llmux.Client:chat")
 end
 
 -- c:models([opts]) -> list response, info | nil, message, code, detail
 function Client:models(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:models: opts must be a table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("llmux.Client:models: opts must be a table", 2)
+  end
   return perform(self, opts, "GET", "/models", nil, "llmux.Client:models")
 end
 
@@ -261,7 +271,9 @@ function Client:request(method, path, body, opts)
   if body ~= nil and type(body) ~= "table" and type(body) ~= "string" then
     error("llmux.Client:request: body must be a table, a string or nil", 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then error("llmux.Client:request: opts must be a table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("llmux.Client:request: opts must be a table", 2)
+  end
   local payload = body ~= nil and encode_body(body, "llmux.Client:request") or nil
   return perform(self, opts, method, path, payload, "llmux.Client:request")
 end

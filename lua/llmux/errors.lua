@@ -9,7 +9,8 @@ local M = { _VERSION = "0.1.0" }
 
 M.CODES = {}
 for c in ("timeout connect resolve tls ratelimit auth badrequest context_length content_filter "
-  .. "notfound server http truncated stalled provider decode toolarge cancelled closed"):gmatch("%S+") do
+  .. "notfound server http truncated stalled provider decode toolarge cancelled closed")
+  :gmatch("%S+") do
   M.CODES[c] = true
 end
 
@@ -89,7 +90,8 @@ end
 
 -- parse_http_date(s) -> epoch seconds | nil. IMF-fixdate, RFC 850 and asctime (RFC 9110 5.6.7).
 function M.parse_http_date(s)
-  local d, mon, y, h, mi, sec = match(s, "^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  local d, mon, y, h, mi, sec =
+    match(s, "^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
   if not d then
     d, mon, y, h, mi, sec = match(s, "^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
     if y then y = tonumber(y); y = y + (y < 70 and 2000 or 1900) end

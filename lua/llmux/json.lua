@@ -1,10 +1,13 @@
--- JSON for llmux: a private lua-cjson instance (user settings never leak in or out) plus the
--- normalisation Debian's cjson 2.1.0 needs: it decodes every number as a float, so integral
--- values (token counts, `created`, `index`) are turned back into Lua integers.
+-- JSON for llmux. Decoding is core.json_decode (src/json.c): strict RFC 8259 in one C pass that
+-- already gives what llmux wants (integral numbers as Lua integers, null members dropped).
+-- Encoding is a private lua-cjson instance (user settings never leak in or out). normalize()
+-- stays for data decoded by a plain cjson: Debian's 2.1.0 decodes every number as a float.
 local cjson = require "cjson"
+local core = require "llmux.core"
 
-local type, next, pcall = type, next, pcall
+local type, next, pcall, tostring = type, next, pcall, tostring
 local tointeger = math.tointeger
+local json_decode = core.json_decode
 
 local J = cjson.new()
 J.decode_invalid_numbers(false)   -- no NaN/Infinity/hex from a provider
@@ -34,15 +37,15 @@ local function normalize(t)
 end
 M.normalize = normalize
 
--- decode(s) -> value | nil, message. Never raises on bad input.
+-- decode(s) -> value | nil, message. Never raises on bad input. A top-level null gives
+-- nil, "JSON null"; numbers are taken as their text, as cjson did.
 function M.decode(s)
-  local ok, v = pcall(J.decode, s)
-  if not ok then return nil, v end
-  local tv = type(v)
-  if tv == "table" then return normalize(v) end
-  if tv == "number" then return tointeger(v) or v end
-  if v == null then return nil, "JSON null" end
-  return v
+  local ts = type(s)
+  if ts ~= "string" then
+    if ts ~= "number" then return nil, "llmux.json: expected a string, got " .. ts end
+    s = tostring(s)
+  end
+  return json_decode(s)
 end
 
 -- encode(v) -> string | nil, message (functions, NaN, cyclic or mixed tables).

@@ -25,7 +25,9 @@ local engine, engine_opts
 -- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams}
 -- applies to the shared Multi; allowed while nothing is in flight (it is rebuilt lazily).
 function M.configure(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("llmux.configure: opts must be a table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("llmux.configure: opts must be a table", 2)
+  end
   core.multi(opts):close()   -- validates names and ranges, raising like core.multi does
   if engine then
     if not engine:empty() then error("llmux.configure: transfers are in flight", 2) end
@@ -327,7 +329,9 @@ local Sem = { __name = "llmux.Semaphore" }
 Sem.__index = Sem
 
 function M.semaphore(n)
-  if math.type(n) ~= "integer" or n < 1 then error("llmux.semaphore: n must be an integer >= 1", 2) end
+  if math.type(n) ~= "integer" or n < 1 then
+    error("llmux.semaphore: n must be an integer >= 1", 2)
+  end
   return setmetatable({ permits = n, size = n, queue = {}, qh = 1 }, Sem)
 end
 
@@ -364,7 +368,9 @@ function Sem:with(fn, ...)
   return unpack(r, 2, r.n)
 end
 
-function Sem.__tostring(s) return string.format("llmux.Semaphore (%d/%d free)", s.permits, s.size) end
+function Sem.__tostring(s)
+  return string.format("llmux.Semaphore (%d/%d free)", s.permits, s.size)
+end
 
 ---------------------------------------------------------------------------------------------
 -- map

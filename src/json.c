@@ -1,0 +1,498 @@
+/* core.json_decode: a strict RFC 8259 decoder that builds llmux's Lua view of JSON in one pass.
+ *
+ * What the Lua side used to get from lua-cjson 2.1.0 plus a normalising walk, done here at once:
+ * integral numbers come back as integers, JSON null object members are dropped (nulls inside
+ * arrays stay as lightuserdata NULL, which is cjson.null), and tables are created at their final
+ * size. Values are collected on the Lua stack and moved into a table when the container closes
+ * (or every LMX_JSON_CHUNK slots for big ones), so the decoder holds no malloc'd state: a memory
+ * error raised by Lua midway leaves nothing to leak. Every other failure is returned, not raised.
+ *
+ * The input is a Lua string, so s[len] == '\0' always: scanners stop on that sentinel instead of
+ * checking bounds, and tell "end of input" from an embedded NUL by the position. */
+#include <locale.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "llmux.h"
+
+#define LMX_JSON_MAXDEPTH 1000
+/* Stack slots a container collects before it flushes them into its table. At the depth limit
+ * the worst case (every level holding a full chunk) stays well inside LUAI_MAXSTACK. */
+#define LMX_JSON_CHUNK 512
+#define LMX_JSON_EXTRA 8   /* a luaL_Buffer's slots, a flush's two copies, a scalar */
+
+typedef struct {
+  lua_State *L;
+  const unsigned char *s, *p, *end;
+  const char *err;             /* static text of the failure; NULL while all is well */
+  const unsigned char *at;     /* where it was found */
+} Parser;
+
+/* Byte classes: S_WS the four JSON blanks; S_STOP ends the fast string scan ('"', '\\' and the
+ * control characters, among them the NUL sentinel); S_HEX hex digits. */
+enum { S_WS = 1, S_STOP = 2, S_HEX = 4 };
+static const unsigned char cls[256] = {
+  2,2,2,2,2,2,2,2,2,3,3,2,2,3,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,
+  1,0,2,0,0,0,0,0,0,0,0,0,0,0,0,0,4,4,4,4,4,4,4,4,4,4,0,0,0,0,0,0,
+  0,4,4,4,4,4,4,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,2,0,0,0,
+  0,4,4,4,4,4,4,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+};
+
+#define isdig(c) ((unsigned)((c) - '0') < 10u)
+
+/* Failure kinds. E_CHAR's text is built from the offending byte; the others are fixed. Any
+ * failure found at the end of the input reads "unexpected end of input". */
+static const char E_CHAR[] = "unexpected character";
+static const char E_CTRL[] = "control character";
+static const char E_ESCAPE[] = "invalid escape";
+static const char E_UNICODE[] = "invalid \\u escape";
+static const char E_SURROGATE[] = "unpaired surrogate in \\u escape";
+static const char E_ZERO[] = "leading zero in number";
+static const char E_RANGE[] = "number out of range";
+static const char E_LONG[] = "number too long";
+static const char E_DEPTH[] = "nesting deeper than 1000";
+static const char E_STACK[] = "document too large for the Lua stack";
+
+static int fail(Parser *P, const char *err, const unsigned char *at) {
+  P->err = err;
+  P->at = at;
+  return -1;
+}
+
+static const unsigned char *skip_ws(const unsigned char *p) {
+  while (cls[*p] & S_WS) p++;
+  return p;
+}
+
+static int parse_value(Parser *P, int depth);
+
+/* Strings -------------------------------------------------------------------------------- */
+
+/* 8 bytes at a time: nonzero when any byte is '"', '\\' or below 0x20. Borrows can only flag
+ * bytes above a real hit, so a zero answer is exact and a nonzero one is resolved bytewise. */
+static uint64_t special8(uint64_t w) {
+  const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+  uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+  unsigned v = 0;
+  int i;
+  for (i = 0; i < 4; i++) {   /* stops at the first non-hex byte: never reads past the quote */
+    unsigned c = p[i];
+    if (!(cls[c] & S_HEX)) return -1;
+    v = v * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+  }
+  *out = v;
+  return 0;
+}
+
+static char *put_utf8(char *o, unsigned cp) {
+  if (cp < 0x80) {
+    *o++ = (char)cp;
+  } else if (cp < 0x800) {
+    *o++ = (char)(0xC0 | (cp >> 6));
+    *o++ = (char)(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    *o++ = (char)(0xE0 | (cp >> 12));
+    *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+    *o++ = (char)(0x80 | (cp & 0x3F));
+  } else {
+    *o++ = (char)(0xF0 | (cp >> 18));
+    *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+    *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+    *o++ = (char)(0x80 | (cp & 0x3F));
+  }
+  return o;
+}
+
+/* The string from start (just past the quote) with its first backslash at q. Pass one finds
+ * the closing quote; since no escape expands, the span bounds the output, so pass two writes
+ * into one luaL_Buffer of that size. Pushes the string; on failure the buffer's slot is left
+ * for the caller's settop. */
+static int parse_escaped(Parser *P, const unsigned char *start, const unsigned char *q) {
+  const unsigned char *r = start;
+  luaL_Buffer b;
+  char *out, *o;
+  for (;;) {
+    while (!(cls[*q] & S_STOP)) q++;
+    if (*q == '"') break;
+    if (*q != '\\') return fail(P, E_CTRL, q);
+    if (q + 1 == P->end) return fail(P, E_CHAR, P->end);
+    q += 2;
+  }
+  o = out = luaL_buffinitsize(P->L, &b, (size_t)(q - start));
+  while (r < q) {
+    const unsigned char *bs = memchr(r, '\\', (size_t)(q - r));
+    unsigned cp, lo;
+    if (!bs) bs = q;
+    memcpy(o, r, (size_t)(bs - r));
+    o += bs - r;
+    r = bs;
+    if (r == q) break;
+    switch (r[1]) {   /* r + 1 < q: pass one stepped over it */
+      case '"': *o++ = '"'; break;
+      case '\\': *o++ = '\\'; break;
+      case '/': *o++ = '/'; break;
+      case 'b': *o++ = '\b'; break;
+      case 'f': *o++ = '\f'; break;
+      case 'n': *o++ = '\n'; break;
+      case 'r': *o++ = '\r'; break;
+      case 't': *o++ = '\t'; break;
+      case 'u':
+        if (hex4(r + 2, &cp) < 0) return fail(P, E_UNICODE, r);
+        if (cp >= 0xD800 && cp <= 0xDFFF) {
+          /* a high surrogate must be followed at once by an escaped low one */
+          if (cp >= 0xDC00 || r[6] != '\\' || r[7] != 'u' || hex4(r + 8, &lo) < 0
+              || lo < 0xDC00 || lo > 0xDFFF)
+            return fail(P, E_SURROGATE, r);
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          r += 6;
+        }
+        o = put_utf8(o, cp);
+        r += 4;
+        break;
+      default: return fail(P, E_ESCAPE, r);
+    }
+    r += 2;
+  }
+  luaL_pushresultsize(&b, (size_t)(o - out));
+  P->p = q + 1;
+  return 0;
+}
+
+/* P->p at the opening quote. Pushes the string. The common case has no escape and is pushed
+ * straight from the input. */
+static int parse_string(Parser *P) {
+  const unsigned char *start = P->p + 1, *q = start, *end = P->end;
+  uint64_t w;
+  while (end - q >= 8) {   /* never reads past the string's own bytes */
+    memcpy(&w, q, 8);
+    if (special8(w)) break;
+    q += 8;
+  }
+  while (!(cls[*q] & S_STOP)) q++;
+  if (*q == '"') {
+    lua_pushlstring(P->L, (const char *)start, (size_t)(q - start));
+    P->p = q + 1;
+    return 0;
+  }
+  if (*q == '\\') return parse_escaped(P, start, q);
+  return fail(P, q == end ? E_CHAR : E_CTRL, q);
+}
+
+/* Numbers -------------------------------------------------------------------------------- */
+
+/* Integral doubles that fit lua_Integer become integers, as math.tointeger does (so -0.0
+ * gives 0 and 1e3 gives 1000). */
+static void push_double(lua_State *L, double d) {
+  if (d >= (double)LUA_MININTEGER && d < -(double)LUA_MININTEGER) {
+    lua_Integer i = (lua_Integer)d;
+    if ((double)i == d) {
+      lua_pushinteger(L, i);
+      return;
+    }
+  }
+  lua_pushnumber(L, d);
+}
+
+/* strtod on the token, which is followed by a byte that cannot continue a number, so strtod
+ * stops exactly at its end unless the locale's decimal point is not '.'; then the token is
+ * copied with the point swapped, as Lua's own l_str2d does. */
+static int slow_double(Parser *P, const unsigned char *start, double *d) {
+  char *e, buf[256];
+  size_t n = (size_t)(P->p - start);
+  *d = strtod((const char *)start, &e);
+  if ((const unsigned char *)e != P->p) {
+    char *dot;
+    if (n >= sizeof buf) return fail(P, E_LONG, start);
+    memcpy(buf, start, n);
+    buf[n] = '\0';
+    if ((dot = strchr(buf, '.')) != NULL) *dot = localeconv()->decimal_point[0];
+    *d = strtod(buf, &e);
+    if (e != buf + n) return fail(P, E_LONG, start);
+  }
+  if (isinf(*d)) return fail(P, E_RANGE, start);
+  return 0;
+}
+
+static const double pow10[] = {
+  1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+  1e17, 1e18, 1e19, 1e20, 1e21, 1e22
+};
+
+/* Pushes the number at P->p. Integer literals that fit lua_Integer are exact; others are
+ * doubles, exact by Clinger's fast path (mantissa <= 2^53, |exponent| <= 22: one correctly
+ * rounded operation) or else by strtod. */
+static int parse_number(Parser *P) {
+  const unsigned char *start = P->p, *p = start;
+  uint64_t m = 0;
+  int neg = 0, big = 0, isint = 1;
+  long frac = 0, ex = 0;
+  if (*p == '-') neg = 1, p++;
+  if (*p == '0') {
+    p++;
+    if (isdig(*p)) return fail(P, E_ZERO, start);
+  } else if (isdig(*p)) {
+    do {
+      if (m < 1000000000000000000u) m = m * 10 + (uint64_t)(*p - '0');
+      else big = 1, frac--;   /* dropped digit: scales the mantissa up by ten */
+      p++;
+    } while (isdig(*p));
+  } else {
+    return fail(P, E_CHAR, p);
+  }
+  if (*p == '.') {
+    isint = 0;
+    p++;
+    if (!isdig(*p)) return fail(P, E_CHAR, p);
+    do {
+      if (m < 1000000000000000000u) m = m * 10 + (uint64_t)(*p - '0'), frac++;
+      else big = 1;
+      p++;
+    } while (isdig(*p));
+  }
+  if (*p == 'e' || *p == 'E') {
+    int eneg = 0;
+    isint = 0;
+    p++;
+    if (*p == '+' || *p == '-') eneg = *p == '-', p++;
+    if (!isdig(*p)) return fail(P, E_CHAR, p);
+    do {
+      if (ex < 100000) ex = ex * 10 + (*p - '0');
+      p++;
+    } while (isdig(*p));
+    if (eneg) ex = -ex;
+  }
+  P->p = p;
+  if (isint && !big) {
+    if (!neg && m <= (uint64_t)LUA_MAXINTEGER) {
+      lua_pushinteger(P->L, (lua_Integer)m);
+      return 0;
+    }
+    if (neg && m <= (uint64_t)LUA_MAXINTEGER + 1) {
+      lua_pushinteger(P->L, (lua_Integer)(0 - m));   /* wraps to LUA_MININTEGER for 2^63 */
+      return 0;
+    }
+  }
+  ex -= frac;
+  {
+    double d;
+    if (!big && m <= ((uint64_t)1 << 53) && ex >= -22 && ex <= 22) {
+      d = ex >= 0 ? (double)m * pow10[ex] : (double)m / pow10[-ex];
+      if (neg) d = -d;
+    } else if (slow_double(P, start, &d) < 0) {
+      return -1;
+    }
+    push_double(P->L, d);
+  }
+  return 0;
+}
+
+/* Containers ----------------------------------------------------------------------------- */
+
+/* Moves the n items above the table's slot into t[done+1 .. done+n], creating the table first
+ * when done == 0 (the array part then has exactly n slots). Leaves the stack at base. */
+static void flush_array(lua_State *L, int base, int n, lua_Integer done) {
+  if (done == 0) {
+    lua_createtable(L, n, 0);
+    lua_replace(L, base);
+  }
+  for (; n > 0; n--) lua_rawseti(L, base, done + n);
+}
+
+/* Sets the n key/value pairs above the table's slot in order, so a repeated key keeps its last
+ * value (a nil value, from a JSON null, deletes it). live: pairs with a value, for sizing. */
+static void flush_object(lua_State *L, int base, int n, int live, int made) {
+  int i, top = base + 2 * n;
+  if (!made) {
+    lua_createtable(L, 0, live);
+    lua_replace(L, base);
+  }
+  for (i = base + 1; i < top; i += 2) {
+    lua_pushvalue(L, i);
+    lua_pushvalue(L, i + 1);
+    lua_rawset(L, base);
+  }
+  lua_settop(L, base);
+}
+
+/* P->p at '['. Pushes the table. */
+static int parse_array(Parser *P, int depth) {
+  lua_State *L = P->L;
+  lua_Integer done = 0;
+  int base, n = 0, r;
+  if (depth > LMX_JSON_MAXDEPTH) return fail(P, E_DEPTH, P->p);
+  if (!lua_checkstack(L, LMX_JSON_CHUNK + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
+  lua_pushnil(L);   /* the table's slot */
+  base = lua_gettop(L);
+  P->p = skip_ws(P->p + 1);
+  if (*P->p == ']') {
+    P->p++;
+    lua_createtable(L, 0, 0);
+    lua_replace(L, base);
+    return 0;
+  }
+  for (;;) {
+    if ((r = parse_value(P, depth + 1)) < 0) return -1;
+    if (r == 1) lua_pushlightuserdata(L, NULL);
+    if (++n == LMX_JSON_CHUNK) {
+      flush_array(L, base, n, done);
+      done += n;
+      n = 0;
+    }
+    P->p = skip_ws(P->p);
+    if (*P->p == ',') {
+      P->p = skip_ws(P->p + 1);
+    } else if (*P->p == ']') {
+      P->p++;
+      break;
+    } else {
+      return fail(P, E_CHAR, P->p);
+    }
+  }
+  if (n > 0 || done == 0) flush_array(L, base, n, done);
+  return 0;
+}
+
+/* P->p at '{'. Pushes the table. */
+static int parse_object(Parser *P, int depth) {
+  lua_State *L = P->L;
+  int base, n = 0, live = 0, made = 0, r;
+  if (depth > LMX_JSON_MAXDEPTH) return fail(P, E_DEPTH, P->p);
+  if (!lua_checkstack(L, LMX_JSON_CHUNK + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
+  lua_pushnil(L);
+  base = lua_gettop(L);
+  P->p = skip_ws(P->p + 1);
+  if (*P->p == '}') {
+    P->p++;
+    lua_createtable(L, 0, 0);
+    lua_replace(L, base);
+    return 0;
+  }
+  for (;;) {
+    if (*P->p != '"') return fail(P, E_CHAR, P->p);
+    if (parse_string(P) < 0) return -1;
+    P->p = skip_ws(P->p);
+    if (*P->p != ':') return fail(P, E_CHAR, P->p);
+    P->p = skip_ws(P->p + 1);
+    if ((r = parse_value(P, depth + 1)) < 0) return -1;
+    if (r == 1) lua_pushnil(L);
+    else live++;
+    if (++n == LMX_JSON_CHUNK / 2) {
+      flush_object(L, base, n, live, made);
+      made = 1;
+      n = live = 0;
+    }
+    P->p = skip_ws(P->p);
+    if (*P->p == ',') {
+      P->p = skip_ws(P->p + 1);
+    } else if (*P->p == '}') {
+      P->p++;
+      break;
+    } else {
+      return fail(P, E_CHAR, P->p);
+    }
+  }
+  if (n > 0 || !made) flush_object(L, base, n, live, made);
+  return 0;
+}
+
+/* Values --------------------------------------------------------------------------------- */
+
+static int literal(Parser *P, const char *word, size_t n) {
+  const unsigned char *p = P->p;
+  size_t i;
+  for (i = 1; i < n; i++)   /* stops at the first mismatch, at the latest on the sentinel */
+    if (p[i] != (unsigned char)word[i]) return fail(P, E_CHAR, p + i);
+  P->p = p + n;
+  return 0;
+}
+
+/* P->p at the first byte of a value (whitespace skipped). Pushes the value and returns 0, or
+ * pushes nothing and returns 1 for null (the container decides what a null becomes), or
+ * returns -1 with P->err set and the stack in any state. */
+static int parse_value(Parser *P, int depth) {
+  switch (*P->p) {
+    case '"': return parse_string(P);
+    case '{': return parse_object(P, depth);
+    case '[': return parse_array(P, depth);
+    case 't':
+      if (literal(P, "true", 4) < 0) return -1;
+      lua_pushboolean(P->L, 1);
+      return 0;
+    case 'f':
+      if (literal(P, "false", 5) < 0) return -1;
+      lua_pushboolean(P->L, 0);
+      return 0;
+    case 'n':
+      return literal(P, "null", 4) < 0 ? -1 : 1;
+    case '-': case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9':
+      return parse_number(P);
+    default:
+      return fail(P, E_CHAR, P->p);
+  }
+}
+
+/* Pushes "llmux.json: <what> at byte N" (N 1-based). A byte that is not printable ASCII is
+ * shown in hex. */
+static void push_error(Parser *P) {
+  static const char hex[] = "0123456789ABCDEF";
+  lua_State *L = P->L;
+  LUAI_UACINT pos = (LUAI_UACINT)(P->at - P->s) + 1;
+  unsigned c = *P->at;
+  char b[5] = { '0', 'x', hex[c >> 4], hex[c & 15], '\0' };
+  if (P->at == P->end && P->err != E_RANGE && P->err != E_LONG)
+    lua_pushfstring(L, "llmux.json: unexpected end of input at byte %I", pos);
+  else if (P->err == E_CTRL)
+    lua_pushfstring(L, "llmux.json: control character %s in string at byte %I", b, pos);
+  else if (P->err != E_CHAR)
+    lua_pushfstring(L, "llmux.json: %s at byte %I", P->err, pos);
+  else if (c >= 0x20 && c < 0x7F)
+    lua_pushfstring(L, "llmux.json: unexpected character '%c' at byte %I", (int)c, pos);
+  else
+    lua_pushfstring(L, "llmux.json: unexpected byte %s at byte %I", b, pos);
+}
+
+/* core.json_decode(s) -> value | nil, message */
+static int json_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Parser P;
+  int r;
+  lua_settop(L, 1);
+  P.L = L;
+  P.s = (const unsigned char *)s;
+  P.end = P.s + len;
+  P.err = NULL;
+  P.at = NULL;
+  P.p = skip_ws(P.s);
+  r = parse_value(&P, 1);
+  if (r >= 0) {
+    P.p = skip_ws(P.p);
+    if (P.p != P.end) r = fail(&P, E_CHAR, P.p);   /* trailing bytes, before any null verdict */
+  }
+  if (r < 0) {
+    lua_settop(L, 1);
+    lua_pushnil(L);
+    push_error(&P);
+    return 2;
+  }
+  if (r == 1) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "JSON null");
+    return 2;
+  }
+  return 1;
+}
+
+void lmx_json_open(lua_State *L) {
+  lua_pushcfunction(L, json_decode);
+  lua_setfield(L, -2, "json_decode");
+}
