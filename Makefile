@@ -28,7 +28,7 @@ export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
 
-.PHONY: all deps test demo bench asan install clean
+.PHONY: all deps test demo bench asan fuzz install clean
 all: $(CORE)
 
 $(BUILD)/obj/%.o: src/%.c src/*.h
@@ -69,6 +69,17 @@ asan: deps
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
+
+# libFuzzer on the JSON decoder, bounded: FUZZ_TIME seconds (default 60).
+FUZZ_TIME ?= 60
+fuzz: deps
+	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
+	@mkdir -p $(BUILD)/fuzz/json_corpus
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -I$(LUA_INCDIR) -Isrc tests/fuzz/json_fuzz.c src/json.c \
+	  -llua$(LUA_VERSION) -o $(BUILD)/fuzz/json_fuzz
+	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \
+	  $(BUILD)/fuzz/json_corpus
 
 install: $(CORE)
 	install -d $(DESTDIR)$(INST_LIBDIR)/llmux $(DESTDIR)$(INST_LUADIR)/llmux

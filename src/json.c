@@ -221,7 +221,7 @@ static int slow_double(Parser *P, const unsigned char *start, double *d) {
   return 0;
 }
 
-static const double pow10[] = {
+static const double exact10[] = {
   1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
   1e17, 1e18, 1e19, 1e20, 1e21, 1e22
 };
@@ -284,7 +284,7 @@ static int parse_number(Parser *P) {
   {
     double d;
     if (!big && m <= ((uint64_t)1 << 53) && ex >= -22 && ex <= 22) {
-      d = ex >= 0 ? (double)m * pow10[ex] : (double)m / pow10[-ex];
+      d = ex >= 0 ? (double)m * exact10[ex] : (double)m / exact10[-ex];
       if (neg) d = -d;
     } else if (slow_double(P, start, &d) < 0) {
       return -1;
@@ -448,7 +448,7 @@ static void push_error(Parser *P) {
   LUAI_UACINT pos = (LUAI_UACINT)(P->at - P->s) + 1;
   unsigned c = *P->at;
   char b[5] = { '0', 'x', hex[c >> 4], hex[c & 15], '\0' };
-  if (P->at == P->end && P->err != E_RANGE && P->err != E_LONG)
+  if (P->at == P->end)
     lua_pushfstring(L, "llmux.json: unexpected end of input at byte %I", pos);
   else if (P->err == E_CTRL)
     lua_pushfstring(L, "llmux.json: control character %s in string at byte %I", b, pos);

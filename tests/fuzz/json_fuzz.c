@@ -1,0 +1,108 @@
+/* libFuzzer target for core.json_decode (src/json.c).
+ *
+ *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+ *     -fno-sanitize-recover=undefined -I/usr/include/lua5.4 -Isrc \
+ *     tests/fuzz/json_fuzz.c src/json.c -llua5.4 -o build/json_fuzz
+ *   mkdir -p build/json_corpus && build/json_fuzz -dict=tests/fuzz/json.dict \
+ *     -max_total_time=60 build/json_corpus
+ *
+ * Each input is decoded twice in a fresh lua_State: once normally, where the call must return
+ * a value or nil + a "llmux.json: " message (or "JSON null") and leave a well-formed tree; and
+ * once with an allocator that fails after a number of allocations taken from the input, where
+ * the only other outcome allowed is Lua's memory error. The state is then closed and must have
+ * given back every byte, and libFuzzer's per-input leak check stays on: an error thrown midway
+ * leaves nothing behind. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include "llmux.h"
+
+static lua_State *L;
+static int limited;        /* allocations fail once budget is spent */
+static unsigned budget;
+static size_t live;        /* bytes the state holds */
+
+static void *fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  void *q;
+  if (ptr == NULL) osize = 0;   /* then osize is a type tag, not a size */
+  if (nsize == 0) {
+    free(ptr);
+    live -= osize;
+    return NULL;
+  }
+  if (limited && nsize > osize) {   /* only growth fails */
+    if (budget == 0) return NULL;
+    budget--;
+  }
+  if ((q = realloc(ptr, nsize)) != NULL) live += nsize - osize;
+  return q;
+}
+
+/* A decoded tree holds only strings, numbers, booleans, NULL lightuserdata (array items only)
+ * and tables that are either sequences or string-keyed maps. */
+static void check_tree(int idx, int depth) {
+  int t = lua_type(L, idx);
+  if (depth > 1001) abort();
+  if (t == LUA_TTABLE) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+    int strkeys = 0;
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      count++;
+      if (lua_type(L, -2) == LUA_TSTRING) strkeys = 1;
+      else if (!lua_isinteger(L, -2)) abort();
+      if (lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
+        if (lua_touserdata(L, -1) != NULL || lua_type(L, -2) == LUA_TSTRING) abort();
+      } else {
+        check_tree(-1, depth + 1);
+      }
+      lua_pop(L, 1);
+    }
+    if (strkeys ? n != 0 : n != count) abort();
+  } else if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN) {
+    abort();
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  int top, rc;
+  L = lua_newstate(fuzz_alloc, NULL);
+  if (!L) abort();
+  lua_newtable(L);
+  lmx_json_open(L);
+  lua_getfield(L, -1, "json_decode");
+  lua_replace(L, 1);
+  top = lua_gettop(L);
+
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, (const char *)data, size);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) abort();   /* must never raise */
+  if (lua_isnil(L, top + 1)) {
+    const char *msg = lua_tostring(L, top + 2);
+    if (lua_gettop(L) != top + 2 || !msg) abort();
+    if (strncmp(msg, "llmux.json: ", 12) != 0 && strcmp(msg, "JSON null") != 0) abort();
+  } else {
+    if (lua_gettop(L) != top + 1) abort();
+    check_tree(top + 1, 1);
+  }
+  lua_settop(L, top);
+
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, (const char *)data, size);
+  budget = size ? (unsigned)data[0] % 64 : 0;
+  limited = 1;
+  rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+  limited = 0;
+  if (rc != LUA_OK && rc != LUA_ERRMEM) abort();
+  lua_settop(L, top);
+
+  lua_close(L);
+  L = NULL;
+  if (live != 0) abort();
+  return 0;
+}
