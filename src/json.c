@@ -20,6 +20,9 @@
  * the worst case (every level holding a full chunk) stays well inside LUAI_MAXSTACK. */
 #define LMX_JSON_CHUNK 512
 #define LMX_JSON_EXTRA 8   /* a luaL_Buffer's slots, a flush's two copies, a scalar */
+/* Stack is reserved in steps: asking for a whole chunk at once made every call regrow the
+ * (coroutine) stack that the GC had just shrunk. */
+#define LMX_JSON_STEP 32
 
 typedef struct {
   lua_State *L;
@@ -328,7 +331,7 @@ static int parse_array(Parser *P, int depth) {
   lua_Integer done = 0;
   int base, n = 0, r;
   if (depth > LMX_JSON_MAXDEPTH) return fail(P, E_DEPTH, P->p);
-  if (!lua_checkstack(L, LMX_JSON_CHUNK + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
+  if (!lua_checkstack(L, LMX_JSON_STEP + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
   lua_pushnil(L);   /* the table's slot */
   base = lua_gettop(L);
   P->p = skip_ws(P->p + 1);
@@ -341,7 +344,9 @@ static int parse_array(Parser *P, int depth) {
   for (;;) {
     if ((r = parse_value(P, depth + 1)) < 0) return -1;
     if (r == 1) lua_pushlightuserdata(L, NULL);
-    if (++n == LMX_JSON_CHUNK) {
+    if ((++n % LMX_JSON_STEP) == 0 && !lua_checkstack(L, LMX_JSON_STEP + LMX_JSON_EXTRA))
+      return fail(P, E_STACK, P->p);
+    if (n == LMX_JSON_CHUNK) {
       flush_array(L, base, n, done);
       done += n;
       n = 0;
@@ -365,7 +370,7 @@ static int parse_object(Parser *P, int depth) {
   lua_State *L = P->L;
   int base, n = 0, live = 0, made = 0, r;
   if (depth > LMX_JSON_MAXDEPTH) return fail(P, E_DEPTH, P->p);
-  if (!lua_checkstack(L, LMX_JSON_CHUNK + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
+  if (!lua_checkstack(L, 2 * LMX_JSON_STEP + LMX_JSON_EXTRA)) return fail(P, E_STACK, P->p);
   lua_pushnil(L);
   base = lua_gettop(L);
   P->p = skip_ws(P->p + 1);
@@ -384,7 +389,9 @@ static int parse_object(Parser *P, int depth) {
     if ((r = parse_value(P, depth + 1)) < 0) return -1;
     if (r == 1) lua_pushnil(L);
     else live++;
-    if (++n == LMX_JSON_CHUNK / 2) {
+    if ((++n % LMX_JSON_STEP) == 0 && !lua_checkstack(L, 2 * LMX_JSON_STEP + LMX_JSON_EXTRA))
+      return fail(P, E_STACK, P->p);
+    if (n == LMX_JSON_CHUNK / 2) {
       flush_object(L, base, n, live, made);
       made = 1;
       n = live = 0;
