@@ -54,6 +54,16 @@ static int core_isatty(lua_State *L) {
   return 1;
 }
 
+/* Registers metatable name with meta's metamethods and methods as its __index. */
+void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
 LMX_API int luaopen_llmux_core(lua_State *L);
 LMX_API int luaopen_llmux_core(lua_State *L) {
   static int inited = 0;

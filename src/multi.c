@@ -233,6 +233,12 @@ static int multi_timeout(lua_State *L) {
   return 1;
 }
 
+static int queued(const lmx_Multi *m) {
+  int q = 0;
+  for (const lmx_Request *r = m->qhead; r; r = r->qnext) q++;
+  return q;
+}
+
 static void drain(lmx_Multi *m) {
   CURLMsg *msg;
   int left;
@@ -273,9 +279,7 @@ static int multi_step(lua_State *L) {
   }
   drain(m);
   m->stepping = 0;
-  int q = 0;
-  for (lmx_Request *r = m->qhead; r; r = r->qnext) q++;
-  lua_pushinteger(L, q);
+  lua_pushinteger(L, queued(m));
   return 1;
 }
 
@@ -302,11 +306,9 @@ static int multi_empty(lua_State *L) {
 /* m:stats() -> {running, queued, done, connects, free_easy} */
 static int multi_stats(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
-  int q = 0;
-  for (lmx_Request *r = m->qhead; r; r = r->qnext) q++;
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, m->running); lua_setfield(L, -2, "running");
-  lua_pushinteger(L, q); lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, queued(m)); lua_setfield(L, -2, "queued");
   lua_pushinteger(L, (lua_Integer)m->done); lua_setfield(L, -2, "done");
   lua_pushinteger(L, (lua_Integer)m->connects); lua_setfield(L, -2, "connects");
   lua_pushinteger(L, m->nfree); lua_setfield(L, -2, "free_easy");
@@ -359,11 +361,7 @@ void lmx_multi_open(lua_State *L) {
     {"__gc", multi_close}, {"__close", multi_close}, {"__tostring", multi_tostring},
     {NULL, NULL}
   };
-  luaL_newmetatable(L, LMX_MULTI);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  lmx_newclass(L, LMX_MULTI, meta, methods);
   lua_pushcfunction(L, multi_new);
   lua_setfield(L, -2, "multi");
 }

@@ -354,11 +354,7 @@ void lmx_request_open(lua_State *L) {
     {"__gc", request_close}, {"__close", request_close}, {"__tostring", request_tostring},
     {NULL, NULL}
   };
-  luaL_newmetatable(L, LMX_REQUEST);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  lmx_newclass(L, LMX_REQUEST, meta, methods);
   lua_pushcfunction(L, core_parse_headers);
   lua_setfield(L, -2, "parse_headers");
 }
