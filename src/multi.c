@@ -58,7 +58,6 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "llmux/" LMX_VERSION);
 }
 
 /* An easy handle for a new transfer, its shared options set. Pooled handles keep every option

