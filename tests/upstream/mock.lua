@@ -156,12 +156,15 @@ local function embeddings_object(ctx)
   }
 end
 
+local stream_answer   -- defined with the streaming behaviours below
+
 -- content: the chat answer (default "echo: " .. last message). Embeddings
 -- ignore it: the content behaviours only mean something for chat.
 local function answer(ctx, content)
   if ctx.kind == "embeddings" then
     return send_json(200, embeddings_object(ctx))
   end
+  if ctx.req.stream == true and not content then return stream_answer(ctx) end
   if not content then
     local msgs = ctx.req.messages
     local last = msgs[#msgs]
@@ -359,6 +362,267 @@ behaviours.truncbody = function()
   return ngx.exit(ngx.ERROR)
 end
 
+-- Streaming (SSE) --------------------------------------------------------------
+--
+-- A chat request with "stream": true gets an event stream. The model picks the behaviour
+-- (error statuses, rate limits and resets before the first byte are the behaviours above):
+--   chunks:N[:MS]        N content chunks "tK " (K = 1..N), MS ms apart
+--   slowfirst:S          headers at once, the first token after S seconds
+--   cut:K                K chunks, then a clean end of body: no finish_reason, no [DONE]
+--   drop:K               K chunks, then the connection drops mid-body
+--   stall:K:S            K chunks, S seconds of silence, then the rest
+--   pingstall:K:S:P      the same, with a ": ping" comment every P seconds while silent
+--   malformed:K          chunk K is not JSON; the stream goes on
+--   nodone               finish_reason but no [DONE]
+--   inband:K             after K chunks, data: {"error": {...}} (and the body ends)
+--   eventerror:K         after K chunks, "event: error" with a JSON message
+--   tools                two tool calls whose arguments arrive in pieces
+--   hugestream:BYTES     about BYTES of content in 1 KiB chunks
+--   bytewise             every byte of the stream in its own write
+--   keepalive            ": ping" and blank lines between the chunks
+--   jsonbody             ignores stream=true: an ordinary JSON completion
+-- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
+
+local function sse_headers()
+  ngx.status = 200
+  ngx.header["Content-Type"] = "text/event-stream"
+  ngx.header["Cache-Control"] = "no-cache"
+  ngx.send_headers()
+  return ngx.flush(true)
+end
+
+-- Sends raw stream bytes now; false when the client has gone.
+local function emit(ctx, s)
+  if ctx.bytewise then
+    for i = 1, #s do
+      ngx.print(s:sub(i, i))
+      if not ngx.flush(true) then return false end
+    end
+    return true
+  end
+  ngx.print(s)
+  return ngx.flush(true)
+end
+
+local function data(obj)
+  return "data: " .. cjson.encode(obj) .. "\n\n"
+end
+
+local function chunk(ctx, delta, finish, usage)
+  local c = {
+    id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
+    model = ctx.model,
+    choices = {{index = 0, delta = delta, finish_reason = finish or null}},
+  }
+  if usage then c.usage = usage end
+  return data(c)
+end
+
+-- The answer split into pieces of at most 4 bytes, like a tokenizer would.
+local function pieces_of(content)
+  local out = {}
+  for i = 1, #content, 4 do out[#out + 1] = content:sub(i, i + 3) end
+  return out
+end
+
+-- Streams pieces (strings, or tables for tool-call deltas) with the hooks in o:
+-- delay (s between chunks), first_delay, stall_after/stall/ping, cut_after, drop_after,
+-- malformed_at, error_at/error_event, no_done, keepalive.
+local function stream(ctx, pieces, o)
+  o = o or {}
+  ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
+  ctx.created = ngx.time()
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  if o.first_delay then ngx.sleep(o.first_delay) end
+  local completion = 0
+  if not emit(ctx, chunk(ctx, {role = "assistant", content = ""})) then
+    return ngx.exit(ngx.OK)
+  end
+  for k, p in ipairs(pieces) do
+    if k > 1 and o.delay then ngx.sleep(o.delay) end
+    if o.keepalive and not emit(ctx, ": ping\n\n\n") then return ngx.exit(ngx.OK) end
+    local out
+    if o.malformed_at == k then
+      out = 'data: {"id": "' .. ctx.stream_id .. '", "choices": [{"delta": {"content": "\n\n'
+    elseif type(p) == "table" then
+      out = chunk(ctx, p)
+    else
+      completion = completion + #p
+      out = chunk(ctx, {content = p})
+    end
+    if not emit(ctx, out) then return ngx.exit(ngx.OK) end
+    if o.cut_after == k then return ngx.exit(ngx.OK) end
+    if o.drop_after == k then return ngx.exit(ngx.ERROR) end
+    if o.error_at == k then
+      local err = {error = {message = "mock: the model crashed mid-answer",
+        type = "server_error", code = "internal_error"}}
+      if o.error_event then
+        emit(ctx, "event: error\ndata: " .. cjson.encode(err) .. "\n\n")
+      else
+        emit(ctx, data(err))
+      end
+      return ngx.exit(ngx.OK)
+    end
+    if o.stall_after == k then
+      local left = o.stall
+      while left > 0 do
+        local step = o.ping and math.min(o.ping, left) or left
+        ngx.sleep(step)
+        left = left - step
+        if o.ping and not emit(ctx, ": ping\n\n") then return ngx.exit(ngx.OK) end
+      end
+    end
+  end
+  local finish = o.finish or "stop"
+  if not emit(ctx, chunk(ctx, {}, finish)) then return ngx.exit(ngx.OK) end
+  local so = ctx.req.stream_options
+  if type(so) == "table" and so.include_usage then
+    local prompt = 0
+    for _, m in ipairs(ctx.req.messages) do
+      if type(m) == "table" then prompt = prompt + #text_of(m.content) end
+    end
+    local c = {id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
+      model = ctx.model, choices = "@@EMPTY@@",
+      usage = {prompt_tokens = tokens(prompt), completion_tokens = tokens(completion),
+        total_tokens = tokens(prompt) + tokens(completion)}}
+    -- this cjson has no empty-array marker
+    local out = data(c):gsub('"@@EMPTY@@"', "[]")
+    if not emit(ctx, out) then return ngx.exit(ngx.OK) end
+  end
+  if not o.no_done then emit(ctx, "data: [DONE]\n\n") end
+  return ngx.exit(ngx.OK)
+end
+
+local function echo_text(ctx)
+  local msgs = ctx.req.messages
+  local last = msgs[#msgs]
+  return "echo: " .. text_of(type(last) == "table" and last.content or nil)
+end
+
+local function numbered(n)
+  local out = {}
+  for k = 1, n do out[k] = "t" .. k .. " " end
+  return out
+end
+
+local function int_arg(s, lo)
+  local n = tonumber(s)
+  if not n or n ~= math.floor(n) or n < (lo or 0) then return nil end
+  return n
+end
+
+local streams = {}
+
+streams.chunks = function(ctx, a)
+  local n, ms = int_arg(a[1], 1), tonumber(a[2] or "0")
+  if not n or not ms then return false end
+  return stream(ctx, numbered(n), {delay = ms > 0 and ms / 1000 or nil})
+end
+
+streams.slowfirst = function(ctx, a)
+  local s = tonumber(a[1])
+  if not s then return false end
+  return stream(ctx, pieces_of(echo_text(ctx)), {first_delay = s})
+end
+
+streams.cut = function(ctx, a)
+  local k = int_arg(a[1], 1)
+  if not k then return false end
+  return stream(ctx, numbered(k + 5), {cut_after = k})
+end
+
+streams.drop = function(ctx, a)
+  local k = int_arg(a[1], 1)
+  if not k then return false end
+  return stream(ctx, numbered(k + 5), {drop_after = k})
+end
+
+streams.stall = function(ctx, a)
+  local k, s = int_arg(a[1], 1), tonumber(a[2])
+  if not k or not s then return false end
+  return stream(ctx, numbered(k + 2), {stall_after = k, stall = s})
+end
+
+streams.pingstall = function(ctx, a)
+  local k, s, p = int_arg(a[1], 1), tonumber(a[2]), tonumber(a[3])
+  if not k or not s or not p or p <= 0 then return false end
+  return stream(ctx, numbered(k + 2), {stall_after = k, stall = s, ping = p})
+end
+
+streams.malformed = function(ctx, a)
+  local k = int_arg(a[1], 1)
+  if not k then return false end
+  return stream(ctx, numbered(k + 2), {malformed_at = k})
+end
+
+streams.nodone = function(ctx)
+  return stream(ctx, pieces_of(echo_text(ctx)), {no_done = true})
+end
+
+streams.inband = function(ctx, a)
+  local k = int_arg(a[1], 1)
+  if not k then return false end
+  return stream(ctx, numbered(k + 2), {error_at = k})
+end
+
+streams.eventerror = function(ctx, a)
+  local k = int_arg(a[1], 1)
+  if not k then return false end
+  return stream(ctx, numbered(k + 2), {error_at = k, error_event = true})
+end
+
+streams.tools = function(ctx)
+  local function call(index, id, name, args)
+    return {tool_calls = {{index = index, id = id, type = "function",
+      ["function"] = {name = name, arguments = args}}}}
+  end
+  local function more(index, args)
+    return {tool_calls = {{index = index, ["function"] = {arguments = args}}}}
+  end
+  return stream(ctx, {
+    call(0, "call_a", "get_weather", ""), more(0, '{"city":'), more(0, '"Paris"}'),
+    call(1, "call_b", "get_time", '{"tz"'), more(1, ':"CET"}'),
+  }, {finish = "tool_calls"})
+end
+
+streams.hugestream = function(ctx, a)
+  local bytes = int_arg(a[1], 1)
+  if not bytes then return false end
+  ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
+  ctx.created = ngx.time()
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  local piece = chunk(ctx, {content = string.rep("x", 1024)})
+  local batch = string.rep(piece, 64)   -- 64 KiB of content per write
+  local sent = 0
+  while sent < bytes do
+    ngx.print(batch)
+    sent = sent + 65536
+    if not ngx.flush(true) then return ngx.exit(ngx.OK) end
+  end
+  emit(ctx, chunk(ctx, {}, "stop"))
+  emit(ctx, "data: [DONE]\n\n")
+  return ngx.exit(ngx.OK)
+end
+
+streams.bytewise = function(ctx)
+  ctx.bytewise = true
+  return stream(ctx, pieces_of(echo_text(ctx)), {})
+end
+
+streams.keepalive = function(ctx)
+  return stream(ctx, pieces_of(echo_text(ctx)), {keepalive = true})
+end
+
+streams.jsonbody = function(ctx)
+  ctx.req.stream = false
+  return answer(ctx)
+end
+
+-- The normal stream: the echo of the last message in 4-byte pieces.
+stream_answer = function(ctx)
+  return stream(ctx, pieces_of(echo_text(ctx)), {})
+end
+
 local function dispatch(ctx)
   local parts = split(ctx.model, ":")
   local name = table.remove(parts, 1)
@@ -366,6 +630,14 @@ local function dispatch(ctx)
   -- "500", "503", ...: shortcut for status:N.
   if not b and status_arg(name) and name:match("^%d%d%d$") then
     return send_status(tonumber(name))
+  end
+  if ctx.kind == "chat" and ctx.req.stream == true then
+    local sb = streams[name]
+    if sb then b = sb elseif not b or name == "slow" then b = nil end
+    if not b then
+      if name == "slow" and tonumber(parts[1]) then ngx.sleep(tonumber(parts[1])) end
+      return stream_answer(ctx)
+    end
   end
   if not b then return answer(ctx) end
   if b(ctx, parts) == false then
