@@ -21,6 +21,7 @@ local M = {
   map = sched.map,
   step = sched.step,
   configure = sched.configure,
+  sse = core.sse,   -- incremental SSE parser: llmux.sse([{max_bytes = n}])
 }
 
 return M

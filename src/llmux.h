@@ -78,4 +78,5 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
+void lmx_sse_open(lua_State *L);    /* sse_lua.c: core.sse */
 #endif
