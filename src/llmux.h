@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 
 #include "buf.h"
+#include "sse.h"
 
 #define LMX_API __attribute__((visibility("default")))
 #define LMX_VERSION "0.1.0"
@@ -35,7 +36,19 @@ struct lmx_Request {
   int toolarge, cancelled, closed_by_multi;
   int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
   struct curl_slist *hdrs;
-  lmx_Buf body;               /* response body */
+  /* streams (spec.stream): events parsed in the write callback queue here for Lua to pop */
+  int stream;                 /* a stream: headers and events are announced through next() */
+  int sse;                    /* the response is a 2xx event stream: bytes go to the parser */
+  int hdr_done;               /* the final response's headers are complete */
+  int want;                   /* Lua waits: the next header/event/end queues r in its Multi */
+  int paused;                 /* the write callback paused the transfer (queue over the mark) */
+  lmx_SSE parser;
+  lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data} */
+  size_t evq_off;             /* read position in evq */
+  double last_event;          /* monotonic time of the last real event (or of the start) */
+  uint64_t stream_bytes;      /* bytes of the event stream */
+  const char *why;            /* static message for a failure llmux itself caused */
+  lmx_Buf body;               /* response body (for streams: only a non-event-stream body) */
   lmx_Buf head;               /* raw header lines of the last response only */
   size_t max_bytes;           /* 0: no cap */
   CURLcode cc;

@@ -96,7 +96,10 @@ static void unqueue(lmx_Multi *m, lmx_Request *r) {
   r->queued = 0;
 }
 
+/* Queues r for next(): once finished, or as a stream's update. A no-op when already queued
+ * (a stream that ends while its update waits is delivered once, as finished). */
 void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r) {
+  if (r->queued) return;
   r->qnext = NULL;
   if (m->qtail) m->qtail->qnext = r; else m->qhead = r;
   m->qtail = r;
@@ -282,13 +285,21 @@ static int multi_step(lua_State *L) {
   return 1;
 }
 
-/* m:next() -> Request | nil: pops one finished request; the Multi no longer holds it */
+/* m:next() -> Request | nil: pops one finished request (the Multi no longer holds it) or one
+ * running stream with news (headers, events), which stays in flight */
 static int multi_next(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
   lmx_Request *r = m->qhead;
   if (!r) return 0;
   lua_getiuservalue(L, 1, 1);
   lua_rawgetp(L, -1, r);
+  if (r->state == LMX_R_RUNNING) {
+    m->qhead = r->qnext;
+    if (!m->qhead) m->qtail = NULL;
+    r->qnext = NULL;
+    r->queued = 0;
+    return 1;
+  }
   lmx_multi_detach(L, m, r, 1);
   lua_pushnil(L);               /* drop the request's own reference to the Multi */
   lua_setiuservalue(L, -2, 2);

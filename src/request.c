@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 #include "llmux.h"
 
 static lmx_Request *checkrequest(lua_State *L, int i) {
@@ -12,11 +13,60 @@ static lmx_Request *checkrequest(lua_State *L, int i) {
   return r;
 }
 
+/* Event queue limits of a stream: over HIGH bytes unread by Lua the transfer pauses (the
+ * kernel's socket buffer and TCP flow control then hold the sender back); it resumes once Lua
+ * has drained the queue below LOW. */
+#define EVQ_HIGH ((size_t)256 * 1024)
+#define EVQ_LOW ((size_t)64 * 1024)
+
+/* Queues r in its Multi when Lua asked to hear about the next header block, event or end. */
+static void notify(lmx_Request *r) {
+  if (r->want && r->multi) {
+    r->want = 0;
+    lmx_multi_enqueue(r->multi, r);
+  }
+}
+
+/* SSE callback: appends {data_len, event_len, event, data} to the queue. Nonzero (stop) only
+ * when memory runs out; the queue is then left as it was. */
+static int on_event(void *ud, const lmx_SSEEvent *ev) {
+  lmx_Request *r = ud;
+  uint32_t h[2] = { (uint32_t)ev->data_len, (uint32_t)ev->event_len };
+  size_t n0 = r->evq.n;
+  if (lmx_buf_append(&r->evq, h, sizeof h) != 0
+      || (ev->event_len && lmx_buf_append(&r->evq, ev->event, ev->event_len) != 0)
+      || (ev->data_len && lmx_buf_append(&r->evq, ev->data, ev->data_len) != 0)) {
+    r->evq.n = n0;
+    return 1;
+  }
+  return 0;
+}
+
 /* curl write callback: a short count makes curl fail the transfer with CURLE_WRITE_ERROR,
- * which finish() reports as "toolarge" (cap) or out of memory. */
+ * which finish() reports as "toolarge" (cap) or out of memory. An event stream goes through
+ * the SSE parser instead of the body buffer, and pauses while Lua lags behind. */
 static size_t request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
+  if (r->sse) {
+    if (r->evq.n - r->evq_off > EVQ_HIGH) {
+      r->paused = 1;
+      return CURL_WRITEFUNC_PAUSE;   /* curl keeps these bytes and hands them back later */
+    }
+    size_t before = r->evq.n;
+    int st = lmx_sse_feed(&r->parser, p, n, NULL, on_event, r);
+    r->stream_bytes += n;
+    if (st != LMX_SSE_OK) {
+      if (st == LMX_SSE_TOOLARGE) r->toolarge = 1;
+      r->why = st == LMX_SSE_STOPPED ? "out of memory" : lmx_sse_error(&r->parser);
+      return 0;
+    }
+    if (r->evq.n != before) {
+      r->last_event = lmx_now();
+      notify(r);
+    }
+    return n;
+  }
   if (r->max_bytes && n > r->max_bytes - r->body.n) {
     r->toolarge = 1;
     return 0;
@@ -24,12 +74,35 @@ static size_t request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   return lmx_buf_append(&r->body, p, n) == 0 ? n : 0;
 }
 
-/* Keeps only the last response's header block (redirect or 1xx blocks come first). */
+static int contains_nocase(const char *s, const char *word) {
+  size_t n = strlen(word);
+  for (; *s; s++)
+    if (strncasecmp(s, word, n) == 0) return 1;
+  return 0;
+}
+
+/* Keeps only the last response's header block (redirect or 1xx blocks come first). For a
+ * stream, the blank line that ends the final block announces the headers and decides whether
+ * the body is an event stream (2xx and text/event-stream) or an ordinary body. */
 static size_t request_headercb(char *p, size_t size, size_t nitems, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nitems;
   if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) lmx_buf_reset(&r->head);
-  return lmx_buf_append(&r->head, p, n) == 0 ? n : 0;
+  if (lmx_buf_append(&r->head, p, n) != 0) return 0;
+  if (r->stream && (n == 2 || n == 1) && (p[0] == '\r' || p[0] == '\n')) {
+    long status = 0;
+    char *ct = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200) {
+      r->status = status;
+      r->hdr_done = 1;
+      r->last_event = lmx_now();
+      curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ct);
+      if (status / 100 == 2 && ct && contains_nocase(ct, "text/event-stream")) r->sse = 1;
+      notify(r);
+    }
+  }
+  return n;
 }
 
 static double optseconds(lua_State *L, int t, const char *k) {
@@ -83,6 +156,16 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   int http2 = 1;
   if (lua_getfield(L, spec, "http2") != LUA_TNIL) http2 = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  int stream = 0;
+  if (lua_getfield(L, spec, "stream") != LUA_TNIL) stream = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_Integer maxev = 0;
+  if (lua_getfield(L, spec, "max_event_bytes") != LUA_TNIL) {
+    int ok;
+    maxev = lua_tointegerx(L, -1, &ok);
+    if (!ok || maxev < 1) luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer >= 1");
+  }
+  lua_pop(L, 1);
 
   lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 2);
   memset(r, 0, sizeof *r);
@@ -118,6 +201,10 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   if (!e) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
   r->hdrs = hl;
   r->max_bytes = (size_t)maxb;
+  r->stream = stream;
+  r->want = stream;
+  lmx_sse_init(&r->parser, (size_t)maxev);
+  r->last_event = lmx_now();
   /* every option a previous transfer may have set is set again (pooled handles keep them) */
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
@@ -231,6 +318,8 @@ static int request_close(lua_State *L) {
   }
   lmx_buf_free(&r->body);
   lmx_buf_free(&r->head);
+  lmx_buf_free(&r->evq);
+  lmx_sse_free(&r->parser);
   r->state = LMX_R_CLOSED;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
@@ -329,6 +418,7 @@ static int request_result(lua_State *L) {
     lua_setfield(L, -2, "curl_code");
     if (r->closed_by_multi) lua_pushliteral(L, "the llmux.Multi was closed");
     else if (r->cancelled) lua_pushliteral(L, "cancelled");
+    else if (r->why) lua_pushstring(L, r->why);
     else if (r->toolarge)
       lua_pushfstring(L, "response larger than max_response_bytes (%I)", (lua_Integer)r->max_bytes);
     else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
@@ -336,6 +426,71 @@ static int request_result(lua_State *L) {
     lua_setfield(L, -2, "error");
   }
   return 1;
+}
+
+/* r:head() -> status, raw header block | nothing while the headers are not all in */
+static int request_head(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  if (!r->hdr_done && r->state != LMX_R_DONE) return 0;
+  lua_pushinteger(L, r->status);
+  lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
+  return 2;
+}
+
+/* Resumes a paused stream once Lua has drained its queue below the low mark. curl may hand
+ * back the bytes it kept right here, through the write callback (which only queues). */
+static void maybe_resume(lmx_Request *r) {
+  if (r->paused && r->state == LMX_R_RUNNING && r->evq.n - r->evq_off < EVQ_LOW) {
+    r->paused = 0;
+    curl_easy_pause(r->easy, CURLPAUSE_CONT);
+  }
+}
+
+/* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
+ * the default type). With none queued it arms the notification: the next header block,
+ * event or end of transfer queues r in its Multi again. */
+static int request_pop(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  if (r->evq_off >= r->evq.n) {
+    r->evq_off = 0;
+    if (r->evq.cap > EVQ_LOW) lmx_buf_free(&r->evq); else lmx_buf_reset(&r->evq);
+    r->want = 1;
+    maybe_resume(r);
+    return 0;
+  }
+  uint32_t h[2];
+  memcpy(h, r->evq.p + r->evq_off, sizeof h);
+  const char *ev = r->evq.p + r->evq_off + sizeof h;
+  lua_pushlstring(L, ev + h[1], h[0]);
+  if (h[1]) lua_pushlstring(L, ev, h[1]); else lua_pushnil(L);
+  r->evq_off += sizeof h + h[0] + h[1];
+  if (r->evq_off == r->evq.n) {
+    r->evq_off = 0;
+    lmx_buf_reset(&r->evq);
+  } else if (r->evq_off > EVQ_LOW && r->evq_off * 2 > r->evq.n) {
+    memmove(r->evq.p, r->evq.p + r->evq_off, r->evq.n - r->evq_off);
+    r->evq.n -= r->evq_off;
+    r->evq_off = 0;
+  }
+  maybe_resume(r);
+  return 2;
+}
+
+/* r:idle() -> seconds since the last real event (or the headers, or the start) */
+static int request_idle(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  lua_pushnumber(L, lmx_now() - r->last_event);
+  return 1;
+}
+
+/* r:stream_stats() -> events, comments, bytes, paused: what the event stream carried */
+static int request_stream_stats(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  lua_pushinteger(L, (lua_Integer)r->parser.dispatched);
+  lua_pushinteger(L, (lua_Integer)r->parser.comments);
+  lua_pushinteger(L, (lua_Integer)r->stream_bytes);
+  lua_pushboolean(L, r->paused);
+  return 4;
 }
 
 static int request_tostring(lua_State *L) {
@@ -348,7 +503,8 @@ static int request_tostring(lua_State *L) {
 void lmx_request_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"cancel", request_cancel}, {"close", request_close}, {"done", request_done},
-    {"result", request_result}, {NULL, NULL}
+    {"result", request_result}, {"head", request_head}, {"pop", request_pop},
+    {"idle", request_idle}, {"stream_stats", request_stream_stats}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
     {"__gc", request_close}, {"__close", request_close}, {"__tostring", request_tostring},
