@@ -163,7 +163,8 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   if (lua_getfield(L, spec, "max_event_bytes") != LUA_TNIL) {
     int ok;
     maxev = lua_tointegerx(L, -1, &ok);
-    if (!ok || maxev < 1) luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer >= 1");
+    if (!ok || maxev < 1)
+      luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer >= 1");
   }
   lua_pop(L, 1);
 

@@ -5,9 +5,10 @@ local sched = require "llmux.sched"
 local json = require "llmux.json"
 local errors = require "llmux.errors"
 local core = require "llmux.core"
+local stream = require "llmux.stream"
 
-local error, next, pairs, setmetatable, tostring, type =
-  error, next, pairs, setmetatable, tostring, type
+local error, ipairs, next, pairs, pcall, setmetatable, tostring, type =
+  error, ipairs, next, pairs, pcall, setmetatable, tostring, type
 local mtype, min = math.type, math.min
 local format, find, lower, sub = string.format, string.find, string.lower, string.sub
 local getenv = os.getenv
@@ -178,60 +179,114 @@ local function judge(res)
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
 
--- The retry loop of DESIGN.md section 4 around one logical call.
-local function perform(self, opts, method, path, payload, where)
+-- The info table of a finished call (headers parsed on first access).
+local function make_info(call, res, body)
+  local info = setmetatable({
+    status = res.status, attempts = call.attempt, latency = now() - call.t0,
+    usage = body and body.usage, model = body and body.model, url = call.url,
+    http_version = res.http_version, reused = res.reused, time_total = res.time_total,
+    time_connect = res.time_connect, time_starttransfer = res.time_starttransfer,
+  }, Info)
+  raw_heads[info] = res.head
+  return info
+end
+
+-- One logical call (all its attempts): effective options, key, URL, spec, attempt count.
+local function new_call(self, opts, method, path, payload, where, streaming)
   local o, headers, key = merged(self, opts, where)
   key = key or secrets[self].key
   local url = o.base_url .. path
   local t0 = now()
-  local deadline_at = o.deadline and t0 + o.deadline
-  local spec = {
-    url = url, method = method, headers = headers, body = payload,
-    connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
-    ca_file = o.ca_file,
+  return {
+    o = o, key = key, method = method, url = url, t0 = t0, attempt = 0,
+    deadline_at = o.deadline and t0 + o.deadline, streaming = streaming,
+    spec = {
+      url = url, method = method, headers = headers, body = payload, stream = streaming,
+      connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
+      ca_file = o.ca_file,
+    },
   }
-  local attempt, max_retries = 0, o.max_retries
+end
+
+local function call_fail(call, why, code, detail)
+  return fail(call.key, call.method, call.url, why, code, detail)
+end
+
+-- Starts the next attempt and waits for its end; a stream waits only for its headers.
+-- Returns req[, waiter] (the waiter when a 2xx stream is open), or nil, msg, code, detail
+-- when the deadline has passed.
+local function start(call)
+  call.attempt = call.attempt + 1
+  local o, timeout = call.o, call.o.timeout
+  if call.deadline_at then
+    local left = call.deadline_at - now()
+    if left <= 0 then
+      return call_fail(call, "deadline of " .. o.deadline .. " s passed", "timeout",
+        { attempts = call.attempt - 1, deadline = true })
+    end
+    timeout = min(timeout, left)
+  end
+  call.spec.timeout = timeout
+  local req = sched.engine():request(call.spec)
+  if not call.streaming then
+    sched.await(req)
+    return req
+  end
+  local w = sched.waiter(req)
+  while not req:head() and not req:done() do sched.wait(w) end
+  local status = req:head()
+  if status and status >= 200 and status < 300 then return req, w end
+  while not req:done() do sched.wait(w) end
+  return req
+end
+
+-- After a failed attempt: sleeps as DESIGN.md section 4 says and returns true, or returns
+-- the failure (nil, message, code, detail) when no retry is due.
+local function retry_or_fail(call, why, code, detail)
+  detail.attempts = call.attempt
+  if call.attempt > call.o.max_retries
+      or not errors.should_retry(detail.status, detail.headers, code) then
+    return call_fail(call, why, code, detail)
+  end
+  local wait = errors.retry_after(detail.headers)
+  if wait and wait > errors.MAX_SERVER_WAIT then
+    detail.retry_after = wait
+    return call_fail(call, why .. format("; server asks to wait %.0f s", wait), "ratelimit",
+      detail)
+  end
+  if not wait or wait <= 0 then wait = errors.backoff(call.attempt - 1) end
+  if wait and detail.status == 429 then detail.retry_after = wait end
+  if call.deadline_at and now() + wait >= call.deadline_at then
+    detail.deadline = true
+    return call_fail(call, why .. "; deadline leaves no time to retry", code, detail)
+  end
+  sched.sleep(wait)
+  return true
+end
+
+-- The retry loop of DESIGN.md section 4 around one logical call. Returns response, info; for
+-- a stream the open Stream; or nil, message, code, detail.
+local perform
+perform = function(call)
   while true do
-    attempt = attempt + 1
-    local timeout = o.timeout
-    if deadline_at then
-      local left = deadline_at - now()
-      if left <= 0 then
-        return fail(key, method, url, "deadline of " .. o.deadline .. " s passed", "timeout",
-          { attempts = attempt - 1, deadline = true })
-      end
-      timeout = min(timeout, left)
+    local req, w, c3, c4 = start(call)
+    if not req then return nil, w, c3, c4 end
+    if w then
+      return stream.new(call, req, w, {
+        info = make_info, judge = judge, fail = call_fail,
+        retry = function(why, code, detail)
+          local again, m, c, d = retry_or_fail(call, why, code, detail)
+          if not again then return nil, m, c, d end
+          return perform(call)
+        end,
+      })
     end
-    spec.timeout = timeout
-    local res = sched.fetch(spec)
+    local res = req:result()
+    req:close()
     local ok, a, code, detail = judge(res)
-    if ok then
-      local info = setmetatable({
-        status = res.status, attempts = attempt, latency = now() - t0,
-        usage = a.usage, model = a.model, url = url, http_version = res.http_version,
-        reused = res.reused, time_total = res.time_total, time_connect = res.time_connect,
-        time_starttransfer = res.time_starttransfer,
-      }, Info)
-      raw_heads[info] = res.head
-      return a, info
-    end
-    detail.attempts = attempt
-    if attempt > max_retries or not errors.should_retry(detail.status, detail.headers, code) then
-      return fail(key, method, url, a, code, detail)
-    end
-    local wait = errors.retry_after(detail.headers)
-    if wait and wait > errors.MAX_SERVER_WAIT then
-      detail.retry_after = wait
-      return fail(key, method, url, a .. format("; server asks to wait %.0f s", wait), "ratelimit",
-        detail)
-    end
-    if not wait or wait <= 0 then wait = errors.backoff(attempt - 1) end
-    if wait and detail.status == 429 then detail.retry_after = wait end
-    if deadline_at and now() + wait >= deadline_at then
-      detail.deadline = true
-      return fail(key, method, url, a .. "; deadline leaves no time to retry", code, detail)
-    end
-    sched.sleep(wait)
+    if ok then return a, make_info(call, res, a) end
+    local again, m, c, d = retry_or_fail(call, a, code, detail)
+    if not again then return nil, m, c, d end
   end
 end
 
@@ -242,14 +297,79 @@ local function encode_body(body, where)
   return s
 end
 
--- c:chat(body[, opts]) -> response, info | nil, message, code, detail
-function Client:chat(body, opts)
-  if type(body) ~= "table" then error("llmux.Client:chat: body must be a table", 2) end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("llmux.Client:chat: opts must be a table", 2)
+-- Characters of the text in a chat body's messages: the base of a usage estimate when a
+-- stream reports none.
+local function prompt_chars(body)
+  local n = 0
+  if type(body.messages) ~= "table" then return 0 end
+  for _, m in ipairs(body.messages) do
+    local c = type(m) == "table" and m.content
+    if type(c) == "string" then
+      n = n + #c
+    elseif type(c) == "table" then
+      for _, part in ipairs(c) do
+        if type(part) == "table" and type(part.text) == "string" then n = n + #part.text end
+      end
+    end
   end
-  return perform(self, opts, "POST", "/chat/completions", encode_body(body, "llmux.Client:chat"),
-    "llmux.Client:chat")
+  return n
+end
+
+local function open_stream(self, body, opts, where)
+  local b = {}
+  for k, v in pairs(body) do b[k] = v end
+  b.stream = true
+  local call = new_call(self, opts, "POST", "/chat/completions", encode_body(b, where), where,
+    true)
+  call.prompt_chars = prompt_chars(body)
+  return perform(call)
+end
+
+local function check_chat_args(body, opts, where)
+  if type(body) ~= "table" then error(where .. ": body must be a table", 3) end
+  if opts ~= nil and type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
+end
+
+-- c:chat(body[, opts]) -> response, info | nil, message, code, detail
+-- With body.stream == true the answer is streamed (opts.on_delta(text, chunk) sees each piece
+-- of content as it arrives) and assembled into what a non-streaming call returns.
+function Client:chat(body, opts)
+  check_chat_args(body, opts, "llmux.Client:chat")
+  if body.stream == true then
+    local on_delta = opts and opts.on_delta
+    if on_delta ~= nil and type(on_delta) ~= "function" then
+      error("llmux.Client:chat: option 'on_delta' must be a function", 2)
+    end
+    local o = opts
+    if on_delta ~= nil then
+      o = {}
+      for k, v in pairs(opts) do if k ~= "on_delta" then o[k] = v end end
+    end
+    local s, msg, code, detail = open_stream(self, body, o, "llmux.Client:chat")
+    if not s then return nil, msg, code, detail end
+    if on_delta then
+      local ok, err = pcall(function()
+        for text, chunk in s:deltas() do on_delta(text, chunk) end
+      end)
+      if not ok then
+        s:close()
+        error(err, 0)
+      end
+    end
+    return s:result()
+  end
+  if opts and opts.on_delta ~= nil then
+    error("llmux.Client:chat: option 'on_delta' needs body.stream = true", 2)
+  end
+  return perform(new_call(self, opts, "POST", "/chat/completions",
+    encode_body(body, "llmux.Client:chat"), "llmux.Client:chat"))
+end
+
+-- c:chat_stream(body[, opts]) -> Stream | nil, message, code, detail. Returns once the status
+-- and headers are in; failures before that are retried like any call.
+function Client:chat_stream(body, opts)
+  check_chat_args(body, opts, "llmux.Client:chat_stream")
+  return open_stream(self, body, opts, "llmux.Client:chat_stream")
 end
 
 -- c:models([opts]) -> list response, info | nil, message, code, detail
@@ -257,7 +377,7 @@ function Client:models(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("llmux.Client:models: opts must be a table", 2)
   end
-  return perform(self, opts, "GET", "/models", nil, "llmux.Client:models")
+  return perform(new_call(self, opts, "GET", "/models", nil, "llmux.Client:models"))
 end
 
 local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true, HEAD = true }
@@ -277,7 +397,7 @@ function Client:request(method, path, body, opts)
     error("llmux.Client:request: opts must be a table", 2)
   end
   local payload = body ~= nil and encode_body(body, "llmux.Client:request") or nil
-  return perform(self, opts, method, path, payload, "llmux.Client:request")
+  return perform(new_call(self, opts, method, path, payload, "llmux.Client:request"))
 end
 
 return M

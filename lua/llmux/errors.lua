@@ -63,7 +63,8 @@ function M.classify(status, body)
 end
 
 -- Transport failures worth another attempt: the connection, not the request, went wrong.
-local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, truncated = true }
+local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, truncated = true,
+  stalled = true }
 
 -- should_retry(status, headers, code) -> boolean. x-should-retry wins, as the server knows.
 function M.should_retry(status, headers, code)

@@ -67,10 +67,27 @@ local function push_ready(task, v)
   rq[rq_tail - 1], rq[rq_tail] = task, v
 end
 
--- wake(w, v): w is a Task (resumed with v on the next run) or a box of a blocking wait.
+-- A stream's waiter: whoever waits on its request (w) and whether its stall timer is in the
+-- heap. One per stream, so a stream never has more than one timer entry however many events
+-- it waits for; a timer that fires while events keep coming is simply re-armed by the reader.
+local Waiter = { __name = "llmux.Waiter" }
+
+-- wake(w, v): w is a Task (resumed with v on the next run), a box of a blocking wait, or a
+-- Waiter (v is its request when the engine has news, nil when its timer fired).
 local function wake(w, v)
-  if getmetatable(w) == Task then
+  local mt = getmetatable(w)
+  if mt == Task then
     push_ready(w, v)
+  elseif mt == Waiter then
+    if v == nil then
+      w.armed = false
+      if waiting[w.req] == w then waiting[w.req] = nil end
+    end
+    local who = w.who
+    if who then
+      w.who = nil
+      wake(who, v)
+    end
   else
     w.done, w.value = true, v
   end
@@ -248,6 +265,26 @@ function M.fetch(spec)
   local res = req:result()
   req:close()
   return res
+end
+
+-- waiter(req) -> Waiter for wait(): the way a stream waits on its request.
+function M.waiter(req)
+  return setmetatable({ req = req, who = nil, armed = false }, Waiter)
+end
+
+-- wait(w[, timeout]) -> true when the engine handed back w's request (news or the end),
+-- false after timeout seconds without. Yields in a task, blocks outside.
+function M.wait(w, timeout)
+  local req = w.req
+  local v = suspend(function(who)
+    w.who = who
+    waiting[req] = w
+    if timeout and not w.armed then
+      w.armed = true
+      heap_push(now() + timeout, w)
+    end
+  end, "a stream")
+  return v ~= nil
 end
 
 function M.sleep(s)

@@ -1,0 +1,402 @@
+-- A streaming chat completion: the events the C core parsed (src/sse.c, queued per request),
+-- decoded here one by one and assembled into what a non-streaming call returns.
+--
+-- Integrity first: a stream that ends without a finish_reason or [DONE] is "truncated", one
+-- silent for idle_timeout seconds (comments and empty keep-alives do not count) is "stalled",
+-- one carrying an error event is "provider". None of these ever reads as success. Failures
+-- before the first event are retried like any call (the client's retry hook).
+local sched = require "llmux.sched"
+local core = require "llmux.core"
+
+local error, ipairs, pairs, setmetatable, tostring, type =
+  error, ipairs, pairs, setmetatable, tostring, type
+local ceil = math.ceil
+local concat = table.concat
+local find, format, lower, sub = string.find, string.format, string.lower, string.sub
+local now, json_decode, parse_headers = core.now, core.json_decode, core.parse_headers
+
+local M = { _VERSION = "0.1.0" }
+
+local Stream = { __name = "llmux.Stream" }
+Stream.__index = Stream
+
+-- Codes a transport failure keeps after the first event; anything else is "truncated".
+local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
+
+local function attach(s, req, w)
+  s.req, s.w, s.dropped = req, w, false
+  local status, head = req:head()
+  s.status, s.head = status, head
+  local ct = parse_headers(head)["content-type"] or ""
+  s.plain = not find(lower(ct), "text/event-stream", 1, true)
+end
+
+-- stream.new(call, req, waiter, hooks) -> Stream for a request whose 2xx headers are in.
+-- hooks: info(call, res, body), judge(res), fail(call, why, code, detail), retry(why, code,
+-- detail) -> Stream | nil, msg, code, detail.
+function M.new(call, req, w, hooks)
+  local s = setmetatable({
+    call = call, hooks = hooks, idle_timeout = call.o.idle_timeout,
+    over = false, events = 0, skipped = 0, chars = 0,
+    choices = {}, saw_done = false, finished = false,
+  }, Stream)
+  attach(s, req, w)
+  return s
+end
+
+local function choice_state(s, index)
+  local c = s.choices[index]
+  if not c then
+    c = { index = index, parts = {}, n = 0, tools = {} }
+    s.choices[index] = c
+  end
+  return c
+end
+
+-- Folds a tool_calls delta into c.tools by index: id, type and name arrive once, the
+-- arguments in pieces.
+local function merge_tools(s, c, deltas)
+  for k, d in ipairs(deltas) do
+    if type(d) == "table" then
+      local i = d.index
+      if type(i) ~= "number" then i = k - 1 end
+      local t = c.tools[i]
+      if not t then
+        t = { args = {} }
+        c.tools[i] = t
+      end
+      if d.id then t.id = d.id end
+      if d.type then t.type = d.type end
+      local f = d["function"]
+      if type(f) == "table" then
+        if type(f.name) == "string" then t.name = (t.name or "") .. f.name end
+        if type(f.arguments) == "string" and f.arguments ~= "" then
+          t.args[#t.args + 1] = f.arguments
+          s.chars = s.chars + #f.arguments
+          s.ttft = s.ttft or now() - s.call.t0
+        end
+      end
+    end
+  end
+end
+
+-- Takes one decoded chunk into the assembled state.
+local function absorb(s, obj)
+  s.id = s.id or obj.id
+  s.created = s.created or obj.created
+  if obj.model then s.model = obj.model end
+  if type(obj.usage) == "table" then s.usage = obj.usage end
+  local choices = obj.choices
+  if type(choices) ~= "table" then return end
+  for k, ch in ipairs(choices) do
+    if type(ch) == "table" then
+      local c = choice_state(s, type(ch.index) == "number" and ch.index or k - 1)
+      local d = ch.delta
+      if type(d) == "table" then
+        if type(d.role) == "string" then c.role = d.role end
+        local text = d.content
+        if type(text) == "string" and text ~= "" then
+          c.n = c.n + 1
+          c.parts[c.n] = text
+          s.chars = s.chars + #text
+          s.ttft = s.ttft or now() - s.call.t0
+        end
+        if type(d.tool_calls) == "table" then merge_tools(s, c, d.tool_calls) end
+      end
+      if type(ch.finish_reason) == "string" then
+        c.finish_reason = ch.finish_reason
+        s.finished = true
+      end
+    end
+  end
+end
+
+-- Closes the request unless the transfer ended (a finished one keeps its result for info).
+local function drop(s)
+  if s.req and not s.dropped and not s.req:done() then
+    s.dropped = true
+    s.req:close()
+  end
+end
+
+local function stop(s, why, code, detail)
+  s.over = true
+  if why then
+    detail = detail or {}
+    detail.status = detail.status or s.status
+    detail.attempts = s.call.attempt
+    detail.events = s.events
+    s.err = { s.hooks.fail(s.call, why, code, detail) }
+  end
+  -- An unfinished transfer (stall, error event, [DONE] ahead of the body's end) is cut
+  -- here: its connection goes at once, not when the garbage collector gets to it.
+  drop(s)
+end
+
+-- Before the first event a failure is retried like any other call; the stream then goes on
+-- with the new request. Returns true when it did.
+local function retried(s, why, code, detail)
+  if s.events > 0 then return false end
+  s.req:close()
+  s.dropped = true
+  local ns, m, c, d = s.hooks.retry(why, code, detail or {})
+  if not ns then
+    s.over = true
+    s.err = { nil, m, c, d }
+    return true
+  end
+  attach(s, ns.req, ns.w)
+  ns.req, ns.over = nil, true   -- the new shell must not close what s now owns
+  return true
+end
+
+-- The event-stream error message: {"error": {"message": ...}} or plain text.
+local function provider_error(s, data, obj)
+  obj = obj or json_decode(data)
+  local e = type(obj) == "table" and obj.error or obj
+  local msg = type(e) == "table" and e.message or (type(e) == "string" and e) or sub(data, 1, 200)
+  stop(s, "provider error in stream: " .. tostring(msg), "provider",
+    { body = type(e) == "table" and e or data })
+end
+
+-- Handles one event; returns the decoded chunk, or nil (skipped, [DONE], error).
+local function on_event(s, data, event)
+  s.events = s.events + 1
+  if data == "[DONE]" then
+    s.saw_done = true
+    return nil
+  end
+  if event == "error" then
+    provider_error(s, data)
+    return nil
+  end
+  local obj = json_decode(data)
+  if type(obj) ~= "table" then
+    s.skipped = s.skipped + 1
+    return nil
+  end
+  if obj.error ~= nil and obj.choices == nil then
+    provider_error(s, data, obj)
+    return nil
+  end
+  absorb(s, obj)
+  return obj
+end
+
+-- The transfer has ended and its queue is drained: success or an integrity failure.
+local function ended(s)
+  local res = s.req:result()
+  s.res = res
+  if s.plain then
+    -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
+    -- completion) or sent an error as JSON. Judged like a non-streaming answer.
+    local ok, body, code, detail = s.hooks.judge(res)
+    if not ok then
+      if code == "decode" then code = "provider" end
+      if not retried(s, body, code, detail) then stop(s, body, code, detail) end
+      return
+    end
+    -- Replayed as one chunk, so deltas() and chunks() see the answer too.
+    local chunk = { id = body.id, object = "chat.completion.chunk", created = body.created,
+      model = body.model, usage = body.usage, choices = {} }
+    for k, ch in ipairs(type(body.choices) == "table" and body.choices or {}) do
+      local m = type(ch) == "table" and type(ch.message) == "table" and ch.message or {}
+      chunk.choices[k] = { index = ch.index or k - 1, finish_reason = ch.finish_reason,
+        delta = { role = m.role, content = m.content, tool_calls = m.tool_calls } }
+    end
+    absorb(s, chunk)
+    s.whole, s.finished, s.over = body, true, true
+    return chunk
+  end
+  if s.saw_done or s.finished then
+    s.over = true
+    return
+  end
+  local code = res.code and KEEP[res.code] and res.code or "truncated"
+  local why = res.code
+    and ("stream broken after " .. s.events .. " events: " .. tostring(res.error))
+    or ("stream ended after " .. s.events .. " events without a finish_reason or [DONE]")
+  if not retried(s, why, code, { curl_code = res.curl_code }) then
+    stop(s, why, code, { curl_code = res.curl_code })
+  end
+end
+
+local function stalled(s)
+  local why = format("no event for %g s (idle_timeout)", s.idle_timeout)
+  s.req:cancel()
+  if not retried(s, why, "stalled") then stop(s, why, "stalled") end
+end
+
+-- One step: handles queued events until one yields a chunk; with block, waits for more.
+-- Returns the chunk, or nil when nothing is ready (or the stream is over).
+local function advance(s, block)
+  while not s.over do
+    local req = s.req
+    local data, event = req:pop()
+    if data then
+      local obj = on_event(s, data, event)
+      if obj then return obj end
+      if s.saw_done and not s.over then
+        -- [DONE] is the end, even if the body's last bytes are still on their way (they
+        -- normally came in the same read, and the transfer is done already)
+        if req:done() then s.res = req:result() end
+        stop(s)
+      end
+    elseif req:done() then
+      local chunk = ended(s)
+      if chunk then return chunk end
+    else
+      local idle = req:idle()
+      if idle >= s.idle_timeout then
+        stalled(s)
+      elseif block then
+        sched.wait(s.w, s.idle_timeout - idle)
+      else
+        return nil
+      end
+    end
+  end
+  return nil
+end
+
+-- s:chunks() -> iterator over every decoded chunk (waits for each; ends with the stream).
+function Stream:chunks()
+  return function() return advance(self, true) end
+end
+
+local function first_text(obj)
+  local ch = obj.choices and obj.choices[1]
+  local d = type(ch) == "table" and ch.delta
+  local text = type(d) == "table" and d.content
+  if type(text) == "string" and text ~= "" then return text end
+  return nil
+end
+
+-- s:deltas() -> iterator over the content text of the first choice, as it arrives; the
+-- chunk it came in is the second value.
+function Stream:deltas()
+  return function()
+    while true do
+      local obj = advance(self, true)
+      if not obj then return nil end
+      local text = first_text(obj)
+      if text then return text, obj end
+    end
+  end
+end
+
+-- s:read() -> text | nil: never waits (for frame loops). The content that arrived since the
+-- last read ("" when none), or nil once the stream is over (s:result() tells how).
+function Stream:read()
+  if self.over then return nil end
+  local out, n = {}, 0
+  while true do
+    local obj = advance(self, false)
+    if not obj then break end
+    local text = first_text(obj)
+    if text then
+      n = n + 1
+      out[n] = text
+    end
+  end
+  if n == 0 and self.over then return nil end
+  return concat(out, "", 1, n)
+end
+
+-- s:done() -> true once the stream is over (finished, failed or closed)
+function Stream:done()
+  return self.over
+end
+
+local function usage_of(s)
+  if s.usage then return s.usage, nil end
+  -- No usage from the provider (not asked for, or the stream failed): estimate about 4
+  -- characters per token, so cost is never silently zero.
+  local p = ceil((s.call.prompt_chars or 0) / 4)
+  local c = ceil(s.chars / 4)
+  return { prompt_tokens = p, completion_tokens = c, total_tokens = p + c }, true
+end
+
+local function info_of(s)
+  local res = s.res or { status = s.status, head = s.head }
+  local usage, estimated = usage_of(s)
+  local info = s.hooks.info(s.call, res, s.whole)
+  info.status = s.status
+  info.ttft = s.ttft
+  info.usage, info.usage_estimated = usage, estimated
+  info.model = s.model or info.model
+  info.skipped = s.skipped
+  info.events = s.events
+  return info
+end
+
+local function assemble(s)
+  if s.whole then return s.whole end
+  local list, n = {}, 0
+  for index, c in pairs(s.choices) do
+    local msg = { role = c.role or "assistant" }
+    if c.n > 0 then msg.content = concat(c.parts, "", 1, c.n) end
+    local calls, m = {}, 0
+    for i, t in pairs(c.tools) do
+      m = m + 1
+      calls[m] = { index = i, id = t.id, type = t.type or "function",
+        ["function"] = { name = t.name, arguments = concat(t.args) } }
+    end
+    if m > 0 then
+      table.sort(calls, function(a, b) return a.index < b.index end)
+      for i = 1, m do calls[i].index = nil end
+      msg.tool_calls = calls
+    elseif msg.content == nil then
+      msg.content = ""
+    end
+    n = n + 1
+    list[n] = { index = index, message = msg, finish_reason = c.finish_reason }
+  end
+  table.sort(list, function(a, b) return a.index < b.index end)
+  local usage, estimated = usage_of(s)
+  return {
+    id = s.id, object = "chat.completion", created = s.created, model = s.model,
+    choices = list, usage = not estimated and usage or nil,
+  }
+end
+
+-- s:result() -> completion, info | nil, message, code, detail. Reads the rest of the
+-- stream first; the completion is what a non-streaming call would have returned.
+function Stream:result()
+  while not self.over do advance(self, true) end
+  if self.err then
+    local e = self.err
+    if e[4] and not e[4].usage then
+      local usage = usage_of(self)
+      e[4].usage, e[4].usage_estimated = usage, true
+    end
+    return e[1], e[2], e[3], e[4]
+  end
+  if not self.final then self.final = { assemble(self), info_of(self) } end
+  return self.final[1], self.final[2]
+end
+
+-- s:close(): stops the stream at once (the transfer and its connection are dropped);
+-- later reads end and result() says "cancelled". Idempotent; also __close and __gc.
+function Stream:close()
+  if not self.over then
+    stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")
+  end
+  drop(self)
+end
+Stream.__close = Stream.close
+Stream.__gc = function(s)
+  if s.req then s.req:close() end
+end
+
+function Stream.__tostring(s)
+  return format("llmux.Stream (%s, %d events)", s.over and "over" or "open", s.events)
+end
+
+-- s:info() -> the info table so far (status, ttft, usage or its estimate, skipped, ...)
+function Stream:info()
+  return info_of(self)
+end
+
+M.Stream = Stream
+return M
