@@ -381,6 +381,7 @@ end
 --   bytewise             every byte of the stream in its own write
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
+--   emptyonce:KEY        the first request for KEY: 200 and an empty event stream
 -- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
 
 local function sse_headers()
@@ -611,6 +612,18 @@ end
 
 streams.keepalive = function(ctx)
   return stream(ctx, pieces_of(echo_text(ctx)), {keepalive = true})
+end
+
+-- The first request for KEY gets 200 and an event stream with no event in it at all.
+streams.emptyonce = function(ctx, a)
+  local key = table.concat(a, ":")
+  if key == "" then return false end
+  if count(key) == 1 then
+    sse_headers()
+    emit(ctx, ": nothing to see\n\n")
+    return ngx.exit(ngx.OK)
+  end
+  return stream_answer(ctx)
 end
 
 streams.jsonbody = function(ctx)

@@ -1,0 +1,436 @@
+-- Streaming chat against the loopback upstream: assembly, integrity codes (truncated, stalled,
+-- provider), retries before the first event, cancel and collection, backpressure, many
+-- streams at once, the frame loop, HTTP/2.
+local llmux = require "llmux"
+local errors = require "llmux.errors"
+local sched = require "llmux.sched"
+local upstream = require "helpers.upstream"
+
+local u, c, base_backoff
+setup(function()
+  u = upstream.start{}
+  c = llmux.client{ base_url = u.http, api_key = "sk-stream", timeout = 20, idle_timeout = 5 }
+  base_backoff = errors.BACKOFF_BASE
+  errors.BACKOFF_BASE = 0.01
+end)
+teardown(function()
+  errors.BACKOFF_BASE = base_backoff
+  if u then u:stop() end
+end)
+
+local function body(model, content, extra)
+  local b = { model = model, messages = { { role = "user", content = content or "hello world" } } }
+  for k, v in pairs(extra or {}) do b[k] = v end
+  return b
+end
+
+local uniq = 0
+local function key(name)
+  uniq = uniq + 1
+  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
+end
+
+local function collect(s)
+  local out = {}
+  for text in s:deltas() do out[#out + 1] = text end
+  return table.concat(out)
+end
+
+-- Sockets this process has open (each connection is one).
+local function sockets()
+  local n = 0
+  local p = io.popen("ls -l /proc/" .. (io.open("/proc/self/stat"):read("a"):match("%d+"))
+    .. "/fd 2>/dev/null")
+  for line in p:lines() do
+    if line:find("socket:", 1, true) then n = n + 1 end
+  end
+  p:close()
+  return n
+end
+
+local function rss_kib()
+  local f = assert(io.open("/proc/self/status"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+describe("streaming chat", function()
+  it("streams the deltas and assembles the completion", function()
+    local s = assert(c:chat_stream(body("m", "hello world")))
+    assert.equals("echo: hello world", collect(s))
+    local res, info = s:result()
+    assert.equals("echo: hello world", res.choices[1].message.content)
+    assert.equals("assistant", res.choices[1].message.role)
+    assert.equals("stop", res.choices[1].finish_reason)
+    assert.equals("chat.completion", res.object)
+    assert.matches("^chatcmpl%-", res.id)
+    assert.equals("m", res.model)
+    assert.equals(200, info.status)
+    assert.equals(1, info.attempts)
+    assert.is_number(info.ttft)
+    assert.is_true(info.ttft > 0 and info.ttft <= info.latency)
+    assert.equals("text/event-stream", info.headers["content-type"])
+    -- no usage was asked for: estimated from what arrived, never zero
+    assert.is_true(info.usage_estimated)
+    assert.is_true(info.usage.completion_tokens > 0)
+    assert.is_true(info.usage.prompt_tokens > 0)
+    assert.equals(0, info.skipped)
+    -- result() is stable
+    assert.equals(res, (s:result()))
+  end)
+
+  it("takes the usage of the final usage-only chunk", function()
+    local s = assert(c:chat_stream(body("m", "count me",
+      { stream_options = { include_usage = true } })))
+    local chunks = {}
+    for chunk in s:chunks() do chunks[#chunks + 1] = chunk end
+    local last = chunks[#chunks]
+    assert.same({}, last.choices)
+    assert.equals("integer", math.type(last.usage.total_tokens))
+    local res, info = s:result()
+    assert.is_nil(info.usage_estimated)
+    assert.same(last.usage, info.usage)
+    assert.same(last.usage, res.usage)
+  end)
+
+  it("merges tool_call deltas by index", function()
+    local res = assert(c:chat(body("tools", "weather?", { stream = true })))
+    local ch = res.choices[1]
+    assert.equals("tool_calls", ch.finish_reason)
+    local calls = ch.message.tool_calls
+    assert.equals(2, #calls)
+    assert.same({ id = "call_a", type = "function",
+      ["function"] = { name = "get_weather", arguments = '{"city":"Paris"}' } }, calls[1])
+    assert.same({ id = "call_b", type = "function",
+      ["function"] = { name = "get_time", arguments = '{"tz":"CET"}' } }, calls[2])
+    assert.is_nil(ch.message.content)
+  end)
+
+  it("chat with stream = true calls on_delta and returns the assembled answer", function()
+    local seen = {}
+    local res, info = c:chat(body("m", "on delta", { stream = true }), {
+      on_delta = function(text, chunk)
+        assert.equals("chat.completion.chunk", chunk.object)
+        seen[#seen + 1] = text
+      end,
+    })
+    assert.equals("echo: on delta", table.concat(seen))
+    assert.equals("echo: on delta", res.choices[1].message.content)
+    assert.is_number(info.ttft)
+  end)
+
+  it("skips and counts a malformed chunk and goes on", function()
+    local s = assert(c:chat_stream(body("malformed:2")))
+    assert.equals("t1 t3 t4 ", collect(s))
+    local res, info = s:result()
+    assert.equals("t1 t3 t4 ", res.choices[1].message.content)
+    assert.equals(1, info.skipped)
+  end)
+
+  it("a finish_reason without [DONE] completes at the end of the body, at once", function()
+    local c2 = llmux.client{ base_url = u.http, api_key = "sk-stream", idle_timeout = 8 }
+    local t0 = llmux.now()
+    local res = assert(c2:chat(body("nodone", "no done", { stream = true })))
+    assert.equals("echo: no done", res.choices[1].message.content)
+    assert.is_true(llmux.now() - t0 < 4)   -- far below idle_timeout
+  end)
+
+  it("ignores keep-alive comments and blank events", function()
+    local s = assert(c:chat_stream(body("keepalive", "pinged")))
+    assert.equals("echo: pinged", collect(s))
+    local _, comments = s.req:stream_stats()
+    assert.equals(3, comments)   -- one ": ping" before each of the 3 pieces
+  end)
+
+  it("survives 1-byte writes", function()
+    local s = assert(c:chat_stream(body("bytewise", "byte by byte")))
+    assert.equals("echo: byte by byte", collect(s))
+    assert.is_truthy(s:result())
+  end)
+
+  it("replays a provider that ignored stream = true", function()
+    local s = assert(c:chat_stream(body("jsonbody", "whole")))
+    assert.equals("echo: whole", collect(s))
+    assert.equals("echo: whole", s:result().choices[1].message.content)
+  end)
+
+  it("reads a slow first token", function()
+    local s = assert(c:chat_stream(body("slowfirst:0.3", "late")))
+    assert.equals("echo: late", collect(s))
+    local _, info = s:result()
+    assert.is_true(info.ttft >= 0.25)
+  end)
+
+  it("works over HTTP/2 with TLS", function()
+    local c2 = llmux.client{ base_url = u.https, api_key = "sk-stream", ca_file = u.ca_file }
+    local res, info = c2:chat(body("chunks:20", "h2", { stream = true }))
+    assert.truthy(res, info)
+    assert.equals(2, info.http_version)
+    assert.equals(("t%d "):rep(20):format(table.unpack((function()
+      local t = {}
+      for i = 1, 20 do t[i] = i end
+      return t
+    end)())), res.choices[1].message.content)
+  end)
+end)
+
+describe("stream integrity", function()
+  it("a clean end without finish_reason or [DONE] is truncated", function()
+    local s = assert(c:chat_stream(body("cut:2")))
+    assert.equals("t1 t2 ", collect(s))
+    local res, msg, code, detail = s:result()
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.matches("without a finish_reason", msg)
+    assert.equals(3, detail.events)
+    assert.is_true(detail.usage_estimated)
+    assert.is_true(detail.usage.completion_tokens > 0)
+  end)
+
+  it("a connection dropped mid-stream is truncated", function()
+    local res, msg, code = c:chat(body("drop:3", "x", { stream = true }))
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.matches("broken after 4 events", msg)
+  end)
+
+  it("silence past idle_timeout is stalled, and pings do not count", function()
+    for _, model in ipairs{ "stall:2:3", "pingstall:2:3:0.1" } do
+      local c2 = llmux.client{ base_url = u.http, api_key = "sk-stream", idle_timeout = 0.5 }
+      local before = sockets()
+      local s = assert(c2:chat_stream(body(model)))
+      local t0 = llmux.now()
+      assert.equals("t1 t2 ", collect(s))
+      local res, msg, code = s:result()
+      assert.is_nil(res)
+      assert.equals("stalled", code, model)
+      assert.matches("idle_timeout", msg)
+      local waited = llmux.now() - t0
+      assert.is_true(waited >= 0.4 and waited < 2.5, model .. " waited " .. waited)
+      assert.is_true(sockets() <= before, "the stalled transfer's socket is closed")
+    end
+  end)
+
+  it("an in-band error is provider, with the provider's message", function()
+    for _, model in ipairs{ "inband:1", "eventerror:2" } do
+      local s = assert(c:chat_stream(body(model)))
+      collect(s)
+      local res, msg, code, detail = s:result()
+      assert.is_nil(res)
+      assert.equals("provider", code, model)
+      assert.matches("the model crashed mid%-answer", msg)
+      assert.equals("internal_error", detail.body.code)
+    end
+  end)
+
+  it("never reports a failed stream as success through chat", function()
+    for model, want in pairs{ ["cut:1"] = "truncated", ["drop:1"] = "truncated",
+        ["inband:1"] = "provider" } do
+      local res, _, code = c:chat(body(model, "x", { stream = true }))
+      assert.is_nil(res)
+      assert.equals(want, code)
+    end
+  end)
+end)
+
+describe("stream retries before the first event", function()
+  it("retries statuses and resets like any call", function()
+    local k = key("sfail")
+    local s = assert(c:chat_stream(body("fail:1:503:" .. k, "again")))
+    assert.equals("echo: again", collect(s))
+    local _, info2 = s:result()
+    assert.equals(2, info2.attempts)
+    -- curl itself retries once when a reused connection dies before any byte (client_spec)
+    local k2 = key("sreset")
+    local res, i3 = c:chat(body("resetonce:" .. k2, "reset", { stream = true }))
+    assert.truthy(res, i3)
+    assert.is_true(i3.attempts <= 2)
+    assert.equals("echo: reset", res.choices[1].message.content)
+    local _, _, rcode, rdetail = c:chat_stream(body("reset"))
+    assert.equals("connect", rcode)
+    assert.equals(3, rdetail.attempts)
+    local _, _, code, detail = c:chat_stream(body("503"))
+    assert.equals("server", code)
+    assert.equals(3, detail.attempts)
+    local _, _, code2 = c:chat_stream(body("ratelimit-long"))
+    assert.equals("ratelimit", code2)
+  end)
+
+  it("retries a 200 whose stream ends before any event", function()
+    local k = key("empty")
+    local res, info = c:chat(body("emptyonce:" .. k, "second", { stream = true }))
+    assert.truthy(res, info)
+    assert.equals("echo: second", res.choices[1].message.content)
+    assert.equals(2, info.attempts)
+  end)
+
+  it("gives up on an empty stream when no retry is left", function()
+    local k = key("empty0")
+    local res, msg, code, detail = c:chat(body("emptyonce:" .. k, "x", { stream = true }),
+      { max_retries = 0 })
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.matches("0 events", msg)
+    assert.equals(1, detail.attempts)
+  end)
+end)
+
+describe("stream lifetime", function()
+  it("close mid-stream frees the transfer at once and ends the reads", function()
+    local s = assert(c:chat_stream(body("chunks:2000:5")))
+    local it = s:deltas()
+    assert.equals("t1 ", it())
+    assert.equals("t2 ", it())
+    local before = sockets()
+    s:close()
+    assert.equals(before - 1, sockets())
+    assert.equals(0, sched.engine():stats().running)
+    assert.is_nil(it())
+    local res, msg, code = s:result()
+    assert.is_nil(res)
+    assert.equals("cancelled", code)
+    assert.matches("closed by the caller after", msg)
+    s:close()   -- idempotent
+    assert.matches("over", tostring(s))
+  end)
+
+  it("collecting an unclosed stream frees its transfer", function()
+    do
+      local s = assert(c:chat_stream(body("chunks:2000:5")))
+      local it = s:deltas()
+      assert.equals("t1 ", it())
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.equals(0, sched.engine():stats().running)
+  end)
+
+  it("a to-be-closed stream closes at the end of its scope", function()
+    local s2
+    do
+      local s <close> = assert(c:chat_stream(body("chunks:2000:5")))
+      s2 = s
+    end
+    assert.is_true(s2:done())
+    assert.equals(0, sched.engine():stats().running)
+  end)
+
+  it("an error in on_delta closes the stream and propagates", function()
+    local ok, err = pcall(c.chat, c, body("chunks:2000:5", "x", { stream = true }),
+      { on_delta = function() error("consumer broke") end })
+    assert.is_false(ok)
+    assert.matches("consumer broke", err)
+    assert.equals(0, sched.engine():stats().running)
+  end)
+
+  it("rejects misuse", function()
+    assert.has_error(function() c:chat_stream("x") end,
+      "llmux.Client:chat_stream: body must be a table")
+    assert.has_error(function() c:chat_stream(body("m"), 5) end,
+      "llmux.Client:chat_stream: opts must be a table")
+    assert.has_error(function()
+      c:chat(body("m", "x", { stream = true }), { on_delta = 1 })
+    end, "llmux.Client:chat: option 'on_delta' must be a function")
+    assert.has_error(function() c:chat(body("m"), { on_delta = print }) end,
+      "llmux.Client:chat: option 'on_delta' needs body.stream = true")
+  end)
+end)
+
+describe("stream flow", function()
+  it("keeps memory bounded when the consumer stops reading (backpressure)", function()
+    local s = assert(c:chat_stream(body("hugestream:104857600")))
+    local it = s:deltas()
+    assert.is_string(it())
+    local base = rss_kib()
+    local t0 = llmux.now()
+    while llmux.now() - t0 < 1.5 do llmux.step(0.05) end
+    local _, _, bytes, paused = s.req:stream_stats()
+    assert.is_true(paused, "the transfer is paused")
+    assert.is_true(bytes < 8 * 1048576, "read " .. bytes .. " bytes while nobody consumed")
+    assert.is_true(rss_kib() - base < 16 * 1024, "RSS grew by " .. (rss_kib() - base) .. " KiB")
+    -- reading again resumes it
+    local n = 0
+    for _ in it do
+      n = n + 1
+      if n == 3000 then break end
+    end
+    assert.equals(3000, n)
+    s:close()
+  end)
+
+  it("reads a large stream completely", function()
+    local s = assert(c:chat_stream(body("hugestream:8388608")))
+    local total = 0
+    for text in s:deltas() do total = total + #text end
+    assert.is_true(total >= 8388608)
+    local res = assert(s:result())
+    assert.equals(total, #res.choices[1].message.content)
+  end)
+
+  it("an event over max_event_bytes is toolarge", function()
+    local m = sched.engine()
+    local req = m:request{ url = u.http .. "/chat/completions", method = "POST", stream = true,
+      max_event_bytes = 500, headers = { "Authorization: Bearer sk-x" },
+      body = '{"model":"hugestream:100000","stream":true,'
+        .. '"messages":[{"role":"user","content":"x"}]}' }
+    while not req:done() do m:step(0.1); while m:next() do end; while req:pop() do end end
+    local res = req:result()
+    assert.equals("toolarge", res.code)
+    assert.matches("500", res.error)
+    req:close()
+  end)
+
+  it("runs 500 streams at once in tasks, every answer checked", function()
+    local items = {}
+    for i = 1, 500 do items[i] = "s" .. i end
+    local results, failures = llmux.map(items, function(item)
+      local s, msg = c:chat_stream(body("chunks:20:5", item))
+      if not s then return nil, msg end
+      local text = collect(s)
+      local res, m2 = s:result()
+      if not res then return nil, m2 end
+      if text ~= res.choices[1].message.content or not text:find("^t1 t2 .*t20 $") then
+        return nil, "wrong answer: " .. text
+      end
+      return item
+    end, { concurrency = 500 })
+    assert.same({}, failures)
+    for i = 1, 500 do assert.equals("s" .. i, results[i]) end
+  end)
+
+  it("echoes every stream's own question across concurrent tasks", function()
+    local items = {}
+    for i = 1, 200 do items[i] = "question " .. i end
+    local results, failures = llmux.map(items, function(item)
+      local res, msg = c:chat(body("m", item, { stream = true }))
+      if not res then return nil, msg end
+      return res.choices[1].message.content
+    end, { concurrency = 64 })
+    assert.same({}, failures)
+    for i = 1, 200 do assert.equals("echo: question " .. i, results[i]) end
+  end)
+
+  it("a frame loop keeps receiving with step(0) and read()", function()
+    local s = assert(c:chat_stream(body("chunks:30:10", "frames")))
+    local got, frames, worst = {}, 0, 0
+    local t0 = llmux.now()
+    while llmux.now() - t0 < 10 do
+      local f0 = llmux.now()
+      llmux.step(0)
+      local text = s:read()
+      worst = math.max(worst, llmux.now() - f0)
+      if text == nil then break end
+      if text ~= "" then got[#got + 1] = text end
+      frames = frames + 1
+      llmux.sleep(0.002)
+    end
+    assert.is_true(s:done())
+    assert.is_true(frames > 30)
+    local want = {}
+    for i = 1, 30 do want[i] = "t" .. i .. " " end
+    assert.equals(table.concat(want), table.concat(got))
+    assert.is_true(worst < 0.05, "a frame took " .. worst .. " s")
+    assert.is_truthy(s:result())
+  end)
+end)
