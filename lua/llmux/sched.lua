@@ -179,7 +179,10 @@ local function fire_timers()
   if heap_n == 0 then return end
   local t = now()
   while heap_n > 0 and heap[1][1] <= t do
-    wake(heap_pop()[3], nil)
+    local e = heap_pop()
+    local w = e[3]
+    -- a Waiter re-armed for an earlier time leaves its older entry behind: skip that one
+    if getmetatable(w) ~= Waiter or w.due == e[1] then wake(w, nil) end
   end
 end
 
@@ -269,7 +272,7 @@ end
 
 -- waiter(req) -> Waiter for wait(): the way a stream waits on its request.
 function M.waiter(req)
-  return setmetatable({ req = req, who = nil, armed = false }, Waiter)
+  return setmetatable({ req = req, who = nil, armed = false, due = 0 }, Waiter)
 end
 
 -- wait(w[, timeout]) -> true when the engine handed back w's request (news or the end),
@@ -279,9 +282,12 @@ function M.wait(w, timeout)
   local v = suspend(function(who)
     w.who = who
     waiting[req] = w
-    if timeout and not w.armed then
-      w.armed = true
-      heap_push(now() + timeout, w)
+    if timeout then
+      local due = now() + timeout
+      if not w.armed or due < w.due then
+        w.armed, w.due = true, due
+        heap_push(due, w)
+      end
     end
   end, "a stream")
   return v ~= nil

@@ -20,6 +20,8 @@ local M = { _VERSION = "0.1.0" }
 local Stream = { __name = "llmux.Stream" }
 Stream.__index = Stream
 
+local DONE_GRACE = 0.25   -- seconds a transfer may take to end after [DONE]
+
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
 
@@ -27,6 +29,7 @@ local function attach(s, req, w)
   s.req, s.w, s.dropped = req, w, false
   local status, head = req:head()
   s.status, s.head = status, head
+  s.http_version = tonumber(head:match("^HTTP/(%d[%d.]*)"))
   local ct = parse_headers(head)["content-type"] or ""
   s.plain = not find(lower(ct), "text/event-stream", 1, true)
 end
@@ -237,8 +240,10 @@ local function advance(s, block)
       local obj = on_event(s, data, event)
       if obj then return obj end
       if s.saw_done and not s.over then
-        -- [DONE] is the end, even if the body's last bytes are still on their way (they
-        -- normally came in the same read, and the transfer is done already)
+        -- [DONE] is the end. The body's last bytes are normally right behind it: a short
+        -- grace lets the transfer finish, so its keep-alive connection is not thrown away.
+        local t_end = now() + DONE_GRACE
+        while not req:done() and now() < t_end do sched.wait(s.w, t_end - now()) end
         if req:done() then s.res = req:result() end
         stop(s)
       end
@@ -321,6 +326,7 @@ local function info_of(s)
   local res = s.res or { status = s.status, head = s.head }
   local usage, estimated = usage_of(s)
   local info = s.hooks.info(s.call, res, s.whole)
+  info.http_version = info.http_version or s.http_version
   info.status = s.status
   info.ttft = s.ttft
   info.usage, info.usage_estimated = usage, estimated

@@ -367,6 +367,7 @@ end
 -- A chat request with "stream": true gets an event stream. The model picks the behaviour
 -- (error statuses, rate limits and resets before the first byte are the behaviours above):
 --   chunks:N[:MS]        N content chunks "tK " (K = 1..N), MS ms apart
+--   burst:N              the same N chunks, written 16 KiB at a time (many events per read)
 --   slowfirst:S          headers at once, the first token after S seconds
 --   cut:K                K chunks, then a clean end of body: no finish_reason, no [DONE]
 --   drop:K               K chunks, then the connection drops mid-body
@@ -394,6 +395,18 @@ end
 
 -- Sends raw stream bytes now; false when the client has gone.
 local function emit(ctx, s)
+  if ctx.burst then
+    -- many events per write: gathered here and written 16 KiB at a time (nginx would send
+    -- each ngx.print on its own)
+    local buf = ctx.buf or {}
+    ctx.buf = buf
+    buf[#buf + 1] = s
+    ctx.pending = (ctx.pending or 0) + #s
+    if ctx.pending < 16384 and not s:find("[DONE]", 1, true) then return true end
+    ctx.pending, ctx.buf = 0, nil
+    ngx.print(table.concat(buf))
+    return ngx.flush(true)
+  end
   if ctx.bytewise then
     for i = 1, #s do
       ngx.print(s:sub(i, i))
@@ -518,6 +531,13 @@ streams.chunks = function(ctx, a)
   local n, ms = int_arg(a[1], 1), tonumber(a[2] or "0")
   if not n or not ms then return false end
   return stream(ctx, numbered(n), {delay = ms > 0 and ms / 1000 or nil})
+end
+
+streams.burst = function(ctx, a)
+  local n = int_arg(a[1], 1)
+  if not n then return false end
+  ctx.burst = true
+  return stream(ctx, numbered(n), {})
 end
 
 streams.slowfirst = function(ctx, a)
