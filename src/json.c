@@ -503,3 +503,277 @@ void lmx_json_open(lua_State *L) {
   lua_pushcfunction(L, json_decode);
   lua_setfield(L, -2, "json_decode");
 }
+
+/* The chat-chunk fast path ------------------------------------------------------------------
+ *
+ * Most events of a chat stream are one shape: {"id", "object", "created", "model", "choices":
+ * [{"index": 0, "delta": {"content": "..."}, "finish_reason": null}]}. lmx_json_chunk reads
+ * that shape without building a single Lua table, which is most of what decoding one costs.
+ * It validates the whole text as strictly as json_decode does; anything it is not sure about
+ * (other shapes, tool calls, usage, errors, escapes in keys, long or exponent numbers, deep
+ * nesting, invalid JSON) is answered "not simple", and the caller decodes the event fully, so
+ * both paths agree by construction. s[len] must be '\0' (the scanners stop on it). */
+
+#define CHUNK_DEPTH 32
+
+typedef struct {
+  const unsigned char *p, *end;
+  lmx_Buf *scratch;
+} Scan;
+
+/* Validates the string at S->p (at its quote). With out, *out gets its value: a span of the
+ * input, or (with escapes) an offset into S->scratch, where it is appended unescaped; offsets
+ * stay valid while the scratch buffer grows. 0 ok, -1 not simple. */
+static int scan_string(Scan *S, lmx_JStr *out) {
+  int want = out != NULL;
+  const unsigned char *start = S->p + 1, *q = start, *r;
+  uint64_t w;
+  while (S->end - q >= 8) {
+    memcpy(&w, q, 8);
+    if (special8(w)) break;
+    q += 8;
+  }
+  while (!(cls[*q] & S_STOP)) q++;
+  if (*q == '"') {
+    if (want) {
+      out->p = (const char *)start;
+      out->n = (size_t)(q - start);
+      out->off = -1;
+    }
+    S->p = q + 1;
+    return 0;
+  }
+  size_t off = S->scratch->n;
+  r = start;
+  for (;;) {
+    while (!(cls[*q] & S_STOP)) q++;
+    if (*q == '"') break;
+    if (*q != '\\' || q + 1 == S->end) return -1;
+    if (want && lmx_buf_append(S->scratch, r, (size_t)(q - r)) != 0) return -1;
+    char c = (char)q[1], one = 0;
+    unsigned cp, lo;
+    switch (c) {
+      case '"': case '\\': case '/': one = c; break;
+      case 'b': one = '\b'; break;
+      case 'f': one = '\f'; break;
+      case 'n': one = '\n'; break;
+      case 'r': one = '\r'; break;
+      case 't': one = '\t'; break;
+      case 'u': {
+        char u8[4], *e;
+        if (hex4(q + 2, &cp) < 0) return -1;
+        if (cp >= 0xD800 && cp <= 0xDFFF) {
+          if (cp >= 0xDC00 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0
+              || lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          q += 6;
+        }
+        e = put_utf8(u8, cp);
+        if (want && lmx_buf_append(S->scratch, u8, (size_t)(e - u8)) != 0) return -1;
+        q += 6;
+        r = q;
+        continue;
+      }
+      default: return -1;
+    }
+    if (want && lmx_buf_append(S->scratch, &one, 1) != 0) return -1;
+    q += 2;
+    r = q;
+  }
+  if (want) {
+    if (lmx_buf_append(S->scratch, r, (size_t)(q - r)) != 0) return -1;
+    out->p = NULL;
+    out->n = S->scratch->n - off;
+    out->off = (long)off;
+  }
+  S->p = q + 1;
+  return 0;
+}
+
+static void scan_ws(Scan *S) { S->p = skip_ws(S->p); }
+
+/* Numbers: the JSON grammar, short and without exponent (anything else goes the full way,
+ * whose range and length rules then apply). *iv gets an integer's value. */
+static int scan_number(Scan *S, long long *iv) {
+  const unsigned char *p = S->p, *start = p;
+  long long v = 0;
+  int digits = 0, neg = 0;
+  if (*p == '-') { neg = 1; p++; }
+  if (*p == '0') { p++; digits = 1; }
+  else while (*p >= '0' && *p <= '9') { v = v * 10 + (*p++ - '0'); if (++digits > 17) return -1; }
+  if (!digits) return -1;
+  if (*p == '.') {
+    p++;
+    if (!(*p >= '0' && *p <= '9')) return -1;
+    while (*p >= '0' && *p <= '9') p++;
+    if (iv) *iv = -1;   /* not an integer: never an acceptable index */
+  } else if (iv) {
+    *iv = neg ? -v : v;
+  }
+  if (*p == 'e' || *p == 'E' || p - start > 24) return -1;
+  S->p = p;
+  return 0;
+}
+
+static int scan_literal(Scan *S, const char *word, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (S->p[i] != (unsigned char)word[i]) return -1;
+  S->p += n;
+  return 0;
+}
+
+/* Validates and skips any value. */
+static int scan_value(Scan *S, int depth) {
+  if (depth > CHUNK_DEPTH) return -1;
+  switch (*S->p) {
+    case '"': return scan_string(S, NULL);
+    case 't': return scan_literal(S, "true", 4);
+    case 'f': return scan_literal(S, "false", 5);
+    case 'n': return scan_literal(S, "null", 4);
+    case '[':
+      S->p++;
+      scan_ws(S);
+      if (*S->p == ']') { S->p++; return 0; }
+      for (;;) {
+        if (scan_value(S, depth + 1) < 0) return -1;
+        scan_ws(S);
+        if (*S->p == ']') { S->p++; return 0; }
+        if (*S->p != ',') return -1;
+        S->p++;
+        scan_ws(S);
+      }
+    case '{':
+      S->p++;
+      scan_ws(S);
+      if (*S->p == '}') { S->p++; return 0; }
+      for (;;) {
+        if (*S->p != '"' || scan_string(S, NULL) < 0) return -1;
+        scan_ws(S);
+        if (*S->p != ':') return -1;
+        S->p++;
+        scan_ws(S);
+        if (scan_value(S, depth + 1) < 0) return -1;
+        scan_ws(S);
+        if (*S->p == '}') { S->p++; return 0; }
+        if (*S->p != ',') return -1;
+        S->p++;
+        scan_ws(S);
+      }
+    default:
+      if (*S->p == '-' || (*S->p >= '0' && *S->p <= '9')) return scan_number(S, NULL);
+      return -1;
+  }
+}
+
+static int is_null(Scan *S) {
+  return S->p[0] == 'n' && scan_literal(S, "null", 4) == 0;
+}
+
+/* Walks an object at S->p calling member(S, key, keylen, ud) with S->p at each value (which
+ * member must consume). Keys with escapes are not simple. */
+static int scan_object(Scan *S, int (*member)(Scan *, const char *, size_t, void *), void *ud) {
+  if (*S->p != '{') return -1;
+  S->p++;
+  scan_ws(S);
+  if (*S->p == '}') { S->p++; return 0; }
+  for (;;) {
+    const unsigned char *k = S->p + 1;
+    if (*S->p != '"' || scan_string(S, NULL) < 0) return -1;
+    size_t kn = (size_t)(S->p - 1 - k);
+    if (memchr(k, '\\', kn)) return -1;
+    scan_ws(S);
+    if (*S->p != ':') return -1;
+    S->p++;
+    scan_ws(S);
+    if (member(S, (const char *)k, kn, ud) < 0) return -1;
+    scan_ws(S);
+    if (*S->p == '}') { S->p++; return 0; }
+    if (*S->p != ',') return -1;
+    S->p++;
+    scan_ws(S);
+  }
+}
+
+#define KEY(k, lit) (kn == sizeof(lit) - 1 && memcmp(k, lit, kn) == 0)
+
+static int delta_member(Scan *S, const char *k, size_t kn, void *ud) {
+  lmx_JChunk *c = ud;
+  if (KEY(k, "content")) {
+    if (is_null(S)) return 0;
+    if (*S->p != '"') return -1;
+    c->has_text = 1;
+    return scan_string(S, &c->text);
+  }
+  if (KEY(k, "role")) {
+    lmx_JStr r;
+    if (*S->p != '"' || scan_string(S, &r) < 0) return -1;
+    const char *v = r.off >= 0 ? S->scratch->p + r.off : r.p;
+    return r.n == 9 && memcmp(v, "assistant", 9) == 0 ? 0 : -1;
+  }
+  return is_null(S) ? 0 : -1;   /* tool_calls, refusal, reasoning...: the full way */
+}
+
+static int choice_member(Scan *S, const char *k, size_t kn, void *ud) {
+  lmx_JChunk *c = ud;
+  if (KEY(k, "index")) {
+    long long i;
+    if (scan_number(S, &i) < 0 || i != 0) return -1;
+    return 0;
+  }
+  if (KEY(k, "delta")) return scan_object(S, delta_member, c);
+  if (KEY(k, "finish_reason")) {
+    if (is_null(S)) return 0;
+    if (*S->p != '"') return -1;
+    return scan_string(S, &c->finish);
+  }
+  if (KEY(k, "logprobs")) return is_null(S) ? 0 : -1;
+  return scan_value(S, 3);
+}
+
+static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
+  lmx_JChunk *c = ud;
+  if (KEY(k, "choices")) {
+    if (*S->p != '[') return -1;
+    S->p++;
+    scan_ws(S);
+    if (scan_object(S, choice_member, c) < 0) return -1;   /* exactly one choice */
+    scan_ws(S);
+    if (*S->p != ']') return -1;
+    S->p++;
+    c->choices = 1;
+    return 0;
+  }
+  if (KEY(k, "id") || KEY(k, "model")) {
+    const char **v = KEY(k, "id") ? &c->id : &c->model;
+    size_t *n = KEY(k, "id") ? &c->id_len : &c->model_len;
+    if (*S->p != '"') return -1;
+    const unsigned char *q = S->p;
+    if (scan_string(S, NULL) < 0) return -1;
+    if (memchr(q + 1, '\\', (size_t)(S->p - q - 2))) return -1;
+    *v = (const char *)q + 1;
+    *n = (size_t)(S->p - q - 2);
+    return 0;
+  }
+  if (KEY(k, "created")) return scan_number(S, &c->created);
+  if (KEY(k, "usage") || KEY(k, "error")) return is_null(S) ? 0 : -1;
+  return scan_value(S, 2);
+}
+
+int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c) {
+  Scan S;
+  memset(c, 0, sizeof *c);
+  c->created = -1;
+  c->text.off = c->finish.off = -1;
+  S.p = (const unsigned char *)s;
+  S.end = S.p + len;
+  S.scratch = scratch;
+  lmx_buf_reset(scratch);
+  scan_ws(&S);
+  if (scan_object(&S, chunk_member, c) < 0) return 0;
+  scan_ws(&S);
+  if (S.p != S.end || !c->choices) return 0;
+  if (c->text.off >= 0) c->text.p = scratch->p + c->text.off;
+  if (c->finish.off >= 0) c->finish.p = scratch->p + c->finish.off;
+  return 1;
+}

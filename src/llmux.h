@@ -43,7 +43,8 @@ struct lmx_Request {
   int want;                   /* Lua waits: the next header/event/end queues r in its Multi */
   int paused;                 /* the write callback paused the transfer (queue over the mark) */
   lmx_SSE parser;
-  lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data} */
+  lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data, NUL} */
+  lmx_Buf scratch;            /* unescaped strings of the chunk fast path */
   size_t evq_off;             /* read position in evq */
   double last_event;          /* monotonic time of the last real event (or of the start) */
   uint64_t stream_bytes;      /* bytes of the event stream */
@@ -90,6 +91,17 @@ void lmx_request_open(lua_State *L);
 lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 
-void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
+void lmx_json_open(lua_State *L);
+/* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or
+ * (off >= 0) of the scratch buffer. */
+typedef struct { const char *p; size_t n; long off; } lmx_JStr;
+typedef struct {
+  lmx_JStr text, finish;      /* finish.p NULL: no finish_reason; text: has_text */
+  int has_text, choices;
+  const char *id, *model;     /* spans of the input; NULL when absent */
+  size_t id_len, model_len;
+  long long created;          /* -1 when absent */
+} lmx_JChunk;
+int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c);   /* json.c: core.json_decode */
 void lmx_sse_open(lua_State *L);    /* sse_lua.c: core.sse */
 #endif

@@ -27,15 +27,17 @@ static void notify(lmx_Request *r) {
   }
 }
 
-/* SSE callback: appends {data_len, event_len, event, data} to the queue. Nonzero (stop) only
- * when memory runs out; the queue is then left as it was. */
+/* SSE callback: appends {data_len, event_len, event, data, NUL} to the queue (the NUL is the
+ * sentinel the JSON scanners stop on). Nonzero (stop) only when memory runs out; the queue is
+ * then left as it was. */
 static int on_event(void *ud, const lmx_SSEEvent *ev) {
   lmx_Request *r = ud;
   uint32_t h[2] = { (uint32_t)ev->data_len, (uint32_t)ev->event_len };
   size_t n0 = r->evq.n;
   if (lmx_buf_append(&r->evq, h, sizeof h) != 0
       || (ev->event_len && lmx_buf_append(&r->evq, ev->event, ev->event_len) != 0)
-      || (ev->data_len && lmx_buf_append(&r->evq, ev->data, ev->data_len) != 0)) {
+      || (ev->data_len && lmx_buf_append(&r->evq, ev->data, ev->data_len) != 0)
+      || lmx_buf_append(&r->evq, "", 1) != 0) {
     r->evq.n = n0;
     return 1;
   }
@@ -320,6 +322,7 @@ static int request_close(lua_State *L) {
   lmx_buf_free(&r->body);
   lmx_buf_free(&r->head);
   lmx_buf_free(&r->evq);
+  lmx_buf_free(&r->scratch);
   lmx_sse_free(&r->parser);
   r->state = LMX_R_CLOSED;
   lua_pushnil(L);
@@ -447,11 +450,11 @@ static void maybe_resume(lmx_Request *r) {
   }
 }
 
-/* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
- * the default type). With none queued it arms the notification: the next header block,
- * event or end of transfer queues r in its Multi again. */
-static int request_pop(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+/* The oldest queued event: *data (NUL-terminated), *dl, *ev, *el. 0 when the queue is empty:
+ * then it is reset and the notification armed (the next header block, event or end of the
+ * transfer queues r in its Multi again). */
+static int peek_event(lmx_Request *r, const char **data, uint32_t *dl, const char **ev,
+                      uint32_t *el) {
   if (r->evq_off >= r->evq.n) {
     r->evq_off = 0;
     if (r->evq.cap > EVQ_LOW) lmx_buf_free(&r->evq); else lmx_buf_reset(&r->evq);
@@ -461,10 +464,16 @@ static int request_pop(lua_State *L) {
   }
   uint32_t h[2];
   memcpy(h, r->evq.p + r->evq_off, sizeof h);
-  const char *ev = r->evq.p + r->evq_off + sizeof h;
-  lua_pushlstring(L, ev + h[1], h[0]);
-  if (h[1]) lua_pushlstring(L, ev, h[1]); else lua_pushnil(L);
-  r->evq_off += sizeof h + h[0] + h[1];
+  *dl = h[0];
+  *el = h[1];
+  *ev = r->evq.p + r->evq_off + sizeof h;
+  *data = *ev + h[1];
+  return 1;
+}
+
+/* Drops the event peek_event returned (its bytes must not be used after). */
+static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
+  r->evq_off += 2 * sizeof(uint32_t) + dl + el + 1;
   if (r->evq_off == r->evq.n) {
     r->evq_off = 0;
     lmx_buf_reset(&r->evq);
@@ -474,7 +483,54 @@ static int request_pop(lua_State *L) {
     r->evq_off = 0;
   }
   maybe_resume(r);
+}
+
+/* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
+ * the default type); nothing when none is queued (see peek_event). */
+static int request_pop(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  const char *data, *ev;
+  uint32_t dl, el;
+  if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
+  lua_pushlstring(L, data, dl);
+  if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
+  drop_event(r, dl, el);
   return 2;
+}
+
+static void pushspan(lua_State *L, const char *p, size_t n) {
+  if (p && n) lua_pushlstring(L, p, n); else lua_pushnil(L);
+}
+
+/* r:pop_delta([ids]) -> true, text, finish[, id, model, created]
+ *                     | false, data, event | nothing
+ * Like pop, but an event of the common chat-chunk shape is read in C (lmx_json_chunk) and
+ * only its content text and finish_reason come back (nil when absent or empty); with ids also
+ * its id, model and created. Any other event comes back whole, for a full decode. */
+static int request_pop_delta(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  int ids = lua_toboolean(L, 2);
+  const char *data, *ev;
+  uint32_t dl, el;
+  lmx_JChunk c;
+  if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
+  if (el == 0 && lmx_json_chunk(data, dl, &r->scratch, &c)) {
+    lua_pushboolean(L, 1);
+    pushspan(L, c.text.p, c.text.n);
+    pushspan(L, c.finish.p, c.finish.n);
+    if (ids) {
+      pushspan(L, c.id, c.id_len);
+      pushspan(L, c.model, c.model_len);
+      if (c.created >= 0) lua_pushinteger(L, (lua_Integer)c.created); else lua_pushnil(L);
+    }
+    drop_event(r, dl, el);
+    return ids ? 6 : 3;
+  }
+  lua_pushboolean(L, 0);
+  lua_pushlstring(L, data, dl);
+  if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
+  drop_event(r, dl, el);
+  return 3;
 }
 
 /* r:idle() -> seconds since the last real event (or the headers, or the start) */
@@ -505,6 +561,7 @@ void lmx_request_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"cancel", request_cancel}, {"close", request_close}, {"done", request_done},
     {"result", request_result}, {"head", request_head}, {"pop", request_pop},
+    {"pop_delta", request_pop_delta},
     {"idle", request_idle}, {"stream_stats", request_stream_stats}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

@@ -349,7 +349,10 @@ function Client:chat(body, opts)
     if not s then return nil, msg, code, detail end
     if on_delta then
       local ok, err = pcall(function()
-        for text, chunk in s:deltas() do on_delta(text, chunk) end
+        for chunk in s:chunks() do
+          local text = stream.first_text(chunk)
+          if text then on_delta(text, chunk) end
+        end
       end)
       if not ok then
         s:close()

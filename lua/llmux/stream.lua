@@ -230,15 +230,51 @@ local function stalled(s)
   if not retried(s, why, "stalled") then stop(s, why, "stalled") end
 end
 
--- One step: handles queued events until one yields a chunk; with block, waits for more.
--- Returns the chunk, or nil when nothing is ready (or the stream is over).
-local function advance(s, block)
+local function first_text(obj)
+  local ch = obj.choices and obj.choices[1]
+  local d = type(ch) == "table" and ch.delta
+  local text = type(d) == "table" and d.content
+  if type(text) == "string" and text ~= "" then return text end
+  return nil
+end
+
+-- One step: handles queued events until one yields something; with block, waits for more.
+-- Returns text, chunk: the content text of the first choice (false when the chunk has none)
+-- and the decoded chunk; nil when nothing is ready (or the stream is over). With fast, the
+-- common chunk shape is read in C: its text comes back without a chunk table.
+local function advance(s, block, fast)
   while not s.over do
     local req = s.req
-    local data, event = req:pop()
-    if data then
+    local ok, data, event, id, model, created
+    if fast then
+      ok, data, event, id, model, created = req:pop_delta(s.id == nil)
+      if ok then   -- the hot path of deltas(): on_fast inlined
+        s.events = s.events + 1
+        if id then s.id, s.created = id, created end
+        if model then s.model = model end
+        if data or event then
+          local c = s.choices[0] or choice_state(s, 0)
+          if event then
+            c.finish_reason = event
+            s.finished = true
+          end
+          if data then
+            local n = c.n + 1
+            c.n = n
+            c.parts[n] = data
+            s.chars = s.chars + #data
+            if not s.ttft then s.ttft = now() - s.call.t0 end
+            return data, nil
+          end
+        end
+      end
+    else
+      data, event = req:pop()
+      ok = data and false
+    end
+    if ok == false then
       local obj = on_event(s, data, event)
-      if obj then return obj end
+      if obj then return first_text(obj) or false, obj end
       if s.saw_done and not s.over then
         -- [DONE] is the end. The body's last bytes are normally right behind it: a short
         -- grace lets the transfer finish, so its keep-alive connection is not thrown away.
@@ -247,9 +283,11 @@ local function advance(s, block)
         if req:done() then s.res = req:result() end
         stop(s)
       end
+    elseif ok then
+      -- a fast chunk without text (the role chunk, the finish): go on
     elseif req:done() then
       local chunk = ended(s)
-      if chunk then return chunk end
+      if chunk then return first_text(chunk) or false, chunk end
     else
       local idle = req:idle()
       if idle >= s.idle_timeout then
@@ -266,26 +304,20 @@ end
 
 -- s:chunks() -> iterator over every decoded chunk (waits for each; ends with the stream).
 function Stream:chunks()
-  return function() return advance(self, true) end
+  return function()
+    local _, chunk = advance(self, true)
+    return chunk
+  end
 end
 
-local function first_text(obj)
-  local ch = obj.choices and obj.choices[1]
-  local d = type(ch) == "table" and ch.delta
-  local text = type(d) == "table" and d.content
-  if type(text) == "string" and text ~= "" then return text end
-  return nil
-end
-
--- s:deltas() -> iterator over the content text of the first choice, as it arrives; the
--- chunk it came in is the second value.
+-- s:deltas() -> iterator over the content text of the first choice, as it arrives. The
+-- common chunk shape is read in C without building its table (chunks() gives the tables).
 function Stream:deltas()
   return function()
     while true do
-      local obj = advance(self, true)
-      if not obj then return nil end
-      local text = first_text(obj)
-      if text then return text, obj end
+      local text = advance(self, true, true)
+      if text then return text end
+      if text == nil then return nil end
     end
   end
 end
@@ -296,9 +328,8 @@ function Stream:read()
   if self.over then return nil end
   local out, n = {}, 0
   while true do
-    local obj = advance(self, false)
-    if not obj then break end
-    local text = first_text(obj)
+    local text = advance(self, false, true)
+    if text == nil then break end
     if text then
       n = n + 1
       out[n] = text
@@ -369,7 +400,7 @@ end
 -- s:result() -> completion, info | nil, message, code, detail. Reads the rest of the
 -- stream first; the completion is what a non-streaming call would have returned.
 function Stream:result()
-  while not self.over do advance(self, true) end
+  while not self.over do advance(self, true, true) end
   if self.err then
     local e = self.err
     if e[4] and not e[4].usage then
@@ -405,4 +436,5 @@ function Stream:info()
 end
 
 M.Stream = Stream
+M.first_text = first_text
 return M
