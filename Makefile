@@ -60,6 +60,10 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	$(LUA) tests/bench/bench.lua
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/bench/sse_bench.c src/sse.c src/buf.c \
+	  -o $(BUILD)/bench/sse_bench
+	$(BUILD)/bench/sse_bench
 
 # libasan is preloaded into the (uninstrumented) lua5.4. Leak checking stays off: at exit Lua
 # unloads the module and with it libcurl, whose global state would then read as leaks.
