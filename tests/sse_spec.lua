@@ -53,7 +53,8 @@ end
 local function same_result(a, b, what)
   local ea, eb = events_str(a.events), events_str(b.events)
   assert(ea == eb, what .. ": events differ:\n  " .. ea .. "\n  " .. eb)
-  assert(a.err == b.err, what .. ": errors differ: " .. tostring(a.err) .. " vs " .. tostring(b.err))
+  assert(a.err == b.err,
+    what .. ": errors differ: " .. tostring(a.err) .. " vs " .. tostring(b.err))
 end
 
 -- Checks one input against expected events, fed whole, byte by byte, and in two pieces split at
