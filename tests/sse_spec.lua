@@ -209,6 +209,21 @@ describe("sse events", function()
   end)
 end)
 
+describe("sse performance guards", function()
+  it("CR-only line ends stay linear in the chunk size", function()
+    -- looking for the next LF from every line start would rescan the rest of a CR-only chunk
+    -- for each line: these 500k comment lines in 2 MB then take half a terabyte of memchr
+    local s = (": x\r"):rep(500000) .. "data: y\r\r"
+    local p = core.sse()
+    local t0 = os.clock()
+    local evs = p:feed(s)
+    local dt = os.clock() - t0
+    assert.are.equal(500000, p:comments())
+    assert.are.same({ { data = "y" } }, evs)
+    assert(dt < 1, ("took %.2f s"):format(dt))
+  end)
+end)
+
 describe("sse retry, comments, last_id", function()
   local function retry_of(stream)
     local p = core.sse()
