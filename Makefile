@@ -60,6 +60,10 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	$(LUA) tests/bench/bench.lua
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/bench/sse_bench.c src/sse.c src/buf.c \
+	  -o $(BUILD)/bench/sse_bench
+	$(BUILD)/bench/sse_bench
 
 # libasan is preloaded into the (uninstrumented) lua5.4. Leak checking stays off: at exit Lua
 # unloads the module and with it libcurl, whose global state would then read as leaks.
@@ -70,16 +74,21 @@ asan: deps
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
 
-# libFuzzer on the JSON decoder, bounded: FUZZ_TIME seconds (default 60).
+# libFuzzer on the JSON decoder and on the SSE parser, each bounded: FUZZ_TIME seconds
+# (default 60). Corpora persist in $(BUILD)/fuzz, so later runs start where earlier ones ended.
 FUZZ_TIME ?= 60
+FUZZ_CC := clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+  -fno-sanitize-recover=undefined -Isrc
 fuzz: deps
 	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
-	@mkdir -p $(BUILD)/fuzz/json_corpus
-	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=undefined -I$(LUA_INCDIR) -Isrc tests/fuzz/json_fuzz.c src/json.c \
-	  -llua$(LUA_VERSION) -o $(BUILD)/fuzz/json_fuzz
+	@mkdir -p $(BUILD)/fuzz/json_corpus $(BUILD)/fuzz/sse_corpus
+	$(FUZZ_CC) -I$(LUA_INCDIR) tests/fuzz/json_fuzz.c src/json.c -llua$(LUA_VERSION) \
+	  -o $(BUILD)/fuzz/json_fuzz
+	$(FUZZ_CC) tests/fuzz/sse_fuzz.c src/sse.c src/buf.c -o $(BUILD)/fuzz/sse_fuzz
 	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \
 	  $(BUILD)/fuzz/json_corpus
+	$(BUILD)/fuzz/sse_fuzz -dict=tests/fuzz/sse.dict -max_total_time=$(FUZZ_TIME) \
+	  $(BUILD)/fuzz/sse_corpus
 
 install: $(CORE)
 	install -d $(DESTDIR)$(INST_LIBDIR)/llmux $(DESTDIR)$(INST_LUADIR)/llmux

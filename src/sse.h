@@ -76,14 +76,16 @@ int lmx_sse_feed(lmx_SSE *p, const char *buf, size_t len, size_t *used, lmx_SSEC
                  void *ud);
 
 /* End of stream: drops the unterminated line and undispatched event (never dispatched, per
- * spec, hence no callback), frees the buffers and leaves the parser finished. Returns
- * LMX_SSE_OK, LMX_SSE_PARTIAL when bytes were dropped, the sticky error, or FINISHED. */
+ * spec, hence no callback), frees the buffers and leaves the parser finished (or in its error
+ * state, which stays). Returns LMX_SSE_OK, LMX_SSE_PARTIAL when bytes were dropped, the sticky
+ * error, or FINISHED when called twice. comments, dispatched and retry stay readable. */
 int lmx_sse_finish(lmx_SSE *p);
 
 /* Frees the buffers; the struct may then be dropped or initialised again. Idempotent. */
 void lmx_sse_free(lmx_SSE *p);
 
-/* The message of the error state ("line longer than 8388608 bytes", ...), or NULL when the
- * parser is not in one. Points into p. */
+/* The message of the error state ("line larger than 8388608 bytes", "event data larger than
+ * ...", "out of memory"), "parser already finished" after a clean finish, or NULL while the
+ * parser is usable. Static or inside p: valid until p changes. */
 const char *lmx_sse_error(const lmx_SSE *p);
 #endif
