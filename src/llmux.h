@@ -78,4 +78,6 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
+void lmx_b64_open(lua_State *L);    /* b64_lua.c: core.b64_encode, core.b64_decode */
+void lmx_image_open(lua_State *L);  /* image_lua.c: llmux.Image, core.image_* */
 #endif
