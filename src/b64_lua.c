@@ -29,7 +29,7 @@ static int b64_decode(lua_State *L) {
     unsigned char c = err.pos < n ? (unsigned char)s[err.pos] : 0;
     lua_pushnil(L);
     if (err.pos >= n)
-      lua_pushfstring(L, "llmux.base64: %s at end of input (byte %I)", err.what,
+      lua_pushfstring(L, "llmux.base64: %s at byte %I (the end of the input)", err.what,
                       (LUAI_UACINT)n + 1);
     else if (c > 0x20 && c < 0x7F)
       lua_pushfstring(L, "llmux.base64: %s '%c' at byte %I", err.what, (int)c,

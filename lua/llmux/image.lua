@@ -227,7 +227,7 @@ function M.mask(w, h, region)
     end
     flat = r
   elseif type(region) == "table" then
-    local list = type(region[1]) == "table" and region or { region }
+    local list = (region[1] == nil or type(region[1]) == "table") and region or { region }
     for _, r in ipairs(list) do
       if type(r) ~= "table" then argerr(3, "mask", "a list of rectangles expected") end
       local v = rect_of(r, 3, "mask")
