@@ -60,6 +60,7 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	$(LUA) tests/bench/bench.lua
+	$(LUA) tests/bench/image_bench.lua
 
 # libasan is preloaded into the (uninstrumented) lua5.4. Leak checking stays off: at exit Lua
 # unloads the module and with it libcurl, whose global state would then read as leaks.
@@ -70,8 +71,9 @@ asan: deps
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
 
-# libFuzzer on the JSON decoder, bounded: FUZZ_TIME seconds (default 60).
+# libFuzzer on the JSON decoder and the PNG path, bounded: FUZZ_TIME seconds each (default 60).
 FUZZ_TIME ?= 60
+PNGSUITE  ?= ../shared/testdata/pngsuite
 fuzz: deps
 	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
 	@mkdir -p $(BUILD)/fuzz/json_corpus
@@ -80,6 +82,14 @@ fuzz: deps
 	  -llua$(LUA_VERSION) -o $(BUILD)/fuzz/json_fuzz
 	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \
 	  $(BUILD)/fuzz/json_corpus
+	@mkdir -p $(BUILD)/fuzz/png_corpus
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -Isrc $$($(PKG_CONFIG) --cflags libpng) \
+	  tests/fuzz/png_fuzz.c src/image.c src/buf.c $$($(PKG_CONFIG) --libs libpng) -lm \
+	  -o $(BUILD)/fuzz/png_fuzz
+	$(BUILD)/fuzz/png_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+	  -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/png_corpus \
+	  $(wildcard $(PNGSUITE))
 
 install: $(CORE)
 	install -d $(DESTDIR)$(INST_LIBDIR)/llmux $(DESTDIR)$(INST_LUADIR)/llmux

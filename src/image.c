@@ -99,6 +99,12 @@ static void flush_fn(png_structp png) {
 
 /* Decode -------------------------------------------------------------------------------- */
 
+#define LMX_PNG_CHUNK_MAX (8u << 20)
+
+/* Metadata llmux never looks at, as libpng's list of 5-byte names. */
+static const png_byte ignored_chunks[] =
+  "tEXt\0zTXt\0iTXt\0iCCP\0sPLT\0eXIf\0hIST\0pCAL\0sCAL\0tIME\0oFFs\0pHYs\0sTER\0";
+
 int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *out,
                    lmx_PngInfo *info_out, lmx_ImgErr *e) {
   Io io = { data, n, 0, e, NULL };
@@ -132,6 +138,13 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   /* The pixel limit below is ours; libpng's own (1e6 per side) would report a different
    * error for the same kind of input. */
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  /* A chunk's length field is not to be trusted: this libpng build allocates whatever an
+   * ancillary chunk (or its decompressed text) claims, 1.5 GB for 600 bytes of input. Cap it,
+   * and skip the chunks that cannot change the pixels llmux produces. IDAT is streamed and
+   * not subject to the cap. */
+  png_set_chunk_malloc_max(png, LMX_PNG_CHUNK_MAX);
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, ignored_chunks,
+                              (int)(sizeof ignored_chunks / 5));
   png_read_info(png, info);
   png_get_IHDR(png, info, &w, &h, &depth, &ctype, &ilace, NULL, NULL);
   if (info_out) {
