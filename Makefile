@@ -23,7 +23,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) -I$(LUA_IN
 
 # Debian packages the build, tests, demo and bench need.
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev libpng-dev pkg-config \
-            lua-busted nginx-extras openssl make gcc luarocks
+            lua-busted nginx-extras openssl make gcc luarocks python3-pil
 export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
