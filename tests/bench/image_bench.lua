@@ -117,7 +117,8 @@ for arg in sys.argv[2:]:
         print("pil_png_%s_l%d_encode_ms=%.3f" % (name, l, best(enc_png) * 1e3))
         print("pil_png_%s_l%d_bytes=%d" % (name, l, len(enc_png().getvalue())))
     png = io.BytesIO(); im.save(png, format="PNG", compress_level=1); png = png.getvalue()
-    print("pil_png_%s_decode_ms=%.3f" % (name, best(lambda: Image.open(io.BytesIO(png)).load()) * 1e3))
+    ms = best(lambda: Image.open(io.BytesIO(png)).load()) * 1e3
+    print("pil_png_%s_decode_ms=%.3f" % (name, ms))
 ]]
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
