@@ -8,7 +8,7 @@
 #include <string.h>
 #include "b64.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(LMX_B64_NO_SIMD)
 #include <immintrin.h>
 #define LMX_B64_SIMD 1
 static int use_ssse3;
@@ -63,7 +63,8 @@ static void init(void) {
 /* x86: 12 bytes -> 16 characters and back per SSSE3 instruction block (W. Mula's and
  * A. Klomp's method), chosen at run time; the scalar loops above cover every other CPU and
  * finish the tail. Validation is exact: any byte outside the alphabet sends its block to the
- * scalar code, which then reports it. */
+ * scalar code, which then reports it. -DLMX_B64_NO_SIMD builds the portable loops alone (to
+ * test them on x86). */
 #ifdef LMX_B64_SIMD
 
 __attribute__((target("ssse3")))
