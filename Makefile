@@ -23,7 +23,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) -I$(LUA_IN
 
 # Debian packages the build, tests, demo and bench need.
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev libpng-dev pkg-config \
-            lua-busted nginx-extras openssl make gcc luarocks
+            lua-busted nginx-extras openssl make gcc luarocks python3-pil
 export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
@@ -57,13 +57,25 @@ demo: deps
 	$(MAKE) all
 	$(LUA) tests/helpers/demo.lua
 
+# The Python peer of the stream bench; only the bench wants it, so only the bench installs it.
+BENCH_PKGS := python3-aiohttp python3-uvloop
+
 bench: deps
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing || echo "bench: no$$missing, the Python row is skipped"; \
+	fi
 	$(MAKE) all
 	$(LUA) tests/bench/bench.lua
+	$(LUA) tests/bench/stream_bench.lua
 	@mkdir -p $(BUILD)/bench
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/bench/sse_bench.c src/sse.c src/buf.c \
 	  -o $(BUILD)/bench/sse_bench
 	$(BUILD)/bench/sse_bench
+	$(LUA) tests/bench/image_bench.lua
 
 # libasan is preloaded into the (uninstrumented) lua5.4. Leak checking stays off: at exit Lua
 # unloads the module and with it libcurl, whose global state would then read as leaks.
@@ -74,9 +86,11 @@ asan: deps
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
 
-# libFuzzer on the JSON decoder and on the SSE parser, each bounded: FUZZ_TIME seconds
-# (default 60). Corpora persist in $(BUILD)/fuzz, so later runs start where earlier ones ended.
+# libFuzzer on the JSON decoder, the SSE parser and the PNG path, each bounded: FUZZ_TIME
+# seconds (default 60). Corpora persist in $(BUILD)/fuzz, so later runs start where earlier
+# ones ended.
 FUZZ_TIME ?= 60
+PNGSUITE  ?= ../shared/testdata/pngsuite
 FUZZ_CC := clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined -Isrc
 fuzz: deps
@@ -89,6 +103,12 @@ fuzz: deps
 	  $(BUILD)/fuzz/json_corpus
 	$(BUILD)/fuzz/sse_fuzz -dict=tests/fuzz/sse.dict -max_total_time=$(FUZZ_TIME) \
 	  $(BUILD)/fuzz/sse_corpus
+	@mkdir -p $(BUILD)/fuzz/png_corpus
+	$(FUZZ_CC) $$($(PKG_CONFIG) --cflags libpng) tests/fuzz/png_fuzz.c src/image.c src/buf.c \
+	  $$($(PKG_CONFIG) --libs libpng) -lm -o $(BUILD)/fuzz/png_fuzz
+	$(BUILD)/fuzz/png_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+	  -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/png_corpus \
+	  $(wildcard $(PNGSUITE))
 
 install: $(CORE)
 	install -d $(DESTDIR)$(INST_LIBDIR)/llmux $(DESTDIR)$(INST_LUADIR)/llmux

@@ -5,6 +5,8 @@ local sched = require "llmux.sched"
 local client = require "llmux.client"
 local json = require "llmux.json"
 local errors = require "llmux.errors"
+local base64 = require "llmux.base64"
+local image = require "llmux.image"
 
 local M = {
   _VERSION = "0.1.0",
@@ -22,6 +24,8 @@ local M = {
   step = sched.step,
   configure = sched.configure,
   sse = core.sse,   -- incremental SSE parser: llmux.sse([{max_bytes = n}])
+  base64 = base64,
+  image = image,
 }
 
 return M

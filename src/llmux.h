@@ -91,7 +91,7 @@ void lmx_request_open(lua_State *L);
 lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 
-void lmx_json_open(lua_State *L);
+void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 /* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or
  * (off >= 0) of the scratch buffer. */
 typedef struct { const char *p; size_t n; long off; } lmx_JStr;
@@ -102,6 +102,8 @@ typedef struct {
   size_t id_len, model_len;
   long long created;          /* -1 when absent */
 } lmx_JChunk;
-int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c);   /* json.c: core.json_decode */
+int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c);
 void lmx_sse_open(lua_State *L);    /* sse_lua.c: core.sse */
+void lmx_b64_open(lua_State *L);    /* b64_lua.c: core.b64_encode, core.b64_decode */
+void lmx_image_open(lua_State *L);  /* image_lua.c: llmux.Image, core.image_* */
 #endif

@@ -9,7 +9,8 @@ local M = { _VERSION = "0.1.0" }
 
 M.CODES = {}
 for c in ("timeout connect resolve tls ratelimit auth badrequest context_length content_filter "
-  .. "notfound server http truncated stalled provider decode toolarge cancelled closed")
+  .. "notfound server http truncated stalled provider decode toolarge cancelled closed "
+  .. "io")
   :gmatch("%S+") do
   M.CODES[c] = true
 end

@@ -1,0 +1,39 @@
+-- llmux.base64: RFC 4648 base64 in C (src/b64.c), strict on decode.
+local core = require "llmux.core"
+local type, pairs, error, tostring = type, pairs, error, tostring
+local c_encode, c_decode = core.b64_encode, core.b64_decode
+
+local M = { _VERSION = "0.1.0" }
+
+-- encode(s) -> string
+function M.encode(s)
+  if type(s) ~= "string" then
+    error("bad argument #1 to 'base64.encode' (string expected, got " .. type(s) .. ")", 2)
+  end
+  return c_encode(s)
+end
+
+-- decode(s[, {ignore_whitespace = true}]) -> string | nil, msg, "decode"
+-- Strict: only the standard alphabet, groups of four, '=' padding only at the end and zero
+-- bits under it. With ignore_whitespace, ASCII blanks (as in MIME's 76-column lines) are
+-- skipped.
+function M.decode(s, opts)
+  if type(s) ~= "string" then
+    error("bad argument #1 to 'base64.decode' (string expected, got " .. type(s) .. ")", 2)
+  end
+  local ws = false
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("bad argument #2 to 'base64.decode' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    for k in pairs(opts) do
+      if k ~= "ignore_whitespace" then
+        error("bad argument #2 to 'base64.decode' (unknown option '" .. tostring(k) .. "')", 2)
+      end
+    end
+    ws = opts.ignore_whitespace and true or false
+  end
+  return c_decode(s, ws)
+end
+
+return M

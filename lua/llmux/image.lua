@@ -1,0 +1,377 @@
+-- llmux.image: PNG decode/encode, transforms, masks, outpaint canvases, data URIs and vision
+-- content parts. The pixel work is C (src/image.c on libpng, bound in src/image_lua.c); this
+-- module reads options, picks defaults and speaks in Lua values.
+--
+-- Misuse (wrong types, unknown options, closed images) raises; operational failures return
+-- nil, message, code with code "decode" (bad or unknown data), "toolarge" (over max_pixels or
+-- max_bytes) or "io" (file errors).
+local core = require "llmux.core"
+local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
+local getmetatable, tointeger = getmetatable, math.tointeger
+local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
+local io_open, format, sub, find = io.open, string.format, string.sub, string.find
+local b64_encode = core.b64_encode
+local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
+local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.image_mask_from
+
+local Image = core.Image                          -- the method table of llmux.Image
+local IMAGE_MT = getmetatable(c_new(1, 1, 1))
+
+local M = {
+  _VERSION = "0.1.0",
+  -- Module defaults, changed with configure().
+  max_pixels = core.image_max_pixels,             -- 8192 x 8192
+  max_bytes = 20 * 1024 * 1024,                   -- data_uri/part: OpenAI's per-image limit
+  level = 2,                                      -- encode_png default for images
+  mask_level = 1,                                 -- and for 1-channel masks
+}
+
+local function argerr(n, fname, msg)
+  error(format("bad argument #%d to 'image.%s' (%s)", n, fname, msg), 3)
+end
+
+-- Checks that opts is nil or a table whose keys are all in allowed; returns a table.
+local function options(opts, n, fname, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then argerr(n, fname, "table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not allowed[k] then argerr(n, fname, "unknown option '" .. tostring(k) .. "'") end
+  end
+  return opts
+end
+
+local function set(...)
+  local t = {}
+  for i = 1, select("#", ...) do t[select(i, ...)] = true end
+  return t
+end
+
+-- An integer option >= lo (and <= hi), or default when absent.
+local function int_opt(v, n, fname, name, lo, hi, default)
+  if v == nil then return default end
+  local i = tointeger(v)
+  if not i or i < lo or (hi and i > hi) then
+    argerr(n, fname, format("%s must be an integer %s, got %s", name,
+      hi and format("%d..%d", lo, hi) or ">= " .. lo, tostring(v)))
+  end
+  return i
+end
+
+function M.is_image(v)
+  return getmetatable(v) == IMAGE_MT
+end
+
+local function check_image(v, n, fname)
+  if getmetatable(v) ~= IMAGE_MT then
+    argerr(n, fname, "llmux.Image expected, got " .. type(v))
+  end
+  return v
+end
+
+-- configure{max_pixels = n, max_bytes = n, level = n, mask_level = n}: module defaults.
+local CONFIG = set("max_pixels", "max_bytes", "level", "mask_level")
+function M.configure(opts)
+  opts = options(opts, 1, "configure", CONFIG)
+  M.max_pixels = int_opt(opts.max_pixels, 1, "configure", "max_pixels", 1, nil, M.max_pixels)
+  M.max_bytes = int_opt(opts.max_bytes, 1, "configure", "max_bytes", 1, nil, M.max_bytes)
+  M.level = int_opt(opts.level, 1, "configure", "level", 0, 9, M.level)
+  M.mask_level = int_opt(opts.mask_level, 1, "configure", "mask_level", 0, 9, M.mask_level)
+  return M
+end
+
+-- Decoding ---------------------------------------------------------------------------------
+
+local DECODE = set("max_pixels")
+
+-- decode(bytes[, {max_pixels = n}]) -> Image | nil, msg, "decode" | "toolarge"
+function M.decode(bytes, opts)
+  if type(bytes) ~= "string" then argerr(1, "decode", "string expected, got " .. type(bytes)) end
+  opts = options(opts, 2, "decode", DECODE)
+  return c_decode(bytes, int_opt(opts.max_pixels, 2, "decode", "max_pixels", 1, nil,
+    M.max_pixels))
+end
+
+-- Reads a whole file: bytes | nil, msg, "io".
+local function read_file(path)
+  local f, err = io_open(path, "rb")
+  if not f then return nil, "llmux.image: cannot open " .. err, "io" end
+  local s, rerr = f:read("a")
+  f:close()
+  if not s then return nil, "llmux.image: cannot read " .. path .. ": " .. tostring(rerr), "io" end
+  return s
+end
+
+-- load(path[, {max_pixels = n}]) -> Image | nil, msg, "io" | "decode" | "toolarge"
+function M.load(path, opts)
+  if type(path) ~= "string" then argerr(1, "load", "string expected, got " .. type(path)) end
+  opts = options(opts, 2, "load", DECODE)
+  local max_pixels = int_opt(opts.max_pixels, 2, "load", "max_pixels", 1, nil, M.max_pixels)
+  local s, msg, code = read_file(path)
+  if not s then return nil, msg, code end
+  local img
+  img, msg, code = c_decode(s, max_pixels)
+  if not img then return nil, msg .. " (" .. path .. ")", code end
+  return img
+end
+
+-- new(w, h, channels[, pixels]) -> Image
+M.new = c_new
+
+-- Methods written in Lua ---------------------------------------------------------------------
+
+local ENCODE = set("level")
+
+-- img:encode_png([{level = 0..9}]) -> PNG bytes. Default: M.level, M.mask_level for masks.
+function Image:encode_png(opts)
+  check_image(self, 1, "encode_png")
+  opts = options(opts, 2, "encode_png", ENCODE)
+  local default = self:channels() == 1 and M.mask_level or M.level
+  return c_encode(self, int_opt(opts.level, 2, "encode_png", "level", 0, 9, default))
+end
+
+-- A fill option as (edge, r, g, b, a). "transparent" is black with alpha 0.
+local function fill_of(fill, n, fname)
+  if fill == nil or fill == "transparent" then return false, 0, 0, 0, 0 end
+  if fill == "edge" then return true, 0, 0, 0, 255 end
+  if type(fill) == "table" and (#fill == 3 or #fill == 4) then
+    local c = {}
+    for i = 1, 4 do
+      local v = tointeger(fill[i] == nil and i == 4 and 255 or fill[i])
+      if not v or v < 0 or v > 255 then
+        argerr(n, fname, "fill colour components must be integers 0..255")
+      end
+      c[i] = v
+    end
+    return false, c[1], c[2], c[3], c[4]
+  end
+  argerr(n, fname, "fill must be \"transparent\", \"edge\" or {r, g, b[, a]}")
+end
+
+local EXTEND = set("left", "right", "top", "bottom", "fill")
+
+-- img:extend{left, right, top, bottom, fill = "transparent" | "edge" | {r, g, b[, a]}}
+-- -> Image. A transparent (or translucent) fill gives an image without alpha an alpha channel.
+function Image:extend(opts)
+  check_image(self, 1, "extend")
+  opts = options(opts, 2, "extend", EXTEND)
+  local l = int_opt(opts.left, 2, "extend", "left", 0, nil, 0)
+  local r = int_opt(opts.right, 2, "extend", "right", 0, nil, 0)
+  local t = int_opt(opts.top, 2, "extend", "top", 0, nil, 0)
+  local b = int_opt(opts.bottom, 2, "extend", "bottom", 0, nil, 0)
+  local edge, cr, cg, cb, ca = fill_of(opts.fill, 2, "extend")
+  local ch = self:channels()
+  if not edge and ca < 255 and (ch == 1 or ch == 3) then ch = ch + 1 end
+  return c_extend(self, l, r, t, b, edge, cr, cg, cb, ca, ch)
+end
+
+local FIT = set("max_side", "max_pixels")
+
+-- img:fit{max_side = n, max_pixels = n} -> Image: the image itself when it already fits,
+-- else a smaller copy with the same aspect ratio (rounded), never larger than either limit.
+function Image:fit(opts)
+  check_image(self, 1, "fit")
+  opts = options(opts, 2, "fit", FIT)
+  local side = int_opt(opts.max_side, 2, "fit", "max_side", 1, nil, nil)
+  local pixels = int_opt(opts.max_pixels, 2, "fit", "max_pixels", 1, nil, nil)
+  if not side and not pixels then argerr(2, "fit", "max_side or max_pixels expected") end
+  local w, h = self:width(), self:height()
+  local s = 1
+  if side then s = min(s, side / max(w, h)) end
+  if pixels then s = min(s, sqrt(pixels / (w * h))) end
+  if s >= 1 then return self end
+  local function fits(a, b)
+    return not (side and (a > side or b > side)) and not (pixels and a * b > pixels)
+  end
+  local nw, nh = max(1, floor(w * s + 0.5)), max(1, floor(h * s + 0.5))
+  if not fits(nw, nh) then nw, nh = max(1, floor(w * s)), max(1, floor(h * s)) end
+  while not fits(nw, nh) do   -- floating-point slack only: a step or two at most
+    if nw >= nh then nw = max(1, nw - 1) else nh = max(1, nh - 1) end
+  end
+  return self:resize(nw, nh)
+end
+
+-- Masks -----------------------------------------------------------------------------------
+
+local function rect_of(r, n, fname)
+  local v = {}
+  for i = 1, 4 do
+    v[i] = tointeger(r[i])
+    if not v[i] then argerr(n, fname, "a rectangle is {x, y, w, h} with integers") end
+  end
+  if v[3] < 0 or v[4] < 0 then argerr(n, fname, "rectangle width and height must be >= 0") end
+  return v
+end
+
+local function halves(w, h)
+  local hw, hh = ceil(w / 2), ceil(h / 2)
+  return {
+    all = { 0, 0, w, h }, left_half = { 0, 0, hw, h }, right_half = { w - hw, 0, hw, h },
+    top_half = { 0, 0, w, hh }, bottom_half = { 0, h - hh, w, hh },
+  }
+end
+
+-- mask(w, h, region) -> Image: 1 channel, 255 where the model should paint, 0 elsewhere.
+-- region: {x, y, w, h} (0-based, clipped to the image), a list of such rectangles, or one of
+-- "all" "left_half" "right_half" "top_half" "bottom_half" (an odd middle row or column
+-- belongs to both halves).
+function M.mask(w, h, region)
+  local flat = {}
+  local iw, ih = tointeger(w), tointeger(h)
+  if not iw or iw < 1 then argerr(1, "mask", "width must be a positive integer") end
+  if not ih or ih < 1 then argerr(2, "mask", "height must be a positive integer") end
+  if type(region) == "string" then
+    local r = halves(iw, ih)[region]
+    if not r then
+      argerr(3, "mask", "region must be a rectangle, a list of them, \"all\", \"left_half\", "
+        .. "\"right_half\", \"top_half\" or \"bottom_half\"")
+    end
+    flat = r
+  elseif type(region) == "table" then
+    local list = (region[1] == nil or type(region[1]) == "table") and region or { region }
+    for _, r in ipairs(list) do
+      if type(r) ~= "table" then argerr(3, "mask", "a list of rectangles expected") end
+      local v = rect_of(r, 3, "mask")
+      for i = 1, 4 do flat[#flat + 1] = v[i] end
+    end
+  else
+    argerr(3, "mask", "region expected, got " .. type(region))
+  end
+  return c_mask(iw, ih, flat)
+end
+
+local NORMALIZE = set("invert", "threshold")
+
+-- normalize_mask(img[, {invert = "auto" | true | false, threshold = 128}]) -> mask, inverted
+-- Any image to a 0/255 1-channel mask (255 = paint): with a non-opaque alpha channel the
+-- transparent parts are painted (OpenAI's convention), otherwise light parts (luma >=
+-- threshold). "auto" (the default) inverts a mask that would be mostly painted; inverted says
+-- whether that happened.
+function M.normalize_mask(img, opts)
+  check_image(img, 1, "normalize_mask")
+  opts = options(opts, 2, "normalize_mask", NORMALIZE)
+  local inv = opts.invert
+  if inv == nil then inv = "auto" end
+  if inv ~= "auto" and inv ~= true and inv ~= false then
+    argerr(2, "normalize_mask", "invert must be \"auto\", true or false")
+  end
+  local th = int_opt(opts.threshold, 2, "normalize_mask", "threshold", 1, 255, 128)
+  return c_mask_from(img, th, inv)
+end
+
+-- check_pair(img, mask) -> true | nil, msg, "badrequest": what an edit endpoint checks before
+-- sending, so a size mismatch fails here rather than as a provider's 400.
+function M.check_pair(img, mask)
+  check_image(img, 1, "check_pair")
+  check_image(mask, 2, "check_pair")
+  local iw, ih, mw, mh = img:width(), img:height(), mask:width(), mask:height()
+  if iw ~= mw or ih ~= mh then
+    return nil, format("llmux.image: the mask is %dx%d but the image is %dx%d; they must be the "
+      .. "same size (mask:resize(%d, %d))", mw, mh, iw, ih, iw, ih), "badrequest"
+  end
+  return true
+end
+
+local OUTPAINT = set("direction", "pixels", "fill")
+local DIRECTIONS = set("left", "right", "top", "bottom", "all")
+
+-- outpaint_canvas(img, {direction = "left"|"right"|"top"|"bottom"|"all", pixels = n,
+-- fill = "transparent" | "edge" | {r, g, b[, a]}}) -> canvas, mask: the image grown by pixels
+-- on that side (every side for "all") and the mask of the new area, for providers that only
+-- inpaint.
+function M.outpaint_canvas(img, opts)
+  check_image(img, 1, "outpaint_canvas")
+  opts = options(opts, 2, "outpaint_canvas", OUTPAINT)
+  local dir = opts.direction or "all"
+  if not DIRECTIONS[dir] then
+    argerr(2, "outpaint_canvas", "direction must be \"left\", \"right\", \"top\", \"bottom\" or "
+      .. "\"all\"")
+  end
+  if opts.pixels == nil then argerr(2, "outpaint_canvas", "pixels expected") end
+  local n = int_opt(opts.pixels, 2, "outpaint_canvas", "pixels", 1, nil, nil)
+  local all = dir == "all"
+  local l, r = (all or dir == "left") and n or 0, (all or dir == "right") and n or 0
+  local t, b = (all or dir == "top") and n or 0, (all or dir == "bottom") and n or 0
+  local canvas = img:extend{ left = l, right = r, top = t, bottom = b, fill = opts.fill }
+  local w, h = canvas:width(), canvas:height()
+  local mask = c_mask(w, h, { 0, 0, l, h, w - r, 0, r, h, 0, 0, w, t, 0, h - b, w, b })
+  return canvas, mask
+end
+
+-- Data URIs and content parts ----------------------------------------------------------------
+
+-- sniff(bytes) -> MIME type of a PNG, JPEG, GIF or WebP by its magic bytes, or nil.
+function M.sniff(s)
+  if type(s) ~= "string" then return nil end
+  if sub(s, 1, 8) == "\137PNG\r\n\26\n" then return "image/png" end
+  if sub(s, 1, 3) == "\255\216\255" then return "image/jpeg" end
+  local g = sub(s, 1, 6)
+  if g == "GIF87a" or g == "GIF89a" then return "image/gif" end
+  if sub(s, 1, 4) == "RIFF" and sub(s, 9, 12) == "WEBP" then return "image/webp" end
+  return nil
+end
+
+-- A string is taken for a path unless it is image bytes or could not be one (control
+-- characters, longer than PATH_MAX).
+local function looks_like_path(s)
+  return #s > 0 and #s < 4096 and not find(s, "[%c]")
+end
+
+-- The bytes and MIME type of src (an Image, image bytes or a path) | nil, msg, code.
+local function bytes_of(src, fname)
+  if getmetatable(src) == IMAGE_MT then return src:encode_png(), "image/png" end
+  if type(src) ~= "string" then
+    argerr(1, fname, "llmux.Image, image bytes or a path expected, got " .. type(src))
+  end
+  local mime = M.sniff(src)
+  if mime then return src, mime end
+  if not looks_like_path(src) then
+    return nil, format("llmux.image: unknown image format (%d bytes that are not PNG, JPEG, "
+      .. "GIF or WebP)", #src), "decode"
+  end
+  local s, msg, code = read_file(src)
+  if not s then return nil, msg, code end
+  mime = M.sniff(s)
+  if not mime then
+    return nil, "llmux.image: " .. src .. " is not a PNG, JPEG, GIF or WebP image", "decode"
+  end
+  return s, mime
+end
+
+local DATA_URI = set("max_bytes")
+
+local function make_uri(src, limit, fname)
+  local bytes, mime, code = bytes_of(src, fname)
+  if not bytes then return nil, mime, code end
+  if #bytes > limit then
+    return nil, format("llmux.image: image is %d bytes, over max_bytes %d; shrink it first, "
+      .. "e.g. image.load(path):fit{max_side = 2048}", #bytes, limit), "toolarge"
+  end
+  return "data:" .. mime .. ";base64," .. b64_encode(bytes)
+end
+
+-- data_uri(src[, {max_bytes = n}]) -> "data:image/...;base64,..." | nil, msg, code
+-- src: an Image (sent as PNG), image bytes or a path; PNG, JPEG, GIF and WebP bytes pass
+-- through untouched. max_bytes (default M.max_bytes) limits the image bytes.
+function M.data_uri(src, opts)
+  opts = options(opts, 2, "data_uri", DATA_URI)
+  return make_uri(src, int_opt(opts.max_bytes, 2, "data_uri", "max_bytes", 1, nil, M.max_bytes),
+    "data_uri")
+end
+
+local PART = set("detail", "max_bytes")
+local DETAILS = set("low", "high", "auto")
+
+-- part(src[, {detail = "low"|"high"|"auto", max_bytes = n}]) -> OpenAI content part
+-- {type = "image_url", image_url = {url = data_uri, detail = detail}} | nil, msg, code
+function M.part(src, opts)
+  opts = options(opts, 2, "part", PART)
+  local detail = opts.detail or "auto"
+  if not DETAILS[detail] then argerr(2, "part", "detail must be \"low\", \"high\" or \"auto\"") end
+  local limit = int_opt(opts.max_bytes, 2, "part", "max_bytes", 1, nil, M.max_bytes)
+  local url, msg, code = make_uri(src, limit, "part")
+  if not url then return nil, msg, code end
+  return { type = "image_url", image_url = { url = url, detail = detail } }
+end
+
+M.Image = Image
+return M

@@ -1,0 +1,503 @@
+/* PNG decode/encode on libpng and pixel transforms (see image.h).
+ *
+ * libpng reports errors by longjmp to the setjmp in the calling function. Everything that
+ * function allocates and frees after a longjmp lives in volatile locals (C11 7.13.2.1: other
+ * automatic variables changed after setjmp are indeterminate after the jump), and no Lua code
+ * is ever on the C stack between setjmp and the jump: the binding calls in here with plain
+ * memory and wraps the result afterwards. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <png.h>
+#include "image.h"
+
+static int seterr(lmx_ImgErr *e, int code, const char *fmt, ...)
+  __attribute__((format(printf, 3, 4)));
+
+static int seterr(lmx_ImgErr *e, int code, const char *fmt, ...) {
+  va_list ap;
+  e->code = code;
+  va_start(ap, fmt);
+  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+static int nomem(lmx_ImgErr *e) {
+  return seterr(e, LMX_IMG_NOMEM, "llmux.image: not enough memory");
+}
+
+void lmx_img_free(lmx_Image *im) {
+  free(im->px);
+  im->px = NULL;
+  im->w = im->h = im->ch = 0;
+}
+
+int lmx_img_alloc(lmx_Image *out, int w, int h, int ch, lmx_ImgErr *e) {
+  size_t n;
+  out->px = NULL;
+  out->w = out->h = out->ch = 0;
+  if (w < 1 || h < 1 || ch < 1 || ch > 4)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: bad size %dx%dx%d", w, h, ch);
+  n = (size_t)w * (size_t)h;
+  if (n > ((size_t)-1) / 4) return nomem(e);
+  if (!(out->px = calloc(n, (size_t)ch))) return nomem(e);
+  out->w = w;
+  out->h = h;
+  out->ch = ch;
+  return LMX_IMG_OK;
+}
+
+/* libpng glue --------------------------------------------------------------------------- */
+
+typedef struct {
+  const unsigned char *p;
+  size_t n, pos;
+  lmx_ImgErr *e;
+  lmx_Buf *out;
+} Io;
+
+/* libpng's messages are short fixed phrases ("IDAT: CRC error", "Not enough image data"):
+ * they are what the caller sees, after what llmux was doing. */
+static void on_error(png_structp png, png_const_charp msg) {
+  Io *io = png_get_error_ptr(png);
+  if (io->e->code == LMX_IMG_OK)   /* our own reason, set before png_error, wins */
+    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: %s", msg);
+  png_longjmp(png, 1);
+}
+
+static void on_warning(png_structp png, png_const_charp msg) {
+  (void)png;
+  (void)msg;   /* ancillary trouble (a bad tEXt CRC, an unknown sRGB profile) is not fatal */
+}
+
+static void read_fn(png_structp png, png_bytep dst, size_t len) {
+  Io *io = png_get_io_ptr(png);
+  if (len > io->n - io->pos) {
+    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: truncated (%zu bytes end too soon)",
+           io->n);
+    png_error(png, "truncated");
+  }
+  memcpy(dst, io->p + io->pos, len);
+  io->pos += len;
+}
+
+static void write_fn(png_structp png, png_bytep src, size_t len) {
+  Io *io = png_get_io_ptr(png);
+  if (lmx_buf_append(io->out, src, len) != 0) {
+    nomem(io->e);
+    png_error(png, "out of memory");
+  }
+}
+
+static void flush_fn(png_structp png) {
+  (void)png;
+}
+
+/* Decode -------------------------------------------------------------------------------- */
+
+#define LMX_PNG_CHUNK_MAX (8u << 20)
+
+/* Metadata llmux never looks at, as libpng's list of 5-byte names. */
+static const png_byte ignored_chunks[] =
+  "tEXt\0zTXt\0iTXt\0iCCP\0sPLT\0eXIf\0hIST\0pCAL\0sCAL\0tIME\0oFFs\0pHYs\0sTER\0";
+
+int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *out,
+                   lmx_PngInfo *info_out, lmx_ImgErr *e) {
+  Io io = { data, n, 0, e, NULL };
+  png_structp png;
+  png_infop info = NULL;
+  unsigned char *volatile px = NULL;
+  png_bytep *volatile rows = NULL;
+  png_uint_32 w, h;
+  int depth, ctype, ilace, ch;
+  size_t rowbytes, y;
+
+  out->px = NULL;
+  out->w = out->h = out->ch = 0;
+  e->code = LMX_IMG_OK;
+  e->msg[0] = '\0';
+  if (n < 8 || png_sig_cmp((png_const_bytep)data, 0, 8) != 0)
+    return seterr(e, LMX_IMG_DECODE, "llmux.image: not a PNG image (bad signature)");
+  png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &io, on_error, on_warning);
+  if (!png || !(info = png_create_info_struct(png))) {
+    png_destroy_read_struct(&png, NULL, NULL);
+    return nomem(e);
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, NULL);
+    free(px);
+    free(rows);
+    if (e->code == LMX_IMG_OK) seterr(e, LMX_IMG_DECODE, "llmux.image: bad PNG");
+    return e->code;
+  }
+  png_set_read_fn(png, &io, read_fn);
+  /* The pixel limit below is ours; libpng's own (1e6 per side) would report a different
+   * error for the same kind of input. */
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  /* A chunk's length field is not to be trusted: this libpng build allocates whatever an
+   * ancillary chunk (or its decompressed text) claims, 1.5 GB for 600 bytes of input. Cap it,
+   * and skip the chunks that cannot change the pixels llmux produces. IDAT is streamed and
+   * not subject to the cap. */
+  png_set_chunk_malloc_max(png, LMX_PNG_CHUNK_MAX);
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, ignored_chunks,
+                              (int)(sizeof ignored_chunks / 5));
+  png_read_info(png, info);
+  png_get_IHDR(png, info, &w, &h, &depth, &ctype, &ilace, NULL, NULL);
+  if (info_out) {
+    info_out->w = w;
+    info_out->h = h;
+    info_out->bit_depth = depth;
+    info_out->color_type = ctype;
+    info_out->interlaced = ilace != PNG_INTERLACE_NONE;
+  }
+  if ((uint64_t)w * h > max_pixels || w > 0x7fffffffu / 4 || h > 0x7fffffffu) {
+    seterr(e, LMX_IMG_TOOLARGE, "llmux.image: image is %lux%lu = %llu pixels, over "
+                     "the limit of %llu (max_pixels)", (unsigned long)w, (unsigned long)h,
+                     (unsigned long long)w * h, (unsigned long long)max_pixels);
+    png_error(png, "too large");
+  }
+  /* Everything to 8-bit gray, gray+alpha, RGB or RGBA: palette -> RGB, gray < 8 bits scaled
+   * up, tRNS -> alpha, 16 bits -> high byte (what PIL and browsers show). */
+  png_set_expand(png);
+  png_set_strip_16(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  ch = png_get_channels(png, info);
+  rowbytes = png_get_rowbytes(png, info);
+  if (ch < 1 || ch > 4 || png_get_bit_depth(png, info) != 8 || rowbytes != (size_t)w * ch) {
+    seterr(e, LMX_IMG_DECODE, "llmux.image: bad PNG: unsupported pixel layout");
+    png_error(png, "layout");
+  }
+  if (!(px = malloc(rowbytes * h)) || !(rows = malloc(sizeof *rows * h))) {
+    nomem(e);
+    png_error(png, "out of memory");
+  }
+  for (y = 0; y < h; y++) rows[y] = px + y * rowbytes;
+  png_read_image(png, rows);
+  png_read_end(png, NULL);   /* the rest, up to IEND: a cut file is an error, not a success */
+  png_destroy_read_struct(&png, &info, NULL);
+  free(rows);
+  out->px = px;
+  out->w = (int)w;
+  out->h = (int)h;
+  out->ch = ch;
+  return LMX_IMG_OK;
+}
+
+/* Encode -------------------------------------------------------------------------------- */
+
+/* The filter for filter < 0. Level 0 stores: filtering only costs. Masks (flat areas of 0 and
+ * 255) deflate best unfiltered at a fast level. Otherwise SUB at fast levels (one cheap pass
+ * that still turns gradients into runs) and libpng's adaptive choice when size matters more. */
+static int pick_filter(int level, int ch) {
+  if (level == 0 || (ch == 1 && level <= 3)) return PNG_FILTER_NONE;
+  if (level <= 3) return PNG_FILTER_SUB;
+  return PNG_ALL_FILTERS;
+}
+
+/* Sets up libpng around setjmp; level and filter are already resolved. */
+static int encode(const lmx_Image *im, const int *opts, lmx_Buf *out, lmx_ImgErr *e) {
+  static const int ctypes[5] = { 0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
+                                 PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA };
+  Io io = { NULL, 0, 0, e, out };
+  png_structp png;
+  png_infop info = NULL;
+  size_t start = out->n, stride = (size_t)im->w * im->ch;
+  int y;
+
+  e->code = LMX_IMG_OK;
+  e->msg[0] = '\0';
+  if (!im->px || im->ch < 1 || im->ch > 4)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: nothing to encode");
+  png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &io, on_error, on_warning);
+  if (!png || !(info = png_create_info_struct(png))) {
+    png_destroy_write_struct(&png, NULL);
+    return nomem(e);
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    out->n = start;
+    if (e->code == LMX_IMG_OK) seterr(e, LMX_IMG_DECODE, "llmux.image: PNG encoding failed");
+    return e->code;
+  }
+  png_set_write_fn(png, &io, write_fn, flush_fn);
+  png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, ctypes[im->ch],
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_compression_level(png, opts[0]);
+  png_set_filter(png, PNG_FILTER_TYPE_BASE, opts[1]);
+  png_set_compression_buffer_size(png, 1 << 16);   /* fewer, larger IDAT chunks */
+  png_write_info(png, info);
+  for (y = 0; y < im->h; y++) png_write_row(png, im->px + (size_t)y * stride);
+  png_write_end(png, NULL);
+  png_destroy_write_struct(&png, &info);
+  return LMX_IMG_OK;
+}
+
+int lmx_png_encode(const lmx_Image *im, int level, int filter, lmx_Buf *out, lmx_ImgErr *e) {
+  int opts[2];
+  opts[0] = level < 0 || level > 9 ? 2 : level;
+  opts[1] = filter < 0 ? pick_filter(opts[0], im->ch) : filter;
+  return encode(im, opts, out, e);
+}
+
+/* Transforms ---------------------------------------------------------------------------- */
+
+/* ITU-R 601-2 luma in 16-bit fixed point, rounded (the weights PIL uses for "L"). */
+static unsigned char luma(unsigned r, unsigned g, unsigned b) {
+  return (unsigned char)((r * 19595u + g * 38470u + b * 7471u + 0x8000u) >> 16);
+}
+
+/* Reads pixel p of a ch-channel image as RGBA. */
+static void get_rgba(const unsigned char *p, int ch, unsigned char c[4]) {
+  switch (ch) {
+    case 1: c[0] = c[1] = c[2] = p[0]; c[3] = 255; break;
+    case 2: c[0] = c[1] = c[2] = p[0]; c[3] = p[1]; break;
+    case 3: c[0] = p[0]; c[1] = p[1]; c[2] = p[2]; c[3] = 255; break;
+    default: memcpy(c, p, 4); break;
+  }
+}
+
+/* Writes RGBA c as a ch-channel pixel. */
+static void put_rgba(unsigned char *p, int ch, const unsigned char c[4]) {
+  switch (ch) {
+    case 1: p[0] = c[0] == c[1] && c[1] == c[2] ? c[0] : luma(c[0], c[1], c[2]); break;
+    case 2: p[0] = c[0] == c[1] && c[1] == c[2] ? c[0] : luma(c[0], c[1], c[2]); p[1] = c[3];
+      break;
+    case 3: p[0] = c[0]; p[1] = c[1]; p[2] = c[2]; break;
+    default: memcpy(p, c, 4); break;
+  }
+}
+
+int lmx_img_convert(const lmx_Image *src, int ch, lmx_Image *out, lmx_ImgErr *e) {
+  size_t i, n;
+  int r = lmx_img_alloc(out, src->w, src->h, ch, e);
+  if (r) return r;
+  n = (size_t)src->w * src->h;
+  if (ch == src->ch) {
+    memcpy(out->px, src->px, n * ch);
+  } else if (src->ch == 3 && ch == 1) {   /* the common case gets its own loop */
+    const unsigned char *s = src->px;
+    for (i = 0; i < n; i++, s += 3) out->px[i] = luma(s[0], s[1], s[2]);
+  } else {
+    unsigned char c[4];
+    for (i = 0; i < n; i++) {
+      get_rgba(src->px + i * src->ch, src->ch, c);
+      put_rgba(out->px + i * ch, ch, c);
+    }
+  }
+  return LMX_IMG_OK;
+}
+
+int lmx_img_crop(const lmx_Image *src, int x, int y, int w, int h, lmx_Image *out,
+                 lmx_ImgErr *e) {
+  int r, row;
+  size_t rb;
+  if (x < 0 || y < 0 || w < 1 || h < 1 || x > src->w - w || y > src->h - h)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: crop %d,%d %dx%d is outside the %dx%d image",
+                  x, y, w, h, src->w, src->h);
+  if ((r = lmx_img_alloc(out, w, h, src->ch, e))) return r;
+  rb = (size_t)w * src->ch;
+  for (row = 0; row < h; row++)
+    memcpy(out->px + row * rb, src->px + ((size_t)(y + row) * src->w + x) * src->ch, rb);
+  return LMX_IMG_OK;
+}
+
+/* One axis of a resize: output i takes the source samples idx[i*k .. i*k+cnt[i]) with weights
+ * wt (k taps reserved per output). */
+typedef struct {
+  int k;
+  int *idx, *cnt;
+  float *wt;
+} Axis;
+
+static void axis_free(Axis *a) {
+  free(a->idx);
+  free(a->cnt);
+  free(a->wt);
+}
+
+static int axis_build(Axis *a, int sn, int dn) {
+  int i, j;
+  double scale = (double)sn / dn;
+  a->k = dn < sn ? (int)ceil(scale) + 1 : 2;
+  a->idx = malloc(sizeof *a->idx * (size_t)dn * a->k);
+  a->cnt = malloc(sizeof *a->cnt * (size_t)dn);
+  a->wt = malloc(sizeof *a->wt * (size_t)dn * a->k);
+  if (!a->idx || !a->cnt || !a->wt) {
+    axis_free(a);
+    return -1;
+  }
+  for (i = 0; i < dn; i++) {
+    int *ix = a->idx + (size_t)i * a->k, n = 0;
+    float *wt = a->wt + (size_t)i * a->k;
+    if (dn < sn) {
+      /* area: output i covers source [i*scale, (i+1)*scale); each sample weighs its overlap */
+      double lo = i * scale, hi = (i + 1) * scale;
+      if (hi > sn) hi = sn;
+      for (j = (int)floor(lo); j < sn && j < hi && n < a->k; j++) {
+        double ov = (j + 1 < hi ? j + 1 : hi) - (j > lo ? j : lo);
+        if (ov <= 0) continue;
+        ix[n] = j;
+        wt[n++] = (float)(ov / scale);
+      }
+    } else if (dn > sn) {
+      /* bilinear between pixel centres, edges clamped */
+      double x = (i + 0.5) * scale - 0.5;
+      int j0;
+      double f;
+      if (x < 0) x = 0;
+      if (x > sn - 1) x = sn - 1;
+      j0 = (int)floor(x);
+      f = x - j0;
+      ix[n] = j0;
+      wt[n++] = (float)(1 - f);
+      if (f > 0 && j0 + 1 < sn) {
+        ix[n] = j0 + 1;
+        wt[n++] = (float)f;
+      }
+    } else {
+      ix[n] = i;
+      wt[n++] = 1.0f;
+    }
+    a->cnt[i] = n;
+  }
+  return 0;
+}
+
+int lmx_img_resize(const lmx_Image *src, int w, int h, lmx_Image *out, lmx_ImgErr *e) {
+  const int ch = src->ch, alpha = ch == 2 || ch == 4 ? ch - 1 : -1;
+  Axis ax = { 0, NULL, NULL, NULL }, ay = { 0, NULL, NULL, NULL };
+  float *tmp = NULL, *col = NULL;
+  int r, x, y, c, t;
+  if (w < 1 || h < 1)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: bad resize target %dx%d", w, h);
+  if ((r = lmx_img_alloc(out, w, h, ch, e))) return r;
+  tmp = malloc(sizeof *tmp * (size_t)w * src->h * ch);
+  col = malloc(sizeof *col * (size_t)ch);
+  if (!tmp || !col || axis_build(&ax, src->w, w) || axis_build(&ay, src->h, h)) {
+    free(tmp);
+    free(col);
+    axis_free(&ax);
+    axis_free(&ay);
+    lmx_img_free(out);
+    return nomem(e);
+  }
+  /* Horizontal pass into floats, colour premultiplied by alpha. */
+  for (y = 0; y < src->h; y++) {
+    const unsigned char *srow = src->px + (size_t)y * src->w * ch;
+    float *trow = tmp + (size_t)y * w * ch;
+    for (x = 0; x < w; x++) {
+      const int *ix = ax.idx + (size_t)x * ax.k;
+      const float *wt = ax.wt + (size_t)x * ax.k;
+      for (c = 0; c < ch; c++) col[c] = 0;
+      for (t = 0; t < ax.cnt[x]; t++) {
+        const unsigned char *p = srow + (size_t)ix[t] * ch;
+        float a = alpha >= 0 ? p[alpha] * (1.0f / 255) : 1.0f;
+        for (c = 0; c < ch; c++) col[c] += wt[t] * (c == alpha ? p[c] : p[c] * a);
+      }
+      memcpy(trow + (size_t)x * ch, col, sizeof *col * ch);
+    }
+  }
+  /* Vertical pass back to bytes, colour divided by the resulting alpha. */
+  for (y = 0; y < h; y++) {
+    const int *iy = ay.idx + (size_t)y * ay.k;
+    const float *wt = ay.wt + (size_t)y * ay.k;
+    unsigned char *drow = out->px + (size_t)y * w * ch;
+    for (x = 0; x < w; x++) {
+      float a;
+      for (c = 0; c < ch; c++) col[c] = 0;
+      for (t = 0; t < ay.cnt[y]; t++) {
+        const float *p = tmp + ((size_t)iy[t] * w + x) * ch;
+        for (c = 0; c < ch; c++) col[c] += wt[t] * p[c];
+      }
+      a = alpha >= 0 ? col[alpha] * (1.0f / 255) : 1.0f;
+      for (c = 0; c < ch; c++) {
+        float v = c == alpha ? col[c] : (a > 0 ? col[c] / a : 0);
+        drow[(size_t)x * ch + c] = v <= 0 ? 0 : v >= 255 ? 255 : (unsigned char)(v + 0.5f);
+      }
+    }
+  }
+  free(tmp);
+  free(col);
+  axis_free(&ax);
+  axis_free(&ay);
+  return LMX_IMG_OK;
+}
+
+int lmx_img_extend(const lmx_Image *src, int left, int right, int top, int bottom, int fill,
+                   const unsigned char rgba[4], int out_ch, lmx_Image *out, lmx_ImgErr *e) {
+  int r, x, y, w, h;
+  unsigned char fillpx[4], c[4];
+  if (left < 0 || right < 0 || top < 0 || bottom < 0)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: negative border");
+  if ((long long)src->w + left + right > 0x7fffffff / 4 ||
+      (long long)src->h + top + bottom > 0x7fffffff / 4)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: extended size too large");
+  w = src->w + left + right;
+  h = src->h + top + bottom;
+  if ((r = lmx_img_alloc(out, w, h, out_ch, e))) return r;
+  put_rgba(fillpx, out_ch, rgba);
+  for (y = 0; y < h; y++) {
+    int sy = y - top, inside_y = sy >= 0 && sy < src->h;
+    unsigned char *drow = out->px + (size_t)y * w * out_ch;
+    if (sy < 0) sy = 0;
+    if (sy >= src->h) sy = src->h - 1;
+    for (x = 0; x < w; x++) {
+      int sx = x - left, inside = inside_y && sx >= 0 && sx < src->w;
+      unsigned char *d = drow + (size_t)x * out_ch;
+      if (!inside && fill == LMX_FILL_COLOR) {
+        memcpy(d, fillpx, out_ch);
+        continue;
+      }
+      if (sx < 0) sx = 0;
+      if (sx >= src->w) sx = src->w - 1;
+      get_rgba(src->px + ((size_t)sy * src->w + sx) * src->ch, src->ch, c);
+      put_rgba(d, out_ch, c);
+    }
+  }
+  return LMX_IMG_OK;
+}
+
+void lmx_img_fill_rect(lmx_Image *im, int x, int y, int w, int h, unsigned char v) {
+  long long x0 = x, y0 = y, x1 = (long long)x + w, y1 = (long long)y + h, row;
+  if (x0 < 0) x0 = 0;
+  if (y0 < 0) y0 = 0;
+  if (x1 > im->w) x1 = im->w;
+  if (y1 > im->h) y1 = im->h;
+  if (im->ch != 1 || x0 >= x1 || y0 >= y1) return;
+  for (row = y0; row < y1; row++)
+    memset(im->px + (size_t)row * im->w + x0, v, (size_t)(x1 - x0));
+}
+
+int lmx_img_mask_from(const lmx_Image *src, int threshold, int invert, lmx_Image *out,
+                      int *inverted, lmx_ImgErr *e) {
+  size_t i, n = (size_t)src->w * src->h, painted = 0;
+  int r, use_alpha = 0;
+  const int ch = src->ch;
+  if ((r = lmx_img_alloc(out, src->w, src->h, 1, e))) return r;
+  if (ch == 2 || ch == 4)   /* an opaque alpha channel says nothing: use the colour then */
+    for (i = 0; i < n && !use_alpha; i++) use_alpha = src->px[i * ch + ch - 1] != 255;
+  for (i = 0; i < n; i++) {
+    const unsigned char *p = src->px + i * ch;
+    int v = use_alpha ? 255 - p[ch - 1] : ch >= 3 ? luma(p[0], p[1], p[2]) : p[0];
+    int on = v >= threshold;
+    out->px[i] = on ? 255 : 0;
+    painted += (size_t)on;
+  }
+  if (invert < 0) invert = painted * 2 > n;
+  if (invert)
+    for (i = 0; i < n; i++) out->px[i] ^= 255;
+  *inverted = invert;
+  return LMX_IMG_OK;
+}
+
+double lmx_img_coverage(const lmx_Image *im) {
+  size_t i, n = (size_t)im->w * im->h * im->ch;
+  uint64_t sum = 0;
+  for (i = 0; i < n; i++) sum += im->px[i];
+  return n ? (double)sum / (255.0 * (double)n) : 0;
+}

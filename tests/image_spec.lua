@@ -1,0 +1,576 @@
+-- llmux.image: PNG decode/encode on libpng (src/image.c), transforms, masks, outpaint
+-- canvases, data URIs and vision parts. PngSuite is the corpus; Pillow, when /usr/bin/python3
+-- has it, is the independent decoder the pixels are compared with.
+local llmux = require "llmux"
+local image = llmux.image
+local base64 = llmux.base64
+
+local SUITE = os.getenv("PNGSUITE") or "../shared/testdata/pngsuite"
+do   -- the worktree may sit elsewhere than beside shared/
+  local f = io.open(SUITE .. "/basn0g01.png", "rb")
+  if f then f:close() else SUITE = "/work/shared/testdata/pngsuite" end
+end
+
+local function readfile(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function suite_files()
+  local p = assert(io.popen("ls " .. SUITE .. "/*.png"))
+  local list = {}
+  for line in p:lines() do list[#list + 1] = line:match("[^/]+$") end
+  p:close()
+  assert(#list > 150, "PngSuite not found at " .. SUITE)
+  return list
+end
+
+-- CRC-32 (PNG's), so tests can craft chunks libpng accepts.
+local CRC = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do c = (c & 1) ~= 0 and (0xEDB88320 ~ (c >> 1)) or (c >> 1) end
+  CRC[i] = c
+end
+local function crc32(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do c = CRC[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
+  return c ~ 0xFFFFFFFF
+end
+local function chunk(kind, data)
+  return string.pack(">I4", #data) .. kind .. data .. string.pack(">I4", crc32(kind .. data))
+end
+local SIG = "\137PNG\r\n\26\n"
+local function ihdr(w, h, depth, ctype)
+  return chunk("IHDR", string.pack(">I4I4BBBBB", w, h, depth or 8, ctype or 2, 0, 0, 0))
+end
+
+-- What the file's own header says: width, height, colour type, and whether it has tRNS.
+local function header_facts(s)
+  local w, h, depth, ctype = string.unpack(">I4I4BB", s, 17)
+  local trns, pos = false, 9
+  while pos + 8 <= #s do
+    local len, kind = string.unpack(">I4c4", s, pos)
+    if kind == "tRNS" then trns = true end
+    if kind == "IEND" then break end
+    pos = pos + 12 + len
+  end
+  return w, h, depth, ctype, trns
+end
+
+local function px(...) return string.char(...) end
+
+describe("image decode: PngSuite", function()
+  local files = suite_files()
+
+  it("decodes every valid image to its header's size and the implied channels", function()
+    local n = 0
+    for _, name in ipairs(files) do
+      if name:sub(1, 1) ~= "x" then
+        local s = readfile(SUITE .. "/" .. name)
+        local img, msg = image.decode(s)
+        assert(img, name .. ": " .. tostring(msg))
+        local w, h, _, ctype, trns = header_facts(s)
+        assert.equals(w, img:width(), name)
+        assert.equals(h, img:height(), name)
+        local want = ({ [0] = 1, [2] = 3, [3] = 3, [4] = 2, [6] = 4 })[ctype]
+        if trns then want = want + 1 end
+        assert.equals(want, img:channels(), name)
+        assert.equals(w * h * want, #img:pixels(), name)
+        n = n + 1
+      end
+    end
+    assert.is_true(n >= 150)
+  end)
+
+  it("survives decode(encode_png(img)) unchanged at every level", function()
+    for i, name in ipairs(files) do
+      if name:sub(1, 1) ~= "x" then
+        local img = assert(image.load(SUITE .. "/" .. name))
+        for _, level in ipairs{ nil, 0, (i % 9) + 1 } do
+          local png = img:encode_png{ level = level }
+          assert.equals("image/png", image.sniff(png))
+          local back = assert(image.decode(png))
+          assert.equals(img:channels(), back:channels(), name)
+          assert.equals(img:width(), back:width(), name)
+          assert.is_true(img:pixels() == back:pixels(), name .. " level " .. tostring(level))
+        end
+      end
+    end
+  end)
+
+  it("fails every corrupt x* file with decode and a message", function()
+    local n = 0
+    for _, name in ipairs(files) do
+      if name:sub(1, 1) == "x" then
+        local img, msg, code = image.load(SUITE .. "/" .. name)
+        assert.is_nil(img, name)
+        assert.equals("decode", code, name)
+        assert.matches("^llmux%.image: .+", msg)
+        n = n + 1
+      end
+    end
+    assert.is_true(n >= 14)
+  end)
+
+  local has_pil = os.execute("/usr/bin/python3 -c 'import PIL' 2>/dev/null")
+  local pil_it = has_pil and it or pending
+  pil_it("gives the same RGBA pixels as Pillow for every valid image", function()
+    local names, paths = {}, {}
+    for _, name in ipairs(files) do
+      if name:sub(1, 1) ~= "x" then
+        names[#names + 1] = name
+        paths[#paths + 1] = SUITE .. "/" .. name
+      end
+    end
+    local p = assert(io.popen("/usr/bin/python3 tests/helpers/pil_rgba.py "
+      .. table.concat(paths, " ")))
+    local seen = 0
+    for line in p:lines() do
+      local name, w, h, hex = line:match("^(%S+) (%d+) (%d+) (%x*)$")
+      assert(name, "bad helper line")
+      local want = hex:gsub("%x%x", function(b) return string.char(tonumber(b, 16)) end)
+      local img = assert(image.load(SUITE .. "/" .. name))
+      assert.equals(tonumber(w), img:width(), name)
+      assert.equals(tonumber(h), img:height(), name)
+      local got = img:to_rgba():pixels()
+      if got ~= want then
+        local i = 1
+        while got:byte(i) == want:byte(i) do i = i + 1 end
+        error(("%s: pixels differ from Pillow's at byte %d (%d vs %d)"):format(name, i,
+          got:byte(i) or -1, want:byte(i) or -1))
+      end
+      seen = seen + 1
+    end
+    p:close()
+    assert.equals(#names, seen)
+  end)
+end)
+
+describe("image decode: bad input", function()
+  local good = readfile(SUITE .. "/basn2c08.png")
+
+  it("fails every truncation of a valid file with decode", function()
+    for len = 0, #good - 1 do
+      local img, msg, code = image.decode(good:sub(1, len))
+      assert.is_nil(img, "length " .. len)
+      assert.equals("decode", code, "length " .. len)
+      assert.is_string(msg)
+    end
+    assert.is_not_nil(image.decode(good))
+  end)
+
+  it("fails flipped bytes with decode or decodes, never crashes", function()
+    for i = 9, #good, 7 do
+      local s = good:sub(1, i - 1) .. string.char(good:byte(i) ~ 0x55) .. good:sub(i + 1)
+      local img, msg, code = image.decode(s)
+      if not img then
+        assert.equals("decode", code)
+        assert.is_string(msg)
+      end
+    end
+  end)
+
+  it("refuses a header claiming 100000 x 100000 pixels before allocating them", function()
+    local s = SIG .. ihdr(100000, 100000) .. chunk("IDAT", "") .. chunk("IEND", "")
+    local img, msg, code = image.decode(s)
+    assert.is_nil(img)
+    assert.equals("toolarge", code)
+    assert.matches("100000x100000", msg)
+    assert.matches("max_pixels", msg)
+  end)
+
+  it("honours max_pixels per call and as a module setting", function()
+    local img, msg, code = image.decode(good, { max_pixels = 1023 })
+    assert.is_nil(img)
+    assert.equals("toolarge", code)
+    assert.matches("1023", msg)
+    assert.is_not_nil(image.decode(good, { max_pixels = 1024 }))
+    local old = image.max_pixels
+    image.configure{ max_pixels = 100 }
+    local ok, err = pcall(function()
+      local i2, _, c2 = image.decode(good)
+      assert.is_nil(i2)
+      assert.equals("toolarge", c2)
+      local i3, _, c3 = image.load(SUITE .. "/basn0g08.png")
+      assert.is_nil(i3)
+      assert.equals("toolarge", c3)
+    end)
+    image.configure{ max_pixels = old }
+    assert(ok, err)
+    assert.equals(8192 * 8192, image.max_pixels)
+  end)
+
+  it("fails zero sizes with decode", function()
+    for _, wh in ipairs{ { 0, 10 }, { 10, 0 }, { 0, 0 } } do
+      local s = SIG .. ihdr(wh[1], wh[2]) .. chunk("IEND", "")
+      local img, msg, code = image.decode(s)
+      assert.is_nil(img)
+      assert.equals("decode", code)
+      assert.matches("IHDR", msg)
+    end
+  end)
+
+  it("fails non-PNG bytes with decode", function()
+    for _, s in ipairs{ "", "hello", "\255\216\255\224\0\16JFIF", "GIF89a", SIG } do
+      local img, msg, code = image.decode(s)
+      assert.is_nil(img)
+      assert.equals("decode", code)
+      assert.is_string(msg)
+    end
+  end)
+
+  it("reports file errors as io", function()
+    local img, msg, code = image.load("/nonexistent/x.png")
+    assert.is_nil(img)
+    assert.equals("io", code)
+    assert.matches("/nonexistent/x.png", msg, 1, true)
+    img, msg, code = image.load("/")
+    assert.is_nil(img)
+    assert.equals("io", code)
+    assert.is_true(llmux.errors.CODES.io)
+  end)
+
+  it("raises on wrong argument types and unknown options", function()
+    assert.has_error(function() image.decode(nil) end,
+      "bad argument #1 to 'image.decode' (string expected, got nil)")
+    assert.has_error(function() image.decode({}) end)
+    assert.has_error(function() image.decode(good, { max_pixel = 5 }) end,
+      "bad argument #2 to 'image.decode' (unknown option 'max_pixel')")
+    assert.has_error(function() image.decode(good, { max_pixels = 0 }) end)
+    assert.has_error(function() image.decode(good, "x") end)
+    assert.has_error(function() image.load(42) end)
+    assert.has_error(function() image.configure{ max_pixels = -1 } end)
+  end)
+end)
+
+describe("image objects", function()
+  it("new checks its arguments", function()
+    local img = image.new(2, 1, 3, px(1, 2, 3, 4, 5, 6))
+    assert.equals(2, img:width())
+    assert.equals(1, img:height())
+    assert.equals(3, img:channels())
+    assert.equals(px(1, 2, 3, 4, 5, 6), img:pixels())
+    assert.equals(string.rep("\0", 8), image.new(2, 2, 2):pixels())
+    assert.has_error(function() image.new(0, 1, 1) end)
+    assert.has_error(function() image.new(1, -1, 1) end)
+    assert.has_error(function() image.new(1, 1, 5) end)
+    assert.has_error(function() image.new("a", 1, 1) end)
+    assert.has_error(function() image.new(1.5, 1, 1) end)
+    local ok, err = pcall(image.new, 2, 2, 3, "short")
+    assert.is_false(ok)
+    assert.matches("bad argument #4", err)
+    assert.matches("12 bytes, got 5", err)
+  end)
+
+  it("closes once, raises on use after close, and says so in tostring", function()
+    local img = image.new(3, 2, 4)
+    assert.equals("llmux.Image (3x2x4)", tostring(img))
+    img:close()
+    img:close()
+    assert.equals("llmux.Image (closed)", tostring(img))
+    for _, m in ipairs{ "width", "height", "channels", "pixels", "to_gray", "to_rgb", "to_rgba",
+      "coverage", "encode_png", "fit" } do
+      local ok, err = pcall(img[m], img, m == "fit" and { max_side = 1 } or nil)
+      assert.is_false(ok, m)
+      assert.matches("attempt to use a closed llmux.Image", err, 1, true)
+    end
+    assert.has_error(function() img:crop(0, 0, 1, 1) end, "attempt to use a closed llmux.Image")
+    assert.has_error(function() img:resize(1, 1) end, "attempt to use a closed llmux.Image")
+    assert.has_error(function() img:extend{ left = 1 } end, "attempt to use a closed llmux.Image")
+    assert.has_error(function() image.data_uri(img) end, "attempt to use a closed llmux.Image")
+  end)
+
+  it("closes with <close> and is collectable", function()
+    local keep
+    do
+      local img <close> = image.new(4, 4, 1)
+      keep = img
+      assert.equals(4, img:width())
+    end
+    assert.equals("llmux.Image (closed)", tostring(keep))
+    for _ = 1, 50 do image.new(512, 512, 4) end
+    collectgarbage()
+  end)
+
+  it("encode_png checks level and refuses unknown options", function()
+    local img = image.new(1, 1, 1)
+    assert.has_error(function() img:encode_png{ level = 10 } end)
+    assert.has_error(function() img:encode_png{ level = "fast" } end)
+    assert.has_error(function() img:encode_png{ filter = 1 } end)
+    assert.has_error(function() img.encode_png(42) end)
+  end)
+end)
+
+describe("image transforms", function()
+  local rgb = image.new(2, 2, 3, px(255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30))
+
+  local function luma(r, g, b) return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16 end
+
+  it("converts between channel counts", function()
+    assert.equals(px(luma(255, 0, 0), luma(0, 255, 0), luma(0, 0, 255), luma(10, 20, 30)),
+      rgb:to_gray():pixels())
+    assert.equals(px(255, 0, 0, 255, 0, 255, 0, 255, 0, 0, 255, 255, 10, 20, 30, 255),
+      rgb:to_rgba():pixels())
+    local ga = image.new(2, 1, 2, px(7, 100, 200, 0))
+    assert.equals(px(7, 7, 7, 100, 200, 200, 200, 0), ga:to_rgba():pixels())
+    assert.equals(px(7, 7, 7, 200, 200, 200), ga:to_rgb():pixels())
+    assert.equals(px(7, 200), ga:to_gray():pixels())
+    local rgba = image.new(1, 1, 4, px(1, 2, 3, 4))
+    assert.equals(px(1, 2, 3), rgba:to_rgb():pixels())
+    assert.equals(px(luma(1, 2, 3)), rgba:to_gray():pixels())
+  end)
+
+  it("crops exactly and refuses rectangles outside", function()
+    assert.equals(px(0, 0, 255, 10, 20, 30), rgb:crop(0, 1, 2, 1):pixels())
+    assert.equals(px(0, 255, 0, 10, 20, 30), rgb:crop(1, 0, 1, 2):pixels())
+    assert.has_error(function() rgb:crop(1, 1, 2, 1) end)
+    assert.has_error(function() rgb:crop(-1, 0, 1, 1) end)
+    assert.has_error(function() rgb:crop(0, 0, 0, 1) end)
+  end)
+
+  it("shrinks by area averaging", function()
+    local g = image.new(4, 2, 1, px(0, 10, 20, 30, 40, 50, 60, 70))
+    assert.equals(px(25, 45), g:resize(2, 1):pixels())            -- 2x2 blocks
+    assert.equals(px(35), g:resize(1, 1):pixels())
+    assert.equals(px(20, 30, 40, 50), g:resize(4, 1):pixels())      -- vertical pairs
+    local g3 = image.new(3, 1, 1, px(0, 90, 180))
+    assert.equals(px(30, 150), g3:resize(2, 1):pixels())           -- 1.5 source pixels each
+  end)
+
+  it("grows bilinearly between pixel centres", function()
+    local g = image.new(2, 1, 1, px(0, 100))
+    assert.equals(px(0, 25, 75, 100), g:resize(4, 1):pixels())
+    assert.equals(px(0, 25, 75, 100, 0, 25, 75, 100), g:resize(4, 2):pixels())
+    assert.equals(px(0, 0, 100, 100), image.new(1, 2, 1, px(0, 100)):resize(2, 2):pixels())
+  end)
+
+  it("weights colour by alpha so transparent pixels do not bleed", function()
+    local img = image.new(2, 1, 4, px(255, 0, 0, 255, 0, 255, 0, 0))
+    assert.equals(px(255, 0, 0, 128), img:resize(1, 1):pixels())
+    assert.equals(px(0, 0, 0, 0), image.new(2, 1, 4):resize(1, 1):pixels())
+  end)
+
+  it("resizes a PngSuite image to the requested size", function()
+    local img = assert(image.load(SUITE .. "/basn6a08.png"))
+    for _, wh in ipairs{ { 1, 1 }, { 7, 50 }, { 64, 64 }, { 33, 5 } } do
+      local r = img:resize(wh[1], wh[2])
+      assert.equals(wh[1], r:width())
+      assert.equals(wh[2], r:height())
+      assert.equals(4, r:channels())
+    end
+    assert.has_error(function() img:resize(0, 5) end)
+  end)
+
+  it("fits inside max_side and max_pixels, never enlarging", function()
+    local img = image.new(200, 100, 3)
+    assert.equals(img, img:fit{ max_side = 200 })
+    assert.equals(img, img:fit{ max_side = 5000, max_pixels = 20000 })
+    local f = img:fit{ max_side = 50 }
+    assert.equals(50, f:width())
+    assert.equals(25, f:height())
+    f = img:fit{ max_pixels = 5000 }
+    assert.equals(100, f:width())
+    assert.equals(50, f:height())
+    f = img:fit{ max_side = 64, max_pixels = 800 }
+    assert.is_true(f:width() <= 64 and f:width() * f:height() <= 800)
+    assert.equals(40, f:width())
+    assert.equals(20, f:height())
+    f = image.new(1000, 3, 1):fit{ max_side = 10 }
+    assert.equals(10, f:width())
+    assert.equals(1, f:height())
+    assert.has_error(function() img:fit{} end)
+    assert.has_error(function() img:fit{ max_side = 0 } end)
+    assert.has_error(function() img:fit{ side = 3 } end)
+  end)
+
+  it("extends with a colour, the edge or transparency", function()
+    local g = image.new(2, 1, 1, px(10, 20))
+    local e = g:extend{ left = 1, right = 2, fill = "edge" }
+    assert.equals(5, e:width())
+    assert.equals(px(10, 10, 20, 20, 20), e:pixels())
+    e = g:extend{ top = 1, bottom = 1, fill = "edge" }
+    assert.equals(px(10, 20, 10, 20, 10, 20), e:pixels())
+    e = g:extend{ right = 1, fill = { 255, 255, 255 } }
+    assert.equals(1, e:channels())
+    assert.equals(px(10, 20, 255), e:pixels())
+    e = g:extend{ left = 1 }                                   -- transparent by default
+    assert.equals(2, e:channels())
+    assert.equals(px(0, 0, 10, 255, 20, 255), e:pixels())
+    local c = image.new(1, 1, 3, px(1, 2, 3)):extend{ bottom = 1, fill = { 9, 8, 7 } }
+    assert.equals(px(1, 2, 3, 9, 8, 7), c:pixels())
+    c = image.new(1, 1, 3, px(1, 2, 3)):extend{ top = 1, fill = { 9, 8, 7, 6 } }
+    assert.equals(px(9, 8, 7, 6, 1, 2, 3, 255), c:pixels())
+    assert.has_error(function() g:extend{ left = -1 } end)
+    assert.has_error(function() g:extend{ fill = "blue" } end)
+    assert.has_error(function() g:extend{ fill = { 1, 2 } } end)
+    assert.has_error(function() g:extend{ fill = { 1, 2, 300 } } end)
+    assert.has_error(function() g:extend{ width = 3 } end)
+  end)
+end)
+
+describe("masks", function()
+  it("paints rectangles, lists of them and halves", function()
+    local m = image.mask(4, 3, { 1, 1, 2, 1 })
+    assert.equals(1, m:channels())
+    assert.equals(px(0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0), m:pixels())
+    m = image.mask(3, 1, { { 0, 0, 1, 1 }, { 2, 0, 5, 5 } })        -- clipped
+    assert.equals(px(255, 0, 255), m:pixels())
+    assert.equals(px(255, 255, 0), image.mask(3, 1, "left_half"):pixels())
+    assert.equals(px(0, 255, 255), image.mask(3, 1, "right_half"):pixels())
+    assert.equals(px(255, 0), image.mask(1, 2, "top_half"):pixels())
+    assert.equals(px(0, 255), image.mask(1, 2, "bottom_half"):pixels())
+    assert.equals(px(255, 255, 255, 255), image.mask(2, 2, "all"):pixels())
+    assert.equals(0.5, image.mask(4, 4, "left_half"):coverage())
+    assert.equals(1, image.mask(2, 2, "all"):coverage())
+    assert.equals(0, image.mask(2, 2, {}):coverage())
+    assert.has_error(function() image.mask(2, 2, "middle") end)
+    assert.has_error(function() image.mask(2, 2, { 0, 0, -1, 1 }) end)
+    assert.has_error(function() image.mask(2, 2, { 0, "a", 1, 1 }) end)
+    assert.has_error(function() image.mask(0, 2, "all") end)
+    assert.has_error(function() image.mask(2, 2) end)
+    assert.has_error(function() image.new(2, 2, 3):coverage() end)
+  end)
+
+  it("normalizes gray, RGB and RGBA masks", function()
+    local g = image.new(4, 1, 1, px(0, 127, 128, 255))
+    local m, inv = image.normalize_mask(g, { invert = false })
+    assert.equals(px(0, 0, 255, 255), m:pixels())
+    assert.is_false(inv)
+    m = image.normalize_mask(g, { invert = false, threshold = 200 })
+    assert.equals(px(0, 0, 0, 255), m:pixels())
+    m, inv = image.normalize_mask(g, { invert = true })
+    assert.equals(px(255, 255, 0, 0), m:pixels())
+    assert.is_true(inv)
+    -- mostly white: auto (the default) inverts and says so
+    m, inv = image.normalize_mask(image.new(4, 1, 1, px(255, 255, 255, 0)))
+    assert.equals(px(0, 0, 0, 255), m:pixels())
+    assert.is_true(inv)
+    m, inv = image.normalize_mask(image.new(4, 1, 1, px(255, 0, 0, 0)), { invert = "auto" })
+    assert.equals(px(255, 0, 0, 0), m:pixels())
+    assert.is_false(inv)
+    -- RGB: luma
+    m = image.normalize_mask(image.new(2, 1, 3, px(255, 255, 255, 0, 0, 255)), { invert = false })
+    assert.equals(px(255, 0), m:pixels())
+    -- RGBA with real alpha: transparent = paint (OpenAI's convention)
+    m, inv = image.normalize_mask(image.new(3, 1, 4, px(9, 9, 9, 0, 9, 9, 9, 255, 0, 0, 0, 255)))
+    assert.equals(px(255, 0, 0), m:pixels())
+    assert.is_false(inv)
+    -- opaque RGBA: colour decides
+    m = image.normalize_mask(image.new(2, 1, 4, px(255, 255, 255, 255, 0, 0, 0, 255)),
+      { invert = false })
+    assert.equals(px(255, 0), m:pixels())
+    assert.has_error(function() image.normalize_mask(g, { invert = "yes" }) end)
+    assert.has_error(function() image.normalize_mask(g, { threshold = 0 }) end)
+    assert.has_error(function() image.normalize_mask("x") end)
+  end)
+
+  it("checks that mask and image sizes match", function()
+    local img = image.new(4, 3, 3)
+    assert.is_true(image.check_pair(img, image.mask(4, 3, "all")))
+    local ok, msg, code = image.check_pair(img, image.mask(3, 4, "all"))
+    assert.is_nil(ok)
+    assert.equals("badrequest", code)
+    assert.matches("mask is 3x4 but the image is 4x3", msg, 1, true)
+    assert.has_error(function() image.check_pair(img, "mask.png") end)
+  end)
+
+  it("builds outpaint canvases with the mask of the new area", function()
+    local img = image.new(2, 1, 3, px(1, 2, 3, 4, 5, 6))
+    local c, m = image.outpaint_canvas(img, { direction = "right", pixels = 2 })
+    assert.equals(4, c:width())
+    assert.equals(4, c:channels())
+    assert.equals(px(1, 2, 3, 255, 4, 5, 6, 255, 0, 0, 0, 0, 0, 0, 0, 0), c:pixels())
+    assert.equals(px(0, 0, 255, 255), m:pixels())
+    c, m = image.outpaint_canvas(img, { direction = "top", pixels = 1, fill = "edge" })
+    assert.equals(px(1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6), c:pixels())
+    assert.equals(px(255, 255, 0, 0), m:pixels())
+    c, m = image.outpaint_canvas(img, { direction = "left", pixels = 1, fill = { 9, 9, 9 } })
+    assert.equals(px(9, 9, 9, 1, 2, 3, 4, 5, 6), c:pixels())
+    assert.equals(px(255, 0, 0), m:pixels())
+    c, m = image.outpaint_canvas(img, { direction = "bottom", pixels = 1 })
+    assert.equals(px(0, 0, 255, 255), m:pixels())
+    c, m = image.outpaint_canvas(image.new(1, 1, 1, px(7)), { pixels = 1 })   -- "all"
+    assert.equals(3, c:width())
+    assert.equals(3, c:height())
+    assert.equals(px(255, 255, 255, 255, 0, 255, 255, 255, 255), m:pixels())
+    assert.equals(px(0, 0, 0, 0, 0, 0, 0, 0, 7, 255, 0, 0, 0, 0, 0, 0, 0, 0), c:pixels())
+    assert.is_true(image.check_pair(c, m))
+    assert.has_error(function() image.outpaint_canvas(img, { direction = "up", pixels = 1 }) end)
+    assert.has_error(function() image.outpaint_canvas(img, { direction = "left" }) end)
+    assert.has_error(function() image.outpaint_canvas(img, { pixels = 0 }) end)
+  end)
+end)
+
+describe("data URIs and vision parts", function()
+  local jpeg = "\255\216\255\224\0\16JFIF\0\1\1\0\0\1\0\1\0\0\255\217"
+  local gif = "GIF89a\1\0\1\0\0\0\0;"
+  local webp = "RIFF\26\0\0\0WEBPVP8L\13\0\0\0/\0\0\0\16\7\16\17\17\136\136\254\7\0"
+
+  local function payload(uri)
+    local mime, b = uri:match("^data:([^;]+);base64,(.*)$")
+    return mime, assert(base64.decode(b))
+  end
+
+  it("encodes an image as PNG that decodes to the same pixels", function()
+    local img = image.new(3, 2, 4, px(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+      18, 19, 20, 21, 22, 23, 24))
+    local mime, bytes = payload(assert(image.data_uri(img)))
+    assert.equals("image/png", mime)
+    assert.equals(img:pixels(), assert(image.decode(bytes)):pixels())
+  end)
+
+  it("passes PNG, JPEG, GIF and WebP bytes through untouched", function()
+    local png = readfile(SUITE .. "/basn3p08.png")
+    for _, c in ipairs{ { png, "image/png" }, { jpeg, "image/jpeg" }, { gif, "image/gif" },
+      { webp, "image/webp" } } do
+      local mime, bytes = payload(assert(image.data_uri(c[1])))
+      assert.equals(c[2], mime)
+      assert.equals(c[1], bytes)
+    end
+  end)
+
+  it("reads paths and refuses what is not an image", function()
+    local mime, bytes = payload(assert(image.data_uri(SUITE .. "/basn0g08.png")))
+    assert.equals("image/png", mime)
+    assert.equals(readfile(SUITE .. "/basn0g08.png"), bytes)
+    local uri, msg, code = image.data_uri("\0\1\2garbage")
+    assert.is_nil(uri)
+    assert.equals("decode", code)
+    assert.matches("unknown image format", msg)
+    uri, msg, code = image.data_uri("/nonexistent.png")
+    assert.is_nil(uri)
+    assert.equals("io", code)
+    uri, msg, code = image.data_uri(SUITE .. "/README.md")
+    assert.is_nil(uri)
+    assert.equals("decode", code)
+    assert.matches("not a PNG, JPEG, GIF or WebP", msg)
+    assert.has_error(function() image.data_uri(42) end)
+    assert.has_error(function() image.data_uri(jpeg, { max = 1 }) end)
+  end)
+
+  it("refuses images over max_bytes with toolarge, naming the size and fit", function()
+    local uri, msg, code = image.data_uri(jpeg, { max_bytes = 10 })
+    assert.is_nil(uri)
+    assert.equals("toolarge", code)
+    assert.matches(#jpeg .. " bytes", msg, 1, true)
+    assert.matches("fit", msg, 1, true)
+    assert.is_string(image.data_uri(jpeg, { max_bytes = #jpeg }))
+  end)
+
+  it("builds OpenAI image_url parts", function()
+    local part = assert(image.part(jpeg, { detail = "low" }))
+    assert.equals("image_url", part.type)
+    assert.equals("low", part.image_url.detail)
+    assert.equals("data:image/jpeg;base64," .. base64.encode(jpeg), part.image_url.url)
+    assert.equals("auto", image.part(image.new(1, 1, 3)).image_url.detail)
+    local p2, msg, code = image.part(jpeg, { max_bytes = 3 })
+    assert.is_nil(p2)
+    assert.equals("toolarge", code)
+    assert.is_string(msg)
+    assert.has_error(function() image.part(jpeg, { detail = "medium" }) end)
+    assert.has_error(function() image.part(nil) end)
+  end)
+end)
