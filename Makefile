@@ -96,7 +96,7 @@ FUZZ_CC := clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefin
 fuzz: deps
 	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
 	@mkdir -p $(BUILD)/fuzz/json_corpus $(BUILD)/fuzz/sse_corpus
-	$(FUZZ_CC) -I$(LUA_INCDIR) tests/fuzz/json_fuzz.c src/json.c -llua$(LUA_VERSION) \
+	$(FUZZ_CC) -I$(LUA_INCDIR) tests/fuzz/json_fuzz.c src/json.c src/buf.c -llua$(LUA_VERSION) \
 	  -o $(BUILD)/fuzz/json_fuzz
 	$(FUZZ_CC) tests/fuzz/sse_fuzz.c src/sse.c src/buf.c -o $(BUILD)/fuzz/sse_fuzz
 	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \

@@ -499,9 +499,35 @@ static int json_decode(lua_State *L) {
   return 1;
 }
 
+/* core.json_chunk(s) -> true, text, finish, id, model, created | false: the chat-chunk fast
+ * path on a string (what req:pop_delta does with a queued event); false: not the simple
+ * shape, decode it fully. */
+static int json_chunk(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lmx_Buf scratch = { NULL, 0, 0 };
+  lmx_JChunk c;
+  int simple = lmx_json_chunk(s, len, &scratch, &c);
+  if (!simple) {
+    lmx_buf_free(&scratch);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushboolean(L, 1);
+  if (c.has_text && c.text.n) lua_pushlstring(L, c.text.p, c.text.n); else lua_pushnil(L);
+  if (c.finish.p) lua_pushlstring(L, c.finish.p, c.finish.n); else lua_pushnil(L);
+  if (c.id) lua_pushlstring(L, c.id, c.id_len); else lua_pushnil(L);
+  if (c.model) lua_pushlstring(L, c.model, c.model_len); else lua_pushnil(L);
+  if (c.created >= 0) lua_pushinteger(L, (lua_Integer)c.created); else lua_pushnil(L);
+  lmx_buf_free(&scratch);   /* after the pushes: text may live in it */
+  return 6;
+}
+
 void lmx_json_open(lua_State *L) {
   lua_pushcfunction(L, json_decode);
   lua_setfield(L, -2, "json_decode");
+  lua_pushcfunction(L, json_chunk);
+  lua_setfield(L, -2, "json_chunk");
 }
 
 /* The chat-chunk fast path ------------------------------------------------------------------
@@ -697,9 +723,18 @@ static int scan_object(Scan *S, int (*member)(Scan *, const char *, size_t, void
 
 #define KEY(k, lit) (kn == sizeof(lit) - 1 && memcmp(k, lit, kn) == 0)
 
+/* A repeated key would make json_decode keep the last value: not simple. */
+enum { SEEN_CHOICES = 1, SEEN_DELTA = 2, SEEN_CONTENT = 4, SEEN_FINISH = 8 };
+static int first_time(lmx_JChunk *c, int bit) {
+  if (c->seen & bit) return 0;
+  c->seen |= bit;
+  return 1;
+}
+
 static int delta_member(Scan *S, const char *k, size_t kn, void *ud) {
   lmx_JChunk *c = ud;
   if (KEY(k, "content")) {
+    if (!first_time(c, SEEN_CONTENT)) return -1;
     if (is_null(S)) return 0;
     if (*S->p != '"') return -1;
     c->has_text = 1;
@@ -721,8 +756,9 @@ static int choice_member(Scan *S, const char *k, size_t kn, void *ud) {
     if (scan_number(S, &i) < 0 || i != 0) return -1;
     return 0;
   }
-  if (KEY(k, "delta")) return scan_object(S, delta_member, c);
+  if (KEY(k, "delta")) return first_time(c, SEEN_DELTA) ? scan_object(S, delta_member, c) : -1;
   if (KEY(k, "finish_reason")) {
+    if (!first_time(c, SEEN_FINISH)) return -1;
     if (is_null(S)) return 0;
     if (*S->p != '"') return -1;
     return scan_string(S, &c->finish);
@@ -734,7 +770,7 @@ static int choice_member(Scan *S, const char *k, size_t kn, void *ud) {
 static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
   lmx_JChunk *c = ud;
   if (KEY(k, "choices")) {
-    if (*S->p != '[') return -1;
+    if (!first_time(c, SEEN_CHOICES) || *S->p != '[') return -1;
     S->p++;
     scan_ws(S);
     if (scan_object(S, choice_member, c) < 0) return -1;   /* exactly one choice */

@@ -97,7 +97,7 @@ void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 typedef struct { const char *p; size_t n; long off; } lmx_JStr;
 typedef struct {
   lmx_JStr text, finish;      /* finish.p NULL: no finish_reason; text: has_text */
-  int has_text, choices;
+  int has_text, choices, seen;
   const char *id, *model;     /* spans of the input; NULL when absent */
   size_t id_len, model_len;
   long long created;          /* -1 when absent */

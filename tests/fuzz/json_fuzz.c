@@ -11,7 +11,10 @@
  * once with an allocator that fails after a number of allocations taken from the input, where
  * the only other outcome allowed is Lua's memory error. The state is then closed and must have
  * given back every byte, and libFuzzer's per-input leak check stays on: an error thrown midway
- * leaves nothing behind. */
+ * leaves nothing behind.
+ *
+ * The chat-chunk fast path (lmx_json_chunk) reads the same input too: whenever it calls it a
+ * simple chunk, json_decode must have accepted it, with the same content and finish_reason. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@
 #include "llmux.h"
 
 static lua_State *L;
+static lmx_Buf scratch;
 static int limited;        /* allocations fail once budget is spent */
 static unsigned budget;
 static size_t live;        /* bytes the state holds */
@@ -68,6 +72,33 @@ static void check_tree(int idx, int depth) {
   }
 }
 
+/* Compares the fast path's view of the input with json_decode's value at idx. */
+static void check_chunk(const uint8_t *data, size_t size, int idx) {
+  char *s = malloc(size + 1);
+  lmx_JChunk c;
+  if (!s) abort();
+  memcpy(s, data, size);
+  s[size] = '\0';
+  int simple = lmx_json_chunk(s, size, &scratch, &c);
+  if (simple) {
+    size_t n;
+    const char *v;
+    if (!lua_istable(L, idx)) abort();
+    if (lua_getfield(L, idx, "choices") != LUA_TTABLE || lua_geti(L, -1, 1) != LUA_TTABLE) abort();
+    if (lua_getfield(L, -1, "delta") == LUA_TTABLE) lua_getfield(L, -1, "content");
+    else lua_pushnil(L);   /* no delta at all: no text either */
+    v = lua_tolstring(L, -1, &n);
+    if (c.has_text ? (!v || n != c.text.n || memcmp(v, c.text.p, n) != 0) : v != NULL) abort();
+    lua_pop(L, 2);
+    lua_getfield(L, -1, "finish_reason");
+    v = lua_tolstring(L, -1, &n);
+    if (c.finish.p ? (!v || n != c.finish.n || memcmp(v, c.finish.p, n) != 0) : v != NULL)
+      abort();
+    lua_pop(L, 3);
+  }
+  free(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int top, rc;
@@ -90,6 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (lua_gettop(L) != top + 1) abort();
     check_tree(top + 1, 1);
   }
+  check_chunk(data, size, top + 1);
   lua_settop(L, top);
 
   lua_pushvalue(L, 1);
