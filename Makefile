@@ -100,7 +100,7 @@ fuzz: deps
 	  -o $(BUILD)/fuzz/json_fuzz
 	$(FUZZ_CC) tests/fuzz/sse_fuzz.c src/sse.c src/buf.c -o $(BUILD)/fuzz/sse_fuzz
 	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \
-	  $(BUILD)/fuzz/json_corpus
+	  $(BUILD)/fuzz/json_corpus tests/fuzz/json_seeds
 	$(BUILD)/fuzz/sse_fuzz -dict=tests/fuzz/sse.dict -max_total_time=$(FUZZ_TIME) \
 	  $(BUILD)/fuzz/sse_corpus
 	@mkdir -p $(BUILD)/fuzz/png_corpus
