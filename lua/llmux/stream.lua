@@ -8,8 +8,8 @@
 local sched = require "llmux.sched"
 local core = require "llmux.core"
 
-local error, ipairs, pairs, setmetatable, tostring, type =
-  error, ipairs, pairs, setmetatable, tostring, type
+local error, getmetatable, ipairs, pairs, setmetatable, tostring, type =
+  error, getmetatable, ipairs, pairs, setmetatable, tostring, type
 local ceil = math.ceil
 local concat = table.concat
 local find, format, lower, sub = string.find, string.format, string.lower, string.sub
@@ -25,8 +25,11 @@ local DONE_GRACE = 0.25   -- seconds a transfer may take to end after [DONE]
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
 
+local pop_delta   -- the Request method, looked up once (the hot path calls it per event)
+
 local function attach(s, req, w)
   s.req, s.w, s.dropped = req, w, false
+  pop_delta = pop_delta or getmetatable(req).__index.pop_delta
   local status, head = req:head()
   s.status, s.head = status, head
   s.http_version = tonumber(head:match("^HTTP/(%d[%d.]*)"))
@@ -247,7 +250,7 @@ local function advance(s, block, fast)
     local req = s.req
     local ok, data, event, id, model, created
     if fast then
-      ok, data, event, id, model, created = req:pop_delta(s.id == nil)
+      ok, data, event, id, model, created = pop_delta(req, s.id == nil)
       if ok then   -- the hot path of deltas(): on_fast inlined
         s.events = s.events + 1
         if id then s.id, s.created = id, created end
