@@ -54,14 +54,29 @@ static int core_isatty(lua_State *L) {
   return 1;
 }
 
-/* Registers metatable name with meta's metamethods and methods as its __index. */
+/* Registers metatable name with meta's metamethods and methods as its __index. The methods
+ * get the metatable as upvalue 1, for lmx_checkudata. */
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
   luaL_newmetatable(L, name);
   luaL_setfuncs(L, meta, 0);
   lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, methods, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+}
+
+/* luaL_checkudata without its registry lookup by name (a string hash per call) when the
+ * calling function carries the class's metatable as upvalue 1, as methods of lmx_newclass do;
+ * anything else takes luaL_checkudata's path and its error message. */
+void *lmx_checkudata(lua_State *L, int i, const char *name) {
+  void *p = lua_touserdata(L, i);
+  if (p && lua_type(L, lua_upvalueindex(1)) == LUA_TTABLE && lua_getmetatable(L, i)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) return p;
+  }
+  return luaL_checkudata(L, i, name);
 }
 
 LMX_API int luaopen_llmux_core(lua_State *L);

@@ -549,17 +549,19 @@ typedef struct {
 
 /* Validates the string at S->p (at its quote). With out, *out gets its value: a span of the
  * input, or (with escapes) an offset into S->scratch, where it is appended unescaped; offsets
- * stay valid while the scratch buffer grows. 0 ok, -1 not simple. */
+ * stay valid while the scratch buffer grows. 0 ok, 1 ok but it had escapes, -1 not simple. */
 static int scan_string(Scan *S, lmx_JStr *out) {
   int want = out != NULL;
   const unsigned char *start = S->p + 1, *q = start, *r;
-  uint64_t w;
-  while (S->end - q >= 8) {
-    memcpy(&w, q, 8);
-    if (special8(w)) break;
-    q += 8;
+  /* chunk strings are short: four table lookups a turn beat the 8-byte trick here. Never
+   * reads past the first stop byte, at the latest the NUL sentinel. */
+  for (;;) {
+    if (cls[q[0]] & S_STOP) break;
+    if (cls[q[1]] & S_STOP) { q += 1; break; }
+    if (cls[q[2]] & S_STOP) { q += 2; break; }
+    if (cls[q[3]] & S_STOP) { q += 3; break; }
+    q += 4;
   }
-  while (!(cls[*q] & S_STOP)) q++;
   if (*q == '"') {
     if (want) {
       out->p = (const char *)start;
@@ -614,7 +616,7 @@ static int scan_string(Scan *S, lmx_JStr *out) {
     out->off = (long)off;
   }
   S->p = q + 1;
-  return 0;
+  return 1;
 }
 
 static void scan_ws(Scan *S) { S->p = skip_ws(S->p); }
@@ -705,9 +707,8 @@ static int scan_object(Scan *S, int (*member)(Scan *, const char *, size_t, void
   if (*S->p == '}') { S->p++; return 0; }
   for (;;) {
     const unsigned char *k = S->p + 1;
-    if (*S->p != '"' || scan_string(S, NULL) < 0) return -1;
+    if (*S->p != '"' || scan_string(S, NULL) != 0) return -1;   /* escaped keys: not simple */
     size_t kn = (size_t)(S->p - 1 - k);
-    if (memchr(k, '\\', kn)) return -1;
     scan_ws(S);
     if (*S->p != ':') return -1;
     S->p++;
@@ -769,6 +770,11 @@ static int choice_member(Scan *S, const char *k, size_t kn, void *ud) {
 
 static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
   lmx_JChunk *c = ud;
+  /* the keys asked about are 2 to 7 bytes and start with c, e, i, m or u: others are skipped
+   * without a single comparison */
+  if (kn < 2 || kn > 7 || !(k[0] == 'c' || k[0] == 'e' || k[0] == 'i' || k[0] == 'm'
+                            || k[0] == 'u'))
+    return scan_value(S, 2);
   if (KEY(k, "choices")) {
     if (!first_time(c, SEEN_CHOICES) || *S->p != '[') return -1;
     S->p++;
@@ -780,13 +786,13 @@ static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
     c->choices = 1;
     return 0;
   }
-  if (KEY(k, "id") || KEY(k, "model")) {
-    const char **v = KEY(k, "id") ? &c->id : &c->model;
-    size_t *n = KEY(k, "id") ? &c->id_len : &c->model_len;
+  int is_id = KEY(k, "id");
+  if (is_id || KEY(k, "model")) {
+    const char **v = is_id ? &c->id : &c->model;
+    size_t *n = is_id ? &c->id_len : &c->model_len;
     if (*S->p != '"') return -1;
     const unsigned char *q = S->p;
-    if (scan_string(S, NULL) < 0) return -1;
-    if (memchr(q + 1, '\\', (size_t)(S->p - q - 2))) return -1;
+    if (scan_string(S, NULL) != 0) return -1;
     *v = (const char *)q + 1;
     *n = (size_t)(S->p - q - 2);
     return 0;

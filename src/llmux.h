@@ -76,6 +76,7 @@ struct lmx_Multi {
 
 double lmx_now(void);
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
+void *lmx_checkudata(lua_State *L, int i, const char *name);
 const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
 
 /* multi.c */

@@ -13,7 +13,7 @@
 #define LMX_EVENTS 64
 
 static lmx_Multi *checkmulti(lua_State *L, int i) {
-  lmx_Multi *m = luaL_checkudata(L, i, LMX_MULTI);
+  lmx_Multi *m = lmx_checkudata(L, i, LMX_MULTI);
   if (m->closed) luaL_error(L, "attempt to use a closed llmux.Multi");
   return m;
 }

@@ -8,7 +8,7 @@
 #include "llmux.h"
 
 static lmx_Request *checkrequest(lua_State *L, int i) {
-  lmx_Request *r = luaL_checkudata(L, i, LMX_REQUEST);
+  lmx_Request *r = lmx_checkudata(L, i, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) luaL_error(L, "attempt to use a closed llmux.Request");
   return r;
 }

@@ -104,7 +104,6 @@ local function absorb(s, obj)
         if type(text) == "string" and text ~= "" then
           c.n = c.n + 1
           c.parts[c.n] = text
-          s.chars = s.chars + #text
           s.ttft = s.ttft or now() - s.call.t0
         end
         if type(d.tool_calls) == "table" then merge_tools(s, c, d.tool_calls) end
@@ -256,16 +255,19 @@ local function advance(s, block, fast)
         if id then s.id, s.created = id, created end
         if model then s.model = model end
         if data or event then
-          local c = s.choices[0] or choice_state(s, 0)
+          local c = s.c0
+          if not c then
+            c = choice_state(s, 0)
+            s.c0 = c
+          end
           if event then
             c.finish_reason = event
             s.finished = true
           end
-          if data then
+          if data then   -- its length counts in usage_of, not here
             local n = c.n + 1
             c.n = n
             c.parts[n] = data
-            s.chars = s.chars + #data
             if not s.ttft then s.ttft = now() - s.call.t0 end
             return data, nil
           end
@@ -351,8 +353,12 @@ local function usage_of(s)
   if s.usage then return s.usage, nil end
   -- No usage from the provider (not asked for, or the stream failed): estimate about 4
   -- characters per token, so cost is never silently zero.
+  local chars = s.chars   -- tool-call arguments; content is counted here
+  for _, ch in pairs(s.choices) do
+    for i = 1, ch.n do chars = chars + #ch.parts[i] end
+  end
   local p = ceil((s.call.prompt_chars or 0) / 4)
-  local c = ceil(s.chars / 4)
+  local c = ceil(chars / 4)
   return { prompt_tokens = p, completion_tokens = c, total_tokens = p + c }, true
 end
 
