@@ -515,7 +515,8 @@ static int json_chunk(lua_State *L) {
   }
   lua_pushboolean(L, 1);
   if (c.has_text && c.text.n) lua_pushlstring(L, c.text.p, c.text.n); else lua_pushnil(L);
-  if (c.finish.p) lua_pushlstring(L, c.finish.p, c.finish.n); else lua_pushnil(L);
+  if (c.finish.p && c.finish.n) lua_pushlstring(L, c.finish.p, c.finish.n);
+  else lua_pushnil(L);   /* as req:pop_delta: an empty finish_reason is none */
   if (c.id) lua_pushlstring(L, c.id, c.id_len); else lua_pushnil(L);
   if (c.model) lua_pushlstring(L, c.model, c.model_len); else lua_pushnil(L);
   if (c.created >= 0) lua_pushinteger(L, (lua_Integer)c.created); else lua_pushnil(L);

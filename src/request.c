@@ -165,8 +165,8 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   if (lua_getfield(L, spec, "max_event_bytes") != LUA_TNIL) {
     int ok;
     maxev = lua_tointegerx(L, -1, &ok);
-    if (!ok || maxev < 1)
-      luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer >= 1");
+    if (!ok || maxev < 1 || maxev > (lua_Integer)1 << 30)   /* queue entries hold u32 sizes */
+      luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer in [1, 2^30]");
   }
   lua_pop(L, 1);
 
@@ -284,6 +284,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;
+  lmx_sse_free(&r->parser);   /* no more bytes will come; queued events stay */
   m->running--;
   r->state = LMX_R_DONE;
   lmx_multi_enqueue(m, r);
@@ -432,13 +433,15 @@ static int request_result(lua_State *L) {
   return 1;
 }
 
-/* r:head() -> status, raw header block | nothing while the headers are not all in */
+/* r:head() -> status, raw header block, sse | nothing while the headers are not all in.
+ * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). */
 static int request_head(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
   if (!r->hdr_done && r->state != LMX_R_DONE) return 0;
   lua_pushinteger(L, r->status);
   lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
-  return 2;
+  lua_pushboolean(L, r->sse);
+  return 3;
 }
 
 /* Resumes a paused stream once Lua has drained its queue below the low mark. curl may hand
@@ -446,7 +449,11 @@ static int request_head(lua_State *L) {
 static void maybe_resume(lmx_Request *r) {
   if (r->paused && r->state == LMX_R_RUNNING && r->evq.n - r->evq_off < EVQ_LOW) {
     r->paused = 0;
-    curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    r->last_event = lmx_now();   /* the time spent paused was the reader's, not the server's */
+    CURLcode rc = curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    /* the bytes curl held went through the write callback just now; if it refused them
+     * (event too large, out of memory) the transfer ends here with that error */
+    if (rc != CURLE_OK) lmx_request_finish(r, rc);
   }
 }
 

@@ -139,8 +139,8 @@ describe("streaming chat", function()
   it("ignores keep-alive comments and blank events", function()
     local s = assert(c:chat_stream(body("keepalive", "pinged")))
     assert.equals("echo: pinged", collect(s))
-    local _, comments = s.req:stream_stats()
-    assert.equals(3, comments)   -- one ": ping" before each of the 3 pieces
+    local _, info = s:result()
+    assert.equals(3, info.comments)   -- one ": ping" before each of the 3 pieces
   end)
 
   it("survives 1-byte writes", function()
@@ -222,6 +222,20 @@ describe("stream integrity", function()
       assert.matches("the model crashed mid%-answer", msg)
       assert.equals("internal_error", detail.body.code)
     end
+  end)
+
+  it("a stream is finished only when every choice is", function()
+    local res, msg, code = c:chat(body("twocut", "x", { stream = true, n = 2 }))
+    assert.is_nil(res, msg)
+    assert.equals("truncated", code)
+    -- an empty finish_reason is no finish_reason, on the C path and the Lua path alike
+    local r2, _, code2 = c:chat(body("emptyfinish", "x", { stream = true }))
+    assert.is_nil(r2)
+    assert.equals("truncated", code2)
+    local r3, _, code3 = c:chat(body("emptyfinish", "x", { stream = true }),
+      { on_delta = function() end })
+    assert.is_nil(r3)
+    assert.equals("truncated", code3)
   end)
 
   it("never reports a failed stream as success through chat", function()
@@ -316,6 +330,55 @@ describe("stream lifetime", function()
     assert.equals(0, sched.engine():stats().running)
   end)
 
+  it("closing a stream from another task wakes its reader at once", function()
+    local c2 = llmux.client{ base_url = u.http, api_key = "sk-stream", idle_timeout = 8 }
+    local got, took
+    llmux.run(function()
+      local s = assert(c2:chat_stream(body("chunks:50:1000")))
+      local reader = llmux.spawn(function()
+        local t0 = llmux.now()
+        local n = 0
+        for _ in s:deltas() do n = n + 1 end
+        got, took = n, llmux.now() - t0
+      end)
+      llmux.sleep(0.3)
+      s:close()
+      reader:join()
+    end)
+    assert.is_true(got <= 2)
+    assert.is_true(took < 2, "the reader waited " .. took .. " s")
+    assert.equals(0, sched.engine():stats().running)
+  end)
+
+  it("a second reader waiting on the same stream is an error, not a hang", function()
+    llmux.run(function()
+      local s = assert(c:chat_stream(body("chunks:3:300")))
+      local first = llmux.spawn(function() return collect(s) end)
+      llmux.sleep(0.05)
+      local ok, err = pcall(collect, s)
+      assert.is_false(ok)
+      assert.matches("another task is already waiting", err)
+      assert.equals("t1 t2 t3 ", first:join())
+    end)
+  end)
+
+  it("read() does not wait for the end of the body after [DONE]", function()
+    local s = assert(c:chat_stream(body("donehold:1", "x")))
+    local text, worst, t0 = {}, 0, llmux.now()
+    while llmux.now() - t0 < 5 do
+      local f0 = llmux.now()
+      llmux.step(0)
+      local t = s:read()
+      worst = math.max(worst, llmux.now() - f0)
+      if t == nil then break end
+      text[#text + 1] = t
+      llmux.sleep(0.005)
+    end
+    assert.equals("held", table.concat(text))
+    assert.is_true(worst < 0.1, "a frame took " .. worst .. " s")
+    assert.truthy(s:result())
+  end)
+
   it("an error in on_delta closes the stream and propagates", function()
     local ok, err = pcall(c.chat, c, body("chunks:2000:5", "x", { stream = true }),
       { on_delta = function() error("consumer broke") end })
@@ -370,6 +433,9 @@ describe("stream flow", function()
 
   it("an event over max_event_bytes is toolarge", function()
     local m = sched.engine()
+    assert.has_error(function()
+      m:request{ url = u.http, stream = true, max_event_bytes = 1 << 31 }
+    end, "llmux.request: 'max_event_bytes' must be an integer in [1, 2^30]")
     local req = m:request{ url = u.http .. "/chat/completions", method = "POST", stream = true,
       max_event_bytes = 500, headers = { "Authorization: Bearer sk-x" },
       body = '{"model":"hugestream:100000","stream":true,'

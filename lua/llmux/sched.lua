@@ -279,6 +279,7 @@ end
 -- false after timeout seconds without. Yields in a task, blocks outside.
 function M.wait(w, timeout)
   local req = w.req
+  if w.who then error("llmux.Stream: another task is already waiting on this stream", 3) end
   local v = suspend(function(who)
     w.who = who
     waiting[req] = w
@@ -291,6 +292,17 @@ function M.wait(w, timeout)
     end
   end, "a stream")
   return v ~= nil
+end
+
+-- release(w): wakes whoever waits on w (as if its request had news), e.g. when the stream
+-- is closed from another task: a closed request never comes back from the engine.
+function M.release(w)
+  local who = w.who
+  if who then
+    if waiting[w.req] == w then waiting[w.req] = nil end
+    w.who = nil
+    wake(who, w.req)
+  end
 end
 
 function M.sleep(s)

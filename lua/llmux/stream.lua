@@ -30,11 +30,10 @@ local pop_delta   -- the Request method, looked up once (the hot path calls it p
 local function attach(s, req, w)
   s.req, s.w, s.dropped = req, w, false
   pop_delta = pop_delta or getmetatable(req).__index.pop_delta
-  local status, head = req:head()
+  local status, head, sse = req:head()
   s.status, s.head = status, head
   s.http_version = tonumber(head:match("^HTTP/(%d[%d.]*)"))
-  local ct = parse_headers(head)["content-type"] or ""
-  s.plain = not find(lower(ct), "text/event-stream", 1, true)
+  s.plain = not sse   -- the core's verdict (2xx and text/event-stream), not a second guess
 end
 
 -- stream.new(call, req, waiter, hooks) -> Stream for a request whose 2xx headers are in.
@@ -44,7 +43,7 @@ function M.new(call, req, w, hooks)
   local s = setmetatable({
     call = call, hooks = hooks, idle_timeout = call.o.idle_timeout,
     over = false, events = 0, skipped = 0, chars = 0,
-    choices = {}, saw_done = false, finished = false,
+    choices = {}, saw_done = false,
   }, Stream)
   attach(s, req, w)
   return s
@@ -108,19 +107,24 @@ local function absorb(s, obj)
         end
         if type(d.tool_calls) == "table" then merge_tools(s, c, d.tool_calls) end
       end
-      if type(ch.finish_reason) == "string" then
+      if type(ch.finish_reason) == "string" and ch.finish_reason ~= "" then
         c.finish_reason = ch.finish_reason
-        s.finished = true
       end
     end
   end
 end
 
--- Closes the request unless the transfer ended (a finished one keeps its result for info).
+-- Closes the request, keeping what info needs of it, and wakes a reader in another task
+-- (a closed request never comes back from the engine).
 local function drop(s)
-  if s.req and not s.dropped and not s.req:done() then
+  local req = s.req
+  if req and not s.dropped then
+    if req:done() then s.res = s.res or req:result() end
+    local _, comments, bytes = req:stream_stats()
+    s.comments, s.bytes = comments, bytes
     s.dropped = true
-    s.req:close()
+    req:close()
+    sched.release(s.w)
   end
 end
 
@@ -134,7 +138,8 @@ local function stop(s, why, code, detail)
     s.err = { s.hooks.fail(s.call, why, code, detail) }
   end
   -- An unfinished transfer (stall, error event, [DONE] ahead of the body's end) is cut
-  -- here: its connection goes at once, not when the garbage collector gets to it.
+  -- here: its connection goes at once, not when the garbage collector gets to it; a finished
+  -- one gives back its buffers.
   drop(s)
 end
 
@@ -188,6 +193,17 @@ local function on_event(s, data, event)
   return obj
 end
 
+-- A stream without [DONE] is complete when every choice it carried (and at least the n the
+-- request asked for) has a finish_reason.
+local function all_finished(s)
+  local n = 0
+  for _, c in pairs(s.choices) do
+    if not c.finish_reason then return false end
+    n = n + 1
+  end
+  return n > 0 and n >= (s.call.n or 1)
+end
+
 -- The transfer has ended and its queue is drained: success or an integrity failure.
 local function ended(s)
   local res = s.req:result()
@@ -210,11 +226,12 @@ local function ended(s)
         delta = { role = m.role, content = m.content, tool_calls = m.tool_calls } }
     end
     absorb(s, chunk)
-    s.whole, s.finished, s.over = body, true, true
+    s.whole, s.over = body, true
+    drop(s)
     return chunk
   end
-  if s.saw_done or s.finished then
-    s.over = true
+  if s.saw_done or all_finished(s) then
+    stop(s)
     return
   end
   local code = res.code and KEEP[res.code] and res.code or "truncated"
@@ -260,10 +277,7 @@ local function advance(s, block, fast)
             c = choice_state(s, 0)
             s.c0 = c
           end
-          if event then
-            c.finish_reason = event
-            s.finished = true
-          end
+          if event then c.finish_reason = event end
           if data then   -- its length counts in usage_of, not here
             local n = c.n + 1
             c.n = n
@@ -282,10 +296,12 @@ local function advance(s, block, fast)
       if obj then return first_text(obj) or false, obj end
       if s.saw_done and not s.over then
         -- [DONE] is the end. The body's last bytes are normally right behind it: a short
-        -- grace lets the transfer finish, so its keep-alive connection is not thrown away.
-        local t_end = now() + DONE_GRACE
-        while not req:done() and now() < t_end do sched.wait(s.w, t_end - now()) end
-        if req:done() then s.res = req:result() end
+        -- grace (blocking reads only) lets the transfer finish, so its keep-alive connection
+        -- is not thrown away.
+        if block then
+          local t_end = now() + DONE_GRACE
+          while not req:done() and now() < t_end do sched.wait(s.w, t_end - now()) end
+        end
         stop(s)
       end
     elseif ok then
@@ -327,8 +343,9 @@ function Stream:deltas()
   end
 end
 
--- s:read() -> text | nil: never waits (for frame loops). The content that arrived since the
--- last read ("" when none), or nil once the stream is over (s:result() tells how).
+-- s:read() -> text | nil: does not wait for events (for frame loops). The content that arrived
+-- since the last read ("" when none), or nil once the stream is over (s:result() tells how).
+-- Only a retry before the first event (its backoff and new headers) makes it wait.
 function Stream:read()
   if self.over then return nil end
   local out, n = {}, 0
@@ -373,6 +390,7 @@ local function info_of(s)
   info.model = s.model or info.model
   info.skipped = s.skipped
   info.events = s.events
+  info.comments = s.comments
   return info
 end
 

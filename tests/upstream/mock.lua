@@ -383,6 +383,9 @@ end
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
 --   emptyonce:KEY        the first request for KEY: 200 and an empty event stream
+--   twocut               two choices, only one finishes, clean end: cut
+--   emptyfinish          finish_reason "" and no [DONE]: cut
+--   donehold:S           [DONE], then the body stays open S seconds
 -- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
 
 local function sse_headers()
@@ -632,6 +635,37 @@ end
 
 streams.keepalive = function(ctx)
   return stream(ctx, pieces_of(echo_text(ctx)), {keepalive = true})
+end
+
+-- Two choices (n = 2); only choice 0 finishes, then a clean end of body: a cut stream.
+streams.twocut = function(ctx)
+  ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
+  ctx.created = ngx.time()
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  local function c2(index, delta, finish)
+    return data({id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
+      model = ctx.model, choices = {{index = index, delta = delta, finish_reason = finish or null}}})
+  end
+  emit(ctx, c2(0, {content = "a"}) .. c2(1, {content = "b"}) .. c2(0, {}, "stop")
+    .. c2(1, {content = "c"}))
+  return ngx.exit(ngx.OK)
+end
+
+-- finish_reason "" (no reason at all), then a clean end without [DONE].
+streams.emptyfinish = function(ctx)
+  return stream(ctx, numbered(2), {finish = "", no_done = true})
+end
+
+-- [DONE], then the body stays open for S seconds before it ends.
+streams.donehold = function(ctx, a)
+  local s = tonumber(a[1])
+  if not s then return false end
+  ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
+  ctx.created = ngx.time()
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  emit(ctx, chunk(ctx, {content = "held"}) .. chunk(ctx, {}, "stop") .. "data: [DONE]\n\n")
+  ngx.sleep(s)
+  return ngx.exit(ngx.OK)
 end
 
 -- The first request for KEY gets 200 and an event stream with no event in it at all.
