@@ -514,6 +514,23 @@ static void pushspan(lua_State *L, const char *p, size_t n) {
  * Like pop, but an event of the common chat-chunk shape is read in C (lmx_json_chunk) and
  * only its content text and finish_reason come back (nil when absent or empty); with ids also
  * its id, model and created. Any other event comes back whole, for a full decode. */
+/* r:pop_text() -> text | nothing: pops the oldest event only when it is the simple chunk
+ * shape with content text and no finish_reason (the bulk of a stream); anything else stays
+ * queued for pop/pop_delta. */
+static int request_pop_text(lua_State *L) {
+  lmx_Request *r = checkrequest(L, 1);
+  const char *data, *ev;
+  uint32_t dl, el;
+  lmx_JChunk c;
+  if (!peek_event(r, &data, &dl, &ev, &el) || el != 0) return 0;
+  if (!lmx_json_chunk(data, dl, &r->scratch, &c) || !c.has_text || c.text.n == 0
+      || c.finish.p || c.finish.off >= 0)
+    return 0;
+  lua_pushlstring(L, c.text.p, c.text.n);
+  drop_event(r, dl, el);
+  return 1;
+}
+
 static int request_pop_delta(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
   int ids = lua_toboolean(L, 2);
@@ -568,7 +585,7 @@ void lmx_request_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"cancel", request_cancel}, {"close", request_close}, {"done", request_done},
     {"result", request_result}, {"head", request_head}, {"pop", request_pop},
-    {"pop_delta", request_pop_delta},
+    {"pop_delta", request_pop_delta}, {"pop_text", request_pop_text},
     {"idle", request_idle}, {"stream_stats", request_stream_stats}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

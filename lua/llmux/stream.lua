@@ -25,11 +25,14 @@ local DONE_GRACE = 0.25   -- seconds a transfer may take to end after [DONE]
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
 
-local pop_delta   -- the Request method, looked up once (the hot path calls it per event)
+local pop_delta, pop_text   -- Request methods, looked up once (the hot path calls them)
 
 local function attach(s, req, w)
   s.req, s.w, s.dropped = req, w, false
-  pop_delta = pop_delta or getmetatable(req).__index.pop_delta
+  if not pop_delta then
+    local methods = getmetatable(req).__index
+    pop_delta, pop_text = methods.pop_delta, methods.pop_text
+  end
   local status, head, sse = req:head()
   s.status, s.head = status, head
   s.http_version = tonumber(head:match("^HTTP/(%d[%d.]*)"))
@@ -334,7 +337,21 @@ end
 -- s:deltas() -> iterator over the content text of the first choice, as it arrives. The
 -- common chunk shape is read in C without building its table (chunks() gives the tables).
 function Stream:deltas()
+  local s = self
   return function()
+    -- the bulk of a stream (text, no finish) without a call into advance; the first text
+    -- (choice 0 and ttft not yet set up) and everything else go the general way
+    local c = s.c0
+    if c and s.ttft and not s.over then
+      local text = pop_text(s.req)
+      if text then
+        s.events = s.events + 1
+        local n = c.n + 1
+        c.n = n
+        c.parts[n] = text
+        return text
+      end
+    end
     while true do
       local text = advance(self, true, true)
       if text then return text end
