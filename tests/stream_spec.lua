@@ -431,6 +431,28 @@ describe("stream flow", function()
     assert.equals(total, #res.choices[1].message.content)
   end)
 
+  it("pop_text takes only text chunks, pop_delta reads the rest, pop gives raw events", function()
+    local m = sched.engine()
+    local req = m:request{ url = u.http .. "/chat/completions", method = "POST", stream = true,
+      headers = { "Authorization: Bearer sk-x" },
+      body = '{"model":"m","stream":true,"messages":[{"role":"user","content":"abcdefgh"}]}' }
+    while not req:done() do m:step(0.1); while m:next() do end end
+    local status, _, sse = req:head()
+    assert.equals(200, status)
+    assert.is_true(sse)
+    assert.is_nil(req:pop_text())                    -- the role chunk is not plain text
+    assert.same({ true, nil, nil }, { req:pop_delta() })
+    assert.equals("echo", req:pop_text())
+    assert.same({ true, ": ab", nil }, { req:pop_delta() })
+    assert.equals("cdef", req:pop_text())
+    assert.equals("gh", req:pop_text())
+    assert.is_nil(req:pop_text())                    -- the finish chunk
+    assert.same({ true, nil, "stop" }, { req:pop_delta() })
+    assert.same({ "[DONE]", nil }, { req:pop() })
+    assert.is_nil(req:pop())
+    req:close()
+  end)
+
   it("an event over max_event_bytes is toolarge", function()
     local m = sched.engine()
     assert.has_error(function()
