@@ -7,8 +7,8 @@ local errors = require "llmux.errors"
 local core = require "llmux.core"
 local stream = require "llmux.stream"
 
-local error, ipairs, next, pairs, pcall, setmetatable, tostring, type =
-  error, ipairs, next, pairs, pcall, setmetatable, tostring, type
+local error, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring, type =
+  error, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring, type
 local mtype, min = math.type, math.min
 local format, find, lower, sub = string.format, string.find, string.lower, string.sub
 local getenv = os.getenv
@@ -145,13 +145,12 @@ local function fail(key, method, url, why, code, detail)
   return nil, errors.scrub(msg, key), code, errors.scrub(detail, key)
 end
 
--- info.headers is parsed from the raw block on first access: most callers never look.
-local raw_heads = setmetatable({}, { __mode = "k" })
+-- info.headers is parsed from info.head (the raw header block) on first access: most
+-- callers never look.
 local Info = { __name = "llmux.Info" }
 function Info.__index(t, k)
   if k ~= "headers" then return nil end
-  local h = parse_headers(raw_heads[t] or "")
-  raw_heads[t] = nil
+  local h = parse_headers(rawget(t, "head") or "")
   rawset(t, "headers", h)
   return h
 end
@@ -179,32 +178,57 @@ local function judge(res)
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
 
--- The info table of a finished call (headers parsed on first access).
+-- The info table of a finished call: the transfer's result table itself (status, head,
+-- http_version, reused, local_port, time_*), less its body, plus the call's fields. One table
+-- per call instead of two; headers are parsed on first access.
 local function make_info(call, res, body)
-  local info = setmetatable({
-    status = res.status, attempts = call.attempt, latency = now() - call.t0,
-    usage = body and body.usage, model = body and body.model, url = call.url,
-    http_version = res.http_version, reused = res.reused, time_total = res.time_total,
-    time_connect = res.time_connect, time_starttransfer = res.time_starttransfer,
-  }, Info)
-  raw_heads[info] = res.head
-  return info
+  res.body = nil
+  res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.url
+  if body then res.usage, res.model = body.usage, body.model end
+  return setmetatable(res, Info)
 end
 
 -- One logical call (all its attempts): effective options, key, URL, spec, attempt count.
+local function new_spec(o, url, method, headers, streaming)
+  return {
+    base = o.base_url, url = url, method = method, headers = headers, stream = streaming,
+    connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
+    ca_file = o.ca_file,
+  }
+end
+
+-- Request specs of calls without per-call options, one per method, path and kind, kept by
+-- the client: the core reads a spec only inside request(), so calls in flight can share it
+-- as long as each sets body and timeout right before (start does).
+local shared_specs = setmetatable({}, { __mode = "k" })
+
 local function new_call(self, opts, method, path, payload, where, streaming)
   local o, headers, key = merged(self, opts, where)
   key = key or secrets[self].key
-  local url = o.base_url .. path
   local t0 = now()
+  local spec
+  if o == self then
+    local specs = shared_specs[self]
+    if not specs then
+      specs = {}
+      shared_specs[self] = specs
+    end
+    local k = streaming and "S" .. method .. path or method .. path
+    spec = specs[k]
+    -- client fields changed since (base_url, timeouts, caps, CA): a fresh spec
+    if not spec or spec.base ~= o.base_url or spec.headers ~= headers
+        or spec.connect_timeout ~= o.connect_timeout
+        or spec.max_response_bytes ~= o.max_response_bytes or spec.ca_file ~= o.ca_file then
+      spec = new_spec(o, o.base_url .. path, method, headers, streaming)
+      specs[k] = spec
+    end
+  else
+    spec = new_spec(o, o.base_url .. path, method, headers, streaming)
+  end
   return {
-    o = o, key = key, method = method, url = url, t0 = t0, attempt = 0,
-    deadline_at = o.deadline and t0 + o.deadline, streaming = streaming,
-    spec = {
-      url = url, method = method, headers = headers, body = payload, stream = streaming,
-      connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
-      ca_file = o.ca_file,
-    },
+    o = o, key = key, method = method, url = spec.url, t0 = t0, attempt = 0,
+    deadline_at = o.deadline and t0 + o.deadline, streaming = streaming, spec = spec,
+    payload = payload,
   }
 end
 
@@ -226,8 +250,9 @@ local function start(call)
     end
     timeout = min(timeout, left)
   end
-  call.spec.timeout = timeout
-  local req = sched.engine():request(call.spec)
+  local spec = call.spec
+  spec.timeout, spec.body = timeout, call.payload
+  local req = sched.engine():request(spec)
   if not call.streaming then
     sched.await(req)
     return req
