@@ -155,6 +155,18 @@ describe("client error codes", function()
     assert.equals("truncated", code)
   end)
 
+  it("changes to a client's fields apply to its next calls", function()
+    local c2 = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+    assert.truthy(c2:chat(body("huge:20000")))
+    c2.max_response_bytes = 5000
+    local _, _, code = c2:chat(body("huge:20000"))
+    assert.equals("toolarge", code)
+    c2.base_url = "http://127.0.0.1:1/v1"
+    local _, msg, code2 = c2:chat(body("m"))
+    assert.equals("connect", code2)
+    assert.matches("127.0.0.1:1/v1/chat/completions", msg)
+  end)
+
   it("TLS fails without the CA file", function()
     local h = llmux.client{ base_url = u.https, api_key = KEY, max_retries = 0 }
     local res, msg, code = h:chat(body("m"))
