@@ -36,6 +36,7 @@ struct lmx_Request {
   int toolarge, cancelled, closed_by_multi;
   int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
   struct curl_slist *hdrs;
+  curl_mime *mime;            /* multipart body (spec.form), freed when the transfer ends */
   /* streams (spec.stream): events parsed in the write callback queue here for Lua to pop */
   int stream;                 /* a stream: headers and events are announced through next() */
   int sse;                    /* the response is a 2xx event stream: bytes go to the parser */

@@ -200,8 +200,68 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     hl = nl;
   }
 
+  /* form: an array of parts {name =, data =[, filename =][, type =]}, checked before any
+   * curl resource is taken */
+  int form = 0;
+  if (lua_getfield(L, spec, "form") == LUA_TNIL) {
+    lua_pop(L, 1);
+  } else {
+    if (!lua_istable(L, -1) || body) {
+      curl_slist_free_all(hl);
+      luaL_error(L, "llmux.request: 'form' must be a table of parts, and not with 'body'");
+    }
+    form = lua_gettop(L);
+    lua_Integer n = luaL_len(L, form);
+    for (lua_Integer i = 1; i <= n; i++) {
+      int ok = lua_rawgeti(L, form, i) == LUA_TTABLE;
+      if (ok) {
+        int tn = lua_getfield(L, -1, "name"), td = lua_getfield(L, -2, "data");
+        int tf = lua_getfield(L, -3, "filename"), tt = lua_getfield(L, -4, "type");
+        ok = tn == LUA_TSTRING && td == LUA_TSTRING && (tf == LUA_TNIL || tf == LUA_TSTRING)
+             && (tt == LUA_TNIL || tt == LUA_TSTRING);
+        lua_pop(L, 4);
+      }
+      lua_pop(L, 1);
+      if (!ok) {
+        curl_slist_free_all(hl);
+        luaL_error(L, "llmux.request: form[%d] must be {name = s, data = s[, filename = s]"
+                   "[, type = s]}", (int)i);
+      }
+    }
+  }
+
   CURL *e = lmx_multi_easy(m);
   if (!e) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
+  if (form) {
+    /* curl copies each part's data; the parts' strings need not outlive this call */
+    curl_mime *mime = curl_mime_init(e);
+    int ok = mime != NULL;
+    lua_Integer n = luaL_len(L, form);
+    for (lua_Integer i = 1; ok && i <= n; i++) {
+      size_t dl;
+      lua_rawgeti(L, form, i);
+      lua_getfield(L, -1, "name");
+      lua_getfield(L, -2, "data");
+      lua_getfield(L, -3, "filename");
+      lua_getfield(L, -4, "type");
+      const char *data = lua_tolstring(L, -3, &dl);
+      curl_mimepart *part = curl_mime_addpart(mime);
+      ok = part && curl_mime_name(part, lua_tostring(L, -4)) == CURLE_OK
+           && curl_mime_data(part, data, dl) == CURLE_OK
+           && (lua_isnil(L, -2) || curl_mime_filename(part, lua_tostring(L, -2)) == CURLE_OK)
+           && (lua_isnil(L, -1) || curl_mime_type(part, lua_tostring(L, -1)) == CURLE_OK);
+      lua_pop(L, 5);
+    }
+    if (!ok) {
+      curl_mime_free(mime);
+      curl_slist_free_all(hl);
+      lmx_multi_release_easy(m, e, 1);
+      luaL_error(L, "llmux.request: out of memory");
+    }
+    r->mime = mime;
+    curl_easy_setopt(e, CURLOPT_MIMEPOST, mime);
+    r->dirty = 1;   /* a pooled handle must not keep the MIMEPOST */
+  }
   r->hdrs = hl;
   r->max_bytes = (size_t)maxb;
   r->stream = stream;
@@ -227,8 +287,10 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     curl_easy_setopt(e, CURLOPT_CAINFO, ca);
     r->dirty = 1;
   }
-  int plain = !method || strcmp(method, body ? "POST" : "GET") == 0;
-  if (body) {
+  int plain = !method || strcmp(method, (body || form) ? "POST" : "GET") == 0;
+  if (form) {
+    /* the MIMEPOST set above makes it a POST */
+  } else if (body) {
     /* zero copy: the body string is kept alive in the request's uservalue */
     lua_getfield(L, spec, "body");
     lua_setiuservalue(L, ri, 1);
@@ -247,6 +309,8 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     curl_slist_free_all(hl);
     r->hdrs = NULL;
     lmx_multi_release_easy(m, e, 1);
+    curl_mime_free(r->mime);
+    r->mime = NULL;
     luaL_error(L, "llmux.request: cannot add the transfer");
   }
   r->easy = e;
@@ -259,6 +323,7 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   lua_pop(L, 1);
   lua_pushvalue(L, mindex);          /* and the request its Multi */
   lua_setiuservalue(L, ri, 2);
+  lua_settop(L, ri);                 /* the request on top (a form table may sit above it) */
   return r;
 }
 
@@ -284,6 +349,8 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;
+  curl_mime_free(r->mime);   /* after the handle let go of it (release resets a dirty one) */
+  r->mime = NULL;
   lmx_sse_free(&r->parser);   /* no more bytes will come; queued events stay */
   m->running--;
   r->state = LMX_R_DONE;
@@ -425,7 +492,8 @@ static int request_result(lua_State *L) {
     else if (r->cancelled) lua_pushliteral(L, "cancelled");
     else if (r->why) lua_pushstring(L, r->why);
     else if (r->toolarge)
-      lua_pushfstring(L, "response larger than max_response_bytes (%I)", (lua_Integer)r->max_bytes);
+      lua_pushfstring(L, "response larger than max_response_bytes (%I)",
+                      (lua_Integer)r->max_bytes);
     else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
     else lua_pushstring(L, curl_easy_strerror(r->cc));
     lua_setfield(L, -2, "error");

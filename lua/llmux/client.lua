@@ -202,12 +202,30 @@ end
 -- as long as each sets body and timeout right before (start does).
 local shared_specs = setmetatable({}, { __mode = "k" })
 
-local function new_call(self, opts, method, path, payload, where, streaming)
+-- A header list for multipart bodies: the client's, without its JSON Content-Type (curl
+-- writes the multipart one, with its boundary).
+local form_headers = setmetatable({}, { __mode = "k" })
+local function without_content_type(headers)
+  local h = form_headers[headers]
+  if not h then
+    h = {}
+    for _, line in ipairs(headers) do
+      if not find(lower(line), "^content%-type:") then h[#h + 1] = line end
+    end
+    form_headers[headers] = h
+  end
+  return h
+end
+
+local function new_call(self, opts, method, path, payload, where, streaming, form)
   local o, headers, key = merged(self, opts, where)
   key = key or secrets[self].key
   local t0 = now()
   local spec
-  if o == self then
+  if form then
+    spec = new_spec(o, o.base_url .. path, method, without_content_type(headers))
+    spec.form = form
+  elseif o == self then
     local specs = shared_specs[self]
     if not specs then
       specs = {}
@@ -407,6 +425,176 @@ function Client:models(opts)
     error("llmux.Client:models: opts must be a table", 2)
   end
   return perform(new_call(self, opts, "GET", "/models", nil, "llmux.Client:models"))
+end
+
+-- Image endpoints ----------------------------------------------------------------------------
+
+local image   -- llmux.image, loaded on first use (libpng work is not every client's)
+local PNG_SIG = "\137PNG\r\n\26\n"
+
+-- PNG bytes, width, height of an image argument: an llmux.Image (encoded here), PNG bytes or
+-- the path of a PNG | nil, message, code.
+local function png_of(v, what, where)
+  image = image or require "llmux.image"
+  if image.is_image(v) then return v:encode_png(), v:width(), v:height() end
+  if type(v) ~= "string" then
+    error(format("%s: '%s' must be an llmux.Image, PNG bytes or a path", where, what), 3)
+  end
+  local bytes = v
+  if sub(v, 1, 8) ~= PNG_SIG then
+    local kind = image.sniff(v)
+    if kind then
+      return nil, format("%s: %s must be a PNG, not %s (image.decode it first? only PNG is "
+        .. "decoded here)", where, what, kind), "badrequest"
+    end
+    local f, err = io.open(v, "rb")
+    if not f then return nil, format("%s: cannot read %s: %s", where, what, err), "io" end
+    bytes = f:read("a")
+    f:close()
+    if sub(bytes, 1, 8) ~= PNG_SIG then
+      return nil, format("%s: %s file %s is not a PNG", where, what, v), "decode"
+    end
+  end
+  if #bytes < 24 or sub(bytes, 13, 16) ~= "IHDR" then
+    return nil, format("%s: %s is a truncated PNG (%d bytes)", where, what, #bytes), "decode"
+  end
+  local w, h = string.unpack(">I4I4", bytes, 17)
+  return bytes, w, h
+end
+
+-- image and mask of an edit call, checked to be the same size.
+local function image_and_mask(args, where, mask_required)
+  local img, iw, ih = png_of(args.image, "image", where)
+  if not img then return nil, iw, ih end
+  if args.mask == nil then
+    if mask_required then error(where .. ": 'mask' is required", 3) end
+    return img, iw, ih
+  end
+  local mask, mw, mh = png_of(args.mask, "mask", where)
+  if not mask then return nil, mw, mh end
+  if mw ~= iw or mh ~= ih then
+    return nil, format("%s: the mask is %dx%d but the image is %dx%d; they must be the same "
+      .. "size", where, mw, mh, iw, ih), "badrequest"
+  end
+  return img, iw, ih, mask
+end
+
+-- Checks args against allowed (name -> type) and the required names.
+local function check_args(args, allowed, required, where)
+  if type(args) ~= "table" then error(where .. ": args must be a table", 3) end
+  for k, v in pairs(args) do
+    local want = allowed[k]
+    if not want then error(format("%s: unknown argument '%s'", where, tostring(k)), 3) end
+    if want ~= "any" and type(v) ~= want then
+      error(format("%s: '%s' must be a %s", where, k, want == "any" and "value" or want), 3)
+    end
+  end
+  for _, k in ipairs(required) do
+    if args[k] == nil then error(format("%s: '%s' is required", where, k), 3) end
+  end
+end
+
+-- With args.decode, every data[i].b64_json becomes data[i].image (an llmux.Image).
+local function decode_images(res, info, args, where)
+  if not res or not args.decode then return res, info end
+  for i, item in ipairs(type(res.data) == "table" and res.data or {}) do
+    if type(item) == "table" and type(item.b64_json) == "string" then
+      local bytes, err = core.b64_decode(item.b64_json, true)
+      local img, msg, code
+      if bytes then img, msg, code = image.decode(bytes) else msg, code = err, "decode" end
+      if not img then
+        return nil, format("%s: data[%d].b64_json: %s", where, i, tostring(msg)), code,
+          { status = info.status, attempts = info.attempts }
+      end
+      item.image = img
+    end
+  end
+  return res, info
+end
+
+local EDIT_ARGS = { image = "any", mask = "any", prompt = "string", model = "string",
+  n = "number", size = "string", response_format = "string", quality = "string",
+  background = "string", user = "string", decode = "boolean" }
+
+-- c:images_edit{image, prompt[, mask, model, n, size, response_format, decode]}[, opts]
+-- -> response, info | nil, message, code, detail. OpenAI's multipart POST /images/edits;
+-- image and mask (an llmux.Image, PNG bytes or a path) go as PNG parts.
+function Client:images_edit(args, opts)
+  local where = "llmux.Client:images_edit"
+  check_args(args, EDIT_ARGS, { "image", "prompt" }, where)
+  local img, iw, ih, mask = image_and_mask(args, where, false)
+  if not img then return nil, iw, ih, {} end
+  local form = { { name = "image", data = img, filename = "image.png", type = "image/png" } }
+  if mask then
+    form[#form + 1] = { name = "mask", data = mask, filename = "mask.png", type = "image/png" }
+  end
+  for _, k in ipairs{ "prompt", "model", "n", "size", "response_format", "quality",
+      "background", "user" } do
+    if args[k] ~= nil then form[#form + 1] = { name = k, data = tostring(args[k]) } end
+  end
+  local res, info, code, detail = perform(new_call(self, opts, "POST", "/images/edits", nil,
+    where, nil, form))
+  if not res then return nil, info, code, detail end
+  return decode_images(res, info, args, where)
+end
+
+-- JSON image endpoints of aggregators: base64 PNGs in a JSON body, at a path of the
+-- caller's choosing (args.path).
+local function json_image_call(self, args, opts, where, path, body)
+  local res, info, code, detail = perform(new_call(self, opts, "POST", args.path or path,
+    encode_body(body, where), where))
+  if not res then return nil, info, code, detail end
+  return decode_images(res, info, args, where)
+end
+
+local INPAINT_ARGS = { image = "any", mask = "any", prompt = "string", model = "string",
+  strength = "number", guidance_scale = "number", seed = "number", n = "number",
+  size = "string", response_format = "string", negative_prompt = "string", path = "string",
+  decode = "boolean" }
+
+-- c:inpaint{image, mask, prompt[, model, strength, guidance_scale, seed, negative_prompt, n,
+-- size, response_format, path, decode]}[, opts] -> response, info | nil, msg, code, detail.
+-- JSON POST /images/inpaint (or args.path) with image and mask as base64 PNG strings.
+function Client:inpaint(args, opts)
+  local where = "llmux.Client:inpaint"
+  check_args(args, INPAINT_ARGS, { "image", "mask", "prompt" }, where)
+  local img, iw, ih, mask = image_and_mask(args, where, true)
+  if not img then return nil, iw, ih, {} end
+  local body = { image = core.b64_encode(img), mask = core.b64_encode(mask) }
+  for k in pairs(INPAINT_ARGS) do
+    if body[k] == nil and args[k] ~= nil and k ~= "path" and k ~= "decode" then
+      body[k] = args[k]
+    end
+  end
+  return json_image_call(self, args, opts, where, "/images/inpaint", body)
+end
+
+local OUTPAINT_ARGS = { image = "any", direction = "string", pixels = "number",
+  prompt = "string", model = "string", n = "number", size = "string", seed = "number",
+  response_format = "string", path = "string", decode = "boolean" }
+local DIRECTIONS = { left = true, right = true, top = true, bottom = true, all = true }
+
+-- c:outpaint{image, direction, pixels, prompt[, model, seed, n, size, response_format, path,
+-- decode]}[, opts] -> response, info | nil, msg, code, detail. JSON POST /images/outpaint
+-- (or args.path). For providers with only inpaint, see image.outpaint_canvas.
+function Client:outpaint(args, opts)
+  local where = "llmux.Client:outpaint"
+  check_args(args, OUTPAINT_ARGS, { "image", "direction", "pixels", "prompt" }, where)
+  if not DIRECTIONS[args.direction] then
+    error(where .. ": 'direction' must be left, right, top, bottom or all", 2)
+  end
+  if mtype(args.pixels) ~= "integer" or args.pixels < 1 then
+    error(where .. ": 'pixels' must be an integer >= 1", 2)
+  end
+  local img, msg, code = png_of(args.image, "image", where)
+  if not img then return nil, msg, code, {} end
+  local body = { image = core.b64_encode(img) }
+  for k in pairs(OUTPAINT_ARGS) do
+    if k ~= "image" and k ~= "path" and k ~= "decode" and args[k] ~= nil then
+      body[k] = args[k]
+    end
+  end
+  return json_image_call(self, args, opts, where, "/images/outpaint", body)
 end
 
 local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true, HEAD = true }

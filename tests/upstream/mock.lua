@@ -164,6 +164,9 @@ local function answer(ctx, content)
   if ctx.kind == "embeddings" then
     return send_json(200, embeddings_object(ctx))
   end
+  if ctx.kind == "image" then
+    return send_json(200, ctx.image_answer)
+  end
   if ctx.req.stream == true and not content then return stream_answer(ctx) end
   if not content then
     local msgs = ctx.req.messages
@@ -644,7 +647,8 @@ streams.twocut = function(ctx)
   if not sse_headers() then return ngx.exit(ngx.OK) end
   local function c2(index, delta, finish)
     return data({id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
-      model = ctx.model, choices = {{index = index, delta = delta, finish_reason = finish or null}}})
+      model = ctx.model,
+      choices = {{index = index, delta = delta, finish_reason = finish or null}}})
   end
   emit(ctx, c2(0, {content = "a"}) .. c2(1, {content = "b"}) .. c2(0, {}, "stop")
     .. c2(1, {content = "c"}))
@@ -739,6 +743,122 @@ local function completion(kind)
   return dispatch({kind = kind, req = req, body = body, model = req.model})
 end
 
+-- Image endpoints -------------------------------------------------------------------
+--
+-- /images/edits (multipart, as OpenAI), /images/inpaint and /images/outpaint (JSON with
+-- base64 PNGs, as aggregators offer them). Each checks what arrived (PNG signatures, sizes,
+-- the fields it needs) and answers like a provider: {created, data = {{b64_json = ...}}}
+-- with the input image sent back, plus what it saw under "received". The model picks the
+-- failure behaviours above (status:N, ratelimit, fail:N:STATUS:KEY, ...).
+
+local PNG_SIG = "\137PNG\r\n\26\n"
+
+-- width, height of PNG bytes, or nil, why.
+local function png_size(s)
+  if type(s) ~= "string" or s:sub(1, 8) ~= PNG_SIG then return nil, "not a PNG" end
+  if #s < 24 or s:sub(13, 16) ~= "IHDR" then return nil, "a truncated PNG" end
+  local function u32(i)
+    local a, b, c, d = s:byte(i, i + 3)
+    return ((a * 256 + b) * 256 + c) * 256 + d
+  end
+  return u32(17), u32(21)
+end
+
+-- Parts of a multipart/form-data body: name -> {data =, filename =, type =}.
+local function multipart(body)
+  local ct = ngx.var.content_type or ""
+  local boundary = ct:match('boundary="([^"]+)"') or ct:match("boundary=([^;%s]+)")
+  if not ct:find("multipart/form-data", 1, true) or not boundary then return nil end
+  local parts, delim = {}, "--" .. boundary
+  local pos = body:find(delim, 1, true)
+  while pos do
+    local hstart = pos + #delim
+    if body:sub(hstart, hstart + 1) == "--" then break end
+    local hend = body:find("\r\n\r\n", hstart, true)
+    if not hend then return nil end
+    local head = body:sub(hstart, hend - 1)
+    local nextp = body:find("\r\n" .. delim, hend + 4, true)
+    if not nextp then return nil end
+    local name = head:match('name="([^"]*)"')
+    if name then
+      parts[name] = {data = body:sub(hend + 4, nextp - 1),
+        filename = head:match('filename="([^"]*)"'),
+        type = head:match("[Cc]ontent%-[Tt]ype:%s*([^\r\n]+)")}
+    end
+    pos = nextp + 2
+  end
+  return parts
+end
+
+local function image_reply(ctx, image_png, received)
+  ctx.image_answer = {created = ngx.time(),
+    data = {{b64_json = ngx.encode_base64(image_png), revised_prompt = received.prompt}},
+    received = received}
+  return dispatch(ctx)
+end
+
+local function images_edits()
+  local parts = multipart(read_body())
+  if not parts then return bad_request("mock: expected multipart/form-data") end
+  local image, mask, prompt = parts.image, parts.mask, parts.prompt
+  if not image then return bad_request("'image' is a required part", "image") end
+  local w, h = png_size(image.data)
+  if not w then return bad_request("image is " .. h, "image") end
+  if not prompt or prompt.data == "" then return bad_request("'prompt' is required", "prompt") end
+  local received = {width = w, height = h, prompt = prompt.data, image_type = image.type,
+    image_filename = image.filename, n = parts.n and tonumber(parts.n.data),
+    size = parts.size and parts.size.data, response_format = parts.response_format
+      and parts.response_format.data}
+  if mask then
+    local mw, mh = png_size(mask.data)
+    if not mw then return bad_request("mask is " .. mh, "mask") end
+    if mw ~= w or mh ~= h then
+      return bad_request("Invalid mask: mask and image must have the same dimensions", "mask")
+    end
+    received.mask_width, received.mask_height = mw, mh
+  end
+  local model = parts.model and parts.model.data or "dall-e-2"
+  return image_reply({kind = "image", req = {}, model = model}, image.data, received)
+end
+
+-- JSON body with base64 images: the decoded PNG named field, or nil, why.
+local function b64_png(req, field)
+  local v = req[field]
+  if type(v) ~= "string" then return nil, "'" .. field .. "' is required" end
+  local png = ngx.decode_base64(v)
+  if not png then return nil, "'" .. field .. "' is not base64" end
+  local w, h = png_size(png)
+  if not w then return nil, "'" .. field .. "' is " .. h end
+  return png, w, h
+end
+
+local function images_json(kind)
+  local req = cjson.decode(read_body())
+  if type(req) ~= "table" then return bad_request("We could not parse the JSON body.") end
+  if type(req.prompt) ~= "string" or req.prompt == "" then
+    return bad_request("'prompt' is required", "prompt")
+  end
+  local png, w, h = b64_png(req, "image")
+  if not png then return bad_request(w, "image") end
+  local received = {width = w, height = h, prompt = req.prompt}
+  if kind == "inpaint" then
+    local mpng, mw, mh = b64_png(req, "mask")
+    if not mpng then return bad_request(mw, "mask") end
+    if mw ~= w or mh ~= h then return bad_request("mask and image sizes differ", "mask") end
+    received.mask_width, received.mask_height = mw, mh
+    received.strength, received.guidance_scale, received.seed =
+      req.strength, req.guidance_scale, req.seed
+  else
+    local dirs = {left = true, right = true, top = true, bottom = true, all = true}
+    if not dirs[req.direction] then return bad_request("bad 'direction'", "direction") end
+    if type(req.pixels) ~= "number" or req.pixels < 1 then
+      return bad_request("'pixels' must be a positive integer", "pixels")
+    end
+    received.direction, received.pixels = req.direction, req.pixels
+  end
+  return image_reply({kind = "image", req = req, model = req.model or "mock-image"}, png, received)
+end
+
 local function models()
   local data = {}
   for i, id in ipairs({"mock-1", "mock-2", "mock-embed-1"}) do
@@ -760,6 +880,10 @@ local routes = {
   ["/v1/_count"] = {GET = counter},
   ["/v1/chat/completions"] = {POST = function() return completion("chat") end},
   ["/v1/embeddings"] = {POST = function() return completion("embeddings") end},
+  ["/v1/images/edits"] = {POST = images_edits},
+  ["/v1/images/inpaint"] = {POST = function() return images_json("inpaint") end},
+  ["/v1/images/outpaint"] = {POST = function() return images_json("outpaint") end},
+  ["/v1/custom/inpaint"] = {POST = function() return images_json("inpaint") end},
 }
 
 function M.handle()

@@ -1,0 +1,186 @@
+-- The image-edit endpoints against the loopback upstream: OpenAI's multipart /images/edits and
+-- the JSON /images/inpaint and /images/outpaint of aggregators; what arrives is checked by the
+-- mock (PNG signatures, sizes, fields) and echoed back under "received".
+local llmux = require "llmux"
+local image = require "llmux.image"
+local errors = require "llmux.errors"
+local upstream = require "helpers.upstream"
+
+local KEY = "sk-images-0123456789"
+local u, c, base_backoff
+setup(function()
+  u = upstream.start{}
+  c = llmux.client{ base_url = u.http, api_key = KEY, timeout = 20 }
+  base_backoff = errors.BACKOFF_BASE
+  errors.BACKOFF_BASE = 0.01
+end)
+teardown(function()
+  errors.BACKOFF_BASE = base_backoff
+  if u then u:stop() end
+end)
+
+local function picture(w, h)
+  local px = {}
+  for i = 1, w * h * 3 do px[i] = string.char((i * 37) % 256) end
+  return image.new(w, h, 3, table.concat(px))
+end
+
+local uniq = 0
+local function key(name)
+  uniq = uniq + 1
+  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
+end
+
+local function server_count(k)
+  return assert(c:request("GET", "/_count?key=" .. k)).count
+end
+
+describe("images_edit", function()
+  it("sends image and mask as PNG parts and decodes the answer on request", function()
+    local img, mask = picture(8, 6), image.mask(8, 6, "left_half")
+    local res, info = c:images_edit{ image = img, mask = mask, prompt = "a red door", n = 1,
+      size = "256x256", response_format = "b64_json", decode = true }
+    assert.truthy(res, info)
+    assert.equals(200, info.status)
+    local got = res.received
+    assert.same({ 8, 6, 8, 6 }, { got.width, got.height, got.mask_width, got.mask_height })
+    assert.equals("a red door", got.prompt)
+    assert.equals("image/png", got.image_type)
+    assert.equals("image.png", got.image_filename)
+    assert.equals(1, got.n)
+    assert.equals("256x256", got.size)
+    assert.equals("b64_json", got.response_format)
+    local back = res.data[1].image
+    assert.equals(8, back:width())
+    assert.equals(img:pixels(), back:pixels())
+  end)
+
+  it("takes PNG bytes and paths too", function()
+    local png = picture(5, 4):encode_png()
+    local res = assert(c:images_edit{ image = png, prompt = "bytes" })
+    assert.same({ 5, 4 }, { res.received.width, res.received.height })
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(png)
+    f:close()
+    res = assert(c:images_edit{ image = path, mask = image.mask(5, 4, "all"), prompt = "path" })
+    os.remove(path)
+    assert.same({ 5, 4 }, { res.received.mask_width, res.received.mask_height })
+  end)
+
+  it("refuses a mask of another size before sending anything", function()
+    local k = key("mask")
+    local res, msg, code = c:images_edit{ image = picture(8, 6), mask = image.mask(4, 4, "all"),
+      prompt = "x", model = "count:" .. k }
+    assert.is_nil(res)
+    assert.equals("badrequest", code)
+    assert.matches("the mask is 4x4 but the image is 8x6", msg)
+    assert.equals(0, server_count(k))
+  end)
+
+  it("reports bad image input clearly", function()
+    local _, msg, code = c:images_edit{ image = "\255\216\255\224 jpeg", prompt = "x" }
+    assert.equals("badrequest", code)
+    assert.matches("must be a PNG, not image/jpeg", msg)
+    _, msg, code = c:images_edit{ image = "/nonexistent/llmux.png", prompt = "x" }
+    assert.equals("io", code)
+    _, msg, code = c:images_edit{ image = "\137PNG\r\n\26\n\0\0", prompt = "x" }
+    assert.equals("decode", code)
+    assert.matches("truncated PNG", msg)
+  end)
+
+  it("raises on misuse", function()
+    assert.has_error(function() c:images_edit{ prompt = "x" } end,
+      "llmux.Client:images_edit: 'image' is required")
+    assert.has_error(function()
+      c:images_edit{ image = picture(2, 2), prompt = "x", colour = 1 }
+    end,
+      "llmux.Client:images_edit: unknown argument 'colour'")
+    assert.has_error(function() c:images_edit{ image = 5, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image' must be an llmux.Image, PNG bytes or a path")
+    assert.has_error(function() c:images_edit("x") end,
+      "llmux.Client:images_edit: args must be a table")
+  end)
+
+  it("retries, maps errors, and leaves pooled handles clean", function()
+    local k = key("edit")
+    local res, info = c:images_edit{ image = picture(3, 3), prompt = "x",
+      model = "fail:1:503:" .. k }
+    assert.truthy(res, info)
+    assert.equals(2, info.attempts)
+    local _, _, code = c:images_edit{ image = picture(3, 3), prompt = "x", model = "status:401" }
+    assert.equals("auth", code)
+    -- the next JSON call on the same engine is not a multipart post
+    for i = 1, 4 do
+      local r = assert(c:chat{ model = "m",
+        messages = { { role = "user", content = "after" .. i } } })
+      assert.equals("echo: after" .. i, r.choices[1].message.content)
+    end
+  end)
+end)
+
+describe("multipart in the core", function()
+  it("checks form parts before taking any resource", function()
+    local m = llmux.core.multi()
+    assert.has_error(function()
+      m:request{ url = u.http .. "/images/edits", form = { { name = "a" } } }
+    end, "llmux.request: form[1] must be {name = s, data = s[, filename = s][, type = s]}")
+    assert.has_error(function()
+      m:request{ url = u.http .. "/images/edits", form = { { name = "a", data = "b", type = 1 } } }
+    end, "llmux.request: form[1] must be {name = s, data = s[, filename = s][, type = s]}")
+    assert.has_error(function()
+      m:request{ url = u.http .. "/images/edits", body = "x", form = {} }
+    end, "llmux.request: 'form' must be a table of parts, and not with 'body'")
+    assert.same({ running = 0, queued = 0 }, { running = m:stats().running,
+      queued = m:stats().queued })
+    m:close()
+  end)
+end)
+
+describe("inpaint and outpaint", function()
+  it("inpaint sends base64 PNGs and the knobs", function()
+    local res, info = c:inpaint{ image = picture(6, 6), mask = image.mask(6, 6, "top_half"),
+      prompt = "sky", strength = 0.8, guidance_scale = 7.5, seed = 42, decode = true }
+    assert.truthy(res, info)
+    local got = res.received
+    assert.same({ 6, 6, 6, 6 }, { got.width, got.height, got.mask_width, got.mask_height })
+    assert.same({ 0.8, 7.5, 42 }, { got.strength, got.guidance_scale, got.seed })
+    assert.equals(6, res.data[1].image:height())
+  end)
+
+  it("inpaint needs a mask of the image's size and honours a custom path", function()
+    assert.has_error(function() c:inpaint{ image = picture(2, 2), prompt = "x" } end,
+      "llmux.Client:inpaint: 'mask' is required")
+    local _, _, code = c:inpaint{ image = picture(4, 4), mask = image.mask(4, 5, "all"),
+      prompt = "x" }
+    assert.equals("badrequest", code)
+    local res, info = c:inpaint{ image = picture(4, 4), mask = image.mask(4, 4, "all"),
+      prompt = "x", path = "/custom/inpaint" }
+    assert.truthy(res, info)
+    assert.equals(u.http .. "/custom/inpaint", info.url)
+  end)
+
+  it("outpaint sends direction and pixels", function()
+    local res, info = c:outpaint{ image = picture(5, 3), direction = "right", pixels = 64,
+      prompt = "more beach" }
+    assert.truthy(res, info)
+    assert.same({ "right", 64, 5, 3 }, { res.received.direction, res.received.pixels,
+      res.received.width, res.received.height })
+    assert.is_nil(res.data[1].image)   -- not decoded unless asked
+    assert.has_error(function()
+      c:outpaint{ image = picture(2, 2), direction = "up", pixels = 1, prompt = "x" }
+    end, "llmux.Client:outpaint: 'direction' must be left, right, top, bottom or all")
+    assert.has_error(function()
+      c:outpaint{ image = picture(2, 2), direction = "left", pixels = 0, prompt = "x" }
+    end, "llmux.Client:outpaint: 'pixels' must be an integer >= 1")
+  end)
+
+  it("a provider's bad b64_json is a decode error", function()
+    -- the mock echoes the PNG it got; a corrupt one comes back corrupt
+    local png = picture(4, 4):encode_png()
+    local broken = png:sub(1, 40)
+    local _, msg, code = c:inpaint{ image = broken, mask = broken, prompt = "x", decode = true }
+    assert.equals("decode", code)
+    assert.matches("data%[1%]%.b64_json", msg)
+  end)
+end)
