@@ -3,35 +3,19 @@
 local llmux = require "llmux"
 local errors = require "llmux.errors"
 local upstream = require "helpers.upstream"
+local B = require "helpers.bed"
 
 local KEY = "sk-test-SECRET-0123456789abcdef"
-local u, c, base_backoff
-setup(function()
-  u = upstream.start{}
-  c = llmux.client{ base_url = u.http, api_key = KEY, timeout = 10 }
-  -- fast retries for the suite; the policy itself is tested in errors_spec
-  base_backoff = errors.BACKOFF_BASE
-  errors.BACKOFF_BASE = 0.01
-end)
-teardown(function()
-  errors.BACKOFF_BASE = base_backoff
-  if u then u:stop() end
-end)
+local bed = B.start(setup, teardown, { api_key = KEY, timeout = 10 })
+local u, c
+setup(function() u, c = bed.u, bed.c end)
 
 local function body(model, content)
   return { model = model, messages = { { role = "user", content = content or "hi" } } }
 end
 
-local uniq = 0
-local function key(name)
-  uniq = uniq + 1
-  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
-end
-
-local function server_count(k)
-  local res = assert(c:request("GET", "/_count?key=" .. k))
-  return res.count
-end
+local key = B.key
+local function server_count(k) return B.server_count(c, k) end
 
 -- Deep search for a string anywhere in a value (keys included).
 local function contains(v, s, seen)

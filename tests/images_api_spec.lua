@@ -3,21 +3,11 @@
 -- mock (PNG signatures, sizes, fields) and echoed back under "received".
 local llmux = require "llmux"
 local image = require "llmux.image"
-local errors = require "llmux.errors"
-local upstream = require "helpers.upstream"
+local B = require "helpers.bed"
 
-local KEY = "sk-images-0123456789"
-local u, c, base_backoff
-setup(function()
-  u = upstream.start{}
-  c = llmux.client{ base_url = u.http, api_key = KEY, timeout = 20 }
-  base_backoff = errors.BACKOFF_BASE
-  errors.BACKOFF_BASE = 0.01
-end)
-teardown(function()
-  errors.BACKOFF_BASE = base_backoff
-  if u then u:stop() end
-end)
+local bed = B.start(setup, teardown, { api_key = "sk-images-0123456789", timeout = 20 })
+local u, c
+setup(function() u, c = bed.u, bed.c end)
 
 local function picture(w, h)
   local px = {}
@@ -25,15 +15,8 @@ local function picture(w, h)
   return image.new(w, h, 3, table.concat(px))
 end
 
-local uniq = 0
-local function key(name)
-  uniq = uniq + 1
-  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
-end
-
-local function server_count(k)
-  return assert(c:request("GET", "/_count?key=" .. k)).count
-end
+local key = B.key
+local function server_count(k) return B.server_count(c, k) end
 
 describe("images_edit", function()
   it("sends image and mask as PNG parts and decodes the answer on request", function()

@@ -2,21 +2,12 @@
 -- provider), retries before the first event, cancel and collection, backpressure, many
 -- streams at once, the frame loop, HTTP/2.
 local llmux = require "llmux"
-local errors = require "llmux.errors"
 local sched = require "llmux.sched"
-local upstream = require "helpers.upstream"
+local B = require "helpers.bed"
 
-local u, c, base_backoff
-setup(function()
-  u = upstream.start{}
-  c = llmux.client{ base_url = u.http, api_key = "sk-stream", timeout = 20, idle_timeout = 5 }
-  base_backoff = errors.BACKOFF_BASE
-  errors.BACKOFF_BASE = 0.01
-end)
-teardown(function()
-  errors.BACKOFF_BASE = base_backoff
-  if u then u:stop() end
-end)
+local bed = B.start(setup, teardown, { api_key = "sk-stream", timeout = 20, idle_timeout = 5 })
+local u, c
+setup(function() u, c = bed.u, bed.c end)
 
 local function body(model, content, extra)
   local b = { model = model, messages = { { role = "user", content = content or "hello world" } } }
@@ -24,11 +15,7 @@ local function body(model, content, extra)
   return b
 end
 
-local uniq = 0
-local function key(name)
-  uniq = uniq + 1
-  return name .. "-" .. uniq .. "-" .. math.random(1 << 30)
-end
+local key = B.key
 
 local function collect(s)
   local out = {}
