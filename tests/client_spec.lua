@@ -2,7 +2,6 @@
 -- the deadline, option checking and keeping the key secret.
 local llmux = require "llmux"
 local errors = require "llmux.errors"
-local upstream = require "helpers.upstream"
 local B = require "helpers.bed"
 
 local KEY = "sk-test-SECRET-0123456789abcdef"
