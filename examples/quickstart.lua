@@ -1,4 +1,5 @@
--- llmux quickstart: one chat, then a batch with a progress bar, failures reported clearly.
+-- llmux quickstart: one chat, one streamed answer, then a batch with a progress bar, failures
+-- reported clearly.
 -- Talks to LLMUX_BASE_URL with LLMUX_API_KEY (any OpenAI-compatible endpoint); `make demo`
 -- starts a local mock upstream and points these at it when they are not set.
 local llmux = require "llmux"
@@ -25,13 +26,34 @@ for _, k in ipairs(keys) do
   if k == "usage" then
     v = string.format("prompt=%d completion=%d total=%d", v.prompt_tokens or 0,
       v.completion_tokens or 0, v.total_tokens or 0)
-  elseif k == "headers" then
-    v = (v["content-type"] or "") .. ", ..."
+  elseif k == "head" then   -- the raw header block: show the parsed headers instead
+    k, v = "headers", "content-type " .. tostring(info.headers["content-type"]) .. ", ..."
   end
   print(string.format("  info.%-18s %s", k, tostring(v)))
 end
 
--- 2. A batch: every other item is a question; two items ask for a model that does not exist,
+-- 2. A streamed answer: text as it arrives, then the assembled completion and its info.
+local s, msg, code = c:chat_stream{
+  model = model,
+  messages = { { role = "user", content = "Count from one to ten." } },
+  stream_options = { include_usage = true },
+}
+if not s then
+  io.stderr:write("stream failed: [", tostring(code), "] ", tostring(msg), "\n")
+  os.exit(1)
+end
+io.write("stream:  ")
+for text in s:deltas() do io.write(text) io.flush() end
+io.write("\n")
+local final, sinfo, scode = s:result()
+if not final then
+  io.stderr:write("stream failed: [", tostring(scode), "] ", tostring(sinfo), "\n")
+  os.exit(1)
+end
+print(string.format("  finish %s, ttft %.4f s, %d tokens%s", final.choices[1].finish_reason,
+  sinfo.ttft or 0, sinfo.usage.total_tokens, sinfo.usage_estimated and " (estimated)" or ""))
+
+-- 3. A batch: every other item is a question; two items ask for a model that does not exist,
 -- to show how failures come back (code, message) without stopping the batch.
 local items = {}
 for i = 1, n do items[i] = { q = "What is " .. i .. " + " .. i .. "?", model = model } end
