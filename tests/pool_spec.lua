@@ -86,7 +86,7 @@ describe("worker pool: same results as inline", function()
   end)
 
   it("codes base64 the same", function()
-    local s = img:pixels() .. "tail"      -- over 1 MiB, not a multiple of 3
+    local s = rgba:pixels() .. img:pixels() .. "tail"   -- over 2 MiB, not a multiple of 3
     local e = core.b64_encode(s)
     local n, pe, pd = in_task(function()
       local enc = base64.encode(s)
@@ -114,7 +114,7 @@ describe("worker pool: same results as inline", function()
     img:encode_png()
     image.decode(img:encode_png())
     img:resize(100, 100)
-    base64.encode(img:pixels())
+    base64.encode(img:pixels() .. rgba:pixels())
     assert.equals(d0, jobs_done())
   end)
 end)
@@ -140,7 +140,7 @@ describe("worker pool: errors", function()
       assert.is_string(bmsg)
       assert.truthy(bcode == "decode" or bcode == "toolarge")
     end
-    local bad = ("QUJD"):rep(300000) .. "A\1=="
+    local bad = ("QUJD"):rep(600000) .. "A\1=="
     local a, amsg, acode = base64.decode(bad)
     local n, b, bmsg, bcode = in_task(function() return base64.decode(bad) end)
     assert.equals(1, n)
@@ -149,7 +149,7 @@ describe("worker pool: errors", function()
     assert.equals("decode", bcode)
     assert.equals(acode, bcode)
     assert.equals(amsg, bmsg)
-    assert.matches("0x01 at byte 1200002", bmsg)
+    assert.matches("0x01 at byte 2400002", bmsg)
   end)
 
   it("raises for misuse before anything is queued", function()
@@ -172,7 +172,7 @@ describe("worker pool: many at once", function()
   it("completes 50 jobs from 50 tasks, each with its own result", function()
     local imgs, want = {}, {}
     for i = 1, 50 do
-      imgs[i] = pattern(300, 300, (i % 4) + 1, i)
+      imgs[i] = pattern(520, 520, (i % 4) + 1, i)
       want[i] = imgs[i]:encode_png{ level = 1 }
     end
     local n, got = in_task(function()
@@ -218,6 +218,28 @@ describe("worker pool: many at once", function()
     end
     assert.is_true(t:join() > 0)
     assert.is_true(frames > 1)
+  end)
+end)
+
+describe("worker pool: configure", function()
+  it("sets the number of workers, more but never fewer", function()
+    assert.has_error(function() llmux.configure{ workers = 0 } end,
+      "llmux.configure: workers must be an integer 1..64")
+    assert.has_error(function() llmux.configure{ workers = 1.5 } end)
+    assert.has_error(function() llmux.configure{ workers = 65 } end)
+    llmux.configure{ workers = 3 }
+    assert.equals(3, core.pool_stats().target)
+    local n = in_task(function()
+      local t = {}
+      for i = 1, 6 do
+        t[i] = llmux.spawn(function() return pattern(600, 600, 3):encode_png() end)
+      end
+      for i = 1, 6 do t[i]:join() end
+    end)
+    assert.equals(6, n)
+    assert.equals(3, core.pool_stats().threads)
+    llmux.configure{ workers = 2 }
+    assert.equals(3, core.pool_stats().threads)   -- parked, not stopped
   end)
 end)
 
