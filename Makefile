@@ -8,7 +8,7 @@ CC          ?= cc
 CFLAGS      ?= -O2 -g
 WARN        := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
 DEPCFLAGS   := $(shell $(PKG_CONFIG) --cflags libcurl libpng 2>/dev/null)
-DEPLIBS     := $(shell $(PKG_CONFIG) --libs libcurl libpng 2>/dev/null) -lpthread
+DEPLIBS     := $(shell $(PKG_CONFIG) --libs libcurl libpng 2>/dev/null) -lpthread -ldl
 LIBFLAG     ?= -shared
 PREFIX      ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -28,7 +28,7 @@ export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
 
-.PHONY: all deps test demo bench asan fuzz install clean
+.PHONY: all deps test pooltest demo bench asan fuzz install clean
 all: $(CORE)
 
 $(BUILD)/obj/%.o: src/%.c src/*.h
@@ -50,8 +50,16 @@ deps:
 	fi
 
 test: deps
-	$(MAKE) all
+	$(MAKE) all pooltest
 	$(BUSTED) tests
+
+# The worker pool's C test, plain and under ThreadSanitizer (when the compiler has it).
+POOLTEST := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/pool_test.c src/pool.c -lpthread -ldl
+pooltest:
+	@mkdir -p $(BUILD)/test
+	$(CC) $(POOLTEST) -o $(BUILD)/test/pool_test && $(BUILD)/test/pool_test
+	@if $(CC) -fsanitize=thread $(POOLTEST) -o $(BUILD)/test/pool_tsan 2>/dev/null; then \
+	  $(BUILD)/test/pool_tsan; else echo "pooltest: no ThreadSanitizer, skipped"; fi
 
 demo: deps
 	$(MAKE) all

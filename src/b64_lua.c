@@ -15,6 +15,26 @@ static int b64_encode(lua_State *L) {
   return 1;
 }
 
+/* Pushes nil, msg, "decode" for a failed decode of the n bytes at s; returns 3. */
+int lmx_b64_error(lua_State *L, const char *s, size_t n, const lmx_B64Err *err) {
+  unsigned char c = err->pos < n ? (unsigned char)s[err->pos] : 0;
+  lua_pushnil(L);
+  if (err->pos >= n)
+    lua_pushfstring(L, "llmux.base64: %s at byte %I (the end of the input)", err->what,
+                    (LUAI_UACINT)n + 1);
+  else if (c > 0x20 && c < 0x7F)
+    lua_pushfstring(L, "llmux.base64: %s '%c' at byte %I", err->what, (int)c,
+                    (LUAI_UACINT)err->pos + 1);
+  else {
+    static const char hex[] = "0123456789ABCDEF";
+    char h[3] = { hex[c >> 4], hex[c & 15], '\0' };
+    lua_pushfstring(L, "llmux.base64: %s 0x%s at byte %I", err->what, h,
+                    (LUAI_UACINT)err->pos + 1);
+  }
+  lua_pushliteral(L, "decode");
+  return 3;
+}
+
 /* core.b64_decode(s[, skip_ws]) -> string | nil, msg, "decode" */
 static int b64_decode(lua_State *L) {
   size_t n, len;
@@ -24,25 +44,8 @@ static int b64_decode(lua_State *L) {
   lmx_B64Err err;
   char *dst = luaL_buffinitsize(L, &b, lmx_b64_declen(n));
   len = lmx_b64_decode(s, n, (unsigned char *)dst, skip_ws, &err);
-  if (len == (size_t)-1) {
-    /* the buffer is abandoned: its box (if any) stays below the results */
-    unsigned char c = err.pos < n ? (unsigned char)s[err.pos] : 0;
-    lua_pushnil(L);
-    if (err.pos >= n)
-      lua_pushfstring(L, "llmux.base64: %s at byte %I (the end of the input)", err.what,
-                      (LUAI_UACINT)n + 1);
-    else if (c > 0x20 && c < 0x7F)
-      lua_pushfstring(L, "llmux.base64: %s '%c' at byte %I", err.what, (int)c,
-                      (LUAI_UACINT)err.pos + 1);
-    else {
-      static const char hex[] = "0123456789ABCDEF";
-      char h[3] = { hex[c >> 4], hex[c & 15], '\0' };
-      lua_pushfstring(L, "llmux.base64: %s 0x%s at byte %I", err.what, h,
-                      (LUAI_UACINT)err.pos + 1);
-    }
-    lua_pushliteral(L, "decode");
-    return 3;
-  }
+  if (len == (size_t)-1)   /* the buffer is abandoned: its box (if any) stays below */
+    return lmx_b64_error(L, s, n, &err);
   luaL_pushresultsize(&b, len);
   return 1;
 }

@@ -96,6 +96,7 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lmx_sse_open(L);
   lmx_b64_open(L);
   lmx_image_open(L);
+  lmx_pool_open(L);
   lua_pushcfunction(L, core_now);
   lua_setfield(L, -2, "now");
   lua_pushcfunction(L, core_sleep);

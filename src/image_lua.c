@@ -1,19 +1,29 @@
 /* llmux.Image: a userdata owning the malloc'd pixels of an lmx_Image (image.c does all the
  * work in plain C; this file only checks arguments and wraps results). Options tables are
  * read by lua/llmux/image.lua, which calls the positional core.image_* functions below. */
+#include <stdlib.h>
 #include <string.h>
 #include "llmux.h"
 #include "image.h"
+#include "pool.h"
 
 #define LMX_IMAGE "llmux.Image"
+
+/* The userdata: the pixels and the worker jobs reading them (pool.h), so closing an image a
+ * job still reads hands the pixels to that job instead of freeing them under it. im comes
+ * first: an ImageUD * is an lmx_Image *. */
+typedef struct ImageUD {
+  lmx_Image im;
+  lmx_Pin pin;
+} ImageUD;
 
 /* A new, closed Image on the stack: metatable first, pixels later, so a failure between
  * leaves an object __gc can skip. */
 static lmx_Image *newimage(lua_State *L) {
-  lmx_Image *im = lua_newuserdatauv(L, sizeof *im, 0);
-  memset(im, 0, sizeof *im);
+  ImageUD *u = lua_newuserdatauv(L, sizeof *u, 0);
+  memset(u, 0, sizeof *u);
   luaL_setmetatable(L, LMX_IMAGE);
-  return im;
+  return &u->im;
 }
 
 static lmx_Image *checkimage(lua_State *L, int i) {
@@ -21,6 +31,10 @@ static lmx_Image *checkimage(lua_State *L, int i) {
   if (!im->px) luaL_error(L, "attempt to use a closed " LMX_IMAGE);
   return im;
 }
+
+lmx_Image *lmx_image_push(lua_State *L) { return newimage(L); }
+lmx_Image *lmx_image_check(lua_State *L, int i) { return checkimage(L, i); }
+lmx_Pin *lmx_image_pin(lmx_Image *im) { return &((ImageUD *)im)->pin; }
 
 /* The collector does not see malloc'd pixels: tell it, as if they had been allocated by Lua,
  * so a loop making large images does not outrun the collection of the old ones. */
@@ -42,6 +56,8 @@ static int finish(lua_State *L, int r, const lmx_ImgErr *e) {
   lua_pushstring(L, r == LMX_IMG_TOOLARGE ? "toolarge" : "decode");
   return 3;
 }
+
+int lmx_image_result(lua_State *L, int r, const lmx_ImgErr *e) { return finish(L, r, e); }
 
 static int checkdim(lua_State *L, int i, const char *what) {
   lua_Integer v = luaL_checkinteger(L, i);
@@ -237,9 +253,12 @@ static int image_coverage(lua_State *L) {
   return 1;
 }
 
-/* img:close() / __gc / __close: frees the pixels; idempotent */
+/* img:close() / __gc / __close: frees the pixels, or leaves them to the last worker job
+ * still reading them (the image is closed at once either way); idempotent */
 static int image_close(lua_State *L) {
-  lmx_img_free(luaL_checkudata(L, 1, LMX_IMAGE));
+  ImageUD *u = luaL_checkudata(L, 1, LMX_IMAGE);
+  if (u->im.px && lmx_pin_close(&u->pin, u->im.px)) free(u->im.px);
+  memset(&u->im, 0, sizeof u->im);
   return 0;
 }
 

@@ -64,6 +64,7 @@ struct lmx_Multi {
   CURLM *cm;
   CURLSH *sh;
   int epfd, tfd;              /* epoll set of curl's sockets + a timerfd for curl's timer */
+  int wfd;                    /* one more fd in the set, not curl's (watch()); -1: none */
   int stepping, closed;
   int running;                /* transfers in flight */
   long timer_ms;              /* curl's last timer request, -1 when none */
@@ -108,4 +109,17 @@ int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c);
 void lmx_sse_open(lua_State *L);    /* sse_lua.c: core.sse */
 void lmx_b64_open(lua_State *L);    /* b64_lua.c: core.b64_encode, core.b64_decode */
 void lmx_image_open(lua_State *L);  /* image_lua.c: llmux.Image, core.image_* */
+void lmx_pool_open(lua_State *L);   /* pool_lua.c: llmux.Job, core.job_* */
+
+/* For pool_lua.c, which runs the work of b64_lua.c and image_lua.c on worker threads and
+ * must hand back the same values. */
+struct lmx_B64Err;
+struct lmx_Image;
+struct lmx_ImgErr;
+struct lmx_Pin;
+int lmx_b64_error(lua_State *L, const char *s, size_t n, const struct lmx_B64Err *err);
+struct lmx_Image *lmx_image_push(lua_State *L);           /* a new, closed Image */
+struct lmx_Image *lmx_image_check(lua_State *L, int i);   /* raises when closed */
+struct lmx_Pin *lmx_image_pin(struct lmx_Image *im);
+int lmx_image_result(lua_State *L, int r, const struct lmx_ImgErr *e);
 #endif

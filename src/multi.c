@@ -174,7 +174,7 @@ static int multi_new(lua_State *L) {
   lmx_Multi *m = lua_newuserdatauv(L, sizeof *m, 1);
   memset(m, 0, sizeof *m);
   m->closed = 1;
-  m->epfd = -1;
+  m->epfd = m->wfd = -1;
   luaL_setmetatable(L, LMX_MULTI);
   lua_newtable(L);              /* requests in flight or queued, keyed by their C pointer */
   lua_setiuservalue(L, -2, 1);
@@ -220,6 +220,27 @@ static int multi_request(lua_State *L) {
 static int multi_pollfd(lua_State *L) {
   lua_pushinteger(L, checkmulti(L, 1)->epfd);
   return 1;
+}
+
+/* m:watch(fd | nil): adds fd (the job pool's eventfd) to the epoll set, replacing the fd
+ * watched before, so step() returns as soon as it is readable; step() neither passes it to
+ * curl nor reads it (its owner does). fd must stay open while watched. */
+static int multi_watch(lua_State *L) {
+  lmx_Multi *m = checkmulti(L, 1);
+  int fd = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
+  struct epoll_event ev;
+  if (fd == m->wfd) return 0;
+  if (m->wfd >= 0) epoll_ctl(m->epfd, EPOLL_CTL_DEL, m->wfd, NULL);
+  m->wfd = -1;
+  if (fd >= 0) {
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+      return luaL_error(L, "llmux.Multi: watch(%d): %s", fd, strerror(errno));
+    m->wfd = fd;
+  }
+  return 0;
 }
 
 /* m:timeout() -> seconds | nil: when step() is due even without socket activity;
@@ -271,6 +292,7 @@ static int multi_step(lua_State *L) {
   int running = 0;
   for (int i = 0; i < n; i++) {
     uint32_t ev = evs[i].events;
+    if (evs[i].data.fd == m->wfd) continue;   /* its owner reads it, not curl */
     int flags = ((ev & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
                 ((ev & EPOLLOUT) ? CURL_CSELECT_OUT : 0) | ((ev & EPOLLERR) ? CURL_CSELECT_ERR : 0);
     curl_multi_socket_action(m->cm, evs[i].data.fd, flags, &running);
@@ -364,7 +386,7 @@ static int multi_tostring(lua_State *L) {
 void lmx_multi_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"request", multi_request}, {"pollfd", multi_pollfd}, {"timeout", multi_timeout},
-    {"step", multi_step}, {"next", multi_next}, {"empty", multi_empty},
+    {"step", multi_step}, {"next", multi_next}, {"watch", multi_watch}, {"empty", multi_empty},
     {"stats", multi_stats}, {"close", multi_close}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

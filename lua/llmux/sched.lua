@@ -24,9 +24,24 @@ local engine, engine_opts
 
 -- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams}
 -- applies to the shared Multi; allowed while nothing is in flight (it is rebuilt lazily).
+-- workers = n (1..64, default 2): threads for image and base64 work of tasks (see offload);
+-- more can be added later, never fewer.
 function M.configure(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("llmux.configure: opts must be a table", 2)
+  end
+  if opts and opts.workers ~= nil then
+    local n = opts.workers
+    if math.type(n) ~= "integer" or n < 1 or n > 64 then
+      error("llmux.configure: workers must be an integer 1..64", 2)
+    end
+    local rest, more = {}, false
+    for k, v in pairs(opts) do
+      if k ~= "workers" then rest[k], more = v, true end
+    end
+    core.pool_configure(n)
+    if not more then return end
+    opts = rest
   end
   core.multi(opts):close()   -- validates names and ranges, raising like core.multi does
   if engine then
@@ -186,6 +201,32 @@ local function fire_timers()
   end
 end
 
+-- Worker-thread jobs (core.job_*): tasks waiting on one count here; while any do, each turn
+-- waits on the engine, whose epoll set watches the job pool's eventfd, and collects them.
+local jobs, watched = 0, nil
+
+local function job_engine()
+  local m = M.engine()
+  if watched ~= m then
+    m:watch(core.job_fd())
+    watched = m
+  end
+  return m
+end
+
+local function drain_jobs()
+  local job = core.job_next()
+  while job do
+    local w = waiting[job]
+    if w then
+      waiting[job] = nil
+      jobs = jobs - 1
+      wake(w, job)
+    end
+    job = core.job_next()
+  end
+end
+
 local function drain(m)
   local req = m:next()
   while req do
@@ -208,9 +249,11 @@ local function turn(max_wait)
   if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
   if wait < 0 then wait = 0 end
   local m = engine
-  if m and not m:empty() then
+  if jobs > 0 then m = job_engine() end
+  if m and (jobs > 0 or not m:empty()) then
     m:step(wait)
     drain(m)
+    if jobs > 0 then drain_jobs() end
   elseif wait > 0 and wait < huge then
     core.sleep(wait)
   end
@@ -219,7 +262,7 @@ local function turn(max_wait)
 end
 
 local function idle()
-  return rq_tail < rq_head and heap_n == 0 and (engine == nil or engine:empty())
+  return rq_tail < rq_head and heap_n == 0 and jobs == 0 and (engine == nil or engine:empty())
 end
 
 -- Blocks the caller (outside any task) until box.done, driving the loop.
@@ -259,6 +302,23 @@ function M.await(req)
     return co_yield(WAIT)
   end
   return suspend(function(w) waiting[req] = w end, "a transfer")
+end
+
+-- offload(job) -> the job's results, once a worker thread finished it; the current task
+-- yields meanwhile (callers run the work inline outside tasks). The job is closed after.
+local function closed(job, ...)
+  job:close()
+  return ...
+end
+
+function M.offload(job)
+  local task = current()
+  if not task then error("llmux.offload: not inside a task", 2) end
+  job_engine()
+  jobs = jobs + 1
+  waiting[job] = task
+  co_yield(WAIT)
+  return closed(job, job:result())
 end
 
 -- fetch(spec) -> result table of a finished transfer (the request is closed after).

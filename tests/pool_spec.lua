@@ -1,0 +1,429 @@
+-- Off the Lua thread: inside tasks, large image and base64 work runs on the C worker pool
+-- (src/pool.c, llmux.Job) while the task yields. Same results and errors as inline; jobs and
+-- images closed or collected mid-run; the process exits cleanly with a job running; and a
+-- stream in another task keeps flowing while a task encodes a 4096x4096 PNG at level 9.
+local llmux = require "llmux"
+local core = llmux.core
+local image = llmux.image
+local base64 = llmux.base64
+local upstream = require "helpers.upstream"
+
+local function jobs_done() return core.pool_stats().done end
+
+-- w x h x ch pixels that are neither constant nor random: rows of a varying pattern.
+local function pattern(w, h, ch, seed)
+  local row = {}
+  for x = 1, w * ch do row[x] = string.char((x * 7 + (seed or 0) + (x // 97) * 13) % 256) end
+  local r = table.concat(row)
+  local rows = {}
+  for y = 1, h do rows[y] = r:sub(1 + y % ch) .. r:sub(1, y % ch) end
+  return image.new(w, h, ch, table.concat(rows))
+end
+
+-- Runs fn as a task; returns its results and how many jobs the pool finished meanwhile.
+local function in_task(fn)
+  local d0 = jobs_done()
+  local r = table.pack(llmux.run(fn))
+  return jobs_done() - d0, table.unpack(r, 1, r.n)
+end
+
+-- Drives the pool by hand (no scheduler): waits for job through a Multi watching the port.
+local function wait_job(job)
+  local m = core.multi()
+  m:watch(core.job_fd())
+  local deadline = core.now() + 20
+  while not job:done() and core.now() < deadline do m:step(1) end
+  while core.job_next() do end
+  m:close()
+  assert(job:done(), "job did not finish")
+end
+
+describe("worker pool: same results as inline", function()
+  local img = pattern(700, 500, 3)
+  local rgba = pattern(640, 480, 4, 5)
+
+  it("encodes PNG bytes identical to the inline encoder", function()
+    for _, level in ipairs{ 0, 1, 6 } do
+      local inline = img:encode_png{ level = level }
+      local n, pooled = in_task(function() return img:encode_png{ level = level } end)
+      assert.equals(1, n)
+      assert.equals(inline, pooled)
+    end
+    local n, pooled = in_task(function() return rgba:encode_png() end)
+    assert.equals(1, n)
+    assert.equals(rgba:encode_png(), pooled)
+  end)
+
+  it("decodes to the same pixels", function()
+    local png = rgba:encode_png{ level = 1 }
+    local n, back = in_task(function() return assert(image.decode(png)) end)
+    assert.equals(1, n)
+    assert.equals(4, back:channels())
+    assert.equals(rgba:pixels(), back:pixels())
+    -- load reads the file inline and decodes on the pool
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(png)
+    f:close()
+    n, back = in_task(function() return assert(image.load(path)) end)
+    os.remove(path)
+    assert.equals(1, n)
+    assert.equals(rgba:pixels(), back:pixels())
+  end)
+
+  it("resizes to the same pixels, shrinking, growing and through fit", function()
+    for _, wh in ipairs{ { 333, 222 }, { 1000, 900 }, { 700, 1 } } do
+      local inline = img:resize(wh[1], wh[2])
+      local n, pooled = in_task(function() return img:resize(wh[1], wh[2]) end)
+      assert.equals(1, n)
+      assert.equals(inline:width(), pooled:width())
+      assert.equals(inline:pixels(), pooled:pixels())
+    end
+    local inline = img:fit{ max_side = 350 }
+    local n, pooled = in_task(function() return img:fit{ max_side = 350 } end)
+    assert.equals(1, n)
+    assert.equals(inline:pixels(), pooled:pixels())
+  end)
+
+  it("codes base64 the same", function()
+    local s = rgba:pixels() .. img:pixels() .. "tail"   -- over 2 MiB, not a multiple of 3
+    local e = core.b64_encode(s)
+    local n, pe, pd = in_task(function()
+      local enc = base64.encode(s)
+      return enc, base64.decode(enc)
+    end)
+    assert.equals(2, n)
+    assert.equals(e, pe)
+    assert.equals(s, pd)
+    local wrapped = e:gsub("(" .. ("."):rep(76) .. ")", "%1\r\n")
+    n, pd = in_task(function() return base64.decode(wrapped, { ignore_whitespace = true }) end)
+    assert.equals(1, n)
+    assert.equals(s, pd)
+  end)
+
+  it("runs small work and work outside tasks inline", function()
+    local small = pattern(64, 64, 3)
+    local n = in_task(function()
+      small:encode_png()
+      base64.encode("hello")
+      image.decode(small:encode_png())
+      small:resize(32, 32)
+    end)
+    assert.equals(0, n)
+    local d0 = jobs_done()
+    img:encode_png()
+    image.decode(img:encode_png())
+    img:resize(100, 100)
+    base64.encode(img:pixels() .. rgba:pixels())
+    assert.equals(d0, jobs_done())
+  end)
+end)
+
+describe("worker pool: errors", function()
+  local big = pattern(600, 600, 3)
+
+  it("returns nil, msg, code exactly as inline", function()
+    local png = big:encode_png{ level = 0 }
+    local cases = {
+      png:sub(1, #png // 2),                              -- truncated
+      png:sub(1, 40000) .. ("\0"):rep(#png - 40000),      -- corrupt data
+      png:sub(1, 16) .. string.pack(">I4I4", 100000, 100000) .. png:sub(25),   -- toolarge
+    }
+    for i, bytes in ipairs(cases) do
+      local a, amsg, acode = image.decode(bytes)
+      local n, b, bmsg, bcode = in_task(function() return image.decode(bytes) end)
+      assert.equals(1, n, "case " .. i)
+      assert.is_nil(a)
+      assert.is_nil(b)
+      assert.equals(amsg, bmsg)
+      assert.equals(acode, bcode)
+      assert.is_string(bmsg)
+      assert.truthy(bcode == "decode" or bcode == "toolarge")
+    end
+    local bad = ("QUJD"):rep(600000) .. "A\1=="
+    local a, amsg, acode = base64.decode(bad)
+    local n, b, bmsg, bcode = in_task(function() return base64.decode(bad) end)
+    assert.equals(1, n)
+    assert.is_nil(a)
+    assert.is_nil(b)
+    assert.equals("decode", bcode)
+    assert.equals(acode, bcode)
+    assert.equals(amsg, bmsg)
+    assert.matches("0x01 at byte 2400002", bmsg)
+  end)
+
+  it("raises for misuse before anything is queued", function()
+    local d0 = jobs_done()
+    llmux.run(function()
+      assert.has_error(function() big:encode_png{ level = 10 } end)
+      assert.has_error(function() big:resize(0, 5) end)
+      assert.has_error(function() base64.encode(42) end)
+      local closed = pattern(600, 600, 1)
+      closed:close()
+      assert.has_error(function() closed:encode_png() end, "attempt to use a closed llmux.Image")
+      assert.has_error(function() core.job_image_encode_png(closed, 1) end,
+        "attempt to use a closed llmux.Image")
+    end)
+    assert.equals(d0, jobs_done())
+  end)
+end)
+
+describe("worker pool: many at once", function()
+  it("completes 50 jobs from 50 tasks, each with its own result", function()
+    local imgs, want = {}, {}
+    for i = 1, 50 do
+      imgs[i] = pattern(520, 520, (i % 4) + 1, i)
+      want[i] = imgs[i]:encode_png{ level = 1 }
+    end
+    local n, got = in_task(function()
+      local tasks, out = {}, {}
+      for i = 1, 50 do
+        tasks[i] = llmux.spawn(function()
+          if i % 2 == 0 then return imgs[i]:encode_png{ level = 1 } end
+          local png = imgs[i]:encode_png{ level = 1 }
+          return (assert(image.decode(png)):encode_png{ level = 1 })
+        end)
+      end
+      for i = 1, 50 do out[i] = tasks[i]:join() end
+      return out
+    end)
+    assert.equals(100, n)   -- 25 x 1 + 25 x 3 (encode, decode, encode)
+    for i = 1, 50 do assert.equals(want[i], got[i], "task " .. i) end
+  end)
+
+  it("keeps other tasks running while a job works, and step(0) drives jobs", function()
+    local img = pattern(2048, 1024, 3)
+    local ticks, during = 0, nil
+    llmux.run(function()
+      local ticker = llmux.spawn(function()
+        for _ = 1, 10000 do
+          ticks = ticks + 1
+          if during then break end
+          llmux.sleep(0.001)
+        end
+      end)
+      local t0 = ticks
+      img:encode_png{ level = 9 }
+      during = ticks - t0
+      ticker:join()
+    end)
+    assert.is_true(during >= 5, "the ticker ran " .. tostring(during) .. " times")
+    -- a frame loop: step(0) until the task ends
+    local t = llmux.spawn(function() return #img:encode_png{ level = 1 } end)
+    local frames = 0
+    while not t:done() do
+      llmux.step(0)
+      frames = frames + 1
+      core.sleep(0.001)
+    end
+    assert.is_true(t:join() > 0)
+    assert.is_true(frames > 1)
+  end)
+end)
+
+describe("worker pool: configure", function()
+  it("sets the number of workers, more but never fewer", function()
+    assert.has_error(function() llmux.configure{ workers = 0 } end,
+      "llmux.configure: workers must be an integer 1..64")
+    assert.has_error(function() llmux.configure{ workers = 1.5 } end)
+    assert.has_error(function() llmux.configure{ workers = 65 } end)
+    llmux.configure{ workers = 3 }
+    assert.equals(3, core.pool_stats().target)
+    local n = in_task(function()
+      local t = {}
+      for i = 1, 6 do
+        t[i] = llmux.spawn(function() return pattern(600, 600, 3):encode_png() end)
+      end
+      for i = 1, 6 do t[i]:join() end
+    end)
+    assert.equals(6, n)
+    assert.equals(3, core.pool_stats().threads)
+    llmux.configure{ workers = 2 }
+    assert.equals(3, core.pool_stats().threads)   -- parked, not stopped
+  end)
+end)
+
+describe("worker pool: lifetimes", function()
+  local big = pattern(2048, 2048, 3)
+
+  it("waits on the Multi: step returns when a job finishes", function()
+    local job = assert(core.job_image_encode_png(pattern(512, 512, 3), 1))
+    assert.matches("llmux.Job %(PNG encode, ", tostring(job))
+    local m = core.multi()
+    m:watch(core.job_fd())
+    local t0 = core.now()
+    while not job:done() do m:step(5) end
+    assert.is_true(core.now() - t0 < 2)
+    assert.equals(job, core.job_next())
+    assert.is_nil(core.job_next())
+    local t1 = core.now()
+    m:step(0.2)                 -- the eventfd was cleared: step waits again
+    assert.is_true(core.now() - t1 >= 0.15)
+    m:close()
+    local png = job:result()
+    assert.equals(pattern(512, 512, 3):encode_png{ level = 1 }, png)
+    assert.equals(png, job:result())     -- repeats
+    job:close()
+    job:close()
+    assert.has_error(function() job:result() end, "attempt to use a closed llmux.Job")
+    assert.matches("closed", tostring(job))
+  end)
+
+  it("raises for result() before the job is done", function()
+    local job = assert(core.job_image_encode_png(big, 9))
+    assert.has_error(function() job:result() end)
+    job:close()   -- waits for the worker or cancels the queued job
+  end)
+
+  it("closes and collects jobs mid-run without harm", function()
+    for _ = 1, 5 do
+      local a = assert(core.job_image_encode_png(big, 6))
+      local b = assert(core.job_b64_encode(big:pixels()))
+      local c = assert(core.job_image_resize(big, 999, 777))
+      core.sleep(0.01)
+      a:close()            -- running: waits
+      c:close()            -- probably queued: cancelled
+      b = nil              -- dropped: held in flight until done
+      collectgarbage()
+      collectgarbage()
+    end
+    local s = core.pool_stats()
+    local deadline = core.now() + 20
+    while (s.queued > 0 or s.running > 0) and core.now() < deadline do
+      core.sleep(0.01)
+      s = core.pool_stats()
+    end
+    assert.equals(0, s.queued)
+    assert.equals(0, s.running)
+    while core.job_next() do end
+    collectgarbage()
+  end)
+
+  it("keeps an image's pixels while a job reads them", function()
+    local img = pattern(1500, 1500, 3, 9)
+    local want = img:encode_png{ level = 6 }
+    local job = assert(core.job_image_encode_png(img, 6))
+    img:close()
+    assert.matches("closed", tostring(img))
+    assert.has_error(function() img:pixels() end, "attempt to use a closed llmux.Image")
+    img = nil
+    collectgarbage()
+    collectgarbage()
+    wait_job(job)
+    assert.equals(want, job:result())
+    job:close()
+    -- and through the scheduler: another task closes the image mid-encode
+    local img2 = pattern(1500, 1500, 3, 11)
+    local want2 = img2:encode_png{ level = 6 }
+    local n, got = in_task(function()
+      local t = llmux.spawn(function() return img2:encode_png{ level = 6 } end)
+      llmux.spawn(function() img2:close() end)
+      return t:join()
+    end)
+    assert.equals(1, n)
+    assert.equals(want2, got)
+  end)
+
+  it("exits cleanly with a job running, queued or done", function()
+    local script = [[
+      package.path = "./lua/?.lua;" .. package.path
+      local llmux = require "llmux"
+      local core = llmux.core
+      local img = llmux.image.new(3000, 3000, 3)
+      local how = ...
+      local a = core.job_image_encode_png(img, 9)
+      local b = core.job_b64_encode(img:pixels())
+      if how == "done" then while not b:done() do core.sleep(0.01) end end
+      if how == "close" then img:close() end
+      io.write("ok")
+      if how == "exit" then os.exit(0) end          -- exit() without lua_close
+      os.exit(0, true)                              -- lua_close, then exit()
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local cpath = os.getenv("LUA_CPATH") or "./build/?.so;;"
+    for _, how in ipairs{ "running", "done", "close", "exit" } do
+      local p = io.popen("LUA_CPATH='" .. cpath .. "' lua5.4 " .. path .. " " .. how
+        .. " 2>&1; echo \" rc=$?\"")
+      local out = p:read("a")
+      p:close()
+      assert.equals("ok rc=0\n", out, how)
+    end
+    os.remove(path)
+  end)
+end)
+
+describe("worker pool: a stream keeps flowing", function()
+  local u, c, big
+  setup(function()
+    u = upstream.start{}
+    c = llmux.client{ base_url = u.http, api_key = "sk-pool", timeout = 20, idle_timeout = 5 }
+    -- 4096 x 4096 RGB: at level 9 about 0.7 s of zlib here, whatever the pixels
+    local row = {}
+    for x = 1, 4096 do row[x] = string.char(x % 256, (x * 7) % 256, (x // 16) % 256) end
+    local r = table.concat(row)
+    local rows = {}
+    for y = 1, 4096 do rows[y] = r:sub(1 + 3 * (y % 61)) .. r:sub(1, 3 * (y % 61)) end
+    big = image.new(4096, 4096, 3, table.concat(rows))
+  end)
+  teardown(function()
+    if u then u:stop() end
+  end)
+
+  -- Streams 200 chunks 10 ms apart in one task while another encodes big at level 9 once the
+  -- first delta is in. Returns the largest gap between deltas and what the encode did.
+  local function stream_while_encoding()
+    local r = { gap = 0, deltas = 0 }
+    llmux.run(function()
+      local s = assert(c:chat_stream{ model = "chunks:200:10",
+        messages = { { role = "user", content = "hi" } } })
+      local started = false
+      local enc = llmux.spawn(function()
+        while not started do llmux.sleep(0.002) end
+        local d0 = jobs_done()
+        r.t0 = llmux.now()
+        r.bytes = #big:encode_png{ level = 9 }
+        r.t1 = llmux.now()
+        r.jobs = jobs_done() - d0
+      end)
+      local last
+      for _ in s:deltas() do
+        local t = llmux.now()
+        if last and t - last > r.gap then r.gap = t - last end
+        last, started = t, true
+        r.deltas = r.deltas + 1
+      end
+      r.last = last
+      assert(s:result())
+      enc:join()
+    end)
+    return r
+  end
+
+  it("has no gap over 100 ms while a task encodes 4096x4096 at level 9", function()
+    local r = stream_while_encoding()
+    assert.equals(200, r.deltas)
+    assert.equals(1, r.jobs)                       -- the encode ran on the pool
+    assert.is_true(r.t1 - r.t0 > 0.3, "encode took " .. (r.t1 - r.t0))
+    assert.is_true(r.last > r.t1, "the stream outlasted the encode")
+    assert.is_true(r.bytes > 0)
+    assert.is_true(r.gap < 0.1, string.format("largest gap %.1f ms (encode %.0f ms)",
+      r.gap * 1000, (r.t1 - r.t0) * 1000))
+    print(string.format("\n  pool: largest gap %.1f ms while encoding %.0f ms",
+      r.gap * 1000, (r.t1 - r.t0) * 1000))
+  end)
+
+  it("would fail inline: the same encode on the Lua thread stalls the stream", function()
+    local saved = image.pool_min_pixels
+    image.pool_min_pixels = math.huge
+    local ok, r = pcall(stream_while_encoding)
+    image.pool_min_pixels = saved
+    assert(ok, r)
+    assert.equals(0, r.jobs)
+    assert.is_true(r.gap > 0.3, string.format("largest gap %.1f ms", r.gap * 1000))
+    print(string.format("  inline: largest gap %.1f ms while encoding %.0f ms",
+      r.gap * 1000, (r.t1 - r.t0) * 1000))
+  end)
+end)
