@@ -574,3 +574,33 @@ describe("data URIs and vision parts", function()
     assert.has_error(function() image.part(nil) end)
   end)
 end)
+
+describe("max_pixels on made images", function()
+  local image = require "llmux.image"
+  it("new, resize, extend, mask and outpaint_canvas refuse sizes over max_pixels", function()
+    local saved = image.max_pixels
+    image.configure{ max_pixels = 100 * 100 }
+    local ok, err = pcall(function()
+      local img = assert(image.new(100, 100, 3))
+      local r, msg, code = image.new(101, 100, 3)
+      assert.is_nil(r)
+      assert.equals("toolarge", code)
+      assert.matches("new: 101 x 100 = 10100 pixels is over max_pixels 10000", msg)
+      local rr, _, rc = img:resize(200, 100)
+      assert.is_nil(rr)
+      assert.equals("toolarge", rc)
+      local e, _, c2 = img:extend{ left = 1 }
+      assert.is_nil(e)
+      assert.equals("toolarge", c2)
+      local m, _, c3 = image.mask(1000, 1000, "all")
+      assert.is_nil(m)
+      assert.equals("toolarge", c3)
+      local canvas, _, c4 = image.outpaint_canvas(img, { direction = "right", pixels = 10 })
+      assert.is_nil(canvas)
+      assert.equals("toolarge", c4)
+      assert.equals(10000, #assert(image.new(100, 100, 1)):pixels())
+    end)
+    image.configure{ max_pixels = saved }
+    assert(ok, err)
+  end)
+end)

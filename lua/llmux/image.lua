@@ -149,7 +149,24 @@ function M.load(path, opts)
 end
 
 -- new(w, h, channels[, pixels]) -> Image
-M.new = c_new
+-- nil, msg, "toolarge" when an image of w x h would exceed max_pixels (the decode limit
+-- applies to images made here too: a typo must not ask for gigabytes).
+local function over_limit(w, h, fname)
+  if w * h > M.max_pixels then
+    return nil, format("llmux.image: %s: %d x %d = %d pixels is over max_pixels %d", fname, w, h,
+      w * h, M.max_pixels), "toolarge"
+  end
+end
+
+-- new(w, h, channels[, pixels]) -> Image | nil, msg, "toolarge"
+function M.new(w, h, ch, px)
+  local iw, ih = tointeger(w), tointeger(h)
+  if iw and ih then
+    local _, msg, code = over_limit(iw, ih, "new")
+    if msg then return nil, msg, code end
+  end
+  return c_new(w, h, ch, px)
+end
 
 -- Methods written in Lua ---------------------------------------------------------------------
 
@@ -176,6 +193,8 @@ function Image:resize(w, h)
   local iw, ih = tointeger(w), tointeger(h)
   if not iw or iw < 1 then argerr(2, "resize", "width must be a positive integer") end
   if not ih or ih < 1 then argerr(3, "resize", "height must be a positive integer") end
+  local _, msg, code = over_limit(iw, ih, "resize")
+  if msg then return nil, msg, code end
   if pooled(max(self:width() * self:height(), iw * ih)) then
     local job = job_resize(self, iw, ih)
     if job then return offload(job) end
@@ -213,6 +232,8 @@ function Image:extend(opts)
   local t = int_opt(opts.top, 2, "extend", "top", 0, nil, 0)
   local b = int_opt(opts.bottom, 2, "extend", "bottom", 0, nil, 0)
   local edge, cr, cg, cb, ca = fill_of(opts.fill, 2, "extend")
+  local _, msg, code = over_limit(self:width() + l + r, self:height() + t + b, "extend")
+  if msg then return nil, msg, code end
   local ch = self:channels()
   if not edge and ca < 255 and (ch == 1 or ch == 3) then ch = ch + 1 end
   return c_extend(self, l, r, t, b, edge, cr, cg, cb, ca, ch)
@@ -273,6 +294,8 @@ function M.mask(w, h, region)
   local iw, ih = tointeger(w), tointeger(h)
   if not iw or iw < 1 then argerr(1, "mask", "width must be a positive integer") end
   if not ih or ih < 1 then argerr(2, "mask", "height must be a positive integer") end
+  local _, msg, code = over_limit(iw, ih, "mask")
+  if msg then return nil, msg, code end
   if type(region) == "string" then
     local r = halves(iw, ih)[region]
     if not r then
@@ -345,7 +368,9 @@ function M.outpaint_canvas(img, opts)
   local all = dir == "all"
   local l, r = (all or dir == "left") and n or 0, (all or dir == "right") and n or 0
   local t, b = (all or dir == "top") and n or 0, (all or dir == "bottom") and n or 0
-  local canvas = img:extend{ left = l, right = r, top = t, bottom = b, fill = opts.fill }
+  local canvas, msg, code = img:extend{ left = l, right = r, top = t, bottom = b,
+    fill = opts.fill }
+  if not canvas then return nil, msg, code end
   local w, h = canvas:width(), canvas:height()
   local mask = c_mask(w, h, { 0, 0, l, h, w - r, 0, r, h, 0, 0, w, t, 0, h - b, w, b })
   return canvas, mask
