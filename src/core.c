@@ -2,6 +2,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "llmux.h"
+#include "pool.h"
 
 double lmx_now(void) {
   struct timespec ts;
@@ -79,6 +80,12 @@ void *lmx_checkudata(lua_State *L, int i, const char *name) {
   return luaL_checkudata(L, i, name);
 }
 
+/* core.forks() -> n: fork()s this process went through; a change means "I am a child" */
+static int core_forks(lua_State *L) {
+  lua_pushinteger(L, lmx_forks);
+  return 1;
+}
+
 LMX_API int luaopen_llmux_core(lua_State *L);
 LMX_API int luaopen_llmux_core(lua_State *L) {
   static int inited = 0;
@@ -89,6 +96,7 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
       return luaL_error(L, "llmux: curl_global_init failed");
     inited = 1;
   }
+  lmx_pool_init();
   lua_newtable(L);
   lmx_multi_open(L);
   lmx_request_open(L);
@@ -97,6 +105,8 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lmx_b64_open(L);
   lmx_image_open(L);
   lmx_pool_open(L);
+  lua_pushcfunction(L, core_forks);
+  lua_setfield(L, -2, "forks");
   lua_pushcfunction(L, core_now);
   lua_setfield(L, -2, "now");
   lua_pushcfunction(L, core_sleep);

@@ -13,6 +13,8 @@
 #include "sse.h"
 
 #define LMX_API __attribute__((visibility("default")))
+
+#include "pool.h"
 #define LMX_VERSION "0.1.0"
 
 #define LMX_MULTI "llmux.Multi"
@@ -74,7 +76,12 @@ struct lmx_Multi {
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
   int nfree;
   uint64_t done, connects;    /* counters for stats() */
+  unsigned forks;             /* lmx_forks when made: another value means a forked child */
 };
+
+/* m was inherited across fork(): its epoll set and connections are the parent's too, so the
+ * child must not run, change or even cleanly close them (TLS shutdown writes to the socket). */
+#define LMX_FORKED(m) ((m)->forks != lmx_forks)
 
 double lmx_now(void);
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
@@ -93,6 +100,7 @@ void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);
 void lmx_request_open(lua_State *L);
 lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
+void lmx_request_orphan(lmx_Request *r);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 /* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or

@@ -15,6 +15,8 @@
 static lmx_Multi *checkmulti(lua_State *L, int i) {
   lmx_Multi *m = lmx_checkudata(L, i, LMX_MULTI);
   if (m->closed) luaL_error(L, "attempt to use a closed llmux.Multi");
+  if (LMX_FORKED(m))
+    luaL_error(L, "llmux.Multi: made before fork(): a child process needs a Multi of its own");
   return m;
 }
 
@@ -22,6 +24,7 @@ static lmx_Multi *checkmulti(lua_State *L, int i) {
 static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   lmx_Multi *m = userp;
   (void)e;
+  if (LMX_FORKED(m)) return 0;   /* the epoll set is the parent's too */
   if (what == CURL_POLL_REMOVE) {
     /* the socket may already be closed (epoll dropped it then): ignore the error */
     if (socketp) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
@@ -204,6 +207,7 @@ static int multi_new(lua_State *L) {
   curl_multi_setopt(m->cm, CURLMOPT_MAX_CONCURRENT_STREAMS, streams);
   m->timer_ms = -1;
   m->timer_due = -1.0;
+  m->forks = lmx_forks;
   m->closed = 0;
   return 1;
 }
@@ -354,6 +358,25 @@ static int multi_close(lua_State *L) {
   if (m->closed) return 0;
   if (m->stepping) return luaL_error(L, "llmux.Multi: close() during step()");
   m->closed = 1;   /* from here release_easy cleans up instead of pooling */
+  if (LMX_FORKED(m)) {
+    /* In a forked child: let go without a curl call. Cleaning up would close connections the
+     * parent still uses (a TLS shutdown reads and writes their sockets) and edit its epoll
+     * set; the handles are left to the child's exit. Transfers end as closed. */
+    while (m->attached) {
+      lmx_Request *r = m->attached;
+      if (r->state == LMX_R_RUNNING) lmx_request_orphan(r);
+      lmx_multi_detach(L, m, r, 0);
+    }
+    m->qhead = m->qtail = NULL;
+    m->nfree = 0;
+    m->cm = NULL;
+    m->sh = NULL;
+    close(m->epfd);     /* the child's descriptor only: the parent's set lives on */
+    m->epfd = -1;
+    lua_newtable(L);
+    lua_setiuservalue(L, 1, 1);
+    return 0;
+  }
   while (m->attached) {
     lmx_Request *r = m->attached;
     if (r->state == LMX_R_RUNNING) {

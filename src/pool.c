@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@ struct lmx_Port {
   int fd;                       /* eventfd: readable while head is not NULL */
   int refs;                     /* the owner's and each submitted job's */
   lmx_Job *head, *tail;         /* done jobs, oldest first */
+  lmx_Port *prev, *next;        /* every live port, for the fork handler */
 };
 
 typedef struct Worker {
@@ -28,9 +30,10 @@ static struct {
   lmx_Job *head, *tail;         /* queued jobs */
   int queued, running, nthreads, target;
   uint64_t ndone;
+  lmx_Port *ports;              /* live ports */
   Worker w[LMX_POOL_MAX];
 } pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-           NULL, NULL, 0, 0, 0, LMX_POOL_THREADS, 0, { { 0, NULL } } };
+           NULL, NULL, 0, 0, 0, LMX_POOL_THREADS, 0, NULL, { { 0, NULL } } };
 
 static void lock(void) { pthread_mutex_lock(&pool.mu); }
 static void unlock(void) { pthread_mutex_unlock(&pool.mu); }
@@ -98,13 +101,30 @@ static void *worker(void *arg) {
 }
 
 /* In a forked child only the forking thread exists: jobs that were queued or running would
- * never finish, and whoever waits for them would hang. They end as not run. */
+ * never finish, and whoever waits for them would hang. They end as not run.
+ * A port's eventfd is one kernel object shared with the parent: were the child to read it,
+ * the parent would miss a wake-up and hang; to write it, the parent would spin. So the child
+ * gets a fresh eventfd under the same number (an epoll set watching the old one is the
+ * parent's too, and the Multi refuses to run in a child anyway), readable when it has news. */
+unsigned lmx_forks;
+
 static void prepare(void) { lock(); }
 static void parent(void) { unlock(); }
 static void child(void) {
   lmx_Job *j;
+  lmx_Port *p;
+  uint64_t one = 1;
   pthread_cond_init(&pool.work, NULL);   /* their waiters were threads of the parent */
   pthread_cond_init(&pool.done, NULL);
+  lmx_forks++;
+  for (p = pool.ports; p; p = p->next) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd >= 0) {
+      if (dup3(fd, p->fd, O_CLOEXEC) >= 0) close(fd);
+      else { close(p->fd); p->fd = fd; }
+    }
+    if (p->head) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+  }
   for (int i = 0; i < pool.nthreads; i++) {
     if ((j = pool.w[i].cur)) {
       pool.w[i].cur = NULL;
@@ -122,23 +142,26 @@ static void child(void) {
   unlock();
 }
 
-/* Threads run code of this module: were Lua to dlclose it (lua_close does), a worker would
- * return into unmapped memory. Once workers exist the module stays loaded for good. */
+/* Threads and the fork handler run code of this module: were Lua to dlclose it (lua_close
+ * does), a worker or the next fork would jump into unmapped memory. So once loaded, the module
+ * stays loaded for good (a few hundred KiB of a process that used it once). */
 static void pin_module(void) {
   Dl_info info;
   if (dladdr((void *)&pin_module, &info) && info.dli_fname)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
   pthread_atfork(prepare, parent, child);
 }
+static pthread_once_t pinned = PTHREAD_ONCE_INIT;
 
-/* Under the lock: starts workers up to the target. Workers block every signal, so signals
- * (SIGINT for lua.c's handler, which sets a hook on the main state) reach the main thread. */
+void lmx_pool_init(void) { pthread_once(&pinned, pin_module); }
+
+/* Under the lock: starts workers up to the target (the module is pinned by then: ports come
+ * first). Workers block every signal, so signals (SIGINT for lua.c's handler, which sets a
+ * hook on the main state) reach the main thread. */
 static int start(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
   sigset_t all, old;
   int err = 0;
   if (pool.nthreads >= pool.target) return 0;
-  pthread_once(&once, pin_module);
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   while (pool.nthreads < pool.target) {
@@ -175,8 +198,9 @@ void lmx_pool_stats(lmx_PoolStats *s) {
 }
 
 lmx_Port *lmx_port_new(void) {
-  lmx_Port *p = calloc(1, sizeof *p);
-  if (!p) return NULL;
+  lmx_Port *p;
+  lmx_pool_init();
+  if (!(p = calloc(1, sizeof *p))) return NULL;
   p->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (p->fd < 0) {
     int e = errno;
@@ -185,14 +209,23 @@ lmx_Port *lmx_port_new(void) {
     return NULL;
   }
   p->refs = 1;
+  lock();
+  p->next = pool.ports;
+  if (pool.ports) pool.ports->prev = p;
+  pool.ports = p;
+  unlock();
   return p;
 }
 
 int lmx_port_fd(const lmx_Port *p) { return p->fd; }
 
-/* Under the lock; the caller frees the returned port after unlocking. */
+/* Under the lock; the caller frees the returned port (no longer listed) after unlocking. */
 static lmx_Port *unref(lmx_Port *p) {
-  return --p->refs == 0 ? p : NULL;
+  if (--p->refs > 0) return NULL;
+  if (p->prev) p->prev->next = p->next;
+  else pool.ports = p->next;
+  if (p->next) p->next->prev = p->prev;
+  return p;
 }
 
 static void port_free(lmx_Port *p) {
@@ -259,20 +292,25 @@ int lmx_job_state(lmx_Job *j) {
   return st;
 }
 
+/* Under the lock: takes queued j off the queue (it will not run); returns what unpin does. */
+static void *dequeue(lmx_Job *j) {
+  lmx_Job **pp = &pool.head, *prev = NULL;
+  while (*pp && *pp != j) { prev = *pp; pp = &(*pp)->next; }
+  if (*pp) {
+    *pp = j->next;
+    if (pool.tail == j) pool.tail = prev;
+    pool.queued--;
+  }
+  return unpin(j);
+}
+
 int lmx_pool_finish(lmx_Job *j) {
   lmx_Port *dead = NULL;
   void *orphan = NULL;
   int ran;
   lock();
   if (j->state == LMX_JOB_QUEUED) {
-    lmx_Job **pp = &pool.head, *prev = NULL;
-    while (*pp && *pp != j) { prev = *pp; pp = &(*pp)->next; }
-    if (*pp) {
-      *pp = j->next;
-      if (pool.tail == j) pool.tail = prev;
-      pool.queued--;
-    }
-    orphan = unpin(j);
+    orphan = dequeue(j);
     j->state = LMX_JOB_DONE;
   }
   while (j->state == LMX_JOB_RUNNING) pthread_cond_wait(&pool.done, &pool.mu);
@@ -286,6 +324,29 @@ int lmx_pool_finish(lmx_Job *j) {
   free(orphan);
   port_free(dead);
   return ran;
+}
+
+int lmx_pool_abandon(lmx_Job *j) {
+  void *orphan = NULL;
+  int ran;
+  lock();
+  if (j->state == LMX_JOB_QUEUED) {
+    orphan = dequeue(j);
+    if (j->port) announce(j);
+    else j->state = LMX_JOB_DONE;
+  }
+  while (j->state == LMX_JOB_RUNNING) pthread_cond_wait(&pool.done, &pool.mu);
+  ran = j->ran;
+  unlock();
+  free(orphan);
+  return ran;
+}
+
+void lmx_job_wait(lmx_Job *j) {
+  lock();
+  while (j->state == LMX_JOB_QUEUED || j->state == LMX_JOB_RUNNING)
+    pthread_cond_wait(&pool.done, &pool.mu);
+  unlock();
 }
 
 int lmx_pin_close(lmx_Pin *p, void *mem) {

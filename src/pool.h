@@ -46,6 +46,12 @@ typedef struct lmx_PoolStats {
   uint64_t done;                /* jobs run to completion since the process started */
 } lmx_PoolStats;
 
+/* Forks this process went through (incremented in the child): an object made before a fork
+ * compares it to tell it was inherited. */
+extern unsigned lmx_forks;
+/* Pins the module in memory and installs the fork handler; once per process, at load. */
+void lmx_pool_init(void);
+
 /* Sets the number of workers (1..LMX_POOL_MAX). Workers already running are kept (fewer
  * cannot be asked for once started); more start with the next submit. Returns the target. */
 int lmx_pool_threads(int n);
@@ -69,6 +75,13 @@ int lmx_job_state(lmx_Job *j);
  * reads memory its owner is about to free); j leaves its port's list and drops its port
  * reference. Idempotent. Returns j->ran. */
 int lmx_pool_finish(lmx_Job *j);
+
+/* Ends j early but keeps it announced: a queued job is cancelled (and announced on its port
+ * as done, not run), a running one waited for; a done one stays where it is. Whoever collects
+ * the port's done jobs still gets j (and then calls lmx_pool_finish). Returns j->ran. */
+int lmx_pool_abandon(lmx_Job *j);
+/* Blocks until j is done (run, cancelled or lost in a fork). */
+void lmx_job_wait(lmx_Job *j);
 
 /* The owner lets go of mem: returns 1 when nobody reads it (the owner frees it now), 0 when
  * the last reader will. */

@@ -118,20 +118,34 @@ static Job *newjob(lua_State *L, int op, int input) {
 }
 
 /* Queues the job at the top: leaves it (-> Job), or nil, msg when no worker thread could be
- * started (the caller then works inline). */
+ * started (the caller then works inline). The port table holds the job first, so no memory
+ * error can come between the submit and that hold. */
 static int submit(lua_State *L, Job *j) {
   lmx_Port *p = getport(L, 1);   /* the in-flight table, above the job */
-  int err = lmx_pool_submit(p, &j->base);
-  if (err) {
+  int err;
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, j);
+  if ((err = lmx_pool_submit(p, &j->base)) != 0) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, j);
     luaL_pushfail(L);
     lua_pushfstring(L, "llmux: no worker thread: %s", strerror(err));
     return 2;
   }
   j->submitted = 1;
-  lua_pushvalue(L, -2);
-  lua_rawsetp(L, -2, j);
   lua_pop(L, 1);
   return 1;
+}
+
+/* Pushes the port table and whether it holds j (a job not yet handed out by job_next). */
+static int held(lua_State *L, Job *j) {
+  int in;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &portkey) != LUA_TUSERDATA) return 0;
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
+  in = lua_rawgetp(L, -1, j) != LUA_TNIL;
+  lua_pop(L, 1);
+  return in;
 }
 
 static int checkdim(lua_State *L, int i, const char *what) {
@@ -222,6 +236,7 @@ static int results(lua_State *L, Job *j) {
   if (j->op == OP_B64_DECODE && j->rc == LMX_IMG_DECODE)
     return lmx_b64_error(L, j->src, j->n, &j->be);
   if (j->rc == LMX_IMG_NOMEM && j->op <= OP_B64_DECODE) return luaL_error(L, "not enough memory");
+  if (j->rc != LMX_IMG_OK && j->op == OP_PNG_ENCODE) return luaL_error(L, "%s", j->ie.msg);
   if (j->rc != LMX_IMG_OK) return lmx_image_result(L, j->rc, &j->ie);
   if (j->op == OP_PNG_DECODE || j->op == OP_RESIZE) {
     lmx_Image *im = lmx_image_push(L);
@@ -248,6 +263,11 @@ static int job_result(lua_State *L) {
   }
   if (lmx_job_state(&j->base) != LMX_JOB_DONE)
     return luaL_error(L, "llmux.Job: result() before the job is done (see job:done())");
+  if (held(L, j)) {             /* taken without job_next: the port lets go of it */
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, j);
+  }
+  lua_settop(L, 1);
   if (!lmx_pool_finish(&j->base))
     return luaL_error(L, "llmux.Job: the %s never ran (its worker was lost in a fork)",
                       opnames[j->op]);
@@ -264,26 +284,47 @@ static int job_result(lua_State *L) {
   return n;
 }
 
-/* job:close() / __gc / __close: a queued job is cancelled, a running one waited for (it reads
- * memory that may go right after); frees the outputs. Idempotent; never raises. */
-static int job_close(lua_State *L) {
-  Job *j = luaL_checkudata(L, 1, LMX_JOB);
-  if (j->closed) return 0;
-  j->closed = 1;
-  if (j->submitted) {
-    lmx_pool_finish(&j->base);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &portkey) == LUA_TUSERDATA &&
-        lua_getiuservalue(L, -1, 1) == LUA_TTABLE) {
-      lua_pushnil(L);
-      lua_rawsetp(L, -2, j);
-    }
-  }
+/* Frees what the job holds. */
+static void job_free(lua_State *L, Job *j) {
   lmx_buf_free(&j->out);
   lmx_img_free(&j->img);
   memset(&j->in, 0, sizeof j->in);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
+}
+
+/* job:close() / __close: a queued job is cancelled, a running one waited for (it reads memory
+ * that may go right after); frees the outputs. A job not yet collected by job_next stays
+ * announced, so whoever waits for it there (the scheduler) wakes and finds it closed.
+ * Idempotent; never raises. */
+static int job_close(lua_State *L) {
+  Job *j = luaL_checkudata(L, 1, LMX_JOB);
+  if (j->closed) return 0;
+  j->closed = 1;
+  if (j->submitted) {
+    if (held(L, j)) lmx_pool_abandon(&j->base);
+    else lmx_pool_finish(&j->base);
+  }
+  job_free(L, j);
   return 0;
+}
+
+/* __gc: nothing holds the job any more (or the state is closing): it leaves the pool for good,
+ * even when closed but still announced. */
+static int job_gc(lua_State *L) {
+  Job *j = luaL_checkudata(L, 1, LMX_JOB);
+  if (j->submitted) lmx_pool_finish(&j->base);
+  if (!j->closed) job_free(L, j);
+  j->closed = 1;
+  return 0;
+}
+
+/* job:wait() -> job: blocks until the worker is done with it (for callers that cannot yield). */
+static int job_wait(lua_State *L) {
+  Job *j = checkjob(L);
+  lmx_job_wait(&j->base);
+  lua_settop(L, 1);
+  return 1;
 }
 
 /* tostring(job) -> "llmux.Job (PNG encode, queued|running|done|closed)" */
@@ -301,7 +342,8 @@ static int core_job_fd(lua_State *L) {
   return 1;
 }
 
-/* core.job_next() -> Job | nil: pops one finished job of this state */
+/* core.job_next() -> Job | nil: pops one finished job of this state (a closed one too: its
+ * waiter learns that way; it then leaves the pool) */
 static int core_job_next(lua_State *L) {
   lmx_Port *p = getport(L, 0);
   lmx_Job *b;
@@ -309,6 +351,7 @@ static int core_job_next(lua_State *L) {
   lua_rawgetp(L, -1, b);
   lua_pushnil(L);
   lua_rawsetp(L, -3, b);
+  if (((Job *)b)->closed) lmx_pool_finish(b);
   return 1;
 }
 
@@ -335,10 +378,11 @@ static int core_pool_stats(lua_State *L) {
 
 void lmx_pool_open(lua_State *L) {
   static const luaL_Reg meta[] = {
-    { "__gc", job_close }, { "__close", job_close }, { "__tostring", job_tostring },
+    { "__gc", job_gc }, { "__close", job_close }, { "__tostring", job_tostring },
     { NULL, NULL } };
   static const luaL_Reg methods[] = {
-    { "done", job_done }, { "result", job_result }, { "close", job_close }, { NULL, NULL } };
+    { "done", job_done }, { "result", job_result }, { "wait", job_wait },
+    { "close", job_close }, { NULL, NULL } };
   static const luaL_Reg funcs[] = {
     { "job_b64_encode", job_b64_encode }, { "job_b64_decode", job_b64_decode },
     { "job_image_decode", job_image_decode }, { "job_image_encode_png", job_image_encode_png },

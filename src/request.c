@@ -10,6 +10,8 @@
 static lmx_Request *checkrequest(lua_State *L, int i) {
   lmx_Request *r = lmx_checkudata(L, i, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) luaL_error(L, "attempt to use a closed llmux.Request");
+  if (r->multi && LMX_FORKED(r->multi))
+    luaL_error(L, "llmux.Request: its Multi was made before fork(); only close() works here");
   return r;
 }
 
@@ -357,6 +359,19 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   lmx_multi_enqueue(m, r);
 }
 
+/* A running transfer of a Multi inherited across fork() ends as closed without a curl call
+ * (see multi_close): its handle and socket are the parent's business. */
+void lmx_request_orphan(lmx_Request *r) {
+  r->cc = CURLE_ABORTED_BY_CALLBACK;
+  r->closed_by_multi = 1;
+  r->easy = NULL;
+  r->hdrs = NULL;
+  r->mime = NULL;
+  lmx_sse_free(&r->parser);
+  r->multi->running--;
+  r->state = LMX_R_DONE;
+}
+
 /* r:cancel(): aborts a running transfer at once (socket freed); the request is then done with
  * code "cancelled" and is delivered by next() like any finished one. No-op when done. */
 static int request_cancel(lua_State *L) {
@@ -378,7 +393,8 @@ static int request_close(lua_State *L) {
   lmx_Multi *m = r->multi;
   if (m) {
     if (m->stepping) return luaL_error(L, "llmux.Request: close() during step()");
-    if (r->state == LMX_R_RUNNING) {
+    if (r->state == LMX_R_RUNNING && LMX_FORKED(m)) lmx_request_orphan(r);
+    else if (r->state == LMX_R_RUNNING) {
       r->cancelled = 1;
       lmx_request_finish(r, CURLE_ABORTED_BY_CALLBACK);
     }

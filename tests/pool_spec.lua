@@ -427,3 +427,150 @@ describe("worker pool: a stream keeps flowing", function()
       r.gap * 1000, (r.t1 - r.t0) * 1000))
   end)
 end)
+
+describe("worker pool: edges", function()
+  local sched = require "llmux.sched"
+  local big = ("q"):rep(3 << 20)
+  local want = core.b64_encode(big)
+
+  -- The state's table of jobs in flight (held by the JobPort in the registry).
+  local function port_table()
+    for _, v in pairs(debug.getregistry()) do
+      local mt = type(v) == "userdata" and getmetatable(v)
+      if mt and mt.__name == "llmux.JobPort" then return (debug.getuservalue(v, 1)) end
+    end
+  end
+
+  it("works inline where the task cannot yield, and no stray wake-up follows", function()
+    local img = pattern(600, 600, 3)
+    local png = img:encode_png{ level = 1 }
+    local n, a, b, s, later = in_task(function()
+      local a, b
+      ("x"):gsub("x", function() a = base64.encode(big) end)          -- a C call: no yield
+      local t = { 2, 1 }
+      table.sort(t, function(x, y)
+        b = b or img:encode_png{ level = 1 }
+        return x < y
+      end)
+      local s = tostring(setmetatable({}, { __tostring = function()
+        return base64.encode(big)
+      end }))
+      llmux.sleep(0.05)                 -- a job's wake-up would be taken for this sleep's
+      local t0 = llmux.now()
+      llmux.sleep(0.05)
+      assert(llmux.now() - t0 >= 0.04, "the sleep was cut short")
+      return a, b, s, base64.encode(big)                       -- this one on the pool
+    end)
+    assert.equals(1, n)
+    assert.equals(want, a)
+    assert.equals(png, b)
+    assert.equals(want, s)
+    assert.equals(want, later)
+  end)
+
+  it("offload blocks where it cannot yield, and outside tasks", function()
+    local d0 = jobs_done()
+    local got
+    llmux.run(function()
+      ("x"):gsub("x", function() got = sched.offload(assert(core.job_b64_encode(big))) end)
+    end)
+    assert.equals(want, got)
+    assert.equals(want, sched.offload(assert(core.job_b64_encode(big))))
+    assert.equals(2, jobs_done() - d0)
+  end)
+
+  it("offload refuses a closed or already awaited job and returns a done one at once", function()
+    local closed = assert(core.job_b64_encode("x"))
+    closed:close()
+    local done = assert(core.job_b64_encode("abc"))
+    assert.equals(done, done:wait())
+    local slow = assert(core.job_image_encode_png(pattern(1500, 1500, 3), 9))
+    local r = {}
+    llmux.run(function()
+      r.closed = { pcall(sched.offload, closed) }
+      r.done = sched.offload(done)
+      local a = llmux.spawn(function() return #sched.offload(slow) end)
+      llmux.sleep(0)
+      r.twice = { pcall(sched.offload, slow) }
+      r.len = a:join()
+    end)
+    assert.is_false(r.closed[1])
+    assert.matches("attempt to use a closed llmux.Job", r.closed[2])
+    assert.equals("YWJj", r.done)
+    assert.is_false(r.twice[1])
+    assert.matches("the job is already awaited", r.twice[2])
+    assert.is_true(r.len > 0)
+  end)
+
+  it("a job closed while a task awaits it fails that task instead of hanging it", function()
+    local job = assert(core.job_image_encode_png(pattern(2000, 2000, 3), 9))
+    local t0 = core.now()
+    local res, msg
+    llmux.run(function()
+      local t = llmux.spawn(function() return sched.offload(job) end)
+      llmux.sleep(0.01)
+      job:close()                      -- waits for the worker, then wakes the task
+      res, msg = t:join()
+    end)
+    assert.is_nil(res)
+    assert.matches("attempt to use a closed llmux.Job", msg)
+    assert.is_true(core.now() - t0 < 10)
+    -- the loop is idle again: the next pooled call works and nothing is left in flight
+    local n, got = in_task(function() return base64.encode(big) end)
+    assert.equals(1, n)
+    assert.equals(want, got)
+    assert.is_nil(next(port_table()))
+  end)
+
+  it("result() without job_next leaves nothing in the port", function()
+    while core.job_next() do end
+    local job = assert(core.job_b64_encode("hello"))
+    assert.is_not_nil(next(port_table()))
+    job:wait()
+    assert.equals("aGVsbG8=", job:result())
+    assert.is_nil(next(port_table()))
+    assert.is_nil(core.job_next())
+    job:close()
+  end)
+
+  it("raises for a PNG encode error as inline does", function()
+    local wide = image.new(1000001, 1, 1)            -- over libpng's width limit
+    local ok1, e1 = pcall(wide.encode_png, wide)
+    local d0 = jobs_done()
+    local ok2, e2
+    llmux.run(function() ok2, e2 = pcall(wide.encode_png, wide) end)
+    assert.equals(1, jobs_done() - d0)
+    assert.is_false(ok1)
+    assert.is_false(ok2)
+    assert.matches("Invalid IHDR data", e1)
+    assert.equals(e1:match("llmux%.image: .*"), e2:match("llmux%.image: .*"))
+  end)
+
+  describe("with transfers", function()
+    local u, c
+    setup(function()
+      u = upstream.start{}
+      c = llmux.client{ base_url = u.http, api_key = "sk-pool", max_retries = 0 }
+    end)
+    teardown(function()
+      if u then u:stop() end
+    end)
+
+    it("collects a finished job nobody awaits instead of spinning on it", function()
+      local job
+      local cpu0 = os.clock()
+      llmux.run(function()
+        base64.encode(big)                         -- the engine now watches the port
+        job = assert(core.job_b64_encode("x"))
+        job:wait()                                 -- done: its eventfd is readable
+        cpu0 = os.clock()
+        assert(c:chat{ model = "slow:0.4", messages = { { role = "user", content = "hi" } } })
+      end)
+      local cpu = os.clock() - cpu0
+      assert.is_true(cpu < 0.2, string.format("%.2f s of CPU during a 0.4 s wait", cpu))
+      assert.is_nil(core.job_next())               -- the loop took it
+      assert.equals("eA==", job:result())
+      job:close()
+    end)
+  end)
+end)

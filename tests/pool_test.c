@@ -1,12 +1,16 @@
 /* C test of src/pool.c, without Lua, meant for ThreadSanitizer too (make pooltest): jobs on two
  * ports waited for through epoll, FIFO completion per worker, cancel of queued jobs, waiting
- * finish of running ones, pinned buffers handed to the last reader, a port released before
- * its jobs. */
+ * finish of running ones, abandoned jobs still announced, pinned buffers handed to the last
+ * reader, a port released before its jobs, and a forked child that neither reads nor writes
+ * its parent's eventfd. */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 #include "pool.h"
 
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, \
@@ -37,6 +41,20 @@ static unsigned long expect(const unsigned char *p, size_t n) {
   unsigned long s = 0;
   for (size_t i = 0; i < n; i++) s += p[i];
   return s;
+}
+
+static int readable(lmx_Port *p) {
+  struct pollfd pf = { lmx_port_fd(p), POLLIN, 0 };
+  return poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN);
+}
+
+static void slow(T *t, const unsigned char *in, int ms) {
+  memset(t, 0, sizeof *t);
+  t->base.run = run;
+  t->in = in;
+  t->n = 16;
+  t->want = expect(in, 16);
+  t->spin_ms = ms;
 }
 
 /* Waits on epoll for p's eventfd and pops everything done; returns the count. */
@@ -148,6 +166,65 @@ int main(void) {
   for (int i = 0; i < 8; i++) {
     while (lmx_job_state(&jobs[i].base) != LMX_JOB_DONE) spin(1);
     CHECK(lmx_pool_finish(&jobs[i].base) == 1 && jobs[i].sum == expect(buf, len));
+  }
+
+  /* abandon: a running job is waited for, a queued one cancelled, and both stay announced */
+  CHECK(lmx_port_pop(a) == NULL && !readable(a));
+  for (int i = 0; i < 4; i++) {
+    slow(&jobs[i], buf, 40);
+    CHECK(lmx_pool_submit(a, &jobs[i].base) == 0);
+  }
+  spin(10);                                           /* 3 workers: 0-2 run, 3 is queued */
+  ran = 0;
+  for (int i = 3; i >= 1; i--) ran += lmx_pool_abandon(&jobs[i].base);
+  CHECK(ran == 2 && !jobs[3].base.ran && jobs[3].base.state == LMX_JOB_DONE);
+  lmx_job_wait(&jobs[0].base);                        /* blocks until run */
+  CHECK(jobs[0].base.state == LMX_JOB_DONE && jobs[0].sum == jobs[0].want);
+  for (int i = 0; i < 4; i++) lmx_job_wait(&jobs[i].base);  /* all done: returns at once */
+  CHECK(readable(a));
+  {
+    int popped = 0, seen[4] = { 0 };
+    lmx_Job *j;
+    while ((j = lmx_port_pop(a))) { seen[(T *)j - jobs] = 1; popped++; }
+    CHECK(popped == 4 && seen[0] && seen[1] && seen[2] && seen[3] && !readable(a));
+    for (int i = 0; i < 4; i++) lmx_pool_finish(&jobs[i].base);
+  }
+
+  /* fork: the child's pops and announcements stay off the parent's eventfd */
+  {
+    int status;
+    pid_t pid;
+    slow(&jobs[0], buf, 0);
+    slow(&jobs[1], buf, 300);
+    CHECK(lmx_pool_submit(a, &jobs[0].base) == 0);
+    lmx_job_wait(&jobs[0].base);                      /* done and listed: a is readable */
+    CHECK(lmx_pool_submit(a, &jobs[1].base) == 0);
+    spin(20);                                         /* running at the fork */
+    CHECK(readable(a));
+    unsigned forks = lmx_forks;
+    if ((pid = fork()) == 0) {
+      /* the running job is lost here: announced as not run. Popping both empties the child's
+       * list and so reads its eventfd, which must not be the parent's. */
+      lmx_Job *x = lmx_port_pop(a), *y = lmx_port_pop(a);
+      int ok = lmx_forks == forks + 1 && x == &jobs[0].base && x->ran &&
+               y == &jobs[1].base && !y->ran && !lmx_port_pop(a) && !readable(a);
+      _exit(ok ? 0 : 3);
+    }
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(lmx_forks == forks);
+    CHECK(readable(a));                               /* the parent still sees its done job */
+    CHECK(lmx_port_pop(a) == &jobs[0].base && !readable(a));
+    /* a child that announces a lost job (writing its eventfd) and exits: the parent's stays
+     * quiet until its own job ends */
+    if ((pid = fork()) == 0) _exit(readable(a) ? 0 : 3);
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(!readable(a) && lmx_job_state(&jobs[1].base) == LMX_JOB_RUNNING);
+    lmx_job_wait(&jobs[1].base);
+    CHECK(readable(a) && lmx_port_pop(a) == &jobs[1].base && jobs[1].base.ran);
+    lmx_pool_finish(&jobs[0].base);
+    lmx_pool_finish(&jobs[1].base);
   }
   lmx_port_release(a);
   free(buf);

@@ -4,7 +4,7 @@ local sched = require "llmux.sched"
 local type, pairs, error, tostring = type, pairs, error, tostring
 local c_encode, c_decode = core.b64_encode, core.b64_decode
 local job_encode, job_decode = core.job_b64_encode, core.job_b64_decode
-local current, offload = sched.current, sched.offload
+local can_offload, offload = sched.can_offload, sched.offload
 
 local M = {
   _VERSION = "0.1.0",
@@ -18,7 +18,7 @@ function M.encode(s)
   if type(s) ~= "string" then
     error("bad argument #1 to 'base64.encode' (string expected, got " .. type(s) .. ")", 2)
   end
-  if #s >= M.pool_min_bytes and current() then
+  if #s >= M.pool_min_bytes and can_offload() then
     local job = job_encode(s)
     if job then return offload(job) end
   end
@@ -45,7 +45,7 @@ function M.decode(s, opts)
     end
     ws = opts.ignore_whitespace and true or false
   end
-  if #s >= M.pool_min_bytes and current() then
+  if #s >= M.pool_min_bytes and can_offload() then
     local job = job_decode(s, ws)
     if job then return offload(job) end
   end

@@ -17,7 +17,7 @@ local b64_encode = base64.encode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
 local job_resize = core.job_image_resize
-local current, offload = sched.current, sched.offload
+local can_offload, offload = sched.can_offload, sched.offload
 local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.image_mask_from
 
 local Image = core.Image                          -- the method table of llmux.Image
@@ -40,7 +40,7 @@ local M = {
 
 -- Whether work of this size is worth a worker thread: only inside a task.
 local function pooled(pixels)
-  return pixels >= M.pool_min_pixels and current() ~= nil
+  return pixels >= M.pool_min_pixels and can_offload()
 end
 
 -- Pixels a PNG's header claims (0 when it is no PNG): decode time follows them, not the bytes.
@@ -53,7 +53,7 @@ end
 -- The decode of bytes: on a worker thread inside a task when large, else inline.
 local function decode(bytes, max_pixels)
   if (#bytes >= M.pool_min_bytes or png_pixels(bytes) >= M.pool_min_pixels)
-    and current() then
+    and can_offload() then
     local job = job_decode(bytes, max_pixels)
     if job then return offload(job) end
   end

@@ -7,8 +7,9 @@ local core = require "llmux.core"
 local debug, io, math, string, table = debug, io, math, string, table
 local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
   error, pcall, pairs, setmetatable, getmetatable, tostring, type
-local co_create, co_resume, co_running, co_status, co_yield =
-  coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
+local co_create, co_resume, co_running, co_status, co_yield, co_isyieldable =
+  coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield,
+  coroutine.isyieldable
 local pack, unpack = table.pack, table.unpack
 local huge, min, floor = math.huge, math.min, math.floor
 local now = core.now
@@ -20,7 +21,20 @@ local WAIT = setmetatable({}, { __name = "llmux.wait" })  -- what our own yields
 ---------------------------------------------------------------------------------------------
 -- engine
 
-local engine, engine_opts
+local engine, engine_opts, engine_forks
+local forks = core.forks
+local watched          -- the engine watching the job pool's eventfd (see offload)
+
+-- The engine, or nil; one made before a fork() is let go of in the child (it belongs to the
+-- parent: its transfers and connections cannot be touched there), and the next use makes a
+-- new one.
+local function live_engine()
+  if engine and engine_forks ~= forks() then
+    engine:close()
+    engine, watched = nil, nil
+  end
+  return engine
+end
 
 -- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams}
 -- applies to the shared Multi; allowed while nothing is in flight (it is rebuilt lazily).
@@ -44,7 +58,7 @@ function M.configure(opts)
     opts = rest
   end
   core.multi(opts):close()   -- validates names and ranges, raising like core.multi does
-  if engine then
+  if live_engine() then
     if not engine:empty() then error("llmux.configure: transfers are in flight", 2) end
     engine:close()
     engine = nil
@@ -53,7 +67,7 @@ function M.configure(opts)
 end
 
 function M.engine()
-  if not engine then engine = core.multi(engine_opts) end
+  if not live_engine() then engine, engine_forks = core.multi(engine_opts), forks() end
   return engine
 end
 
@@ -203,7 +217,7 @@ end
 
 -- Worker-thread jobs (core.job_*): tasks waiting on one count here; while any do, each turn
 -- waits on the engine, whose epoll set watches the job pool's eventfd, and collects them.
-local jobs, watched = 0, nil
+local jobs = 0
 
 local function job_engine()
   local m = M.engine()
@@ -214,6 +228,8 @@ local function job_engine()
   return m
 end
 
+-- Every finished job is collected, awaited or not: one left in the port would keep its
+-- eventfd readable and each step would return at once.
 local function drain_jobs()
   local job = core.job_next()
   while job do
@@ -248,12 +264,12 @@ local function turn(max_wait)
   if rq_tail >= rq_head then wait = 0 end
   if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
   if wait < 0 then wait = 0 end
-  local m = engine
+  local m = live_engine()
   if jobs > 0 then m = job_engine() end
   if m and (jobs > 0 or not m:empty()) then
     m:step(wait)
     drain(m)
-    if jobs > 0 then drain_jobs() end
+    if watched == m then drain_jobs() end
   elseif wait > 0 and wait < huge then
     core.sleep(wait)
   end
@@ -262,7 +278,8 @@ local function turn(max_wait)
 end
 
 local function idle()
-  return rq_tail < rq_head and heap_n == 0 and jobs == 0 and (engine == nil or engine:empty())
+  local m = live_engine()
+  return rq_tail < rq_head and heap_n == 0 and jobs == 0 and (m == nil or m:empty())
 end
 
 -- Blocks the caller (outside any task) until box.done, driving the loop.
@@ -305,20 +322,34 @@ function M.await(req)
 end
 
 -- offload(job) -> the job's results, once a worker thread finished it; the current task
--- yields meanwhile (callers run the work inline outside tasks). The job is closed after.
+-- yields meanwhile. Where no yield is possible (outside tasks, or inside a C call such as a
+-- gsub callback or a sort comparator) it blocks until the worker is done; callers ask
+-- can_offload() first, so that only happens to jobs handed in by hand. The job is closed after.
 local function closed(job, ...)
   job:close()
   return ...
 end
 
 function M.offload(job)
-  local task = current()
-  if not task then error("llmux.offload: not inside a task", 2) end
-  job_engine()
-  jobs = jobs + 1
-  waiting[job] = task
-  co_yield(WAIT)
+  if waiting[job] then error("llmux.offload: the job is already awaited", 2) end
+  if not job:done() then     -- raises for a closed job
+    local task = current()
+    if task and co_isyieldable() then
+      job_engine()
+      jobs = jobs + 1
+      waiting[job] = task
+      -- only the job's own wake-up ends this wait (a stray one is not taken for it)
+      repeat local v = co_yield(WAIT) until v == job
+    else
+      job:wait()
+    end
+  end
   return closed(job, job:result())
+end
+
+-- can_offload() -> whether work handed to offload now would let the current task yield.
+function M.can_offload()
+  return current() ~= nil and co_isyieldable()
 end
 
 -- fetch(spec) -> result table of a finished transfer (the request is closed after).

@@ -1,0 +1,85 @@
+-- fork() with llmux running: the child gets engines and job ports of its own and never touches
+-- the parent's (a shared epoll set, eventfd or TLS connection would make the parent hang, spin
+-- or lose data). A script forks through a test-only module (tests/helpers/testfork.c, built
+-- here) while a TLS transfer is in flight and a job waits in the port; the child uses llmux and
+-- exits with lua_close; then the parent's transfer must finish and its connection be reused.
+local upstream = require "helpers.upstream"
+
+local SCRIPT = [==[
+local so, url, ca = ...
+package.path = "./lua/?.lua;" .. package.path
+local tf = assert(package.loadlib(so, "luaopen_testfork"))()
+local llmux = require "llmux"
+local sched = require "llmux.sched"
+local core = llmux.core
+local function chat(c, model)
+  return c:chat{ model = model, messages = { { role = "user", content = "hi" } } }
+end
+local c = llmux.client{ base_url = url, api_key = "sk-fork", ca_file = ca, max_retries = 0 }
+assert(chat(c, "m"))                                   -- a TLS connection, kept alive
+local old = sched.engine()
+local job = assert(core.job_b64_encode("fork"))
+job:wait()                                             -- done, waiting in the port
+local slow = llmux.spawn(function() return chat(c, "slow:0.6") end)
+llmux.step(0)
+llmux.step(0.05)                                       -- the slow request is in flight
+assert(old:stats().running == 1, "slow request not in flight")
+
+local pid = tf.fork()
+if pid == 0 then
+  local out = {}
+  local ok, err = pcall(old.stats, old)
+  out[#out + 1] = (not ok and err:find("made before fork", 1, true)) and "old-refused" or
+    "old-used:" .. tostring(err)
+  local r, msg = chat(c, "m")                          -- a new engine, a new connection
+  out[#out + 1] = r and "child-chat" or ("child-chat-failed:" .. tostring(msg))
+  out[#out + 1] = core.job_next() == job and "child-job" or "child-no-job"
+  local big = ("z"):rep(3 << 20)
+  local t = llmux.spawn(function() return llmux.base64.encode(big) end)   -- pooled here
+  out[#out + 1] = t:join() == core.b64_encode(big) and "child-pool" or "child-pool-wrong"
+  io.write(table.concat(out, " "), "\n")
+  io.stdout:flush()
+  os.exit(0, true)                                     -- lua_close: collects the old Multi
+end
+local st = tf.wait(pid)
+local r, msg = slow:join()
+io.write("child=", st, " slow=", r and "ok" or tostring(msg), " ")
+io.write(core.job_next() == job and "parent-job " or "parent-no-job ")
+assert(chat(c, "m"))
+io.write("connects=", old:stats().connects, "\n")
+]==]
+
+describe("fork", function()
+  local u, dir
+  setup(function()
+    u = upstream.start{}
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+  end)
+  teardown(function()
+    if u then u:stop() end
+    if dir then os.execute("rm -rf " .. dir) end
+  end)
+
+  it("leaves the parent's engine, connections and job port alone", function()
+    local so = dir .. "/testfork.so"
+    local cc = io.popen("cc -shared -fPIC -O1 -I/usr/include/lua5.4 -o " .. so
+      .. " tests/helpers/testfork.c 2>&1")
+    local cout = cc:read("a")
+    assert.is_true(cc:close(), cout)
+    local path = dir .. "/fork.lua"
+    local f = assert(io.open(path, "w"))
+    f:write(SCRIPT)
+    f:close()
+    local cpath = os.getenv("LUA_CPATH") or "./build/?.so;;"
+    local p = io.popen(("LUA_CPATH='%s' timeout 60 lua5.4 %s %s %s %s 2>&1"):format(
+      cpath, path, so, u.https, u.ca_file))
+    local out = p:read("a")
+    p:close()
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equals("old-refused child-chat child-job child-pool", lines[1], out)
+    assert.equals("child=0 slow=ok parent-job connects=1", lines[2], out)
+  end)
+end)
