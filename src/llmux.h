@@ -76,6 +76,7 @@ struct lmx_Multi {
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
   int nfree;
   uint64_t done, connects;    /* counters for stats() */
+  int env_proxy;              /* the environment named a proxy when m was made */
   unsigned forks;             /* lmx_forks when made: another value means a forked child */
 };
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -54,8 +55,26 @@ static int multi_timercb(CURLM *cm, long timeout_ms, void *userp) {
   return 0;
 }
 
-/* The options every transfer of m shares; callbacks and per-transfer ones are request.c's. */
+/* Whether the environment names a proxy for http or https, as curl reads it: http_proxy
+ * (lower case only), https_proxy / HTTPS_PROXY, all_proxy / ALL_PROXY; empty means unset. */
+static int env_proxy(void) {
+  static const char *const names[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
+                                       "all_proxy", "ALL_PROXY", NULL };
+  for (int i = 0; names[i]; i++) {
+    const char *v = getenv(names[i]);
+    if (v && *v) return 1;
+  }
+  return 0;
+}
+
+/* The options every transfer of m shares; callbacks and per-transfer ones are request.c's.
+ * Without a proxy in the environment (read when m was made) the handle is told so: curl would
+ * otherwise look up five environment variables for every transfer. */
 static void easy_setup(lmx_Multi *m, CURL *e) {
+  if (!m->env_proxy) {
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+  }
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -207,6 +226,7 @@ static int multi_new(lua_State *L) {
   curl_multi_setopt(m->cm, CURLMOPT_MAX_CONCURRENT_STREAMS, streams);
   m->timer_ms = -1;
   m->timer_due = -1.0;
+  m->env_proxy = env_proxy();
   m->forks = lmx_forks;
   m->closed = 0;
   return 1;

@@ -170,6 +170,42 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  it("goes through the proxy the environment names, and straight without one", function()
+    -- a host that cannot resolve: only a proxy (the upstream, which serves absolute URIs by
+    -- path) can answer for it
+    local script = [[
+      local core = require "llmux.core"
+      local m = core.multi()
+      local r = m:request{ url = "http://llmux-proxy-test.invalid/v1/chat/completions",
+        method = "POST", body = ]] .. string.format("%q", chat_body("m")) .. [[,
+        headers = { "Authorization: Bearer sk-core", "Content-Type: application/json" },
+        timeout = 10 }
+      local t0 = core.now()
+      while not m:empty() and core.now() - t0 < 15 do m:step(0.1); m:next() end
+      local res = r:result()
+      io.write(tostring(res.status), " ", tostring(res.code))
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local clean = "env -u http_proxy -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY"
+      .. " -u no_proxy -u NO_PROXY "
+    local function run(env)
+      local p = io.popen(clean .. env .. " lua5.4 " .. path .. " 2>&1")
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    local proxy = "http://127.0.0.1:" .. u.port
+    assert.equals("0 resolve", run(""))
+    assert.equals("200 nil", run("http_proxy=" .. proxy))
+    assert.equals("200 nil", run("all_proxy=" .. proxy))
+    assert.equals("0 resolve", run("http_proxy=" .. proxy .. " no_proxy=.invalid"))
+    assert.equals("0 resolve", run("https_proxy=" .. proxy))     -- not for http URLs
+    os.remove(path)
+  end)
+
   it("cancel frees the transfer at once and delivers it as cancelled", function()
     local m = core.multi()
     local r = m:request(spec("slow:5"))
