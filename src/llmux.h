@@ -34,6 +34,7 @@ struct lmx_Request {
   lmx_Multi *multi;           /* set while attached (running or queued), cleared both ways */
   lmx_Request *prev, *next;   /* the Multi's list of attached requests */
   lmx_Request *qnext;         /* completion queue link */
+  int ref;                    /* the Multi's reference (luaL_ref in its uservalue) or LUA_NOREF */
   int queued;                 /* in the completion queue */
   int toolarge, cancelled, closed_by_multi;
   int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
@@ -102,6 +103,9 @@ void lmx_request_open(lua_State *L);
 lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 void lmx_request_orphan(lmx_Request *r);
+/* curl's callbacks of every transfer, set once per easy handle (multi.c's easy_setup) */
+size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud);
+size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 /* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or

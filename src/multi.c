@@ -76,6 +76,8 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   }
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lmx_request_writecb);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, lmx_request_headercb);
   curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
@@ -136,12 +138,12 @@ void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex) {
   if (r->next) r->next->prev = r->prev;
   r->prev = r->next = NULL;
   r->multi = NULL;
-  if (mindex) {
+  if (mindex && r->ref != LUA_NOREF) {
     lua_getiuservalue(L, mindex, 1);
-    lua_pushnil(L);
-    lua_rawsetp(L, -2, r);
+    luaL_unref(L, -1, r->ref);
     lua_pop(L, 1);
   }
+  r->ref = LUA_NOREF;
 }
 
 void lmx_multi_attach(lmx_Multi *m, lmx_Request *r) {
@@ -198,7 +200,7 @@ static int multi_new(lua_State *L) {
   m->closed = 1;
   m->epfd = m->wfd = -1;
   luaL_setmetatable(L, LMX_MULTI);
-  lua_newtable(L);              /* requests in flight or queued, keyed by their C pointer */
+  lua_newtable(L);              /* requests in flight or queued: luaL_ref references */
   lua_setiuservalue(L, -2, 1);
 
   m->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -232,7 +234,8 @@ static int multi_new(lua_State *L) {
   return 1;
 }
 
-/* m:request(spec) -> Request: starts a transfer (see request.c for spec) */
+/* m:request(spec) or m:request(template, body[, timeout]) -> Request: starts a transfer (see
+ * request.c for spec and core.template) */
 static int multi_request(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
   if (m->stepping) return luaL_error(L, "llmux.Multi: request() during step()");
@@ -338,7 +341,7 @@ static int multi_next(lua_State *L) {
   lmx_Request *r = m->qhead;
   if (!r) return 0;
   lua_getiuservalue(L, 1, 1);
-  lua_rawgetp(L, -1, r);
+  lua_rawgeti(L, -1, r->ref);
   if (r->state == LMX_R_RUNNING) {
     m->qhead = r->qnext;
     if (!m->qhead) m->qtail = NULL;

@@ -49,7 +49,7 @@ static int on_event(void *ud, const lmx_SSEEvent *ev) {
 /* curl write callback: a short count makes curl fail the transfer with CURLE_WRITE_ERROR,
  * which finish() reports as "toolarge" (cap) or out of memory. An event stream goes through
  * the SSE parser instead of the body buffer, and pauses while Lua lags behind. */
-static size_t request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
+size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
   if (r->sse) {
@@ -88,7 +88,7 @@ static int contains_nocase(const char *s, const char *word) {
 /* Keeps only the last response's header block (redirect or 1xx blocks come first). For a
  * stream, the blank line that ends the final block announces the headers and decides whether
  * the body is an event stream (2xx and text/event-stream) or an ordinary body. */
-static size_t request_headercb(char *p, size_t size, size_t nitems, void *ud) {
+size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nitems;
   if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) lmx_buf_reset(&r->head);
@@ -135,107 +135,140 @@ static long ms(double s) {
   return v > (double)LONG_MAX ? LONG_MAX : (long)v;
 }
 
-/* Pushes a new Request for spec (a table at index spec) and adds it to m (at mindex).
- * spec: url (required), method, headers (array of "Name: value"), body, timeout,
- * connect_timeout, max_response_bytes, ca_file, http2 (default true: HTTP/2 over TLS only).
- * Raises on misuse; the Request is created closed, so a raise leaves nothing to leak. */
-lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec) {
-  luaL_checktype(L, spec, LUA_TTABLE);
-  size_t bodylen = 0;
-  const char *url = optstring(L, spec, "url", NULL);
-  const char *method = optstring(L, spec, "method", NULL);
-  const char *body = optstring(L, spec, "body", &bodylen);
-  const char *ca = optstring(L, spec, "ca_file", NULL);
-  double timeout = optseconds(L, spec, "timeout");
-  double ctimeout = optseconds(L, spec, "connect_timeout");
-  if (!url) luaL_error(L, "llmux.request: 'url' is required");
-  lua_Integer maxb = 0;
-  if (lua_getfield(L, spec, "max_response_bytes") != LUA_TNIL) {
+/* What a transfer is asked to do, read from a spec table or a Template. Strings point into Lua
+ * strings that stay referenced (by the spec table, the Template or the Request). */
+typedef struct Plan {
+  const char *url, *method, *body, *ca;
+  size_t bodylen;
+  double timeout, ctimeout;
+  lua_Integer maxb, maxev;
+  int http2, stream;
+  struct curl_slist *hdrs;      /* the list to send */
+  int own;                      /* hdrs was built for this request (it frees it) */
+  int form;                     /* stack index of spec.form, 0: none */
+} Plan;
+
+static struct curl_slist *append(lua_State *L, struct curl_slist *hl, const char *line) {
+  struct curl_slist *nl = curl_slist_append(hl, line);
+  if (!nl) {
+    curl_slist_free_all(hl);
+    luaL_error(L, "llmux.request: out of memory");
+  }
+  return nl;
+}
+
+/* Reads spec (a table at index t) into P, raising for misuse; P->hdrs is then an owned list.
+ * body and form are read only when per_request (a Template has neither). */
+static void plan_read(lua_State *L, int t, Plan *P, int per_request) {
+  memset(P, 0, sizeof *P);
+  P->url = optstring(L, t, "url", NULL);
+  P->method = optstring(L, t, "method", NULL);
+  P->ca = optstring(L, t, "ca_file", NULL);
+  P->timeout = optseconds(L, t, "timeout");
+  P->ctimeout = optseconds(L, t, "connect_timeout");
+  if (!P->url) luaL_error(L, "llmux.request: 'url' is required");
+  if (lua_getfield(L, t, "max_response_bytes") != LUA_TNIL) {
     int ok;
-    maxb = lua_tointegerx(L, -1, &ok);
-    if (!ok || maxb < 0)
+    P->maxb = lua_tointegerx(L, -1, &ok);
+    if (!ok || P->maxb < 0)
       luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
   }
   lua_pop(L, 1);
-  int http2 = 1;
-  if (lua_getfield(L, spec, "http2") != LUA_TNIL) http2 = lua_toboolean(L, -1);
+  P->http2 = 1;
+  if (lua_getfield(L, t, "http2") != LUA_TNIL) P->http2 = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  int stream = 0;
-  if (lua_getfield(L, spec, "stream") != LUA_TNIL) stream = lua_toboolean(L, -1);
+  if (lua_getfield(L, t, "stream") != LUA_TNIL) P->stream = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  lua_Integer maxev = 0;
-  if (lua_getfield(L, spec, "max_event_bytes") != LUA_TNIL) {
+  if (lua_getfield(L, t, "max_event_bytes") != LUA_TNIL) {
     int ok;
-    maxev = lua_tointegerx(L, -1, &ok);
-    if (!ok || maxev < 1 || maxev > (lua_Integer)1 << 30)   /* queue entries hold u32 sizes */
+    P->maxev = lua_tointegerx(L, -1, &ok);
+    if (!ok || P->maxev < 1 || P->maxev > (lua_Integer)1 << 30)   /* queue entries: u32 sizes */
       luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer in [1, 2^30]");
   }
   lua_pop(L, 1);
-
-  lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 2);
-  memset(r, 0, sizeof *r);
-  r->state = LMX_R_CLOSED;
-  luaL_setmetatable(L, LMX_REQUEST);
-  int ri = lua_gettop(L);
+  if (per_request) P->body = optstring(L, t, "body", &P->bodylen);
 
   /* header list: validated before any curl resource is taken */
-  struct curl_slist *hl = NULL;
-  if (lua_getfield(L, spec, "headers") != LUA_TNIL) {
+  if (lua_getfield(L, t, "headers") != LUA_TNIL) {
     if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
-        curl_slist_free_all(hl);
+        curl_slist_free_all(P->hdrs);
         luaL_error(L, "llmux.request: headers[%d] must be a string", (int)i);
       }
-      struct curl_slist *nl = curl_slist_append(hl, lua_tostring(L, -1));
-      if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
-      hl = nl;
+      P->hdrs = append(L, P->hdrs, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);
-  /* no "Expect: 100-continue" round trip: curl adds it to bodies over 1 MiB */
-  if (bodylen > 1024 * 1024) {
-    struct curl_slist *nl = curl_slist_append(hl, "Expect:");
-    if (!nl) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
-    hl = nl;
-  }
+  P->own = 1;
+  if (!per_request) return;
 
   /* form: an array of parts {name =, data =[, filename =][, type =]}, checked before any
    * curl resource is taken */
-  int form = 0;
-  if (lua_getfield(L, spec, "form") == LUA_TNIL) {
+  if (lua_getfield(L, t, "form") == LUA_TNIL) {
     lua_pop(L, 1);
-  } else {
-    if (!lua_istable(L, -1) || body) {
-      curl_slist_free_all(hl);
-      luaL_error(L, "llmux.request: 'form' must be a table of parts, and not with 'body'");
+    return;
+  }
+  if (!lua_istable(L, -1) || P->body) {
+    curl_slist_free_all(P->hdrs);
+    luaL_error(L, "llmux.request: 'form' must be a table of parts, and not with 'body'");
+  }
+  P->form = lua_gettop(L);
+  lua_Integer n = luaL_len(L, P->form);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int ok = lua_rawgeti(L, P->form, i) == LUA_TTABLE;
+    if (ok) {
+      int tn = lua_getfield(L, -1, "name"), td = lua_getfield(L, -2, "data");
+      int tf = lua_getfield(L, -3, "filename"), tt = lua_getfield(L, -4, "type");
+      ok = tn == LUA_TSTRING && td == LUA_TSTRING && (tf == LUA_TNIL || tf == LUA_TSTRING)
+           && (tt == LUA_TNIL || tt == LUA_TSTRING);
+      lua_pop(L, 4);
     }
-    form = lua_gettop(L);
-    lua_Integer n = luaL_len(L, form);
-    for (lua_Integer i = 1; i <= n; i++) {
-      int ok = lua_rawgeti(L, form, i) == LUA_TTABLE;
-      if (ok) {
-        int tn = lua_getfield(L, -1, "name"), td = lua_getfield(L, -2, "data");
-        int tf = lua_getfield(L, -3, "filename"), tt = lua_getfield(L, -4, "type");
-        ok = tn == LUA_TSTRING && td == LUA_TSTRING && (tf == LUA_TNIL || tf == LUA_TSTRING)
-             && (tt == LUA_TNIL || tt == LUA_TSTRING);
-        lua_pop(L, 4);
-      }
-      lua_pop(L, 1);
-      if (!ok) {
-        curl_slist_free_all(hl);
-        luaL_error(L, "llmux.request: form[%d] must be {name = s, data = s[, filename = s]"
-                   "[, type = s]}", (int)i);
-      }
+    lua_pop(L, 1);
+    if (!ok) {
+      curl_slist_free_all(P->hdrs);
+      luaL_error(L, "llmux.request: form[%d] must be {name = s, data = s[, filename = s]"
+                 "[, type = s]}", (int)i);
     }
   }
+}
+
+/* Pushes a new Request doing P and adds it to m (at mindex); the value at bodyidx (0: none)
+ * is the body string, tplidx (0: none) a Template the Request keeps alive. Takes P->hdrs
+ * when owned. Raises on misuse; the Request is created closed, so a raise leaves nothing to
+ * leak. */
+static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int bodyidx,
+                          int tplidx) {
+  struct curl_slist *hl = P->hdrs;
+  int own = P->own;
+  /* no "Expect: 100-continue" round trip: curl adds it to bodies over 1 MiB */
+  if (P->bodylen > 1024 * 1024) {
+    if (!own) {
+      struct curl_slist *c = NULL, *i;
+      for (i = hl; i; i = i->next) c = append(L, c, i->data);
+      hl = c;
+      own = 1;
+    }
+    hl = append(L, hl, "Expect:");
+  }
+
+  lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 3);
+  memset(r, 0, sizeof *r);
+  r->ref = LUA_NOREF;
+  r->state = LMX_R_CLOSED;
+  luaL_setmetatable(L, LMX_REQUEST);
+  int ri = lua_gettop(L);
 
   CURL *e = lmx_multi_easy(m);
-  if (!e) { curl_slist_free_all(hl); luaL_error(L, "llmux.request: out of memory"); }
-  if (form) {
+  if (!e) {
+    if (own) curl_slist_free_all(hl);
+    luaL_error(L, "llmux.request: out of memory");
+  }
+  if (P->form) {
     /* curl copies each part's data; the parts' strings need not outlive this call */
+    int form = P->form;
     curl_mime *mime = curl_mime_init(e);
     int ok = mime != NULL;
     lua_Integer n = luaL_len(L, form);
@@ -256,7 +289,7 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     }
     if (!ok) {
       curl_mime_free(mime);
-      curl_slist_free_all(hl);
+      if (own) curl_slist_free_all(hl);
       lmx_multi_release_easy(m, e, 1);
       luaL_error(L, "llmux.request: out of memory");
     }
@@ -264,40 +297,39 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
     curl_easy_setopt(e, CURLOPT_MIMEPOST, mime);
     r->dirty = 1;   /* a pooled handle must not keep the MIMEPOST */
   }
-  r->hdrs = hl;
-  r->max_bytes = (size_t)maxb;
-  r->stream = stream;
-  r->want = stream;
-  lmx_sse_init(&r->parser, (size_t)maxev);
+  r->hdrs = own ? hl : NULL;    /* a Template's list is the Template's */
+  r->max_bytes = (size_t)P->maxb;
+  r->stream = P->stream;
+  r->want = P->stream;
+  lmx_sse_init(&r->parser, (size_t)P->maxev);
   r->last_event = lmx_now();
   /* every option a previous transfer may have set is set again (pooled handles keep them) */
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_URL, P->url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, request_writecb);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, request_headercb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
   /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c */
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                   http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+                   P->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout > 0 ? ms(timeout) : 0L);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ctimeout > 0 ? ms(ctimeout) : 0L);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)maxb);
-  if (ca) {
-    curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, P->timeout > 0 ? ms(P->timeout) : 0L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, P->ctimeout > 0 ? ms(P->ctimeout) : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)P->maxb);
+  if (P->ca) {
+    curl_easy_setopt(e, CURLOPT_CAINFO, P->ca);
     r->dirty = 1;
   }
-  int plain = !method || strcmp(method, (body || form) ? "POST" : "GET") == 0;
-  if (form) {
+  const char *method = P->method;
+  int plain = !method || strcmp(method, (P->body || P->form) ? "POST" : "GET") == 0;
+  if (P->form) {
     /* the MIMEPOST set above makes it a POST */
-  } else if (body) {
+  } else if (P->body) {
     /* zero copy: the body string is kept alive in the request's uservalue */
-    lua_getfield(L, spec, "body");
+    lua_pushvalue(L, bodyidx);
     lua_setiuservalue(L, ri, 1);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)P->bodylen);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, P->body);
   } else {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   }
@@ -308,7 +340,7 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   }
   r->errbuf[0] = '\0';
   if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
-    curl_slist_free_all(hl);
+    curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
     lmx_multi_release_easy(m, e, 1);
     curl_mime_free(r->mime);
@@ -321,12 +353,87 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   lmx_multi_attach(m, r);
   lua_getiuservalue(L, mindex, 1);   /* the Multi holds the request while attached */
   lua_pushvalue(L, ri);
-  lua_rawsetp(L, -2, r);
+  r->ref = luaL_ref(L, -2);          /* an array slot: no hashing, no rehash churn */
   lua_pop(L, 1);
   lua_pushvalue(L, mindex);          /* and the request its Multi */
   lua_setiuservalue(L, ri, 2);
+  if (tplidx) {                      /* and its Template, whose strings and list curl reads */
+    lua_pushvalue(L, tplidx);
+    lua_setiuservalue(L, ri, 3);
+  }
   lua_settop(L, ri);                 /* the request on top (a form table may sit above it) */
   return r;
+}
+
+/* A Template: the parts of a spec that many requests share (URL, method, headers, timeouts,
+ * caps, CA file, stream), read and checked once and the header list built once. Its strings
+ * are held in its uservalue, so the Plan's pointers stay valid whatever the spec table does. */
+#define LMX_TEMPLATE "llmux.Template"
+typedef struct Template { Plan P; } Template;
+
+/* core.template(spec) -> Template: spec as for m:request, without body and form (they are
+ * per request: m:request(template, body[, timeout])). */
+static int template_new(lua_State *L) {
+  Template *t;
+  Plan P;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "body");
+  lua_getfield(L, 1, "form");
+  if (!lua_isnil(L, -1) || !lua_isnil(L, -2))
+    luaL_error(L, "llmux.template: 'body' and 'form' are given per request, not here");
+  lua_pop(L, 2);
+  t = lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, LMX_TEMPLATE);
+  plan_read(L, 1, &P, 0);
+  t->P = P;                           /* from here __gc frees the list */
+  t->P.own = 0;                       /* requests borrow it */
+  lua_createtable(L, 3, 0);           /* the strings the plan points into */
+  lua_getfield(L, 1, "url");
+  lua_rawseti(L, -2, 1);
+  lua_getfield(L, 1, "method");
+  lua_rawseti(L, -2, 2);
+  lua_getfield(L, 1, "ca_file");
+  lua_rawseti(L, -2, 3);
+  lua_rawgeti(L, -1, 1);              /* point at the held strings themselves */
+  t->P.url = lua_tostring(L, -1);
+  lua_rawgeti(L, -2, 2);
+  t->P.method = lua_tostring(L, -1);
+  lua_rawgeti(L, -3, 3);
+  t->P.ca = lua_tostring(L, -1);
+  lua_pop(L, 3);
+  if (!t->P.url) luaL_error(L, "llmux.template: 'url' must be a string");
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static int template_gc(lua_State *L) {
+  Template *t = luaL_checkudata(L, 1, LMX_TEMPLATE);
+  curl_slist_free_all(t->P.hdrs);
+  t->P.hdrs = NULL;
+  return 0;
+}
+
+/* m:request(spec) or m:request(template, body[, timeout]): pushes the new Request. */
+lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec) {
+  Plan P;
+  Template *t = lua_type(L, spec) == LUA_TUSERDATA ? luaL_testudata(L, spec, LMX_TEMPLATE) : NULL;
+  if (t) {
+    P = t->P;
+    P.form = 0;
+    P.body = NULL;
+    P.bodylen = 0;
+    if (!lua_isnoneornil(L, spec + 1)) P.body = luaL_checklstring(L, spec + 1, &P.bodylen);
+    if (!lua_isnoneornil(L, spec + 2)) {
+      P.timeout = luaL_checknumber(L, spec + 2);
+      luaL_argcheck(L, P.timeout >= 0, spec + 2, "timeout must not be negative");
+    }
+    return start(L, m, mindex, &P, spec + 1, spec);
+  }
+  luaL_checktype(L, spec, LUA_TTABLE);
+  plan_read(L, spec, &P, 1);
+  if (P.body) lua_getfield(L, spec, "body");   /* for the Request to hold */
+  return start(L, m, mindex, &P, P.body ? lua_gettop(L) : 0, 0);
 }
 
 /* Ends a running transfer: records its result, gives the easy handle back, queues r. */
@@ -679,4 +786,10 @@ void lmx_request_open(lua_State *L) {
   lmx_newclass(L, LMX_REQUEST, meta, methods);
   lua_pushcfunction(L, core_parse_headers);
   lua_setfield(L, -2, "parse_headers");
+  luaL_newmetatable(L, LMX_TEMPLATE);
+  lua_pushcfunction(L, template_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, template_new);
+  lua_setfield(L, -2, "template");
 }

@@ -220,6 +220,92 @@ describe("llmux.core Multi", function()
   end)
 end)
 
+describe("llmux.core.template", function()
+  local function tspec(extra)
+    local s = spec("m")
+    s.body = nil
+    for k, v in pairs(extra or {}) do s[k] = v end
+    return s
+  end
+  local function content(r)
+    local res = r:result()
+    assert.equals(200, res.status, res.body)
+    return core.json_decode(res.body).choices[1].message.content
+  end
+
+  it("runs many requests from one template, each with its own body", function()
+    local m = core.multi()
+    local t = core.template(tspec{ headers = { "Authorization: Bearer sk-core",
+      "Content-Type: application/json", "X-Tpl: yes" } })
+    assert.matches("llmux.Template", tostring(t))
+    local reqs = {}
+    for i = 1, 20 do
+      reqs[i] = m:request(t, chat_body(i % 2 == 0 and "echoheaders" or "m", "q" .. i))
+    end
+    t = nil
+    collectgarbage()
+    collectgarbage()            -- each request holds its template
+    drain(m)
+    for i, r in ipairs(reqs) do
+      local text = content(r)
+      if i % 2 == 0 then
+        local h = core.json_decode(text)
+        assert.equals("yes", h["x-tpl"])
+        assert.equals("application/json", h["content-type"])
+      else
+        assert.equals("echo: q" .. i, text)
+      end
+    end
+    m:close()
+  end)
+
+  it("takes a per-request timeout over the template's", function()
+    local m = core.multi()
+    local t = core.template(tspec{ timeout = 10 })
+    local r = m:request(t, chat_body("slow:2"), 0.3)
+    drain(m)
+    assert.equals("timeout", r:result().code)
+    m:close()
+  end)
+
+  it("sends a body over 1 MiB without Expect, leaving the template's headers alone", function()
+    local m = core.multi()
+    local t = core.template(tspec())
+    local body = chat_body("echoheaders", ("x"):rep(1100000))
+    local big = m:request(t, body)
+    drain(m)
+    local h = core.json_decode(content(big))
+    assert.is_nil(h.expect)
+    assert.equals(tostring(#body), h["content-length"])
+    local small = m:request(t, chat_body("echoheaders"))
+    drain(m)
+    h = core.json_decode(content(small))
+    assert.is_nil(h.expect)
+    assert.equals("application/json", h["content-type"])
+    m:close()
+  end)
+
+  it("refuses per-request fields and bad values when made, and bad arguments per request",
+    function()
+      assert.has_error(function() core.template(tspec{ body = "x" }) end,
+        "llmux.template: 'body' and 'form' are given per request, not here")
+      assert.has_error(function() core.template(tspec{ form = {} }) end,
+        "llmux.template: 'body' and 'form' are given per request, not here")
+      assert.has_error(function() core.template(tspec{ headers = { 1 } }) end,
+        "llmux.request: headers[1] must be a string")
+      assert.has_error(function() core.template(tspec{ timeout = "x" }) end,
+        "llmux.request: 'timeout' must be a number (seconds)")
+      assert.has_error(function() core.template{} end, "llmux.request: 'url' is required")
+      assert.has_error(function() core.template("x") end)
+      local m = core.multi()
+      local t = core.template(tspec())
+      assert.has_error(function() m:request(t, {}) end)
+      assert.has_error(function() m:request(t, "{}", -1) end)
+      assert.is_true(m:empty())
+      m:close()
+    end)
+end)
+
 describe("llmux.core.parse_headers", function()
   it("keeps the last block's fields, lower-cases names, joins repeats", function()
     local h = core.parse_headers("HTTP/1.1 200 OK\r\nContent-Type:  text/plain \r\n"

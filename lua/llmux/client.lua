@@ -238,6 +238,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
         or spec.connect_timeout ~= o.connect_timeout
         or spec.max_response_bytes ~= o.max_response_bytes or spec.ca_file ~= o.ca_file then
       spec = new_spec(o, o.base_url .. path, method, headers, streaming)
+      spec.template = core.template(spec)   -- read and checked once, headers built once
       specs[k] = spec
     end
   else
@@ -268,9 +269,13 @@ local function start(call)
     end
     timeout = min(timeout, left)
   end
-  local spec = call.spec
-  spec.timeout, spec.body = timeout, call.payload
-  local req = sched.engine():request(spec)
+  local spec, req = call.spec, nil
+  if spec.template then
+    req = sched.engine():request(spec.template, call.payload, timeout)
+  else
+    spec.timeout, spec.body = timeout, call.payload
+    req = sched.engine():request(spec)
+  end
   if not call.streaming then
     sched.await(req)
     return req
