@@ -467,13 +467,12 @@ static void push_error(Parser *P) {
     lua_pushfstring(L, "llmux.json: unexpected byte %s at byte %I", b, pos);
 }
 
-/* core.json_decode(s) -> value | nil, message */
-static int json_decode(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
+/* Decodes s (len bytes; s[len] must be '\0', the scanners' sentinel) and pushes the value:
+ * returns 1; or pushes the reason (a message, "JSON null" for a top-level null) and returns
+ * 0. Raises only for memory. */
+int lmx_json_decode(lua_State *L, const char *s, size_t len) {
   Parser P;
-  int r;
-  lua_settop(L, 1);
+  int r, top = lua_gettop(L);
   P.L = L;
   P.s = (const unsigned char *)s;
   P.end = P.s + len;
@@ -486,17 +485,26 @@ static int json_decode(lua_State *L) {
     if (P.p != P.end) r = fail(&P, E_CHAR, P.p);   /* trailing bytes, before any null verdict */
   }
   if (r < 0) {
-    lua_settop(L, 1);
-    lua_pushnil(L);
+    lua_settop(L, top);
     push_error(&P);
-    return 2;
+    return 0;
   }
   if (r == 1) {
-    lua_pushnil(L);
     lua_pushliteral(L, "JSON null");
-    return 2;
+    return 0;
   }
   return 1;
+}
+
+/* core.json_decode(s) -> value | nil, message */
+static int json_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_settop(L, 1);
+  if (lmx_json_decode(L, s, len)) return 1;
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
 }
 
 /* core.json_chunk(s) -> true, text, finish, id, model, created | false: the chat-chunk fast

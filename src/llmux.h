@@ -108,6 +108,7 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud);
 size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
+int lmx_json_decode(lua_State *L, const char *s, size_t len);
 /* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or
  * (off >= 0) of the scratch buffer. */
 typedef struct { const char *p; size_t n; long off; } lmx_JStr;

@@ -575,20 +575,38 @@ static int core_parse_headers(lua_State *L) {
   return 1;
 }
 
-/* r:result() -> table | nil (while running). Fields: status, head (the raw header block of
- * the last response: core.parse_headers makes the table, only when someone needs it), body,
- * http_version (1.0, 1.1, 2, 3), reused, local_port, time_total, time_connect,
- * time_starttransfer (s); on failure also code (llmux code), error (curl's message), curl_code. */
+/* r:result([decode]) -> table[, value] | nil (while running). Fields: status, head (the raw
+ * header block of the last response: core.parse_headers makes the table, only when someone
+ * needs it), body, http_version (1.0, 1.1, 2, 3), reused, local_port, time_total,
+ * time_connect, time_starttransfer (s); on failure also code (llmux code), error (curl's
+ * message), curl_code. With decode, a 2xx body holding a JSON object or array is returned
+ * decoded as the second value and the table has no body; any other body stays a string. */
 static int request_result(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
+  int decoded = 0;
   if (r->state != LMX_R_DONE) return 0;
+  lua_settop(L, 2);
   lua_createtable(L, 0, 16);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
   lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
   lua_setfield(L, -2, "head");
-  lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.n);
-  lua_setfield(L, -2, "body");
+  /* decode: a 2xx body that is a JSON object or array comes back decoded, straight from the
+   * buffer, instead of as a string (the decoder wants a NUL after the bytes) */
+  if (lua_toboolean(L, 2) && r->status / 100 == 2 && r->cc == CURLE_OK && r->body.n > 0
+      && lmx_buf_append(&r->body, "", 1) == 0) {
+    r->body.n--;
+    if (lmx_json_decode(L, r->body.p, r->body.n) && lua_istable(L, -1)) {
+      lua_replace(L, 2);
+      decoded = 1;
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  if (!decoded) {
+    lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.n);
+    lua_setfield(L, -2, "body");
+  }
   switch (r->httpver) {
     case CURL_HTTP_VERSION_1_0: setnum(L, "http_version", 1.0); break;
     case CURL_HTTP_VERSION_1_1: setnum(L, "http_version", 1.1); break;
@@ -621,7 +639,9 @@ static int request_result(lua_State *L) {
     else lua_pushstring(L, curl_easy_strerror(r->cc));
     lua_setfield(L, -2, "error");
   }
-  return 1;
+  if (!decoded) return 1;
+  lua_pushvalue(L, 2);
+  return 2;
 }
 
 /* r:head() -> status, raw header block, sse | nothing while the headers are not all in.

@@ -329,8 +329,9 @@ perform = function(call)
         end,
       })
     end
-    local res = req:result()
+    local res, decoded = req:result(true)   -- a 2xx JSON body comes decoded
     req:close()
+    if decoded then return decoded, make_info(call, res, decoded) end
     local ok, a, code, detail = judge(res)
     if ok then return a, make_info(call, res, a) end
     local again, m, c, d = retry_or_fail(call, a, code, detail)
