@@ -183,7 +183,7 @@ end
 -- per call instead of two; headers are parsed on first access.
 local function make_info(call, res, body)
   res.body = nil
-  res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.url
+  res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.url
   if body then res.usage, res.model = body.usage, body.model end
   return setmetatable(res, Info)
 end
@@ -244,15 +244,16 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
   else
     spec = new_spec(o, o.base_url .. path, method, headers, streaming)
   end
+  -- method, URL and streaming are the spec's
   return {
-    o = o, key = key, method = method, url = spec.url, t0 = t0, attempt = 0,
-    deadline_at = o.deadline and t0 + o.deadline, streaming = streaming, spec = spec,
-    payload = payload,
+    o = o, key = key, t0 = t0, attempt = 0, deadline_at = o.deadline and t0 + o.deadline,
+    spec = spec, payload = payload,
   }
 end
 
 local function call_fail(call, why, code, detail)
-  return fail(call.key, call.method, call.url, why, code, detail)
+  local spec = call.spec
+  return fail(call.key, spec.method, spec.url, why, code, detail)
 end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
@@ -276,7 +277,7 @@ local function start(call)
     spec.timeout, spec.body = timeout, call.payload
     req = sched.engine():request(spec)
   end
-  if not call.streaming then
+  if not spec.stream then
     sched.await(req)
     return req
   end
