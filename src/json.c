@@ -24,11 +24,24 @@
  * (coroutine) stack that the GC had just shrunk. */
 #define LMX_JSON_STEP 32
 
+/* Object keys repeat from one response to the next ("choices", "message", "content", ...):
+ * each state keeps the Lua strings of recent short keys, so a key seen before is pushed from
+ * the cache instead of being hashed and interned again. Direct-mapped; a clash just replaces
+ * the slot. The entries are in a userdata (registry[&kckey]) whose uservalue holds the strings
+ * at the same indexes. */
+#define KC_SIZE 256
+#define KC_MAXLEN 32
+typedef struct { uint32_t len; char s[KC_MAXLEN]; } KEntry;   /* len + 1; 0: empty */
+typedef struct { KEntry e[KC_SIZE]; } KCache;
+static int kckey;
+
 typedef struct {
   lua_State *L;
   const unsigned char *s, *p, *end;
   const char *err;             /* static text of the failure; NULL while all is well */
   const unsigned char *at;     /* where it was found */
+  KCache *kc;                  /* this state's key cache, its strings' table at kcidx */
+  int kcidx;
 } Parser;
 
 /* Byte classes: S_WS the four JSON blanks; S_STOP ends the fast string scan ('"', '\\' and the
@@ -169,9 +182,34 @@ static int parse_escaped(Parser *P, const unsigned char *start, const unsigned c
   return 0;
 }
 
-/* P->p at the opening quote. Pushes the string. The common case has no escape and is pushed
- * straight from the input. */
-static int parse_string(Parser *P) {
+/* Pushes the key s[0..n) (n <= KC_MAXLEN) through the key cache. */
+static void push_key(Parser *P, const char *s, size_t n) {
+  uint64_t a = 0, b = 0;
+  if (n >= 8) {
+    memcpy(&a, s, 8);
+    memcpy(&b, s + n - 8, 8);
+  } else {
+    memcpy(&a, s, n);
+  }
+  uint64_t h = (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full) ^ n;
+  unsigned i = (unsigned)(h >> 56) ^ (unsigned)(h >> 24 & 0xFF);
+  KEntry *e = &P->kc->e[i & (KC_SIZE - 1)];
+  lua_State *L = P->L;
+  i &= KC_SIZE - 1;
+  if (e->len == n + 1 && memcmp(e->s, s, n) == 0) {
+    lua_rawgeti(L, P->kcidx, (lua_Integer)i + 1);
+    return;
+  }
+  lua_pushlstring(L, s, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, P->kcidx, (lua_Integer)i + 1);
+  memcpy(e->s, s, n);
+  e->len = (uint32_t)n + 1;
+}
+
+/* P->p at the opening quote. Pushes the string (an object key when key). The common case has
+ * no escape and is pushed straight from the input. */
+static int parse_string(Parser *P, int key) {
   const unsigned char *start = P->p + 1, *q = start, *end = P->end;
   uint64_t w;
   while (end - q >= 8) {   /* never reads past the string's own bytes */
@@ -181,7 +219,9 @@ static int parse_string(Parser *P) {
   }
   while (!(cls[*q] & S_STOP)) q++;
   if (*q == '"') {
-    lua_pushlstring(P->L, (const char *)start, (size_t)(q - start));
+    size_t n = (size_t)(q - start);
+    if (key && n <= KC_MAXLEN) push_key(P, (const char *)start, n);
+    else lua_pushlstring(P->L, (const char *)start, n);
     P->p = q + 1;
     return 0;
   }
@@ -382,7 +422,7 @@ static int parse_object(Parser *P, int depth) {
   }
   for (;;) {
     if (*P->p != '"') return fail(P, E_CHAR, P->p);
-    if (parse_string(P) < 0) return -1;
+    if (parse_string(P, 1) < 0) return -1;
     P->p = skip_ws(P->p);
     if (*P->p != ':') return fail(P, E_CHAR, P->p);
     P->p = skip_ws(P->p + 1);
@@ -426,7 +466,7 @@ static int literal(Parser *P, const char *word, size_t n) {
  * returns -1 with P->err set and the stack in any state. */
 static int parse_value(Parser *P, int depth) {
   switch (*P->p) {
-    case '"': return parse_string(P);
+    case '"': return parse_string(P, 0);
     case '{': return parse_object(P, depth);
     case '[': return parse_array(P, depth);
     case 't':
@@ -473,6 +513,18 @@ static void push_error(Parser *P) {
 int lmx_json_decode(lua_State *L, const char *s, size_t len) {
   Parser P;
   int r, top = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &kckey) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    memset(lua_newuserdatauv(L, sizeof(KCache), 1), 0, sizeof(KCache));
+    lua_createtable(L, KC_SIZE, 0);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &kckey);
+  }
+  P.kc = lua_touserdata(L, -1);
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);              /* the registry keeps the cache; its table stays here */
+  P.kcidx = lua_gettop(L);
   P.L = L;
   P.s = (const unsigned char *)s;
   P.end = P.s + len;
@@ -490,9 +542,11 @@ int lmx_json_decode(lua_State *L, const char *s, size_t len) {
     return 0;
   }
   if (r == 1) {
+    lua_settop(L, top);
     lua_pushliteral(L, "JSON null");
     return 0;
   }
+  lua_remove(L, P.kcidx);
   return 1;
 }
 

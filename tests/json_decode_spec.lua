@@ -116,6 +116,36 @@ describe("json_decode values", function()
   end)
 end)
 
+describe("json_decode keys", function()
+  -- Short keys are pushed through a per-state cache of 256 slots: many distinct keys force
+  -- clashes, and every key must still come back as itself, decode after decode.
+  it("stay right through the key cache: clashes, lengths around its limit, escapes", function()
+    local parts, want = {}, {}
+    for i = 1, 1500 do
+      local k = ("k%04d"):format(i)
+      if i % 7 == 0 then k = k .. ("x"):rep(i % 40) end         -- 5 to 44 bytes
+      parts[#parts + 1] = ('"%s":%d'):format(k, i)
+      want[k] = i
+    end
+    parts[#parts + 1] = [["e\"sc":1]]                          -- escaped: not cached
+    want['e"sc'] = 1
+    parts[#parts + 1] = [["\u0041BC":2]]
+    want.ABC = 2
+    local doc = "{" .. table.concat(parts, ",") .. "}"
+    for round = 1, 3 do
+      local t = assert(core.json_decode(doc))
+      local n = 0
+      for k, v in pairs(t) do
+        n = n + 1
+        assert.equals(want[k], v, "round " .. round .. " key " .. k)
+      end
+      assert.equals(1502, n)
+    end
+    local a = assert(core.json_decode('[{"role":"a"},{"rolf":"b"},{"role":"c"}]'))
+    assert.same({ { role = "a" }, { rolf = "b" }, { role = "c" } }, a)
+  end)
+end)
+
 describe("json_decode errors", function()
   local cases = {
     { "", "unexpected end of input at byte 1" },
