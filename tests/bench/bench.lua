@@ -7,10 +7,15 @@
 --   BENCH_N=2000 BENCH_CONC=16 BENCH_ROUNDS=1 lua5.4 tests/bench/bench.lua
 --
 -- Env: BENCH_N requests per client and round (20000), BENCH_CONC transfers in flight (64),
--- BENCH_ROUNDS floor + llmux rounds (3), BENCH_STRICT=1 also fails the run when the CPU
+-- BENCH_ROUNDS floor + llmux rounds (5), BENCH_STRICT=1 also fails the run when the CPU
 -- target is missed. Several rounds because a small shared VM drifts by tens of percent
 -- between runs: each round runs the two back to back, and the verdict is the median of the
 -- per-round ratios, which a slow spell hitting one round cannot swing.
+--
+-- Then, when valgrind is there, the same comparison in instructions (callgrind), which no
+-- noisy neighbour moves: each client runs 1000 and 4000 requests, and the difference over
+-- 3000 is its user-space instructions per request (start-up cancels out). BENCH_INSTR=0
+-- skips it.
 -- Exit status: 0 when every request passed, 1 otherwise (or on a missed target when strict).
 local llmux = require "llmux"
 local upstream = require "helpers.upstream"
@@ -31,7 +36,7 @@ end
 
 local N = env_int("BENCH_N", 20000)
 local CONC = env_int("BENCH_CONC", 64)
-local ROUNDS = env_int("BENCH_ROUNDS", 3)
+local ROUNDS = env_int("BENCH_ROUNDS", 5)
 local STRICT = os.getenv("BENCH_STRICT") == "1"
 
 -- Shell helpers ----------------------------------------------------------------------------
@@ -216,6 +221,49 @@ local function report(url, floors, mines, ratios)
   return ratio
 end
 
+-- Instructions (callgrind) -------------------------------------------------------------------
+
+local INSTR_N1, INSTR_N2 = 1000, 4000
+
+-- Instructions callgrind counted for cmd (its whole run), or nil when it failed.
+local function instructions(cmd)
+  local out_file = os.tmpname()
+  local out = capture(("valgrind --tool=callgrind --callgrind-out-file=%s %s 2>&1"):format(
+    q(out_file), cmd))
+  local f = io.open(out_file, "r")
+  local data = f and f:read("a") or ""
+  if f then f:close() end
+  os.remove(out_file)
+  local n = tonumber(data:match("\nsummary: (%d+)") or data:match("\ntotals: (%d+)") or "")
+  if not n then io.stderr:write("bench: callgrind run failed:\n", out:sub(1, 2000), "\n") end
+  return n
+end
+
+-- Per-request instructions of a client: (I(N2) - I(N1)) / (N2 - N1).
+local function per_request(make_cmd)
+  local a, b = instructions(make_cmd(INSTR_N1)), instructions(make_cmd(INSTR_N2))
+  if not (a and b) then return nil end
+  return (b - a) / (INSTR_N2 - INSTR_N1)
+end
+
+local function report_instructions(bin, url)
+  if os.getenv("BENCH_INSTR") == "0" then return end
+  local _, ok = capture("command -v valgrind >/dev/null 2>&1")
+  if not ok then
+    print("instructions: valgrind not found, skipped")
+    return
+  end
+  local floor = per_request(function(n)
+    return ("%s %s %d %d"):format(q(bin), q(url .. "/chat/completions"), n, CONC)
+  end)
+  local mine = per_request(function(n)
+    return ("%s %s --child %s %d %d"):format(q(arg[-1] or "lua5.4"), q(arg[0]), q(url), n, CONC)
+  end)
+  if not (floor and mine) then return end
+  print(("instructions per request (callgrind, user space): floor %.0f, llmux %.0f: %.2fx")
+    :format(floor, mine, mine / floor))
+end
+
 -- Main -----------------------------------------------------------------------------------
 
 local function main(u)
@@ -234,7 +282,18 @@ local function main(u)
     failed = failed or floors[i].failures > 0 or mines[i].failures > 0
   end
   local ratio = report(u.http, floors, mines, ratios)
+  report_instructions(bin, u.http)
   return not failed and not (STRICT and ratio > TARGET)
+end
+
+-- `bench.lua --child URL N CONC`: only the llmux loop (one warm-up request first), for
+-- callgrind to count.
+if arg[1] == "--child" then
+  local url, n, conc = arg[2], tonumber(arg[3]), tonumber(arg[4])
+  local client = llmux.client{base_url = url, api_key = "sk-bench", max_retries = 0,
+    timeout = REQ_TIMEOUT}
+  local r = run_llmux(client, n, conc)
+  os.exit(r.failures == 0 and 0 or 1)
 end
 
 local u = upstream.start{workers = WORKERS}
