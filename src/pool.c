@@ -49,7 +49,7 @@ static void announce(lmx_Job *j) {
   if (p->tail) p->tail->next = j;
   else {
     p->head = j;
-    while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+    if (p->fd >= 0) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
   }
   p->tail = j;
   pthread_cond_broadcast(&pool.done);
@@ -119,9 +119,15 @@ static void child(void) {
   lmx_forks++;
   for (p = pool.ports; p; p = p->next) {
     int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (fd >= 0) {
-      if (dup3(fd, p->fd, O_CLOEXEC) >= 0) close(fd);
-      else { close(p->fd); p->fd = fd; }
+    if (fd < 0) {                       /* none to be had: no eventfd rather than a shared one */
+      if (p->fd >= 0) close(p->fd);
+      p->fd = -1;
+      continue;
+    }
+    if (p->fd >= 0 && dup3(fd, p->fd, O_CLOEXEC) >= 0) close(fd);
+    else {
+      if (p->fd >= 0) close(p->fd);
+      p->fd = fd;
     }
     if (p->head) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
   }
@@ -230,7 +236,7 @@ static lmx_Port *unref(lmx_Port *p) {
 
 static void port_free(lmx_Port *p) {
   if (!p) return;
-  close(p->fd);
+  if (p->fd >= 0) close(p->fd);
   free(p);
 }
 
@@ -252,7 +258,7 @@ static void unlist(lmx_Port *p, lmx_Job *j) {
   if (p->tail == j) p->tail = prev;
   j->next = NULL;
   j->listed = 0;
-  if (!p->head) while (read(p->fd, &v, sizeof v) < 0 && errno == EINTR) {}
+  if (!p->head && p->fd >= 0) while (read(p->fd, &v, sizeof v) < 0 && errno == EINTR) {}
 }
 
 lmx_Job *lmx_port_pop(lmx_Port *p) {

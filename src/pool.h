@@ -59,6 +59,7 @@ void lmx_pool_stats(lmx_PoolStats *s);
 
 /* A new port (one reference), or NULL with errno set. */
 lmx_Port *lmx_port_new(void);
+/* The port's eventfd; -1 when a forked child could not get one of its own. */
 int lmx_port_fd(const lmx_Port *p);
 /* Drops the owner's reference; the port (and its eventfd) goes with the last job's. */
 void lmx_port_release(lmx_Port *p);

@@ -25,6 +25,7 @@ static const char *const opnames[] = { "base64 encode", "base64 decode", "PNG de
 typedef struct Job {
   lmx_Job base;                 /* first: the pool's part */
   int op, submitted, closed, taken;
+  int awaited;                  /* the scheduler waits for it (job:awaited()) */
   const char *src;              /* input bytes: the string in uservalue 1 */
   size_t n;
   lmx_Image in;                 /* input image: the pixels of the Image in uservalue 1 */
@@ -294,19 +295,33 @@ static void job_free(lua_State *L, Job *j) {
 }
 
 /* job:close() / __close: a queued job is cancelled, a running one waited for (it reads memory
- * that may go right after); frees the outputs. A job not yet collected by job_next stays
- * announced, so whoever waits for it there (the scheduler) wakes and finds it closed.
- * Idempotent; never raises. */
+ * that may go right after); frees the outputs. An awaited job not yet collected by job_next
+ * stays announced, so the scheduler waiting for it wakes and finds it closed; any other job
+ * leaves the port at once. Idempotent; never raises. */
 static int job_close(lua_State *L) {
   Job *j = luaL_checkudata(L, 1, LMX_JOB);
   if (j->closed) return 0;
   j->closed = 1;
   if (j->submitted) {
-    if (held(L, j)) lmx_pool_abandon(&j->base);
-    else lmx_pool_finish(&j->base);
+    if (held(L, j) && j->awaited) {
+      lmx_pool_abandon(&j->base);
+    } else {
+      if (lua_istable(L, -1)) {     /* held() left the port table: drop the job from it */
+        lua_pushnil(L);
+        lua_rawsetp(L, -2, j);
+      }
+      lmx_pool_finish(&j->base);
+    }
   }
   job_free(L, j);
   return 0;
+}
+
+/* job:awaited() -> job: the scheduler is about to wait for it through job_next (see close). */
+static int job_awaited(lua_State *L) {
+  checkjob(L)->awaited = 1;
+  lua_settop(L, 1);
+  return 1;
 }
 
 /* __gc: nothing holds the job any more (or the state is closing): it leaves the pool for good,
@@ -338,7 +353,9 @@ static int job_tostring(lua_State *L) {
 
 /* core.job_fd() -> fd: an eventfd, readable while finished jobs wait for job_next() */
 static int core_job_fd(lua_State *L) {
-  lua_pushinteger(L, lmx_port_fd(getport(L, 1)));
+  int fd = lmx_port_fd(getport(L, 1));
+  if (fd < 0) return luaL_error(L, "llmux: the job port has no eventfd (none was left after fork)");
+  lua_pushinteger(L, fd);
   return 1;
 }
 
@@ -382,6 +399,7 @@ void lmx_pool_open(lua_State *L) {
     { NULL, NULL } };
   static const luaL_Reg methods[] = {
     { "done", job_done }, { "result", job_result }, { "wait", job_wait },
+    { "awaited", job_awaited },
     { "close", job_close }, { NULL, NULL } };
   static const luaL_Reg funcs[] = {
     { "job_b64_encode", job_b64_encode }, { "job_b64_decode", job_b64_decode },

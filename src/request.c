@@ -10,8 +10,16 @@
 static lmx_Request *checkrequest(lua_State *L, int i) {
   lmx_Request *r = lmx_checkudata(L, i, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) luaL_error(L, "attempt to use a closed llmux.Request");
+  return r;
+}
+
+/* For the methods that may call curl (cancel, and the pops, which resume a paused transfer):
+ * in a forked child a transfer of the parent's Multi is not ours to touch. Methods that only
+ * read what is already here (done, result, head, idle, stream_stats) work anywhere. */
+static lmx_Request *checklive(lua_State *L, int i) {
+  lmx_Request *r = checkrequest(L, i);
   if (r->multi && LMX_FORKED(r->multi))
-    luaL_error(L, "llmux.Request: its Multi was made before fork(); only close() works here");
+    luaL_error(L, "llmux.Request: its Multi was made before fork(); it cannot be driven here");
   return r;
 }
 
@@ -143,23 +151,21 @@ typedef struct Plan {
   double timeout, ctimeout;
   lua_Integer maxb, maxev;
   int http2, stream;
-  struct curl_slist *hdrs;      /* the list to send */
-  int own;                      /* hdrs was built for this request (it frees it) */
+  struct curl_slist *hdrs;      /* the list to send (a Request's own, or its Template's) */
   int form;                     /* stack index of spec.form, 0: none */
 } Plan;
 
-static struct curl_slist *append(lua_State *L, struct curl_slist *hl, const char *line) {
-  struct curl_slist *nl = curl_slist_append(hl, line);
-  if (!nl) {
-    curl_slist_free_all(hl);
-    luaL_error(L, "llmux.request: out of memory");
-  }
-  return nl;
+/* Appends line to *hl, a list some userdata owns (its __gc frees it, even after a raise). */
+static void append(lua_State *L, struct curl_slist **hl, const char *line) {
+  struct curl_slist *nl = curl_slist_append(*hl, line);
+  if (!nl) luaL_error(L, "llmux.request: out of memory");
+  *hl = nl;
 }
 
-/* Reads spec (a table at index t) into P, raising for misuse; P->hdrs is then an owned list.
+/* Reads spec (a table at index t) into P, raising for misuse. The header list is built in
+ * *owned, a field of a userdata already made (Request or Template), so no raise can leak it.
  * body and form are read only when per_request (a Template has neither). */
-static void plan_read(lua_State *L, int t, Plan *P, int per_request) {
+static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl_slist **owned) {
   memset(P, 0, sizeof *P);
   P->url = optstring(L, t, "url", NULL);
   P->method = optstring(L, t, "method", NULL);
@@ -193,16 +199,14 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request) {
     if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
-      if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
-        curl_slist_free_all(P->hdrs);
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
         luaL_error(L, "llmux.request: headers[%d] must be a string", (int)i);
-      }
-      P->hdrs = append(L, P->hdrs, lua_tostring(L, -1));
+      append(L, owned, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);
-  P->own = 1;
+  P->hdrs = *owned;
   if (!per_request) return;
 
   /* form: an array of parts {name =, data =[, filename =][, type =]}, checked before any
@@ -211,10 +215,8 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request) {
     lua_pop(L, 1);
     return;
   }
-  if (!lua_istable(L, -1) || P->body) {
-    curl_slist_free_all(P->hdrs);
+  if (!lua_istable(L, -1) || P->body)
     luaL_error(L, "llmux.request: 'form' must be a table of parts, and not with 'body'");
-  }
   P->form = lua_gettop(L);
   lua_Integer n = luaL_len(L, P->form);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -227,45 +229,43 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request) {
       lua_pop(L, 4);
     }
     lua_pop(L, 1);
-    if (!ok) {
-      curl_slist_free_all(P->hdrs);
+    if (!ok)
       luaL_error(L, "llmux.request: form[%d] must be {name = s, data = s[, filename = s]"
                  "[, type = s]}", (int)i);
-    }
   }
 }
 
-/* Pushes a new Request doing P and adds it to m (at mindex); the value at bodyidx (0: none)
- * is the body string, tplidx (0: none) a Template the Request keeps alive. Takes P->hdrs
- * when owned. Raises on misuse; the Request is created closed, so a raise leaves nothing to
- * leak. */
-static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int bodyidx,
-                          int tplidx) {
-  struct curl_slist *hl = P->hdrs;
-  int own = P->own;
-  /* no "Expect: 100-continue" round trip: curl adds it to bodies over 1 MiB */
-  if (P->bodylen > 1024 * 1024) {
-    if (!own) {
-      struct curl_slist *c = NULL, *i;
-      for (i = hl; i; i = i->next) c = append(L, c, i->data);
-      hl = c;
-      own = 1;
-    }
-    hl = append(L, hl, "Expect:");
-  }
-
+/* A new Request userdata on the stack, closed: a raise before it runs leaves only memory its
+ * __gc frees. */
+static lmx_Request *newrequest(lua_State *L) {
   lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 3);
   memset(r, 0, sizeof *r);
   r->ref = LUA_NOREF;
   r->state = LMX_R_CLOSED;
   luaL_setmetatable(L, LMX_REQUEST);
-  int ri = lua_gettop(L);
+  return r;
+}
+
+/* Starts r (the new Request at ri) doing P and adds it to m (at mindex); the value at bodyidx
+ * (0: none) is the body string, tplidx (0: none) a Template the Request keeps alive. Raises
+ * on misuse and memory; r stays closed until the transfer is added. Leaves r on top. */
+static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r, int ri,
+                          Plan *P, int bodyidx, int tplidx) {
+  /* no "Expect: 100-continue" round trip: curl adds it to bodies over 1 MiB */
+  if (P->bodylen > 1024 * 1024) {
+    if (!r->hdrs)                   /* a Template's list: r gets a copy of its own */
+      for (struct curl_slist *i = P->hdrs; i; i = i->next) append(L, &r->hdrs, i->data);
+    append(L, &r->hdrs, "Expect:");
+    P->hdrs = r->hdrs;
+  }
+  struct curl_slist *hl = P->hdrs;
+  if (tplidx) {                     /* the Template's strings and list, read by curl */
+    lua_pushvalue(L, tplidx);
+    lua_setiuservalue(L, ri, 3);
+  }
 
   CURL *e = lmx_multi_easy(m);
-  if (!e) {
-    if (own) curl_slist_free_all(hl);
-    luaL_error(L, "llmux.request: out of memory");
-  }
+  if (!e) luaL_error(L, "llmux.request: out of memory");
   if (P->form) {
     /* curl copies each part's data; the parts' strings need not outlive this call */
     int form = P->form;
@@ -289,7 +289,6 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int b
     }
     if (!ok) {
       curl_mime_free(mime);
-      if (own) curl_slist_free_all(hl);
       lmx_multi_release_easy(m, e, 1);
       luaL_error(L, "llmux.request: out of memory");
     }
@@ -297,7 +296,6 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int b
     curl_easy_setopt(e, CURLOPT_MIMEPOST, mime);
     r->dirty = 1;   /* a pooled handle must not keep the MIMEPOST */
   }
-  r->hdrs = own ? hl : NULL;    /* a Template's list is the Template's */
   r->max_bytes = (size_t)P->maxb;
   r->stream = P->stream;
   r->want = P->stream;
@@ -357,10 +355,6 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int b
   lua_pop(L, 1);
   lua_pushvalue(L, mindex);          /* and the request its Multi */
   lua_setiuservalue(L, ri, 2);
-  if (tplidx) {                      /* and its Template, whose strings and list curl reads */
-    lua_pushvalue(L, tplidx);
-    lua_setiuservalue(L, ri, 3);
-  }
   lua_settop(L, ri);                 /* the request on top (a form table may sit above it) */
   return r;
 }
@@ -369,7 +363,10 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, Plan *P, int b
  * caps, CA file, stream), read and checked once and the header list built once. Its strings
  * are held in its uservalue, so the Plan's pointers stay valid whatever the spec table does. */
 #define LMX_TEMPLATE "llmux.Template"
-typedef struct Template { Plan P; } Template;
+typedef struct Template {
+  Plan P;
+  struct curl_slist *hdrs;            /* owned; P.hdrs points at it */
+} Template;
 
 /* core.template(spec) -> Template: spec as for m:request, without body and form (they are
  * per request: m:request(template, body[, timeout])). */
@@ -385,9 +382,8 @@ static int template_new(lua_State *L) {
   t = lua_newuserdatauv(L, sizeof *t, 1);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, LMX_TEMPLATE);
-  plan_read(L, 1, &P, 0);
-  t->P = P;                           /* from here __gc frees the list */
-  t->P.own = 0;                       /* requests borrow it */
+  plan_read(L, 1, &P, 0, &t->hdrs);   /* the list is t's from its first line */
+  t->P = P;
   lua_createtable(L, 3, 0);           /* the strings the plan points into */
   lua_getfield(L, 1, "url");
   lua_rawseti(L, -2, 1);
@@ -409,8 +405,8 @@ static int template_new(lua_State *L) {
 
 static int template_gc(lua_State *L) {
   Template *t = luaL_checkudata(L, 1, LMX_TEMPLATE);
-  curl_slist_free_all(t->P.hdrs);
-  t->P.hdrs = NULL;
+  curl_slist_free_all(t->hdrs);
+  t->hdrs = t->P.hdrs = NULL;
   return 0;
 }
 
@@ -428,12 +424,19 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
       P.timeout = luaL_checknumber(L, spec + 2);
       luaL_argcheck(L, P.timeout >= 0, spec + 2, "timeout must not be negative");
     }
-    return start(L, m, mindex, &P, spec + 1, spec);
+    lmx_Request *r = newrequest(L);
+    return start(L, m, mindex, r, lua_gettop(L), &P, spec + 1, spec);
   }
   luaL_checktype(L, spec, LUA_TTABLE);
-  plan_read(L, spec, &P, 1);
-  if (P.body) lua_getfield(L, spec, "body");   /* for the Request to hold */
-  return start(L, m, mindex, &P, P.body ? lua_gettop(L) : 0, 0);
+  lmx_Request *r = newrequest(L);
+  int ri = lua_gettop(L);
+  plan_read(L, spec, &P, 1, &r->hdrs);
+  int bodyidx = 0;
+  if (P.body) {                       /* for the Request to hold */
+    lua_getfield(L, spec, "body");
+    bodyidx = lua_gettop(L);
+  }
+  return start(L, m, mindex, r, ri, &P, bodyidx, 0);
 }
 
 /* Ends a running transfer: records its result, gives the easy handle back, queues r. */
@@ -472,7 +475,9 @@ void lmx_request_orphan(lmx_Request *r) {
   r->cc = CURLE_ABORTED_BY_CALLBACK;
   r->closed_by_multi = 1;
   r->easy = NULL;
+  curl_slist_free_all(r->hdrs);   /* plain memory: freeing it calls no curl machinery */
   r->hdrs = NULL;
+  curl_mime_free(r->mime);
   r->mime = NULL;
   lmx_sse_free(&r->parser);
   r->multi->running--;
@@ -482,7 +487,7 @@ void lmx_request_orphan(lmx_Request *r) {
 /* r:cancel(): aborts a running transfer at once (socket freed); the request is then done with
  * code "cancelled" and is delivered by next() like any finished one. No-op when done. */
 static int request_cancel(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+  lmx_Request *r = checklive(L, 1);
   if (r->state == LMX_R_RUNNING) {
     if (r->multi->stepping) return luaL_error(L, "llmux.Request: cancel() during step()");
     r->cancelled = 1;
@@ -496,7 +501,11 @@ static int request_cancel(lua_State *L) {
  * memory is intact until every finalizer of the cycle ran, and its own __gc clears r->multi. */
 static int request_close(lua_State *L) {
   lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
-  if (r->state == LMX_R_CLOSED) return 0;
+  if (r->state == LMX_R_CLOSED) {   /* never started: a raise left its list behind */
+    curl_slist_free_all(r->hdrs);
+    r->hdrs = NULL;
+    return 0;
+  }
   lmx_Multi *m = r->multi;
   if (m) {
     if (m->stepping) return luaL_error(L, "llmux.Request: close() during step()");
@@ -706,7 +715,7 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
 /* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
  * the default type); nothing when none is queued (see peek_event). */
 static int request_pop(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+  lmx_Request *r = checklive(L, 1);
   const char *data, *ev;
   uint32_t dl, el;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
@@ -729,7 +738,7 @@ static void pushspan(lua_State *L, const char *p, size_t n) {
  * shape with content text and no finish_reason (the bulk of a stream); anything else stays
  * queued for pop/pop_delta. */
 static int request_pop_text(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+  lmx_Request *r = checklive(L, 1);
   const char *data, *ev;
   uint32_t dl, el;
   lmx_JChunk c;
@@ -743,7 +752,7 @@ static int request_pop_text(lua_State *L) {
 }
 
 static int request_pop_delta(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+  lmx_Request *r = checklive(L, 1);
   int ids = lua_toboolean(L, 2);
   const char *data, *ev;
   uint32_t dl, el;

@@ -23,7 +23,9 @@ job:wait()                                             -- done, waiting in the p
 local slow = llmux.spawn(function() return chat(c, "slow:0.6") end)
 llmux.step(0)
 llmux.step(0.05)                                       -- the slow request is in flight
-assert(old:stats().running == 1, "slow request not in flight")
+local s = assert(c:chat_stream{ model = "slowfirst:0.5",
+  messages = { { role = "user", content = "hi" } } }) -- headers in, first token pending
+assert(old:stats().running == 2, "slow request and stream not in flight")
 
 local pid = tf.fork()
 if pid == 0 then
@@ -31,8 +33,12 @@ if pid == 0 then
   local ok, err = pcall(old.stats, old)
   out[#out + 1] = (not ok and err:find("made before fork", 1, true)) and "old-refused" or
     "old-used:" .. tostring(err)
-  local r, msg = chat(c, "m")                          -- a new engine, a new connection
-  out[#out + 1] = r and "child-chat" or ("child-chat-failed:" .. tostring(msg))
+  ok, err = pcall(s.close, s)                          -- the parent's stream: let go of
+  out[#out + 1] = ok and "stream-closed" or ("stream-close-failed:" .. tostring(err))
+  local done, r, msg = pcall(llmux.run, function() return chat(c, "m") end)  -- a new engine
+  out[#out + 1] = (done and r) and "child-chat" or ("child-chat-failed:" .. tostring(r or msg))
+  local _, smsg, scode = slow:join()                   -- the parent's transfer: ended here
+  out[#out + 1] = scode == "closed" and "slow-closed" or ("slow:" .. tostring(smsg))
   out[#out + 1] = core.job_next() == job and "child-job" or "child-no-job"
   local big = ("z"):rep(3 << 20)
   local t = llmux.spawn(function() return llmux.base64.encode(big) end)   -- pooled here
@@ -44,6 +50,9 @@ end
 local st = tf.wait(pid)
 local r, msg = slow:join()
 io.write("child=", st, " slow=", r and "ok" or tostring(msg), " ")
+local text = {}
+for d in s:deltas() do text[#text + 1] = d end
+io.write(s:result() and #text > 0 and "stream=ok " or "stream=broken ")
 io.write(core.job_next() == job and "parent-job " or "parent-no-job ")
 assert(chat(c, "m"))
 io.write("connects=", old:stats().connects, "\n")
@@ -79,7 +88,8 @@ describe("fork", function()
     p:close()
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
-    assert.equals("old-refused child-chat child-job child-pool", lines[1], out)
-    assert.equals("child=0 slow=ok parent-job connects=1", lines[2], out)
+    assert.equals("old-refused stream-closed child-chat slow-closed child-job child-pool",
+      lines[1], out)
+    assert.equals("child=0 slow=ok stream=ok parent-job connects=1", lines[2], out)  -- h2
   end)
 end)

@@ -522,6 +522,17 @@ describe("worker pool: edges", function()
     assert.is_nil(next(port_table()))
   end)
 
+  it("a job closed by hand leaves the port at once, queued, running or done", function()
+    while core.job_next() do end
+    for i = 1, 300 do
+      local job = assert(core.job_b64_encode(("x"):rep(1000 + i)))
+      if i % 3 == 0 then job:wait() end
+      job:close()
+    end
+    assert.is_nil(next(port_table()))
+    assert.is_nil(core.job_next())
+  end)
+
   it("result() without job_next leaves nothing in the port", function()
     while core.job_next() do end
     local job = assert(core.job_b64_encode("hello"))

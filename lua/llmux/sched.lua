@@ -25,13 +25,23 @@ local engine, engine_opts, engine_forks
 local forks = core.forks
 local watched          -- the engine watching the job pool's eventfd (see offload)
 
+local waiting = {}     -- core Request or Job -> Task, box or Waiter (see wake)
+local RequestMT = debug.getregistry()["llmux.Request"]
+local wake             -- defined with the tasks below
+
 -- The engine, or nil; one made before a fork() is let go of in the child (it belongs to the
 -- parent: its transfers and connections cannot be touched there), and the next use makes a
--- new one.
+-- new one. Whoever waited for one of its transfers wakes to find it ended as "closed".
 local function live_engine()
   if engine and engine_forks ~= forks() then
     engine:close()
     engine, watched = nil, nil
+    for k, w in pairs(waiting) do
+      if getmetatable(k) == RequestMT and k:done() then
+        waiting[k] = nil
+        wake(w, k)
+      end
+    end
   end
   return engine
 end
@@ -77,7 +87,6 @@ end
 local tasks = setmetatable({}, { __mode = "k" })  -- coroutine -> Task
 local alive = 0                                  -- tasks not yet finished
 local rq, rq_head, rq_tail = {}, 1, 0            -- ready ring: task, value pairs
-local waiting = {}                               -- core Request -> Task or box
 local heap, heap_n, seq = {}, 0, 0               -- timers: {due, seq, task}
 local unobserved = {}                            -- failed tasks nobody joined (yet)
 
@@ -103,7 +112,7 @@ local Waiter = { __name = "llmux.Waiter" }
 
 -- wake(w, v): w is a Task (resumed with v on the next run), a box of a blocking wait, or a
 -- Waiter (v is its request when the engine has news, nil when its timer fired).
-local function wake(w, v)
+function wake(w, v)
   local mt = getmetatable(w)
   if mt == Task then
     push_ready(w, v)
@@ -336,6 +345,7 @@ function M.offload(job)
     local task = current()
     if task and co_isyieldable() then
       job_engine()
+      job:awaited()
       jobs = jobs + 1
       waiting[job] = task
       -- only the job's own wake-up ends this wait (a stray one is not taken for it)
