@@ -226,20 +226,26 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
     spec = new_spec(o, o.base_url .. path, method, without_content_type(headers))
     spec.form = form
   elseif o == self then
+    -- specs[method][path], streams' under "S" .. method: no key string made per call
     local specs = shared_specs[self]
     if not specs then
       specs = {}
       shared_specs[self] = specs
     end
-    local k = streaming and "S" .. method .. path or method .. path
-    spec = specs[k]
+    local m = streaming and "S" .. method or method
+    local by_path = specs[m]
+    if not by_path then
+      by_path = {}
+      specs[m] = by_path
+    end
+    spec = by_path[path]
     -- client fields changed since (base_url, timeouts, caps, CA): a fresh spec
     if not spec or spec.base ~= o.base_url or spec.headers ~= headers
         or spec.connect_timeout ~= o.connect_timeout
         or spec.max_response_bytes ~= o.max_response_bytes or spec.ca_file ~= o.ca_file then
       spec = new_spec(o, o.base_url .. path, method, headers, streaming)
       spec.template = core.template(spec)   -- read and checked once, headers built once
-      specs[k] = spec
+      by_path[path] = spec
     end
   else
     spec = new_spec(o, o.base_url .. path, method, headers, streaming)
