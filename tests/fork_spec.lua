@@ -20,11 +20,11 @@ assert(chat(c, "m"))                                   -- a TLS connection, kept
 local old = sched.engine()
 local job = assert(core.job_b64_encode("fork"))
 job:wait()                                             -- done, waiting in the port
-local slow = llmux.spawn(function() return chat(c, "slow:0.6") end)
+local slow = llmux.spawn(function() return chat(c, "slow:2") end)
 llmux.step(0)
 llmux.step(0.05)                                       -- the slow request is in flight
-local s = assert(c:chat_stream{ model = "slowfirst:0.5",
-  messages = { { role = "user", content = "hi" } } }) -- headers in, first token pending
+local s = assert(c:chat_stream{ model = "chunks:40:50",
+  messages = { { role = "user", content = "hi" } } }) -- 40 chunks over 2 s: mid-flow
 assert(old:stats().running == 2, "slow request and stream not in flight")
 
 local pid = tf.fork()
