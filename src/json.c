@@ -192,10 +192,9 @@ static void push_key(Parser *P, const char *s, size_t n) {
     memcpy(&a, s, n);
   }
   uint64_t h = (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full) ^ n;
-  unsigned i = (unsigned)(h >> 56) ^ (unsigned)(h >> 24 & 0xFF);
-  KEntry *e = &P->kc->e[i & (KC_SIZE - 1)];
+  unsigned i = ((unsigned)(h >> 56) ^ (unsigned)(h >> 24)) & (KC_SIZE - 1);
+  KEntry *e = &P->kc->e[i];
   lua_State *L = P->L;
-  i &= KC_SIZE - 1;
   if (e->len == n + 1 && memcmp(e->s, s, n) == 0) {
     lua_rawgeti(L, P->kcidx, (lua_Integer)i + 1);
     return;

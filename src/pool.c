@@ -36,20 +36,24 @@ static struct {
            NULL, NULL, 0, 0, 0, LMX_POOL_THREADS, 0, NULL, { { 0, NULL } } };
 
 static void lock(void) { pthread_mutex_lock(&pool.mu); }
+/* Makes p's eventfd readable (it has one unless a forked child could not get its own). */
+static void wake_port(lmx_Port *p) {
+  uint64_t one = 1;
+  if (p->fd >= 0) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+}
 static void unlock(void) { pthread_mutex_unlock(&pool.mu); }
 
 /* Under the lock. The eventfd goes readable with the first done job only: the reader clears it
  * when it takes the last, so the counter never overflows however many jobs finish. */
 static void announce(lmx_Job *j) {
   lmx_Port *p = j->port;
-  uint64_t one = 1;
   j->state = LMX_JOB_DONE;
   j->next = NULL;
   j->listed = 1;
   if (p->tail) p->tail->next = j;
   else {
     p->head = j;
-    if (p->fd >= 0) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+    wake_port(p);
   }
   p->tail = j;
   pthread_cond_broadcast(&pool.done);
@@ -113,7 +117,6 @@ static void parent(void) { unlock(); }
 static void child(void) {
   lmx_Job *j;
   lmx_Port *p;
-  uint64_t one = 1;
   pthread_cond_init(&pool.work, NULL);   /* their waiters were threads of the parent */
   pthread_cond_init(&pool.done, NULL);
   lmx_forks++;
@@ -129,7 +132,7 @@ static void child(void) {
       if (p->fd >= 0) close(p->fd);
       p->fd = fd;
     }
-    if (p->head) while (write(p->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+    if (p->head) wake_port(p);
   }
   for (int i = 0; i < pool.nthreads; i++) {
     if ((j = pool.w[i].cur)) {

@@ -149,6 +149,18 @@ static int held(lua_State *L, Job *j) {
   return in;
 }
 
+/* j leaves its port for good: out of the port table (when job_next never took it) and out of
+ * the pool (lmx_pool_finish). Leaves the stack as it was; returns whether j ran. */
+static int release(lua_State *L, Job *j) {
+  int top = lua_gettop(L);
+  if (held(L, j)) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, j);
+  }
+  lua_settop(L, top);
+  return lmx_pool_finish(&j->base);
+}
+
 static int checkdim(lua_State *L, int i, const char *what) {
   lua_Integer v = luaL_checkinteger(L, i);
   if (v < 1 || v > 0x7fffffff / 4)
@@ -264,12 +276,7 @@ static int job_result(lua_State *L) {
   }
   if (lmx_job_state(&j->base) != LMX_JOB_DONE)
     return luaL_error(L, "llmux.Job: result() before the job is done (see job:done())");
-  if (held(L, j)) {             /* taken without job_next: the port lets go of it */
-    lua_pushnil(L);
-    lua_rawsetp(L, -2, j);
-  }
-  lua_settop(L, 1);
-  if (!lmx_pool_finish(&j->base))
+  if (!release(L, j))
     return luaL_error(L, "llmux.Job: the %s never ran (its worker was lost in a fork)",
                       opnames[j->op]);
   n = results(L, j);
@@ -303,15 +310,8 @@ static int job_close(lua_State *L) {
   if (j->closed) return 0;
   j->closed = 1;
   if (j->submitted) {
-    if (held(L, j) && j->awaited) {
-      lmx_pool_abandon(&j->base);
-    } else {
-      if (lua_istable(L, -1)) {     /* held() left the port table: drop the job from it */
-        lua_pushnil(L);
-        lua_rawsetp(L, -2, j);
-      }
-      lmx_pool_finish(&j->base);
-    }
+    if (j->awaited && held(L, j)) lmx_pool_abandon(&j->base);
+    else release(L, j);
   }
   job_free(L, j);
   return 0;

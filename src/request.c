@@ -363,16 +363,12 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
  * caps, CA file, stream), read and checked once and the header list built once. Its strings
  * are held in its uservalue, so the Plan's pointers stay valid whatever the spec table does. */
 #define LMX_TEMPLATE "llmux.Template"
-typedef struct Template {
-  Plan P;
-  struct curl_slist *hdrs;            /* owned; P.hdrs points at it */
-} Template;
+typedef struct Template { Plan P; } Template;   /* P.hdrs is the Template's own list */
 
 /* core.template(spec) -> Template: spec as for m:request, without body and form (they are
  * per request: m:request(template, body[, timeout])). */
 static int template_new(lua_State *L) {
   Template *t;
-  Plan P;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "body");
   lua_getfield(L, 1, "form");
@@ -382,8 +378,7 @@ static int template_new(lua_State *L) {
   t = lua_newuserdatauv(L, sizeof *t, 1);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, LMX_TEMPLATE);
-  plan_read(L, 1, &P, 0, &t->hdrs);   /* the list is t's from its first line */
-  t->P = P;
+  plan_read(L, 1, &t->P, 0, &t->P.hdrs);   /* the list is t's from its first line */
   lua_createtable(L, 3, 0);           /* the strings the plan points into */
   lua_getfield(L, 1, "url");
   lua_rawseti(L, -2, 1);
@@ -405,8 +400,8 @@ static int template_new(lua_State *L) {
 
 static int template_gc(lua_State *L) {
   Template *t = luaL_checkudata(L, 1, LMX_TEMPLATE);
-  curl_slist_free_all(t->hdrs);
-  t->hdrs = t->P.hdrs = NULL;
+  curl_slist_free_all(t->P.hdrs);
+  t->P.hdrs = NULL;
   return 0;
 }
 
@@ -415,10 +410,7 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   Plan P;
   Template *t = lua_type(L, spec) == LUA_TUSERDATA ? luaL_testudata(L, spec, LMX_TEMPLATE) : NULL;
   if (t) {
-    P = t->P;
-    P.form = 0;
-    P.body = NULL;
-    P.bodylen = 0;
+    P = t->P;                         /* no body nor form: plan_read left them zero */
     if (!lua_isnoneornil(L, spec + 1)) P.body = luaL_checklstring(L, spec + 1, &P.bodylen);
     if (!lua_isnoneornil(L, spec + 2)) {
       P.timeout = luaL_checknumber(L, spec + 2);
