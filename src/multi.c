@@ -80,7 +80,6 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, lmx_request_headercb);
   curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 }
 

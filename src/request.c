@@ -307,9 +307,14 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c */
+  /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c. Waiting
+   * for a connection to multiplex on (PIPEWAIT) only where HTTP/2 can come: on plain HTTP it
+   * queued transfers behind the first connection, and curl 7.88 lets its queue out one per
+   * finished transfer, so a batch could run one at a time on a single connection. */
+  int h2 = P->http2 && strncasecmp(P->url, "https:", 6) == 0;
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                   P->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+                   h2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)h2);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, P->timeout > 0 ? ms(P->timeout) : 0L);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, P->ctimeout > 0 ? ms(P->ctimeout) : 0L);

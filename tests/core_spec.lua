@@ -143,6 +143,33 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- Waiting to multiplex (PIPEWAIT) only makes sense where HTTP/2 can be negotiated. On plain
+  -- HTTP, and on TLS that settles on HTTP/1.1, every transfer started at once gets its own
+  -- connection: nothing queues behind the first one.
+  for _, case in ipairs{ { "plain HTTP", "http" }, { "TLS offering HTTP/1.1 only", "https1" } } do
+    it("runs transfers started together in parallel over " .. case[1], function()
+      local m = core.multi()
+      for _ = 1, 2 do   -- a fresh host, then one whose connections are known and idle
+        local reqs = {}
+        for i = 1, 12 do
+          reqs[i] = m:request(spec("slow:0.2", {
+            url = u[case[2]] .. "/chat/completions", ca_file = u.ca_file }))
+        end
+        drain(m)
+        local ports, n = {}, 0
+        for _, r in ipairs(reqs) do
+          local res = r:result()
+          assert.equals(200, res.status)
+          assert.equals(1.1, res.http_version)
+          if not ports[res.local_port] then ports[res.local_port], n = true, n + 1 end
+        end
+        assert.equals(12, n)
+      end
+      assert.equals(12, m:stats().connects)
+      m:close()
+    end)
+  end
+
   it("pollfd, timeout and empty describe the work", function()
     local m = core.multi()
     assert.is_number(m:pollfd())

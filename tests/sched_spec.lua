@@ -130,16 +130,21 @@ describe("map", function()
   it("2000 requests at concurrency 64, every answer checked", function()
     local items = {}
     for i = 1, 2000 do items[i] = "item-" .. i end
-    local calls = 0
+    local calls, ports, nports = 0, {}, 0
     local results, failures = llmux.map(items, function(s)
       calls = calls + 1
-      return ask(s)
+      local res, info = c:chat{ model = "m", messages = { { role = "user", content = s } } }
+      if not res then return nil, info end
+      if not ports[info.local_port] then ports[info.local_port], nports = true, nports + 1 end
+      return res.choices[1].message.content
     end, { concurrency = 64 })
     assert.equals(0, #failures)
     assert.equals(2000, calls)
     for i = 1, 2000 do assert.equals("echo: item-" .. i, results[i]) end
     local st = require("llmux.sched").engine():stats()
     assert.is_true(st.connects <= 200, "connections: " .. st.connects)
+    -- in parallel, not queued behind one connection (as waiting to multiplex did on HTTP/1.1)
+    assert.is_true(nports >= 32, "connections used: " .. nports)
   end)
 
   it("collects failures returned and raised, in index order", function()

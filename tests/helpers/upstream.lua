@@ -1,13 +1,13 @@
 -- Loopback OpenAI-compatible upstream for the specs: start() runs one nginx
--- (OpenResty handlers from tests/upstream/) on random loopback ports, plain
--- HTTP on one and TLS + HTTP/2 on the other.
+-- (OpenResty handlers from tests/upstream/) on random loopback ports: plain
+-- HTTP, TLS + HTTP/2, and TLS that offers only HTTP/1.1.
 --
 -- Plain Lua 5.4 with only io/os: everything else (mktemp, openssl, nginx,
 -- kill) goes through the shell, so the specs need no extra rocks.
 --
 --   local upstream = require "helpers.upstream"
 --   local u = upstream.start{workers = 1}
---   -- u.http, u.https, u.https_ip, u.ca_file, u.other_ca_file, u.port, ...
+--   -- u.http, u.https, u.https_ip, u.https1, u.ca_file, u.other_ca_file, u.port, ...
 --   u:stop()
 
 local M = {}
@@ -229,6 +229,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     listen 127.0.0.1:${tls_port} ssl http2;
+    listen 127.0.0.1:${tls1_port} ssl;      # TLS that offers HTTP/1.1 only
     server_name localhost;
 
     ssl_certificate ${dir}/server.pem;
@@ -257,15 +258,17 @@ local function render(vars)
   end))
 end
 
--- Returns two distinct ports in 20000-60000 that nothing answers on yet.
+-- Returns three distinct ports in 20000-60000 that nothing answers on yet.
 -- Racy by nature; start() retries when nginx then fails to bind.
 local function pick_ports()
-  local ports = {}
-  while #ports < 2 do
+  local ports, taken = {}, {}
+  while #ports < 3 do
     local p = 20000 + random_u32() % 40001
-    if p ~= ports[1] and not port_open(p) then ports[#ports + 1] = p end
+    if not taken[p] and not port_open(p) then
+      ports[#ports + 1], taken[p] = p, true
+    end
   end
-  return ports[1], ports[2]
+  return ports[1], ports[2], ports[3]
 end
 
 -- Instances --------------------------------------------------------------------
@@ -311,7 +314,7 @@ Instance.__close = Instance.stop
 
 -- Polls until nginx serves both ports. Returns true, or false plus a reason:
 -- "bind" (port taken: worth retrying) or "exit"/"timeout".
-local function wait_ready(pid, dir, port, tls_port)
+local function wait_ready(pid, dir, port, tls_port, tls1_port)
   for _ = 1, POLL_STEPS do
     local log = read_file(dir .. "/error.log") or ""
     if log:find("Address already in use", 1, true) then return false, "bind" end
@@ -321,7 +324,8 @@ local function wait_ready(pid, dir, port, tls_port)
     end
     -- nginx writes the pid file only once every listener is bound, so the
     -- port checks below cannot be answered by some other process.
-    if master_pid(dir) and port_open(port) and port_open(tls_port) then
+    if master_pid(dir) and port_open(port) and port_open(tls_port)
+        and port_open(tls1_port) then
       return true
     end
     sleep(POLL_SLEEP)
@@ -357,13 +361,13 @@ function M.start(opts)
 
   local why, log
   for _ = 1, MAX_TRIES do
-    vars.port, vars.tls_port = pick_ports()
+    vars.port, vars.tls_port, vars.tls1_port = pick_ports()
     write_file(dir .. "/nginx.conf", render(vars))
     os.remove(dir .. "/error.log")
     os.remove(dir .. "/nginx.pid")
     local pid = launch(dir)
     local ok
-    ok, why = wait_ready(pid, dir, vars.port, vars.tls_port)
+    ok, why = wait_ready(pid, dir, vars.port, vars.tls_port, vars.tls1_port)
     if ok then
       local u = setmetatable({
         pid = pid,  -- the `timeout` wrapper; also the process group id
@@ -374,6 +378,7 @@ function M.start(opts)
         http = "http://127.0.0.1:" .. vars.port .. "/v1",
         https = "https://localhost:" .. vars.tls_port .. "/v1",
         https_ip = "https://127.0.0.1:" .. vars.tls_port .. "/v1",
+        https1 = "https://localhost:" .. vars.tls1_port .. "/v1",   -- ALPN: http/1.1 only
         ca_file = dir .. "/server.pem",
         other_ca_file = dir .. "/other-ca.pem",
       }, Instance)
