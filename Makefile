@@ -23,7 +23,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) -I$(LUA_IN
 
 # Debian packages the build, tests, demo and bench need.
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev libpng-dev pkg-config \
-            lua-busted nginx-extras openssl make gcc luarocks python3-pil
+            lua-busted nginx-extras openssl make gcc luarocks python3-pil locales
 export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
@@ -52,8 +52,16 @@ deps:
 # The C unit tests (pooltest) run from tests/c_units_spec.lua, so their verdict is counted in
 # the summary line like every other test's.
 test: deps
-	$(MAKE) all
-	$(BUSTED) tests
+	$(MAKE) all $(LOCALE)
+	LOCPATH="$(abspath $(LOCALE_DIR))" $(BUSTED) tests
+
+# A comma-decimal locale, so the JSON tests can check that LC_NUMERIC never leaks into numbers
+# (glibc looks in LOCPATH when setlocale runs; nothing is installed system-wide).
+LOCALE_DIR := build/locale
+LOCALE := $(LOCALE_DIR)/de_DE.UTF-8
+$(LOCALE):
+	@mkdir -p $(LOCALE_DIR)
+	localedef -i de_DE -f UTF-8 $@ || test -f $@/LC_NUMERIC
 
 # The worker pool's C test, plain and under ThreadSanitizer (when the compiler has it).
 POOLTEST := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/pool_test.c src/pool.c -lpthread -ldl
@@ -92,9 +100,10 @@ bench: deps
 asan: deps
 	$(MAKE) BUILD=build-asan CC=gcc CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" all
+	$(MAKE) $(LOCALE)
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  LUA_CPATH="./build-asan/?.so;;" $(BUSTED) tests
+	  LUA_CPATH="./build-asan/?.so;;" LOCPATH="$(abspath $(LOCALE_DIR))" $(BUSTED) tests
 
 # libFuzzer on the JSON decoder, the SSE parser and the PNG path, each bounded: FUZZ_TIME
 # seconds (default 60). Corpora persist in $(BUILD)/fuzz, so later runs start where earlier
@@ -106,7 +115,7 @@ FUZZ_CC := clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefin
 fuzz: deps
 	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
 	@mkdir -p $(BUILD)/fuzz/json_corpus $(BUILD)/fuzz/sse_corpus
-	$(FUZZ_CC) -I$(LUA_INCDIR) tests/fuzz/json_fuzz.c src/json.c src/buf.c -llua$(LUA_VERSION) \
+	$(FUZZ_CC) -I$(LUA_INCDIR) tests/fuzz/json_fuzz.c src/json.c src/json_encode.c src/buf.c -llua$(LUA_VERSION) \
 	  -o $(BUILD)/fuzz/json_fuzz
 	$(FUZZ_CC) tests/fuzz/sse_fuzz.c src/sse.c src/buf.c -o $(BUILD)/fuzz/sse_fuzz
 	$(BUILD)/fuzz/json_fuzz -dict=tests/fuzz/json.dict -max_total_time=$(FUZZ_TIME) \

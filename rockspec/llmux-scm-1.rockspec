@@ -9,7 +9,7 @@ description = {
   summary = "Fast, safe LLM calls from Lua: libcurl multi core, retries, coroutines",
   license = "MIT",
 }
-dependencies = { "lua >= 5.4", "lua-cjson" }
+dependencies = { "lua >= 5.4" }
 build = {
   type = "make",
   build_variables = {

@@ -101,6 +101,7 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lmx_multi_open(L);
   lmx_request_open(L);
   lmx_json_open(L);
+  lmx_json_encode_open(L);
   lmx_sse_open(L);
   lmx_b64_open(L);
   lmx_image_open(L);

@@ -88,14 +88,6 @@ static int parse_value(Parser *P, int depth);
 
 /* Strings -------------------------------------------------------------------------------- */
 
-/* 8 bytes at a time: nonzero when any byte is '"', '\\' or below 0x20. Borrows can only flag
- * bytes above a real hit, so a zero answer is exact and a nonzero one is resolved bytewise. */
-static uint64_t special8(uint64_t w) {
-  const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
-  uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
-}
-
 static int hex4(const unsigned char *p, unsigned *out) {
   unsigned v = 0;
   int i;
@@ -213,7 +205,7 @@ static int parse_string(Parser *P, int key) {
   uint64_t w;
   while (end - q >= 8) {   /* never reads past the string's own bytes */
     memcpy(&w, q, 8);
-    if (special8(w)) break;
+    if (lmx_json_special8(w)) break;
     q += 8;
   }
   while (!(cls[*q] & S_STOP)) q++;

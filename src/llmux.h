@@ -108,6 +108,15 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud);
 size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud);
 
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
+void lmx_json_encode_open(lua_State *L);   /* json_encode.c: core.json_encode */
+/* 8 bytes at a time: nonzero when any byte is '"', '\\' or below 0x20 (what a JSON string
+ * cannot hold as is). Borrows can only flag bytes above a real hit, so a zero answer is exact
+ * and a nonzero one is resolved bytewise. */
+static inline uint64_t lmx_json_special8(uint64_t w) {
+  const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+  uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+  return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
+}
 int lmx_json_decode(lua_State *L, const char *s, size_t len);
 /* json.c: the chat-chunk fast path (see there). A string value: a span of the input, or
  * (off >= 0) of the scratch buffer. */

@@ -78,6 +78,21 @@ describe("client answers", function()
     assert.equals(0.5, sent.temperature)
     assert.equals(7, sent.seed)
   end)
+
+  it("sends numbers exactly (a 15-digit seed stays an integer, a float keeps its digits)", function()
+    local res = assert(c:chat{ model = "echobody", messages = { { role = "user", content = "x" } },
+      seed = 123456789012345, top_p = 0.1 + 0.2 })
+    local raw = res.choices[1].message.content
+    assert.truthy(raw:find('"seed":123456789012345', 1, true), raw)
+    assert.truthy(raw:find('"top_p":0.30000000000000004', 1, true), raw)
+  end)
+
+  it("refuses a body JSON cannot hold, naming the field", function()
+    assert.has_error(function()
+      c:chat{ model = "m", messages = { { role = "user", content = "x", extra = print } } }
+    end, "llmux.Client:chat: body cannot be encoded as JSON: llmux.json: cannot encode a "
+      .. "function at messages[1].extra")
+  end)
 end)
 
 describe("client error codes", function()

@@ -4,6 +4,7 @@
 local core = require "llmux.core"
 local json = require "llmux.json"
 local cjson = require "cjson"
+local comma_locale = require "helpers.locale"
 
 local decode, null = json.decode, json.null
 local mtype = math.type
@@ -280,11 +281,7 @@ end)
 -- strtod follows LC_NUMERIC: in a locale whose decimal point is ',' the slow number path must
 -- still read '.'. Runs where such a locale exists (LOCPATH can point at one made by localedef).
 describe("json_decode under a comma-decimal locale", function()
-  local loc
-  for _, name in ipairs{ "de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "fr_FR.utf8" } do
-    if os.setlocale(name, "numeric") then loc = name break end
-  end
-  os.setlocale("C", "numeric")
+  local loc = comma_locale()
   local run = loc and it or pending
   run("still reads '.' on the strtod path" .. (loc and "" or " (no such locale here)"), function()
     os.setlocale(loc, "numeric")

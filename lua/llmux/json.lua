@@ -1,21 +1,17 @@
--- JSON for llmux. Decoding is core.json_decode (src/json.c): strict RFC 8259 in one C pass that
--- already gives what llmux wants (integral numbers as Lua integers, null members dropped).
--- Encoding is a private lua-cjson instance (user settings never leak in or out). normalize()
--- stays for data decoded by a plain cjson: Debian's 2.1.0 decodes every number as a float.
-local cjson = require "cjson"
+-- JSON for llmux, both ways in C. Decoding is core.json_decode (src/json.c): strict RFC 8259 in
+-- one pass that already gives what llmux wants (integral numbers as Lua integers, null members
+-- dropped). Encoding is core.json_encode (src/json_encode.c): cjson's rules for tables, but
+-- integers written exactly and floats with the digits they need (cjson 2.1.0 writes 14).
+-- normalize() stays for data decoded by a plain cjson: Debian's 2.1.0 decodes every number as
+-- a float.
 local core = require "llmux.core"
 
-local type, next, pcall, tostring = type, next, pcall, tostring
+local type, next, tostring = type, next, tostring
 local tointeger = math.tointeger
 local json_decode = core.json_decode
 
-local J = cjson.new()
-J.decode_invalid_numbers(false)   -- no NaN/Infinity/hex from a provider
-J.encode_invalid_numbers(false)   -- and none sent: raise instead
-J.encode_number_precision(14)     -- the most 2.1.0 allows
-
 local M = { _VERSION = "0.1.0" }
-local null = J.null
+local null = core.json_null   -- lightuserdata NULL, as cjson.null
 M.null = null
 
 -- Integral floats become integers; JSON null object members are dropped (so
@@ -48,11 +44,8 @@ function M.decode(s)
   return json_decode(s)
 end
 
--- encode(v) -> string | nil, message (functions, NaN, cyclic or mixed tables).
-function M.encode(v)
-  local ok, s = pcall(J.encode, v)
-  if not ok then return nil, s end
-  return s
-end
+-- encode(v) -> string | nil, message (a function, NaN, a boolean key, a cycle or nesting
+-- past 1000, an excessively sparse array; the message names where). Never raises on bad input.
+M.encode = core.json_encode
 
 return M

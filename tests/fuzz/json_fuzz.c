@@ -14,7 +14,11 @@
  * leaves nothing behind.
  *
  * The chat-chunk fast path (lmx_json_chunk) reads the same input too: whenever it calls it a
- * simple chunk, json_decode must have accepted it, with the same content and finish_reason. */
+ * simple chunk, json_decode must have accepted it, with the same content and finish_reason.
+ *
+ * Every decoded tree then goes through core.json_encode (src/json_encode.c): it must encode,
+ * the text must decode again, and encoding that gives text of the same length (the same keys
+ * and values, maybe in another order: numbers are written so they read back exactly). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +103,25 @@ static void check_chunk(const uint8_t *data, size_t size, int idx) {
   free(s);
 }
 
+/* encode(v) must give text that decodes to a tree whose encoding has the same length. */
+static void check_encode(int idx) {
+  size_t n1, n2;
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) abort();
+  lua_tolstring(L, -1, &n1);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isnil(L, -1)) abort();
+  check_tree(-1, 1);
+  lua_pushvalue(L, 1);
+  lua_insert(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) abort();
+  lua_tolstring(L, -1, &n2);
+  if (n1 != n2) abort();
+  lua_pop(L, 2);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int top, rc;
@@ -106,11 +129,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!L) abort();
   lua_newtable(L);
   lmx_json_open(L);
+  lmx_json_encode_open(L);
   lua_getfield(L, -1, "json_decode");
-  lua_replace(L, 1);
+  lua_getfield(L, -2, "json_encode");
+  lua_replace(L, 1);                         /* 1: json_encode, 2: json_decode */
   top = lua_gettop(L);
 
-  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
   lua_pushlstring(L, (const char *)data, size);
   if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) abort();   /* must never raise */
   if (lua_isnil(L, top + 1)) {
@@ -120,11 +145,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   } else {
     if (lua_gettop(L) != top + 1) abort();
     check_tree(top + 1, 1);
+    check_encode(top + 1);
   }
   check_chunk(data, size, top + 1);
   lua_settop(L, top);
 
-  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
   lua_pushlstring(L, (const char *)data, size);
   budget = size ? (unsigned)data[0] % 64 : 0;
   limited = 1;
