@@ -94,7 +94,8 @@ CURL *lmx_multi_easy(lmx_Multi *m) {
 }
 
 /* Takes ownership of an easy handle that is no longer in the multi. A dirty handle (a CA file
- * or a custom method was set) is reset, so those cannot leak into a later transfer. */
+ * or a custom method was set, or curl kept state of its transfer) is reset, so none of that
+ * can leak into a later transfer. */
 void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty) {
   if (!m->closed && m->nfree < LMX_FREE_EASY) {
     if (dirty) {

@@ -454,7 +454,11 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   m->done++;
   m->connects += (uint64_t)nconn;
   curl_multi_remove_handle(m->cm, e);
-  lmx_multi_release_easy(m, e, r->dirty);
+  /* A handle whose transfer made a connection is reset too: curl 7.88 counts each retry after a
+   * reused connection died in the handle, clearing the count only when it gives up, so a pooled
+   * handle would fail a healthy transfer after a few such retries. Steady keep-alive traffic
+   * makes no connections, so this costs little. */
+  lmx_multi_release_easy(m, e, r->dirty || nconn > 0);
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;
@@ -585,8 +589,16 @@ static int core_parse_headers(lua_State *L) {
  * header block of the last response: core.parse_headers makes the table, only when someone
  * needs it), body, http_version (1.0, 1.1, 2, 3), reused, local_port, time_total,
  * time_connect, time_starttransfer (s); on failure also code (llmux code), error (curl's
- * message), curl_code. With decode, a 2xx body holding a JSON object or array is returned
- * decoded as the second value and the table has no body; any other body stays a string. */
+ * message), curl_code. With decode, a 2xx body holding a JSON object is returned decoded as
+ * the second value and the table has no body; any other body (an array too: decoded, [] and {}
+ * would look alike) stays a string. */
+/* Whether b's first byte past JSON whitespace opens an object. */
+static int json_object(const lmx_Buf *b) {
+  size_t i = 0;
+  while (i < b->n && (b->p[i] == ' ' || b->p[i] == '\t' || b->p[i] == '\r' || b->p[i] == '\n')) i++;
+  return i < b->n && b->p[i] == '{';
+}
+
 static int request_result(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
   int decoded = 0;
@@ -597,9 +609,9 @@ static int request_result(lua_State *L) {
   lua_setfield(L, -2, "status");
   lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
   lua_setfield(L, -2, "head");
-  /* decode: a 2xx body that is a JSON object or array comes back decoded, straight from the
-   * buffer, instead of as a string (the decoder wants a NUL after the bytes) */
-  if (lua_toboolean(L, 2) && r->status / 100 == 2 && r->cc == CURLE_OK && r->body.n > 0
+  /* decode: a 2xx body that is a JSON object comes back decoded, straight from the buffer,
+   * instead of as a string (the decoder wants a NUL after the bytes) */
+  if (lua_toboolean(L, 2) && r->status / 100 == 2 && r->cc == CURLE_OK && json_object(&r->body)
       && lmx_buf_append(&r->body, "", 1) == 0) {
     r->body.n--;
     if (lmx_json_decode(L, r->body.p, r->body.n) && lua_istable(L, -1)) {

@@ -103,7 +103,7 @@ describe("client error codes", function()
     { "status:409", "badrequest", 409 }, { "status:422", "badrequest", 422 },
     { "context", "context_length", 400 }, { "filter", "content_filter", 400 },
     { "status:500", "server", 500 }, { "503", "server", 503 }, { "status:418", "http", 418 },
-    { "status:408", "timeout", 408 }, { "notjson", "decode", 200 },
+    { "status:408", "timeout", 408 }, { "notjson", "decode", 200 }, { "jsonarray", "decode", 200 },
   }
   for _, case in ipairs(cases) do
     it(case[1] .. " -> " .. case[2], function()
@@ -186,6 +186,17 @@ describe("client retries", function()
     assert.equals("echo: hi", res.choices[1].message.content)
     assert.equals(2, info.attempts)
     assert.equals(2, server_count(k))
+  end)
+
+  it("retries a transfer cut off after its 200 status line", function()
+    local k = key("cut")
+    local res, info = c:chat(body("cutonce:" .. k))
+    assert.equals("echo: hi", res.choices[1].message.content)
+    assert.equals(2, info.attempts)
+    assert.equals(2, server_count(k))
+    local _, _, code, detail = c:chat(body("cutonce:" .. key("cut0")), { max_retries = 0 })
+    assert.equals("truncated", code)
+    assert.equals(200, detail.status)
   end)
 
   it("gives up after max_retries and reports the attempts", function()

@@ -170,6 +170,19 @@ describe("llmux.core Multi", function()
     end)
   end
 
+  -- curl retries a transfer whose reused connection died, and counts that in the easy handle;
+  -- a pooled handle must not carry the count into later transfers (after 5 it gave up).
+  it("keeps retrying transfers whose reused connection died, on pooled handles", function()
+    local m = core.multi()
+    for i = 1, 12 do
+      local r = m:request(spec("dropreused"))
+      drain(m)
+      local res = r:result()
+      assert.equals(200, res.status, "transfer " .. i .. ": " .. tostring(res.error))
+    end
+    m:close()
+  end)
+
   it("pollfd, timeout and empty describe the work", function()
     local m = core.multi()
     assert.is_number(m:pollfd())
@@ -270,6 +283,17 @@ describe("llmux.core result(decode)", function()
     assert.equals(503, res.status)
     assert.is_nil(v)
     assert.is_string(res.body)
+    m:close()
+  end)
+
+  it("leaves a JSON array as a string (decoded, [] and {} would look alike)", function()
+    local m = core.multi()
+    local arr = m:request(spec("jsonarray"))
+    drain(m)
+    local res, v = arr:result(true)
+    assert.equals(200, res.status)
+    assert.is_nil(v)
+    assert.equals('[{"choices":[]}]', res.body)
     m:close()
   end)
 end)

@@ -164,7 +164,7 @@ local function judge(res)
   end
   local body, derr = json.decode(res.body)
   if status >= 200 and status < 300 then
-    if body == nil or type(body) ~= "table" then
+    if body == nil or type(body) ~= "table" or not find(res.body, "^[ \t\r\n]*{") then
       return false, "response is not a JSON object: " .. short(derr or res.body, 200), "decode",
         { status = status, headers = parse_headers(res.head), body = short(res.body, 4096) }
     end

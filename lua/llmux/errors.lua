@@ -68,11 +68,14 @@ local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, trunca
   stalled = true }
 
 -- should_retry(status, headers, code) -> boolean. x-should-retry wins, as the server knows.
+-- A transfer that broke (reset, cut short, timed out) is retried whatever status line came
+-- before the break: a 200 whose body never arrived is no answer.
 function M.should_retry(status, headers, code)
   local xs = headers and headers["x-should-retry"]
   if xs == "true" then return true end
   if xs == "false" then return false end
-  if not status or status == 0 then return RETRY_TRANSPORT[code] or false end
+  if RETRY_TRANSPORT[code] then return true end
+  if not status or status == 0 then return false end
   return status == 408 or status == 409 or status == 429 or status >= 500
 end
 

@@ -311,6 +311,34 @@ behaviours.resetonce = function(ctx, a)
   return answer(ctx)
 end
 
+-- cutonce:KEY          the first request for KEY: 200 and headers, then half the body and
+--                       a closed connection (a transfer that broke after its status line)
+behaviours.cutonce = function(ctx, a)
+  local key = table.concat(a, ":")
+  if key == "" then return false end
+  if count(key) > 1 then return answer(ctx) end
+  local body = cjson.encode(chat_object(ctx, "cut"))
+  ngx.status = 200
+  ngx.header["Content-Type"] = "application/json"
+  ngx.header["Content-Length"] = #body
+  ngx.print(body:sub(1, math.floor(#body / 2)))
+  ngx.flush(true)
+  return close()
+end
+
+-- dropreused           a request on a connection that served one before: closed unanswered
+--                       (a keep-alive connection that died under the client; curl retries it
+--                       on a fresh connection, where it is answered)
+behaviours.dropreused = function(ctx)
+  if tonumber(ngx.var.connection_requests) > 1 then return close() end
+  return answer(ctx)
+end
+
+-- jsonarray             200 with a JSON array where an object belongs
+behaviours.jsonarray = function()
+  return send(200, '[{"choices":[]}]', "application/json")
+end
+
 behaviours.count = function(ctx, a)
   local key = table.concat(a, ":")
   if key == "" then return false end
