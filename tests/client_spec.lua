@@ -338,7 +338,11 @@ describe("client misuse", function()
     assert.has_error(function() llmux.client{ base_url = "ftp://x" } end)
     assert.has_error(function() llmux.client{ base_url = "not a url" } end)
     assert.has_error(function() llmux.client{ headers = { ["X-A"] = "a\r\nInjected: 1" } } end)
-    assert.has_error(function() llmux.client{ api_key = "sk\nx" } end)
+    assert.has_error(function() llmux.client{ api_key = "sk\nx" } end,
+      "llmux.client: option 'api_key' must be a string without line breaks")
+    -- per call too: a key with a line break would add headers of its own
+    assert.has_error(function() c:chat(body("m"), { api_key = "k\r\nX-Injected: yes" }) end,
+      "llmux.Client:chat: option 'api_key' must be a string without line breaks")
     assert.has_error(function() c:chat("hi") end, "llmux.Client:chat: body must be a table")
     assert.has_error(function() c:chat(body("m"), { retries = 1 }) end,
       "llmux.Client:chat: unknown option 'retries'")

@@ -25,7 +25,11 @@ local function number_ge0(v) return (type(v) ~= "number" or not (v >= 0)) and "a
 local function positive(v) return (type(v) ~= "number" or not (v > 0)) and "a number > 0" end
 local function string_(v) return type(v) ~= "string" and "a string" end
 local OPTIONS = {
-  base_url = string_, api_key = string_, ca_file = string_,
+  base_url = string_, ca_file = string_,
+  -- it becomes a header line: a line break would let it add headers of its own
+  api_key = function(v)
+    return (type(v) ~= "string" or find(v, "[\r\n%z]")) and "a string without line breaks"
+  end,
   timeout = positive, connect_timeout = positive, idle_timeout = positive, deadline = positive,
   max_retries = function(v) return (mtype(v) ~= "integer" or v < 0) and "an integer >= 0" end,
   max_response_bytes = function(v)
@@ -104,7 +108,9 @@ function M.new(opts)
   self.base_url = check_url(base, "llmux.client", 2)
   local key = opts.api_key or getenv("LLMUX_API_KEY") or getenv("OPENAI_API_KEY")
   if key == "" then key = nil end
-  if key and find(key, "[\r\n%z]") then error("llmux.client: api_key contains a line break", 2) end
+  if key and find(key, "[\r\n%z]") then
+    error("llmux.client: api_key (from the environment) contains a line break", 2)
+  end
   secrets[self] = { key = key, headers = build_headers(key, opts.headers) }
   return self
 end
