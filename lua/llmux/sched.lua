@@ -7,9 +7,9 @@ local core = require "llmux.core"
 local debug, io, math, string, table = debug, io, math, string, table
 local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
   error, pcall, pairs, setmetatable, getmetatable, tostring, type
-local co_create, co_resume, co_running, co_status, co_yield, co_isyieldable =
+local co_create, co_resume, co_running, co_status, co_yield, co_isyieldable, co_close =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield,
-  coroutine.isyieldable
+  coroutine.isyieldable, coroutine.close
 local pack, unpack = table.pack, table.unpack
 local huge, min, floor = math.huge, math.min, math.floor
 local now = core.now
@@ -93,9 +93,12 @@ local unobserved = {}                            -- failed tasks nobody joined (
 local Task = { __name = "llmux.Task" }
 Task.__index = Task
 
+-- The running task, or nil outside tasks. Inside a task but where it cannot yield (a C call:
+-- a sort comparator, a gsub callback, __gc) it is nil too: a wait there blocks by driving the
+-- loop, as outside tasks, instead of registering the task for a yield that cannot happen.
 local function current()
   local co, main = co_running()
-  if main then return nil end
+  if main or not co_isyieldable() then return nil end
   return tasks[co]
 end
 M.current = current
@@ -202,15 +205,21 @@ local function resume(task, v)
   resumed(task, co_resume(task.co, v))
 end
 
+-- Re-entrant: a task that blocks where it cannot yield (or a plain coroutine inside a task)
+-- drives the loop from inside a resume, so run_ready can run inside run_ready. The ring is
+-- rewound only by the outermost one: an inner rewind would move entries under the outer loop.
+local ready_depth = 0
 local function run_ready()
   local stop = rq_tail   -- tasks made ready by these resumes run on the next pass
+  ready_depth = ready_depth + 1
   while rq_head < stop do
     local task, v = rq[rq_head], rq[rq_head + 1]
     rq[rq_head], rq[rq_head + 1] = nil, nil
     rq_head = rq_head + 2
     resume(task, v)
   end
-  if rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
+  ready_depth = ready_depth - 1
+  if ready_depth == 0 and rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
 end
 
 local function fire_timers()
@@ -266,9 +275,10 @@ end
 
 -- One turn of the loop: run ready tasks, wait at most max_wait for transfers or timers, wake
 -- and run what became ready. Never raises for a task's error (tasks fail on their own).
-local function turn(max_wait)
+local function turn(max_wait, box)
   run_ready()
   fire_timers()
+  if box and box.done then return end   -- a blocked caller does not wait for unrelated timers
   local wait = max_wait
   if rq_tail >= rq_head then wait = 0 end
   if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
@@ -279,8 +289,8 @@ local function turn(max_wait)
     m:step(wait)
     drain(m)
     if watched == m then drain_jobs() end
-  elseif wait > 0 and wait < huge then
-    core.sleep(wait)
+  elseif wait > 0 and (wait < huge or heap_n > 0) then
+    core.sleep(min(wait, 3600))   -- a sleep(math.huge) blocks, in long naps, rather than spins
   end
   fire_timers()
   run_ready()
@@ -291,13 +301,16 @@ local function idle()
   return rq_tail < rq_head and heap_n == 0 and jobs == 0 and (m == nil or m:empty())
 end
 
--- Blocks the caller (outside any task) until box.done, driving the loop.
+-- Blocks the caller (outside any task) until box.done, driving the loop. On a deadlock the
+-- box is marked cancelled, so whatever it was registered with skips it (a semaphore would
+-- otherwise hand its next permit to a caller that is gone).
 local function drive(box, what)
   while not box.done do
     if idle() then
+      box.cancelled = true
       error("llmux: deadlock: waiting for " .. what .. " but nothing is running or due", 3)
     end
-    turn(huge)
+    turn(huge, box)
   end
   return box.value
 end
@@ -407,7 +420,7 @@ function M.release(w)
 end
 
 function M.sleep(s)
-  if type(s) ~= "number" then error("llmux.sleep: seconds must be a number", 2) end
+  if type(s) ~= "number" or s ~= s then error("llmux.sleep: seconds must be a number", 2) end
   local due = now() + s
   local task = current()
   if task then
@@ -460,12 +473,29 @@ end
 -- run(fn, ...) -> fn's results: runs fn as a task and drives the loop until every task ended.
 -- fn's error is raised after the other tasks end; errors of tasks nobody joined are reported
 -- on stderr rather than lost.
+-- Inside a task (or any coroutine) it waits for fn's task only, and raises its error too.
+-- A deadlock ends the tasks that wait (they fail with it), so the next run starts clean.
 function M.run(fn, ...)
   local main = M.spawn(fn, ...)
-  if current() then return main:join() end
+  local _, top = co_running()
+  if not top then
+    main:join()
+    unobserved[main] = nil
+    if main.state == "failed" then error(main.err, 0) end
+    return unpack(main.results, 1, main.results.n)
+  end
   while alive > 0 do
     if idle() then
-      error("llmux.run: deadlock: " .. alive .. " task(s) wait but nothing is running or due", 2)
+      local msg = "llmux.run: deadlock: " .. alive .. " task(s) wait but nothing is running or due"
+      for co, t in pairs(tasks) do
+        if t.state ~= "done" and t.state ~= "failed" then
+          co_close(co)
+          finish(t, false, msg)
+          unobserved[t] = nil
+        end
+      end
+      alive = 0
+      error(msg, 2)
     end
     turn(huge)
   end
@@ -502,6 +532,10 @@ end
 
 function Sem:release()
   local q = self.queue
+  while self.qh <= #q and q[self.qh].cancelled do   -- blocked callers that gave up
+    q[self.qh] = false
+    self.qh = self.qh + 1
+  end
   if self.qh <= #q then
     local w = q[self.qh]
     q[self.qh] = false
