@@ -338,6 +338,7 @@ perform = function(call)
         retry = function(why, code, detail)
           local again, m, c, d = retry_or_fail(call, why, code, detail)
           if not again then return nil, m, c, d end
+          if call.cancelled then return nil end   -- the stream was closed in the backoff
           return perform(call)
         end,
       })

@@ -153,6 +153,10 @@ local function retried(s, why, code, detail)
   s.req:close()
   s.dropped = true
   local ns, m, c, d = s.hooks.retry(why, code, detail or {})
+  if s.over then   -- closed meanwhile (in the backoff, or while the new attempt started)
+    if ns then ns:close() end
+    return true
+  end
   if not ns then
     s.over = true
     s.err = { nil, m, c, d }
@@ -303,7 +307,9 @@ local function advance(s, block, fast)
         -- is not thrown away.
         if block then
           local t_end = now() + DONE_GRACE
-          while not req:done() and now() < t_end do sched.wait(s.w, t_end - now()) end
+          while not s.dropped and not req:done() and now() < t_end do   -- closed meanwhile?
+            sched.wait(s.w, t_end - now())
+          end
         end
         stop(s)
       end
@@ -460,6 +466,7 @@ end
 -- s:close(): stops the stream at once (the transfer and its connection are dropped);
 -- later reads end and result() says "cancelled". Idempotent; also __close and __gc.
 function Stream:close()
+  self.call.cancelled = true   -- a retry waiting out its backoff must not start an attempt
   if not self.over then
     stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")
   end
