@@ -344,6 +344,9 @@ describe("client misuse", function()
     assert.has_error(function() c:chat(body("m"), { api_key = "k\r\nX-Injected: yes" }) end,
       "llmux.Client:chat: option 'api_key' must be a string without line breaks")
     assert.has_error(function() c:chat("hi") end, "llmux.Client:chat: body must be a table")
+    assert.has_error(function() c:models("x") end, "llmux.Client:models: opts must be a table")
+    assert.has_error(function() c:request("GET", "/models", nil, 5) end,
+      "llmux.Client:request: opts must be a table")
     assert.has_error(function() c:chat(body("m"), { retries = 1 }) end,
       "llmux.Client:chat: unknown option 'retries'")
     assert.has_error(function() c:chat({ f = print }) end)

@@ -169,6 +169,36 @@ describe("waits in awkward places", function()
   end)
 end)
 
+describe("tasks nobody joins, in a frame loop", function()
+  it("report their error when collected, and do not pile up", function()
+    local script = [[
+      local llmux = require "llmux"
+      local function fire(n)
+        for _ = 1, n do llmux.spawn(function() error("frame task broke") end) end
+      end
+      fire(3)
+      for _ = 1, 3 do llmux.step(0) end
+      collectgarbage(); collectgarbage()
+      local kib = collectgarbage("count")
+      for _ = 1, 20 do fire(100); llmux.step(0) end
+      collectgarbage(); collectgarbage()
+      io.stdout:write(("growth %.0f KiB\n"):format(collectgarbage("count") - kib))
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local p = io.popen("lua5.4 " .. path .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(path)
+    local _, reports = out:gsub("llmux: task failed and was never joined: [^\n]*frame task broke", "")
+    assert.equals(2003, reports, out:sub(1, 500))
+    local growth = tonumber(out:match("growth (%-?%d+) KiB"))
+    assert.is_true(growth ~= nil and growth < 200, out:sub(-300))
+  end)
+end)
+
 describe("semaphore", function()
   it("bounds concurrency", function()
     local sem, inside, most = llmux.semaphore(3), 0, 0
@@ -267,7 +297,21 @@ describe("map", function()
   it("rejects bad arguments", function()
     assert.has_error(function() llmux.map(nil, print) end)
     assert.has_error(function() llmux.map({}, print, { concurrency = 0 }) end)
+    assert.has_error(function() llmux.map({}, print, { concurrency = 1.5 }) end)
     assert.has_error(function() llmux.map({}, print, { nope = 1 }) end)
+    assert.same({ { 1, 2 }, {} }, { llmux.map({ 1, 2 }, function(x) return x end,
+      { concurrency = 1e6 }) })
+  end)
+
+  it("a progress function that raises stops the work and raises", function()
+    local calls = 0
+    local items = {}
+    for i = 1, 50 do items[i] = i end
+    assert.has_error(function()
+      llmux.map(items, function(x) calls = calls + 1; llmux.sleep(0.001); return x end, {
+        concurrency = 4, progress = function(done) if done == 3 then error("bar broke") end end })
+    end, "bar broke")
+    assert.is_true(calls <= 6, "fn kept running: " .. calls .. " calls")
   end)
 end)
 

@@ -121,8 +121,9 @@ end
 
 -- Effective options of one call: the client's, overridden by opts.
 local function merged(self, opts, where)
-  if opts == nil or next(opts) == nil then return self, secrets[self].headers end
+  if opts == nil then return self, secrets[self].headers end
   if type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
+  if next(opts) == nil then return self, secrets[self].headers end
   check_options(opts, where, 3)
   local o = setmetatable({}, { __index = self })
   for k, v in pairs(opts) do o[k] = v end

@@ -88,7 +88,17 @@ local tasks = setmetatable({}, { __mode = "k" })  -- coroutine -> Task
 local alive = 0                                  -- tasks not yet finished
 local rq, rq_head, rq_tail = {}, 1, 0            -- ready ring: task, value pairs
 local heap, heap_n, seq = {}, 0, 0               -- timers: {due, seq, task}
-local unobserved = {}                            -- failed tasks nobody joined (yet)
+-- Failed tasks nobody joined (yet). Weak: a frame loop never reaches run's report, so a task
+-- that failed unjoined is reported when it is collected instead (its sentinel's __gc), and
+-- neither it nor its error piles up here.
+local unobserved = setmetatable({}, { __mode = "k" })
+local Sentinel = { __gc = function(p)
+  if not p.observed then io.stderr:write("llmux: task failed and was never joined: ", p.err, "\n") end
+end }
+local function observe(task)
+  unobserved[task] = nil
+  if task.sentinel then task.sentinel.observed = true end
+end
 
 local Task = { __name = "llmux.Task" }
 Task.__index = Task
@@ -180,7 +190,10 @@ local function finish(task, ok, ...)
     local msg = ...
     task.err = debug.traceback(task.co, tostring(msg))
     task.message = tostring(msg)
-    if #task.joiners == 0 then unobserved[task] = true end
+    if #task.joiners == 0 then
+      unobserved[task] = true
+      task.sentinel = setmetatable({ err = task.err }, Sentinel)
+    end
   end
   for i = 1, #task.joiners do wake(task.joiners[i], task) end
   task.joiners = {}
@@ -453,7 +466,7 @@ function Task:join()
     suspend(function(w) self.joiners[#self.joiners + 1] = w end, "a task")
   end
   if self.state == "failed" then
-    unobserved[self] = nil
+    observe(self)
     return nil, self.message
   end
   return unpack(self.results, 1, self.results.n)
@@ -480,7 +493,7 @@ function M.run(fn, ...)
   local _, top = co_running()
   if not top then
     main:join()
-    unobserved[main] = nil
+    observe(main)
     if main.state == "failed" then error(main.err, 0) end
     return unpack(main.results, 1, main.results.n)
   end
@@ -491,7 +504,7 @@ function M.run(fn, ...)
         if t.state ~= "done" and t.state ~= "failed" then
           co_close(co)
           finish(t, false, msg)
-          unobserved[t] = nil
+          observe(t)
         end
       end
       alive = 0
@@ -499,10 +512,10 @@ function M.run(fn, ...)
     end
     turn(huge)
   end
-  unobserved[main] = nil
+  observe(main)
   for t in pairs(unobserved) do
     io.stderr:write("llmux: task failed and was never joined: ", t.err, "\n")
-    unobserved[t] = nil
+    observe(t)
   end
   if main.state == "failed" then error(main.err, 0) end
   return unpack(main.results, 1, main.results.n)
@@ -606,8 +619,8 @@ function M.map(items, fn, opts)
       error("llmux.map: unknown option '" .. tostring(k) .. "'", 2)
     end
   end
-  local conc = opts.concurrency or 16
-  if math.type(conc) ~= "integer" or conc < 1 then
+  local conc = math.tointeger(opts.concurrency or 16)   -- 1e6 is fine
+  if not conc or conc < 1 then
     error("llmux.map: concurrency must be an integer >= 1", 2)
   end
   local progress = opts.progress
@@ -623,6 +636,7 @@ function M.map(items, fn, opts)
   local n = #items
   local results, failures = {}, {}
   local nexti, ndone, nfailed = 0, 0, 0
+  local perr   -- the progress function's error: no worker takes a new item after it
   local function record(i, ok, r1, r2, r3, r4)
     if not ok then
       failures[#failures + 1] = { index = i, message = tostring(r1) }
@@ -635,12 +649,15 @@ function M.map(items, fn, opts)
     nfailed = nfailed + 1
   end
   local function worker()
-    while nexti < n do
+    while nexti < n and not perr do
       nexti = nexti + 1
       local i = nexti
       record(i, pcall(fn, items[i], i))
       ndone = ndone + 1
-      if progress then progress(ndone, n, nfailed) end
+      if progress and not perr then
+        local ok, err = pcall(progress, ndone, n, nfailed)
+        if not ok then perr = err end
+      end
     end
   end
   local workers = {}
@@ -649,6 +666,7 @@ function M.map(items, fn, opts)
     local ok, err = workers[w]:join()
     if ok == nil and err then error(err, 0) end  -- only a bug in map itself gets here
   end
+  if perr then error(perr, 0) end
   if progress and progress ~= opts.progress then progress(ndone, n, nfailed, true) end
   table.sort(failures, function(a, b) return a.index < b.index end)
   return results, failures
