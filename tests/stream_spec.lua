@@ -277,6 +277,16 @@ describe("stream retries before the first event", function()
   end)
 end)
 
+describe("stream timers", function()
+  it("an ended stream leaves the loop idle: its stall timer no longer counts", function()
+    local s = assert(c:chat_stream(body("m", "x")))
+    assert.truthy(s:result())
+    local t0 = llmux.now()   -- idle_timeout is 5 s here: the old timer kept step busy that long
+    while llmux.step(0.05) do assert(llmux.now() - t0 < 3, "step stayed busy") end
+    assert.is_true(llmux.now() - t0 < 1)
+  end)
+end)
+
 describe("stream closed by another task", function()
   it("while its reader waits out the [DONE] grace: the reader ends, cancelled", function()
     local text, res, msg, code = llmux.run(function()

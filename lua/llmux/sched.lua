@@ -88,6 +88,9 @@ local tasks = setmetatable({}, { __mode = "k" })  -- coroutine -> Task
 local alive = 0                                  -- tasks not yet finished
 local rq, rq_head, rq_tail = {}, 1, 0            -- ready ring: task, value pairs
 local heap, heap_n, seq = {}, 0, 0               -- timers: {due, seq, task}
+-- heap entries that still mean something: a stream's timer re-armed earlier, or disarmed when
+-- the stream ended, stays in the heap until due but no longer keeps the loop busy
+local timers = 0
 -- Failed tasks nobody joined (yet). Weak: a frame loop never reaches run's report, so a task
 -- that failed unjoined is reported when it is collected instead (its sentinel's __gc), and
 -- neither it nor its error piles up here.
@@ -145,6 +148,7 @@ function wake(w, v)
 end
 
 local function heap_push(due, task)
+  timers = timers + 1
   seq = seq + 1
   heap_n = heap_n + 1
   local e, i = { due, seq, task }, heap_n
@@ -241,8 +245,11 @@ local function fire_timers()
   while heap_n > 0 and heap[1][1] <= t do
     local e = heap_pop()
     local w = e[3]
-    -- a Waiter re-armed for an earlier time leaves its older entry behind: skip that one
-    if getmetatable(w) ~= Waiter or w.due == e[1] then wake(w, nil) end
+    -- a Waiter re-armed for an earlier time, or disarmed, leaves its entry behind: skip it
+    if getmetatable(w) ~= Waiter or (w.armed and w.due == e[1]) then
+      timers = timers - 1
+      wake(w, nil)
+    end
   end
 end
 
@@ -311,7 +318,7 @@ end
 
 local function idle()
   local m = live_engine()
-  return rq_tail < rq_head and heap_n == 0 and jobs == 0 and (m == nil or m:empty())
+  return rq_tail < rq_head and timers == 0 and jobs == 0 and (m == nil or m:empty())
 end
 
 -- Blocks the caller (outside any task) until box.done, driving the loop. On a deadlock the
@@ -413,6 +420,7 @@ function M.wait(w, timeout)
     if timeout then
       local due = now() + timeout
       if not w.armed or due < w.due then
+        if w.armed then timers = timers - 1 end   -- the older entry goes stale
         w.armed, w.due = true, due
         heap_push(due, w)
       end
@@ -421,9 +429,13 @@ function M.wait(w, timeout)
   return v ~= nil
 end
 
--- release(w): wakes whoever waits on w (as if its request had news), e.g. when the stream
--- is closed from another task: a closed request never comes back from the engine.
+-- release(w): the stream of w ended (its request is closed, so it never comes back from the
+-- engine): wakes whoever waits on it, as if the request had news, and disarms its timer.
 function M.release(w)
+  if w.armed then
+    w.armed = false
+    timers = timers - 1
+  end
   local who = w.who
   if who then
     if waiting[w.req] == w then waiting[w.req] = nil end
