@@ -67,6 +67,15 @@ describe("errors.retry_after", function()
     assert.is_nil(errors.retry_after{})
   end)
 
+  it("takes the first of a header sent twice (joined with a comma)", function()
+    assert.equals(2, errors.retry_after{ ["retry-after"] = "2, 5" })
+    assert.equals(0.3, errors.retry_after{ ["retry-after-ms"] = "300, 300" })
+    local now = errors.parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT")
+    assert.equals(7, errors.retry_after({
+      ["retry-after"] = "Wed, 21 Oct 2015 07:28:07 GMT, Wed, 21 Oct 2015 07:28:09 GMT" }, now))
+    assert.is_nil(errors.retry_after{ ["retry-after"] = "soon, 3" })
+  end)
+
   it("parses the three HTTP date forms", function()
     local t = 784111777
     assert.equals(t, errors.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"))

@@ -2,7 +2,8 @@
 -- plain values, so the policy is testable without a network and replaceable by users.
 local type, tonumber, tostring, pairs = type, tonumber, tostring, pairs
 local floor, min, random = math.floor, math.min, math.random
-local lower, find, match, format = string.lower, string.find, string.match, string.format
+local lower, find, match, format, sub = string.lower, string.find, string.match, string.format,
+  string.sub
 local os_time = os.time
 
 local M = { _VERSION = "0.1.0" }
@@ -113,13 +114,15 @@ end
 -- seconds or as an HTTP date. A date in the past gives 0.
 function M.retry_after(headers, now_epoch)
   if type(headers) ~= "table" then return nil end
-  local v = tonumber(headers["retry-after-ms"])
+  -- a header sent twice arrives joined ("1, 1"): the first one counts
+  local ms = headers["retry-after-ms"]
+  local v = tonumber(ms and (match(ms, "^%s*([^,]*[^,%s])%s*,") or ms))
   if v and v >= 0 then return v / 1000 end
   local ra = headers["retry-after"]
   if not ra then return nil end
-  v = tonumber(ra)
+  v = tonumber(match(ra, "^%s*([^,]*[^,%s])%s*,") or ra)
   if v then return v >= 0 and v or nil end
-  local t = M.parse_http_date(ra)
+  local t = M.parse_http_date(ra) or M.parse_http_date(sub(ra, 1, 29))   -- IMF-fixdate: 29
   if not t then return nil end
   local d = t - (now_epoch or os_time())
   return d > 0 and d or 0
