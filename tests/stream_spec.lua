@@ -278,12 +278,40 @@ describe("stream retries before the first event", function()
 end)
 
 describe("stream timers", function()
-  it("an ended stream leaves the loop idle: its stall timer no longer counts", function()
-    local s = assert(c:chat_stream(body("m", "x")))
-    assert.truthy(s:result())
-    local t0 = llmux.now()   -- idle_timeout is 5 s here: the old timer kept step busy that long
-    while llmux.step(0.05) do assert(llmux.now() - t0 < 3, "step stayed busy") end
-    assert.is_true(llmux.now() - t0 < 1)
+  -- In a child process, so no stream of another test is still around. idle_timeout is 5 s:
+  -- a stall timer that kept counting kept step() busy that long.
+  it("an ended or dropped stream leaves the loop idle: its stall timer no longer counts", function()
+    local script = [[
+      local llmux = require "llmux"
+      local c = llmux.client{ base_url = arg[1], api_key = "sk", idle_timeout = 5 }
+      local function check(what)
+        local t0 = llmux.now()
+        while llmux.step(0.05) do
+          if llmux.now() - t0 > 3 then print(what .. ": busy") return end
+        end
+        print(what .. (llmux.now() - t0 < 1 and ": idle" or ": slow"))
+      end
+      local s = assert(c:chat_stream{ model = "m", messages = { { role = "user", content = "x" } } })
+      assert(s:result())
+      check("ended")
+      local function drop()
+        local d = assert(c:chat_stream{ model = "stall:1:10",
+          messages = { { role = "user", content = "x" } } })
+        d:read()
+      end
+      drop()
+      collectgarbage(); collectgarbage()
+      check("dropped")
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local p = io.popen("lua5.4 " .. path .. " " .. u.http .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(path)
+    assert.equals("ended: idle\ndropped: idle\n", out)
   end)
 end)
 

@@ -475,6 +475,7 @@ end
 Stream.__close = Stream.close
 Stream.__gc = function(s)
   if s.req then s.req:close() end
+  if s.w then sched.release(s.w) end   -- its stall timer must not keep the loop busy
 end
 
 function Stream.__tostring(s)
