@@ -345,6 +345,17 @@ describe("client misuse", function()
       "llmux.Client:chat: option 'api_key' must be a string without line breaks")
     assert.has_error(function() c:chat("hi") end, "llmux.Client:chat: body must be a table")
     assert.has_error(function() c:models("x") end, "llmux.Client:models: opts must be a table")
+    -- the position is the caller's, however deep in the client the check ran
+    for _, f in ipairs{
+      function() c:chat(body("m"), { nope = 1 }) end,
+      function() c:chat({ model = "m", stream = true }, { nope = 1 }) end,
+      function() c:chat_stream(body("m"), { nope = 1 }) end,
+      function() c:inpaint{ image = "x", prompt = "p" } end,   -- no mask
+    } do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("client_spec%.lua:%d+: llmux%.Client:[%a_]+: ", err)
+    end
     assert.has_error(function() c:request("GET", "/models", nil, 5) end,
       "llmux.Client:request: opts must be a table")
     assert.has_error(function() c:chat(body("m"), { retries = 1 }) end,

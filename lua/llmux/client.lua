@@ -54,19 +54,32 @@ local DEFAULTS = {
   max_response_bytes = 64 * 1024 * 1024,
 }
 
-local function check_options(opts, where, level)
+-- Raises msg blaming the caller's code: the first frame outside this file, however deep in
+-- the client the check ran (chat, chat_stream and the image calls reach it by different paths).
+local SOURCE = debug.getinfo(1, "S").source
+local function misuse(msg)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info or info.source ~= SOURCE then break end
+    level = level + 1
+  end
+  error(msg, level)
+end
+
+local function check_options(opts, where)
   for k, v in pairs(opts) do
     local check = OPTIONS[k]
-    if not check then error(format("%s: unknown option '%s'", where, tostring(k)), level + 1) end
+    if not check then misuse(format("%s: unknown option '%s'", where, tostring(k))) end
     local want = check(v)
-    if want then error(format("%s: option '%s' must be %s", where, k, want), level + 1) end
+    if want then misuse(format("%s: option '%s' must be %s", where, k, want)) end
   end
 end
 
 -- base_url must be http(s)://host[:port][/path]; a trailing slash is dropped.
-local function check_url(u, where, level)
+local function check_url(u, where)
   if not find(u, "^https?://[^/%s?#]+[^%s?#]*$") then
-    error(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u), level + 1)
+    misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u))
   end
   return (u:gsub("/+$", ""))
 end
@@ -98,14 +111,14 @@ end
 function M.new(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("llmux.client: opts must be a table", 2) end
-  check_options(opts, "llmux.client", 2)
+  check_options(opts, "llmux.client")
   local self = setmetatable({}, Client)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
   self.api_key = nil
   local base = opts.base_url or getenv("LLMUX_BASE_URL") or getenv("OPENAI_BASE_URL")
     or "https://api.openai.com/v1"
-  self.base_url = check_url(base, "llmux.client", 2)
+  self.base_url = check_url(base, "llmux.client")
   local key = opts.api_key or getenv("LLMUX_API_KEY") or getenv("OPENAI_API_KEY")
   if key == "" then key = nil end
   if key and find(key, "[\r\n%z]") then
@@ -122,12 +135,12 @@ end
 -- Effective options of one call: the client's, overridden by opts.
 local function merged(self, opts, where)
   if opts == nil then return self, secrets[self].headers end
-  if type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
+  if type(opts) ~= "table" then misuse(where .. ": opts must be a table") end
   if next(opts) == nil then return self, secrets[self].headers end
-  check_options(opts, where, 3)
+  check_options(opts, where)
   local o = setmetatable({}, { __index = self })
   for k, v in pairs(opts) do o[k] = v end
-  if opts.base_url then o.base_url = check_url(opts.base_url, where, 3) end
+  if opts.base_url then o.base_url = check_url(opts.base_url, where) end
   local key = secrets[self].key
   if opts.api_key then key = opts.api_key end
   local headers = secrets[self].headers
@@ -357,7 +370,7 @@ end
 local function encode_body(body, where)
   if type(body) == "string" then return body end
   local s, err = json.encode(body)
-  if not s then error(where .. ": body cannot be encoded as JSON: " .. tostring(err), 3) end
+  if not s then misuse(where .. ": body cannot be encoded as JSON: " .. tostring(err)) end
   return s
 end
 
@@ -459,7 +472,7 @@ local function png_of(v, what, where)
   image = image or require "llmux.image"
   if image.is_image(v) then return v:encode_png(), v:width(), v:height() end
   if type(v) ~= "string" then
-    error(format("%s: '%s' must be an llmux.Image, PNG bytes or a path", where, what), 3)
+    misuse(format("%s: '%s' must be an llmux.Image, PNG bytes or a path", where, what))
   end
   local bytes = v
   if sub(v, 1, 8) ~= PNG_SIG then
@@ -488,7 +501,7 @@ local function image_and_mask(args, where, mask_required)
   local img, iw, ih = png_of(args.image, "image", where)
   if not img then return nil, iw, ih end
   if args.mask == nil then
-    if mask_required then error(where .. ": 'mask' is required", 3) end
+    if mask_required then misuse(where .. ": 'mask' is required") end
     return img, iw, ih
   end
   local mask, mw, mh = png_of(args.mask, "mask", where)
@@ -502,16 +515,16 @@ end
 
 -- Checks args against allowed (name -> type) and the required names.
 local function check_args(args, allowed, required, where)
-  if type(args) ~= "table" then error(where .. ": args must be a table", 3) end
+  if type(args) ~= "table" then misuse(where .. ": args must be a table") end
   for k, v in pairs(args) do
     local want = allowed[k]
-    if not want then error(format("%s: unknown argument '%s'", where, tostring(k)), 3) end
+    if not want then misuse(format("%s: unknown argument '%s'", where, tostring(k))) end
     if want ~= "any" and type(v) ~= want then
-      error(format("%s: '%s' must be a %s", where, k, want == "any" and "value" or want), 3)
+      misuse(format("%s: '%s' must be a %s", where, k, want == "any" and "value" or want))
     end
   end
   for _, k in ipairs(required) do
-    if args[k] == nil then error(format("%s: '%s' is required", where, k), 3) end
+    if args[k] == nil then misuse(format("%s: '%s' is required", where, k)) end
   end
 end
 
