@@ -147,6 +147,27 @@ describe("waits in awkward places", function()
     end, "llmux.run: deadlock: 1 task(s) wait but nothing is running or due")
     assert.equals(42, llmux.run(function() return 42 end))
     assert.is_false(llmux.step(0))
+    sem:release()   -- the ended task no longer queues for it: the permit comes back
+    assert.equals("llmux.Semaphore (1/1 free)", tostring(sem))
+  end)
+
+  it("run from a plain coroutine (a host's main) still waits for every task", function()
+    local finished = false
+    coroutine.wrap(function()
+      llmux.run(function()
+        llmux.spawn(function() llmux.sleep(0.05); finished = true end)
+      end)
+    end)()
+    assert.is_true(finished)
+  end)
+
+  it("sleep(math.huge) outside a task naps instead of spinning", function()
+    local p = io.popen("bash -c 'timeout 1 lua5.4 -e \"require([[llmux]]).sleep(math.huge)\"; times' 2>&1")
+    local out = p:read("a")
+    p:close()
+    local m, sec = out:match("\n(%d+)m([%d.]+)s %d+m[%d.]+s%s*$")
+    assert.is_truthy(m, out)
+    assert.is_true(tonumber(m) * 60 + tonumber(sec) < 0.5, "CPU: " .. out)
   end)
 
   it("a blocked acquire that failed does not swallow the next permit", function()

@@ -302,16 +302,21 @@ describe("stream timers", function()
       drop()
       collectgarbage(); collectgarbage()
       check("dropped")
+      -- retried once, after the reader waited (timer armed) on the empty first attempt
+      local r = c:chat_stream{ model = "emptyonce:pause300" .. arg[2],
+        messages = { { role = "user", content = "x" } } }
+      assert(r:result())
+      check("retried")
     ]]
     local path = os.tmpname()
     local f = assert(io.open(path, "w"))
     f:write(script)
     f:close()
-    local p = io.popen("lua5.4 " .. path .. " " .. u.http .. " 2>&1")
+    local p = io.popen("lua5.4 " .. path .. " " .. u.http .. " " .. key("retried") .. " 2>&1")
     local out = p:read("a")
     p:close()
     os.remove(path)
-    assert.equals("ended: idle\ndropped: idle\n", out)
+    assert.equals("ended: idle\ndropped: idle\nretried: idle\n", out)
   end)
 end)
 

@@ -216,10 +216,13 @@ local function resumed(task, ok, a, ...)
   end
 end
 
+local resuming = 0   -- task resumes in progress: run() inside one waits for its own fn only
 local function resume(task, v)
   if co_status(task.co) ~= "suspended" then return end
   task.state = "running"
+  resuming = resuming + 1
   resumed(task, co_resume(task.co, v))
+  resuming = resuming - 1
 end
 
 -- Re-entrant: a task that blocks where it cannot yield (or a plain coroutine inside a task)
@@ -456,7 +459,7 @@ function M.sleep(s)
   while true do
     local left = due - now()
     if left <= 0 then return end
-    turn(left)
+    turn(min(left, 3600))   -- sleep(math.huge) with nothing else to do: long naps, no spin
   end
 end
 
@@ -498,12 +501,11 @@ end
 -- run(fn, ...) -> fn's results: runs fn as a task and drives the loop until every task ended.
 -- fn's error is raised after the other tasks end; errors of tasks nobody joined are reported
 -- on stderr rather than lost.
--- Inside a task (or any coroutine) it waits for fn's task only, and raises its error too.
+-- Inside a task it waits for fn's task only, and raises its error too.
 -- A deadlock ends the tasks that wait (they fail with it), so the next run starts clean.
 function M.run(fn, ...)
   local main = M.spawn(fn, ...)
-  local _, top = co_running()
-  if not top then
+  if resuming > 0 then
     main:join()
     observe(main)
     if main.state == "failed" then error(main.err, 0) end
@@ -514,6 +516,7 @@ function M.run(fn, ...)
       local msg = "llmux.run: deadlock: " .. alive .. " task(s) wait but nothing is running or due"
       for co, t in pairs(tasks) do
         if t.state ~= "done" and t.state ~= "failed" then
+          t.cancelled = true   -- a semaphore it queued on skips it (see Sem:release)
           co_close(co)
           finish(t, false, msg)
           observe(t)
@@ -631,7 +634,8 @@ function M.map(items, fn, opts)
       error("llmux.map: unknown option '" .. tostring(k) .. "'", 2)
     end
   end
-  local conc = math.tointeger(opts.concurrency or 16)   -- 1e6 is fine
+  local conc = opts.concurrency or 16
+  conc = type(conc) == "number" and math.tointeger(conc)   -- 1e6 is fine
   if not conc or conc < 1 then
     error("llmux.map: concurrency must be an integer >= 1", 2)
   end

@@ -152,6 +152,7 @@ local function retried(s, why, code, detail)
   if s.events > 0 then return false end
   s.req:close()
   s.dropped = true
+  sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
   local ns, m, c, d = s.hooks.retry(why, code, detail or {})
   if s.over then   -- closed meanwhile (in the backoff, or while the new attempt started)
     if ns then ns:close() end
@@ -163,7 +164,7 @@ local function retried(s, why, code, detail)
     return true
   end
   attach(s, ns.req, ns.w)
-  ns.req, ns.over = nil, true   -- the new shell must not close what s now owns
+  ns.req, ns.w, ns.over = nil, nil, true   -- the new shell must not close what s now owns
   return true
 end
 

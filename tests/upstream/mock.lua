@@ -413,7 +413,8 @@ end
 --   bytewise             every byte of the stream in its own write
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
---   emptyonce:KEY        the first request for KEY: 200 and an empty event stream
+--   emptyonce:KEY        the first request for KEY: 200 and an empty event stream (a KEY
+--                        starting "pauseMS" ends it MS ms after its comment)
 --   twocut               two choices, only one finishes, clean end: cut
 --   emptyfinish          finish_reason "" and no [DONE]: cut
 --   donehold:S           [DONE], then the body stays open S seconds
@@ -707,6 +708,8 @@ streams.emptyonce = function(ctx, a)
   if count(key) == 1 then
     sse_headers()
     emit(ctx, ": nothing to see\n\n")
+    local pause = tonumber(key:match("^pause(%d+)"))   -- emptyonce:pause300...: ends 300 ms later
+    if pause then ngx.sleep(pause / 1000) end
     return ngx.exit(ngx.OK)
   end
   return stream_answer(ctx)
