@@ -277,6 +277,62 @@ describe("stream retries before the first event", function()
   end)
 end)
 
+describe("provider variations", function()
+  it("n = 2: deltas are choice 0's text only, and both choices assemble", function()
+    local s = assert(c:chat_stream(body("fixture:n2", "x", { n = 2 })))
+    assert.equals("A0a0", collect(s))
+    local res = assert(s:result())
+    assert.equals(2, #res.choices)
+    assert.equals("A0a0", res.choices[1].message.content)
+    assert.equals("B1b1", res.choices[2].message.content)
+    local seen = {}
+    assert.truthy(c:chat(body("fixture:n2", "x", { stream = true, n = 2 }),
+      { on_delta = function(text) seen[#seen + 1] = text end }))
+    assert.equals("A0a0", table.concat(seen))
+  end)
+
+  it("keeps a refusal, a reasoning model's thinking and logprobs", function()
+    local res = assert(c:chat(body("fixture:refusal", "x", { stream = true })))
+    local msg = res.choices[1].message
+    assert.equals("I can't help.", msg.refusal)
+    assert.is_nil(msg.content)
+    res = assert(c:chat(body("fixture:extras", "x", { stream = true })))
+    msg = res.choices[1].message
+    assert.equals("Hi!", msg.content)
+    assert.equals("Let me think.", msg.reasoning_content)
+    local lps = res.choices[1].logprobs.content
+    assert.equals(2, #lps)
+    assert.equals("Hi", lps[1].token)
+    assert.equals("!", lps[2].token)
+  end)
+
+  it("an error inside a chunk that still has choices is a provider error", function()
+    local res, msg, code = c:chat(body("fixture:inbanderror", "x", { stream = true }))
+    assert.is_nil(res)
+    assert.equals("provider", code)
+    assert.matches("Provider disconnected", msg)
+  end)
+
+  it("a 2xx that is not a stream: a JSON error is provider, anything else decode", function()
+    local _, msg, code = c:chat(body("error200", "x", { stream = true }), { max_retries = 0 })
+    assert.equals("provider", code)
+    assert.matches("bad key", msg)
+    _, _, code = c:chat(body("notjson", "x", { stream = true }), { max_retries = 0 })
+    assert.equals("decode", code)
+  end)
+
+  it("an empty id and model in the first chunk (Azure) do not stick", function()
+    for _, how in ipairs{ "deltas", "chunks" } do
+      local s = assert(c:chat_stream(body("fixture:azure", "x")))
+      if how == "deltas" then collect(s) else for _ in s:chunks() do end end
+      local res = assert(s:result())
+      assert.equals("chatcmpl-fx", res.id, how)
+      assert.equals("fx-model", res.model, how)
+      assert.equals("Hi", res.choices[1].message.content, how)
+    end
+  end)
+end)
+
 describe("stream timers", function()
   -- In a child process, so no stream of another test is still around. idle_timeout is 5 s:
   -- a stall timer that kept counting kept step() busy that long.

@@ -88,11 +88,14 @@ local function merge_tools(s, c, deltas)
   end
 end
 
+local EXTRA_TEXT = { "refusal", "reasoning_content" }
+
 -- Takes one decoded chunk into the assembled state.
 local function absorb(s, obj)
-  s.id = s.id or obj.id
+  -- Azure's first chunk has id "" and model "": the later chunks' values count
+  if s.id == nil or s.id == "" then s.id, s.created = obj.id, obj.created or s.created end
   s.created = s.created or obj.created
-  if obj.model then s.model = obj.model end
+  if obj.model and obj.model ~= "" then s.model = obj.model end
   if type(obj.usage) == "table" then s.usage = obj.usage end
   local choices = obj.choices
   if type(choices) ~= "table" then return end
@@ -109,6 +112,26 @@ local function absorb(s, obj)
           s.ttft = s.ttft or now() - s.call.t0
         end
         if type(d.tool_calls) == "table" then merge_tools(s, c, d.tool_calls) end
+        -- a refusal, and a reasoning model's thinking, arrive in pieces like the content
+        for _, field in ipairs(EXTRA_TEXT) do
+          local piece = d[field]
+          if type(piece) == "string" and piece ~= "" then
+            local parts = c[field] or {}
+            c[field] = parts
+            parts[#parts + 1] = piece
+          end
+        end
+      end
+      local lp = ch.logprobs
+      if type(lp) == "table" then   -- token lists, appended in order
+        c.logprobs = c.logprobs or {}
+        for key, list in pairs(lp) do
+          if type(list) == "table" then
+            local into = c.logprobs[key] or {}
+            c.logprobs[key] = into
+            table.move(list, 1, #list, #into + 1, into)
+          end
+        end
       end
       if type(ch.finish_reason) == "string" and ch.finish_reason ~= "" then
         c.finish_reason = ch.finish_reason
@@ -193,7 +216,7 @@ local function on_event(s, data, event)
     s.skipped = s.skipped + 1
     return nil
   end
-  if obj.error ~= nil and obj.choices == nil then
+  if obj.error ~= nil then   -- with or without choices (OpenRouter sends both mid-stream)
     provider_error(s, data, obj)
     return nil
   end
@@ -220,8 +243,12 @@ local function ended(s)
     -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
     -- completion) or sent an error as JSON. Judged like a non-streaming answer.
     local ok, body, code, detail = s.hooks.judge(res)
+    if ok and body.error ~= nil and body.choices == nil then   -- {"error": ...} with a 200
+      local e = body.error
+      ok, code, detail = false, "provider", { status = res.status, body = e }
+      body = "provider error: " .. tostring(type(e) == "table" and e.message or e)
+    end
     if not ok then
-      if code == "decode" then code = "provider" end
       if not retried(s, body, code, detail) then stop(s, body, code, detail) end
       return
     end
@@ -257,11 +284,18 @@ local function stalled(s)
   if not retried(s, why, "stalled") then stop(s, why, "stalled") end
 end
 
+-- The content text of choice 0 in a chunk (with n > 1 a chunk may carry only another choice).
 local function first_text(obj)
-  local ch = obj.choices and obj.choices[1]
-  local d = type(ch) == "table" and ch.delta
-  local text = type(d) == "table" and d.content
-  if type(text) == "string" and text ~= "" then return text end
+  local choices = obj.choices
+  if type(choices) ~= "table" then return nil end
+  for k, ch in ipairs(choices) do
+    if type(ch) == "table" and (ch.index or k - 1) == 0 then
+      local d = ch.delta
+      local text = type(d) == "table" and d.content
+      if type(text) == "string" and text ~= "" then return text end
+      return nil
+    end
+  end
   return nil
 end
 
@@ -274,11 +308,11 @@ local function advance(s, block, fast)
     local req = s.req
     local ok, data, event, id, model, created
     if fast then
-      ok, data, event, id, model, created = pop_delta(req, s.id == nil)
+      ok, data, event, id, model, created = pop_delta(req, s.id == nil or s.id == "")
       if ok then   -- the hot path of deltas(): on_fast inlined
         s.events = s.events + 1
         if id then s.id, s.created = id, created end
-        if model then s.model = model end
+        if model and model ~= "" then s.model = model end
         if data or event then
           local c = s.c0
           if not c then
@@ -430,15 +464,19 @@ local function assemble(s)
       calls[m] = { index = i, id = t.id, type = t.type or "function",
         ["function"] = { name = t.name, arguments = concat(t.args) } }
     end
+    for _, field in ipairs(EXTRA_TEXT) do
+      if c[field] then msg[field] = concat(c[field]) end
+    end
     if m > 0 then
       table.sort(calls, function(a, b) return a.index < b.index end)
       for i = 1, m do calls[i].index = nil end
       msg.tool_calls = calls
-    elseif msg.content == nil then
+    elseif msg.content == nil and msg.refusal == nil then
       msg.content = ""
     end
     n = n + 1
-    list[n] = { index = index, message = msg, finish_reason = c.finish_reason }
+    list[n] = { index = index, message = msg, finish_reason = c.finish_reason,
+      logprobs = c.logprobs }
   end
   table.sort(list, function(a, b) return a.index < b.index end)
   local usage, estimated = usage_of(s)

@@ -715,6 +715,76 @@ streams.emptyonce = function(ctx, a)
   return stream_answer(ctx)
 end
 
+-- fixture:NAME          a fixed stream of provider variations (FIXTURES below), then [DONE]
+local function fx_chunk(choices, extra)
+  local o = { id = "chatcmpl-fx", object = "chat.completion.chunk", created = 1,
+    model = "fx-model", choices = choices }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+local function fx(index, delta, finish, more)
+  local ch = { index = index, delta = delta, finish_reason = finish or null }
+  for k, v in pairs(more or {}) do ch[k] = v end
+  return ch
+end
+local function lp(token)
+  return { content = { { token = token, logprob = -0.5, bytes = { token:byte(1, -1) },
+    top_logprobs = {} } } }
+end
+local FIXTURES = {
+  -- n = 2, each chunk carrying one choice
+  n2 = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(1, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { content = "A0" }) }, fx_chunk{ fx(1, { content = "B1" }) },
+    fx_chunk{ fx(0, { content = "a0" }) }, fx_chunk{ fx(1, { content = "b1" }) },
+    fx_chunk{ fx(0, {}, "stop") }, fx_chunk{ fx(1, {}, "stop") },
+  },
+  refusal = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, refusal = "" }) },
+    fx_chunk{ fx(0, { refusal = "I can't" }) }, fx_chunk{ fx(0, { refusal = " help." }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
+  -- a reasoning model's thinking, then content with logprobs
+  extras = {
+    fx_chunk{ fx(0, { role = "assistant", reasoning_content = "Let me " }) },
+    fx_chunk{ fx(0, { reasoning_content = "think." }) },
+    fx_chunk{ fx(0, { content = "Hi" }, nil, { logprobs = lp("Hi") }) },
+    fx_chunk{ fx(0, { content = "!" }, nil, { logprobs = lp("!") }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
+  -- OpenRouter: an error mid-stream, inside a chunk that still has choices
+  inbanderror = {
+    fx_chunk{ fx(0, { role = "assistant", content = "partial" }) },
+    fx_chunk({ fx(0, { content = "" }, "error") },
+      { error = { code = 502, message = "Provider disconnected" } }),
+  },
+  -- Azure: a first chunk with empty id and model (the prompt filter results)
+  azure = {
+    { id = "", object = "", created = 0, model = "", choices = {},
+      prompt_filter_results = { { prompt_index = 0, content_filter_results = {} } } },
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { content = "Hi" }) }, fx_chunk{ fx(0, {}, "stop") },
+  },
+}
+
+streams.fixture = function(ctx, a)
+  local list = FIXTURES[a[1] or ""]
+  if not list then return false end
+  sse_headers()
+  for _, obj in ipairs(list) do
+    if not emit(ctx, "data: " .. cjson.encode(obj) .. "\n\n") then return ngx.exit(ngx.OK) end
+  end
+  emit(ctx, "data: [DONE]\n\n")
+  return ngx.exit(ngx.OK)
+end
+
+-- error200              200 with a JSON error object (some providers answer failures so)
+behaviours.error200 = function()
+  return send(200, '{"error":{"message":"bad key (mock)","type":"invalid_request_error"}}',
+    "application/json")
+end
+
 streams.jsonbody = function(ctx)
   ctx.req.stream = false
   return answer(ctx)
