@@ -44,6 +44,10 @@ static int on_event(void *ud, const lmx_SSEEvent *ev) {
   lmx_Request *r = ud;
   uint32_t h[2] = { (uint32_t)ev->data_len, (uint32_t)ev->event_len };
   size_t n0 = r->evq.n;
+  /* An event without data ("data:" alone, a named keep-alive) carries nothing: like a comment
+   * it neither queues nor counts as activity for the stall timer. Only "error" may be empty. */
+  if (ev->data_len == 0 && !(ev->event_len == 5 && memcmp(ev->event, "error", 5) == 0))
+    return 0;
   if (lmx_buf_append(&r->evq, h, sizeof h) != 0
       || (ev->event_len && lmx_buf_append(&r->evq, ev->event, ev->event_len) != 0)
       || (ev->data_len && lmx_buf_append(&r->evq, ev->data, ev->data_len) != 0)

@@ -182,8 +182,8 @@ describe("stream integrity", function()
     assert.matches("broken after 4 events", msg)
   end)
 
-  it("silence past idle_timeout is stalled, and pings do not count", function()
-    for _, model in ipairs{ "stall:2:3", "pingstall:2:3:0.1" } do
+  it("silence past idle_timeout is stalled, and pings or empty events do not count", function()
+    for _, model in ipairs{ "stall:2:3", "pingstall:2:3:0.1", "blankstall:2:3:0.1" } do
       local c2 = llmux.client{ base_url = u.http, api_key = "sk-stream", idle_timeout = 0.5 }
       local before = sockets()
       local s = assert(c2:chat_stream(body(model)))

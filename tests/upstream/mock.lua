@@ -404,6 +404,7 @@ end
 --   drop:K               K chunks, then the connection drops mid-body
 --   stall:K:S            K chunks, S seconds of silence, then the rest
 --   pingstall:K:S:P      the same, with a ": ping" comment every P seconds while silent
+--   blankstall:K:S:P     the same, with an empty "data:" event instead
 --   malformed:K          chunk K is not JSON; the stream goes on
 --   nodone               finish_reason but no [DONE]
 --   inband:K             after K chunks, data: {"error": {...}} (and the body ends)
@@ -518,7 +519,9 @@ local function stream(ctx, pieces, o)
         local step = o.ping and math.min(o.ping, left) or left
         ngx.sleep(step)
         left = left - step
-        if o.ping and not emit(ctx, ": ping\n\n") then return ngx.exit(ngx.OK) end
+        if o.ping and not emit(ctx, o.blank and "data:\n\n" or ": ping\n\n") then
+          return ngx.exit(ngx.OK)
+        end
       end
     end
   end
@@ -603,6 +606,13 @@ streams.pingstall = function(ctx, a)
   local k, s, p = int_arg(a[1], 1), tonumber(a[2]), tonumber(a[3])
   if not k or not s or not p or p <= 0 then return false end
   return stream(ctx, numbered(k + 2), {stall_after = k, stall = s, ping = p})
+end
+
+-- blankstall:K:S:P     the same, with an empty "data:" event every P seconds while silent
+streams.blankstall = function(ctx, a)
+  local k, s, p = int_arg(a[1], 1), tonumber(a[2]), tonumber(a[3])
+  if not k or not s or not p or p <= 0 then return false end
+  return stream(ctx, numbered(k + 2), {stall_after = k, stall = s, ping = p, blank = true})
 end
 
 streams.malformed = function(ctx, a)
