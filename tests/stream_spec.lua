@@ -321,6 +321,24 @@ describe("provider variations", function()
     assert.equals("decode", code)
   end)
 
+  it("tool calls without index: a new id is a new call", function()
+    local res = assert(c:chat(body("fixture:noindex", "x", { stream = true })))
+    local calls = res.choices[1].message.tool_calls
+    assert.equals(2, #calls)
+    assert.same({ "c1", "a", '{"x":1}' }, { calls[1].id, calls[1]["function"].name,
+      calls[1]["function"].arguments })
+    assert.same({ "c2", "b", '{"y":2}' }, { calls[2].id, calls[2]["function"].name,
+      calls[2]["function"].arguments })
+  end)
+
+  it("[DONE] alone is no answer: truncated", function()
+    local res, msg, code = c:chat(body("fixture:onlydone", "x", { stream = true }),
+      { max_retries = 0 })
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.matches("without any choice", msg)
+  end)
+
   it("an empty id and model in the first chunk (Azure) do not stick", function()
     for _, how in ipairs{ "deltas", "chunks" } do
       local s = assert(c:chat_stream(body("fixture:azure", "x")))

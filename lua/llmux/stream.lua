@@ -8,8 +8,8 @@
 local sched = require "llmux.sched"
 local core = require "llmux.core"
 
-local error, getmetatable, ipairs, pairs, setmetatable, tostring, type =
-  error, getmetatable, ipairs, pairs, setmetatable, tostring, type
+local error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type =
+  error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type
 local ceil = math.ceil
 local concat = table.concat
 local find, format, lower, sub = string.find, string.format, string.lower, string.sub
@@ -67,7 +67,20 @@ local function merge_tools(s, c, deltas)
   for k, d in ipairs(deltas) do
     if type(d) == "table" then
       local i = d.index
-      if type(i) ~= "number" then i = k - 1 end
+      if type(i) ~= "number" then
+        -- no index (some OpenAI-compatible servers): a delta with a new id is a new call,
+        -- one without id goes on with the last call
+        local last = c.last_tool
+        if last and (d.id == nil or d.id == c.tools[last].id) then
+          i = last
+        elseif last or c.tools[k - 1] then
+          i = 0
+          while c.tools[i] do i = i + 1 end
+        else
+          i = k - 1
+        end
+      end
+      c.last_tool = i
       local t = c.tools[i]
       if not t then
         t = { args = {} }
@@ -224,6 +237,16 @@ local function on_event(s, data, event)
   return obj
 end
 
+-- The end of a stream ([DONE], or every choice finished): a success, unless no choice came at
+-- all ([DONE] alone is no answer).
+local function no_choice_is_truncated(s)
+  if next(s.choices) == nil and not s.whole then
+    stop(s, "stream ended after " .. s.events .. " events without any choice", "truncated")
+  else
+    stop(s)
+  end
+end
+
 -- A stream without [DONE] is complete when every choice it carried (and at least the n the
 -- request asked for) has a finish_reason.
 local function all_finished(s)
@@ -266,7 +289,7 @@ local function ended(s)
     return chunk
   end
   if s.saw_done or all_finished(s) then
-    stop(s)
+    no_choice_is_truncated(s)
     return
   end
   local code = res.code and KEEP[res.code] and res.code or "truncated"
@@ -346,7 +369,7 @@ local function advance(s, block, fast)
             sched.wait(s.w, t_end - now())
           end
         end
-        stop(s)
+        no_choice_is_truncated(s)
       end
     elseif ok then
       -- a fast chunk without text (the role chunk, the finish): go on

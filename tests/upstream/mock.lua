@@ -769,6 +769,18 @@ local FIXTURES = {
     fx_chunk({ fx(0, { content = "" }, "error") },
       { error = { code = 502, message = "Provider disconnected" } }),
   },
+  -- tool calls without index, one whole call per chunk (some compatible servers)
+  noindex = {
+    fx_chunk{ fx(0, { role = "assistant", content = null }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c1", type = "function",
+      ["function"] = { name = "a", arguments = '{"x":1}' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c2", type = "function",
+      ["function"] = { name = "b", arguments = '{"y":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { ["function"] = { arguments = "2}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- nothing but [DONE]
+  onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
   azure = {
     { id = "", object = "", created = 0, model = "", choices = {},
