@@ -104,6 +104,7 @@ describe("client error codes", function()
     { "context", "context_length", 400 }, { "filter", "content_filter", 400 },
     { "status:500", "server", 500 }, { "503", "server", 503 }, { "status:418", "http", 418 },
     { "status:408", "timeout", 408 }, { "notjson", "decode", 200 }, { "jsonarray", "decode", 200 },
+    { "error200", "provider", 200 },
   }
   for _, case in ipairs(cases) do
     it(case[1] .. " -> " .. case[2], function()

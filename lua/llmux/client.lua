@@ -176,6 +176,19 @@ function Info.__index(t, k)
 end
 
 -- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
+-- A 2xx whose JSON is nothing but an error object (some gateways answer failures so) is the
+-- provider's failure, not an answer: false, why, "provider", detail. true otherwise.
+local function answer_ok(status, head, body)
+  local e = body.error
+  if (type(e) ~= "table" and type(e) ~= "string") or body.object ~= nil
+      or body.choices ~= nil or body.data ~= nil then
+    return true
+  end
+  local text = type(e) == "table" and e.message or e
+  return false, "HTTP " .. status .. " with an error: " .. short(tostring(text), 200), "provider",
+    { status = status, headers = parse_headers(head), body = e }
+end
+
 local function judge(res)
   local status = res.status
   if res.code then
@@ -188,6 +201,8 @@ local function judge(res)
       return false, "response is not a JSON object: " .. short(derr or res.body, 200), "decode",
         { status = status, headers = parse_headers(res.head), body = short(res.body, 4096) }
     end
+    local ok, why, code, detail = answer_ok(status, res.head, body)
+    if not ok then return false, why, code, detail end
     return true, body
   end
   local eobj = body and errors.error_object(body) or short(res.body, 4096)
@@ -359,8 +374,13 @@ perform = function(call)
     end
     local res, decoded = req:result(true)   -- a 2xx JSON body comes decoded
     req:close()
-    if decoded then return decoded, make_info(call, res, decoded) end
-    local ok, a, code, detail = judge(res)
+    local ok, a, code, detail
+    if decoded then
+      ok, a, code, detail = answer_ok(res.status, res.head, decoded)
+      if ok then return decoded, make_info(call, res, decoded) end
+    else
+      ok, a, code, detail = judge(res)
+    end
     if ok then return a, make_info(call, res, a) end
     local again, m, c, d = retry_or_fail(call, a, code, detail)
     if not again then return nil, m, c, d end

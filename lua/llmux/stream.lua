@@ -265,12 +265,7 @@ local function ended(s)
   if s.plain then
     -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
     -- completion) or sent an error as JSON. Judged like a non-streaming answer.
-    local ok, body, code, detail = s.hooks.judge(res)
-    if ok and body.error ~= nil and body.choices == nil then   -- {"error": ...} with a 200
-      local e = body.error
-      ok, code, detail = false, "provider", { status = res.status, body = e }
-      body = "provider error: " .. tostring(type(e) == "table" and e.message or e)
-    end
+    local ok, body, code, detail = s.hooks.judge(res)   -- {"error": ...} is provider
     if not ok then
       if not retried(s, body, code, detail) then stop(s, body, code, detail) end
       return
