@@ -46,6 +46,9 @@ struct lmx_Request {
   int hdr_done;               /* the final response's headers are complete */
   int want;                   /* Lua waits: the next header/event/end queues r in its Multi */
   int paused;                 /* the write callback paused the transfer (queue over the mark) */
+  int busy;                   /* result/pop* is reading r's buffers: a close() from a finalizer
+                                 that runs meanwhile is deferred to their end (close_pending) */
+  int close_pending;
   lmx_SSE parser;
   lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data, NUL} */
   lmx_Buf scratch;            /* unescaped strings of the chunk fast path */

@@ -121,9 +121,17 @@ size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud) {
   return n;
 }
 
+/* Pushes spec[k], read raw: the strings kept as pointers must stay referenced by the spec
+ * itself, which a value made by an __index function would not be (a GC before use frees it). */
+static int specfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  return lua_rawget(L, t);
+}
+
 static double optseconds(lua_State *L, int t, const char *k) {
   double v = 0;
-  int ty = lua_getfield(L, t, k);
+  int ty = specfield(L, t, k);
   if (ty != LUA_TNIL) {
     if (ty != LUA_TNUMBER) luaL_error(L, "llmux.request: '%s' must be a number (seconds)", k);
     v = lua_tonumber(L, -1);
@@ -134,7 +142,7 @@ static double optseconds(lua_State *L, int t, const char *k) {
 }
 
 static const char *optstring(lua_State *L, int t, const char *k, size_t *len) {
-  int ty = lua_getfield(L, t, k);
+  int ty = specfield(L, t, k);
   const char *s = NULL;
   if (ty == LUA_TSTRING) s = lua_tolstring(L, -1, len);
   else if (ty != LUA_TNIL) luaL_error(L, "llmux.request: '%s' must be a string", k);
@@ -177,7 +185,7 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   P->timeout = optseconds(L, t, "timeout");
   P->ctimeout = optseconds(L, t, "connect_timeout");
   if (!P->url) luaL_error(L, "llmux.request: 'url' is required");
-  if (lua_getfield(L, t, "max_response_bytes") != LUA_TNIL) {
+  if (specfield(L, t, "max_response_bytes") != LUA_TNIL) {
     int ok;
     P->maxb = lua_tointegerx(L, -1, &ok);
     if (!ok || P->maxb < 0)
@@ -185,11 +193,11 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   }
   lua_pop(L, 1);
   P->http2 = 1;
-  if (lua_getfield(L, t, "http2") != LUA_TNIL) P->http2 = lua_toboolean(L, -1);
+  if (specfield(L, t, "http2") != LUA_TNIL) P->http2 = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  if (lua_getfield(L, t, "stream") != LUA_TNIL) P->stream = lua_toboolean(L, -1);
+  if (specfield(L, t, "stream") != LUA_TNIL) P->stream = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  if (lua_getfield(L, t, "max_event_bytes") != LUA_TNIL) {
+  if (specfield(L, t, "max_event_bytes") != LUA_TNIL) {
     int ok;
     P->maxev = lua_tointegerx(L, -1, &ok);
     if (!ok || P->maxev < 1 || P->maxev > (lua_Integer)1 << 30)   /* queue entries: u32 sizes */
@@ -199,7 +207,7 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   if (per_request) P->body = optstring(L, t, "body", &P->bodylen);
 
   /* header list: validated before any curl resource is taken */
-  if (lua_getfield(L, t, "headers") != LUA_TNIL) {
+  if (specfield(L, t, "headers") != LUA_TNIL) {
     if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
@@ -215,7 +223,7 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
 
   /* form: an array of parts {name =, data =[, filename =][, type =]}, checked before any
    * curl resource is taken */
-  if (lua_getfield(L, t, "form") == LUA_TNIL) {
+  if (specfield(L, t, "form") == LUA_TNIL) {
     lua_pop(L, 1);
     return;
   }
@@ -379,8 +387,8 @@ typedef struct Template { Plan P; } Template;   /* P.hdrs is the Template's own 
 static int template_new(lua_State *L) {
   Template *t;
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "body");
-  lua_getfield(L, 1, "form");
+  specfield(L, 1, "body");
+  specfield(L, 1, "form");
   if (!lua_isnil(L, -1) || !lua_isnil(L, -2))
     luaL_error(L, "llmux.template: 'body' and 'form' are given per request, not here");
   lua_pop(L, 2);
@@ -389,11 +397,11 @@ static int template_new(lua_State *L) {
   luaL_setmetatable(L, LMX_TEMPLATE);
   plan_read(L, 1, &t->P, 0, &t->P.hdrs);   /* the list is t's from its first line */
   lua_createtable(L, 3, 0);           /* the strings the plan points into */
-  lua_getfield(L, 1, "url");
+  specfield(L, 1, "url");
   lua_rawseti(L, -2, 1);
-  lua_getfield(L, 1, "method");
+  specfield(L, 1, "method");
   lua_rawseti(L, -2, 2);
-  lua_getfield(L, 1, "ca_file");
+  specfield(L, 1, "ca_file");
   lua_rawseti(L, -2, 3);
   lua_rawgeti(L, -1, 1);              /* point at the held strings themselves */
   t->P.url = lua_tostring(L, -1);
@@ -434,7 +442,7 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
   plan_read(L, spec, &P, 1, &r->hdrs);
   int bodyidx = 0;
   if (P.body) {                       /* for the Request to hold */
-    lua_getfield(L, spec, "body");
+    specfield(L, spec, "body");
     bodyidx = lua_gettop(L);
   }
   return start(L, m, mindex, r, ri, &P, bodyidx, 0);
@@ -504,25 +512,25 @@ static int request_cancel(lua_State *L) {
 /* r:close() / __gc / __close: cancels if running, leaves the Multi, frees buffers.
  * Idempotent. In __gc a running request's Multi is garbage too (it held the request), but its
  * memory is intact until every finalizer of the cycle ran, and its own __gc clears r->multi. */
-static int request_close(lua_State *L) {
-  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+/* Closes the request at ri, leaving the stack as it found it. */
+static void close_request(lua_State *L, int ri, lmx_Request *r) {
+  int top = lua_gettop(L);
   if (r->state == LMX_R_CLOSED) {   /* never started: a raise left its list behind */
     curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
-    return 0;
+    return;
   }
   lmx_Multi *m = r->multi;
   if (m) {
-    if (m->stepping) return luaL_error(L, "llmux.Request: close() during step()");
     if (r->state == LMX_R_RUNNING && LMX_FORKED(m)) lmx_request_orphan(r);
     else if (r->state == LMX_R_RUNNING) {
       r->cancelled = 1;
       lmx_request_finish(r, CURLE_ABORTED_BY_CALLBACK);
     }
     int mi = 0;
-    if (lua_getiuservalue(L, 1, 2) == LUA_TUSERDATA) mi = lua_gettop(L);
+    if (lua_getiuservalue(L, ri, 2) == LUA_TUSERDATA) mi = lua_gettop(L);
     lmx_multi_detach(L, m, r, mi);
-    lua_settop(L, 1);
+    lua_settop(L, top);
   }
   lmx_buf_free(&r->body);
   lmx_buf_free(&r->head);
@@ -531,10 +539,43 @@ static int request_close(lua_State *L) {
   lmx_sse_free(&r->parser);
   r->state = LMX_R_CLOSED;
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, 1);
+  lua_setiuservalue(L, ri, 1);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, 2);
+  lua_setiuservalue(L, ri, 2);
+}
+
+static int request_close(lua_State *L) {
+  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  if (r->busy) {   /* a finalizer run by an allocation inside result/pop*: at their end */
+    r->close_pending = 1;
+    return 0;
+  }
+  if (r->multi && r->state != LMX_R_CLOSED && r->multi->stepping)
+    return luaL_error(L, "llmux.Request: close() during step()");
+  close_request(L, 1, r);
   return 0;
+}
+
+/* __gc: nothing can be reading r any more; a busy flag left by a memory error that escaped
+ * result/pop* is stale. */
+static int request_gc(lua_State *L) {
+  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  r->busy = 0;
+  return request_close(L);
+}
+
+/* Runs f (result/pop*: they read r's buffers across allocations, which can run finalizers)
+ * with r marked busy; a close() asked for meanwhile happens after, keeping f's results. */
+static int guarded(lua_State *L, lua_CFunction f) {
+  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  if (r->state == LMX_R_CLOSED) return f(L);   /* raises "closed" (or has nothing to read) */
+  r->busy++;
+  int n = f(L);
+  if (--r->busy == 0 && r->close_pending) {
+    r->close_pending = 0;
+    close_request(L, 1, r);
+  }
+  return n;
 }
 
 /* r:done() -> boolean */
@@ -603,7 +644,7 @@ static int json_object(const lmx_Buf *b) {
   return i < b->n && b->p[i] == '{';
 }
 
-static int request_result(lua_State *L) {
+static int request_result_body(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
   int decoded = 0;
   if (r->state != LMX_R_DONE) return 0;
@@ -666,6 +707,8 @@ static int request_result(lua_State *L) {
   return 2;
 }
 
+static int request_result(lua_State *L) { return guarded(L, request_result_body); }
+
 /* r:head() -> status, raw header block, sse | nothing while the headers are not all in.
  * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). */
 static int request_head(lua_State *L) {
@@ -727,7 +770,7 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
 
 /* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
  * the default type); nothing when none is queued (see peek_event). */
-static int request_pop(lua_State *L) {
+static int request_pop_body(lua_State *L) {
   lmx_Request *r = checklive(L, 1);
   const char *data, *ev;
   uint32_t dl, el;
@@ -737,6 +780,8 @@ static int request_pop(lua_State *L) {
   drop_event(r, dl, el);
   return 2;
 }
+
+static int request_pop(lua_State *L) { return guarded(L, request_pop_body); }
 
 static void pushspan(lua_State *L, const char *p, size_t n) {
   if (p && n) lua_pushlstring(L, p, n); else lua_pushnil(L);
@@ -750,7 +795,7 @@ static void pushspan(lua_State *L, const char *p, size_t n) {
 /* r:pop_text() -> text | nothing: pops the oldest event only when it is the simple chunk
  * shape with content text and no finish_reason (the bulk of a stream); anything else stays
  * queued for pop/pop_delta. */
-static int request_pop_text(lua_State *L) {
+static int request_pop_text_body(lua_State *L) {
   lmx_Request *r = checklive(L, 1);
   const char *data, *ev;
   uint32_t dl, el;
@@ -764,7 +809,9 @@ static int request_pop_text(lua_State *L) {
   return 1;
 }
 
-static int request_pop_delta(lua_State *L) {
+static int request_pop_text(lua_State *L) { return guarded(L, request_pop_text_body); }
+
+static int request_pop_delta_body(lua_State *L) {
   lmx_Request *r = checklive(L, 1);
   int ids = lua_toboolean(L, 2);
   const char *data, *ev;
@@ -789,6 +836,8 @@ static int request_pop_delta(lua_State *L) {
   drop_event(r, dl, el);
   return 3;
 }
+
+static int request_pop_delta(lua_State *L) { return guarded(L, request_pop_delta_body); }
 
 /* r:idle() -> seconds since the last real event (or the headers, or the start) */
 static int request_idle(lua_State *L) {
@@ -822,7 +871,7 @@ void lmx_request_open(lua_State *L) {
     {"idle", request_idle}, {"stream_stats", request_stream_stats}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
-    {"__gc", request_close}, {"__close", request_close}, {"__tostring", request_tostring},
+    {"__gc", request_gc}, {"__close", request_close}, {"__tostring", request_tostring},
     {NULL, NULL}
   };
   lmx_newclass(L, LMX_REQUEST, meta, methods);

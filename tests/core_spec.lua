@@ -395,6 +395,63 @@ describe("llmux.core.parse_headers", function()
 end)
 
 describe("llmux.core lifetime", function()
+  it("reads a spec raw: values an __index would make are not seen (nothing could hold them)", function()
+    local m = core.multi()
+    local s = spec("m")
+    local url = s.url
+    s.url = nil
+    setmetatable(s, { __index = function(_, k)
+      if k == "url" then return url .. "?x=" .. ("a"):rep(64) end
+    end })
+    assert.has_error(function() m:request(s) end, "llmux.request: 'url' is required")
+    s.body = nil
+    assert.has_error(function() core.template(s) end, "llmux.request: 'url' is required")
+    m:close()
+  end)
+
+  -- result(true) and pop* read the request's buffers across allocations; a finalizer that
+  -- closes the request (as a collected Stream does) may run in one. The close waits for them.
+  it("a finalizer closing a request while result/pop read it is deferred to their end", function()
+    collectgarbage("incremental")
+    collectgarbage("setpause", 100)   -- GC steps inside the reads' allocations
+    local ok, err = pcall(function()
+      for _ = 1, 5 do
+        local m = core.multi()
+        local r = m:request(spec("huge:200000"))
+        drain(m)
+        local target = r
+        setmetatable({}, { __gc = function() target:close() end })
+        local res, v = r:result(true)
+        assert.equals(200, res.status)
+        assert.is_true(#v.choices[1].message.content >= 100000)
+        collectgarbage()
+        assert.matches("closed", tostring(r))
+        m:close()
+      end
+      for _ = 1, 5 do
+        local m = core.multi()
+        local r = m:request(spec("chunks:200", { body = '{"model":"chunks:200","stream":true,'
+          .. '"messages":[{"role":"user","content":"x"}]}', stream = true }))
+        local mt = {}
+        mt.__gc = function()
+          if r then r:close(); r = nil end
+        end
+        setmetatable({}, mt)
+        local events, t0 = 0, core.now()
+        while r and core.now() - t0 < 10 do
+          m:step(0.01)
+          while m:next() do end
+          local okp, d = pcall(r.pop, r)
+          if not okp then break end
+          if d then events = events + 1 elseif r:done() then break end
+        end
+        m:close()
+      end
+    end)
+    collectgarbage("generational")
+    assert(ok, err)
+  end)
+
   it("close is idempotent and a closed object raises on use", function()
     local m = core.multi()
     local r = m:request(spec("m"))
