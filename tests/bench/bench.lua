@@ -14,8 +14,9 @@
 --
 -- Then, when valgrind is there, the same comparison in instructions (callgrind), which no
 -- noisy neighbour moves: each client runs 1000 and 4000 requests, and the difference over
--- 3000 is its user-space instructions per request (start-up cancels out). BENCH_INSTR=0
--- skips it.
+-- 3000 is its user-space instructions per request (start-up cancels out). The same work on
+-- the bare core (no scheduler, no client) is counted too, so what the Lua layers add shows.
+-- BENCH_INSTR=0 skips it.
 -- Exit status: 0 when every request passed, 1 otherwise (or on a missed target when strict).
 local llmux = require "llmux"
 local upstream = require "helpers.upstream"
@@ -228,13 +229,14 @@ local INSTR_N1, INSTR_N2 = 1000, 4000
 -- Instructions callgrind counted for cmd (its whole run), or nil when it failed.
 local function instructions(cmd)
   local out_file = os.tmpname()
-  local out = capture(("valgrind --tool=callgrind --callgrind-out-file=%s %s 2>&1"):format(
+  local out, ran = capture(("valgrind --tool=callgrind --callgrind-out-file=%s %s 2>&1"):format(
     q(out_file), cmd))
   local f = io.open(out_file, "r")
   local data = f and f:read("a") or ""
   if f then f:close() end
   os.remove(out_file)
-  local n = tonumber(data:match("\nsummary: (%d+)") or data:match("\ntotals: (%d+)") or "")
+  local n = ran
+    and tonumber(data:match("\nsummary: (%d+)") or data:match("\ntotals: (%d+)") or "")
   if not n then io.stderr:write("bench: callgrind run failed:\n", out:sub(1, 2000), "\n") end
   return n
 end
@@ -256,12 +258,22 @@ local function report_instructions(bin, url)
   local floor = per_request(function(n)
     return ("%s %s %d %d"):format(q(bin), q(url .. "/chat/completions"), n, CONC)
   end)
-  local mine = per_request(function(n)
-    return ("%s %s --child %s %d %d"):format(q(arg[-1] or "lua5.4"), q(arg[0]), q(url), n, CONC)
-  end)
+  local function child(mode)
+    return function(n)
+      return ("%s %s %s %s %d %d"):format(q(arg[-1] or "lua5.4"), q(arg[0]), mode, q(url), n,
+        CONC)
+    end
+  end
+  local mine = per_request(child("--child"))
   if not (floor and mine) then return end
   print(("instructions per request (callgrind, user space): floor %.0f, llmux %.0f: %.2fx")
     :format(floor, mine, mine / floor))
+  -- The same work on the bare core (no scheduler, no client): what the Lua layers add.
+  local core_only = per_request(child("--child-core"))
+  if core_only then
+    print(("  of which the core path alone (encode, transfer, decode, check): %.0f (%.2fx);"
+      .. " scheduler and client: %.0f"):format(core_only, core_only / floor, mine - core_only))
+  end
 end
 
 -- Main -----------------------------------------------------------------------------------
@@ -284,6 +296,47 @@ local function main(u)
   local ratio = report(u.http, floors, mines, ratios)
   report_instructions(bin, u.http)
   return not failed and not (STRICT and ratio > TARGET)
+end
+
+-- `bench.lua --child-core URL N CONC`: the same requests and checks on the bare core: one
+-- Multi, a Template, CONC transfers kept in flight by hand.
+local function run_core(url, n, conc)
+  local m = llmux.core.multi()
+  local tpl = llmux.core.template{ url = url .. "/chat/completions", method = "POST",
+    headers = { "Authorization: Bearer sk-bench", "Content-Type: application/json" } }
+  local items, started, done, failures = prompts(n), 0, 0, 0
+  -- request -> its prompt, never cleared: a table keyed by objects that come and go keeps
+  -- rehashing (Lua reuses no dead slot), which cost more than all of llmux's glue
+  local asked = {}
+  local function start()
+    started = started + 1
+    local item = items[started]
+    local r = m:request(tpl, llmux.json.encode{ model = "m",
+      messages = { { role = "user", content = item } } }, REQ_TIMEOUT)
+    asked[r] = item
+  end
+  for _ = 1, math.min(conc, n) do start() end
+  local deadline = llmux.now() + GUARD
+  while done < n and llmux.now() < deadline do
+    m:step(1)
+    for r in function() return m:next() end do
+      local _, res = r:result(true)
+      local item = asked[r]
+      r:close()
+      done = done + 1
+      local choice = res and res.choices and res.choices[1]
+      if not (choice and choice.message and choice.message.content == "echo: " .. item) then
+        failures = failures + 1
+      end
+      if started < n then start() end
+    end
+  end
+  m:close()
+  return done == n and failures == 0
+end
+
+if arg[1] == "--child-core" then
+  os.exit(run_core(arg[2], tonumber(arg[3]), tonumber(arg[4])) and 0 or 1)
 end
 
 -- `bench.lua --child URL N CONC`: only the llmux loop (one warm-up request first), for
