@@ -373,6 +373,21 @@ describe("client misuse", function()
     end
   end)
 
+  it("never keeps the key in a stream or its call, whoever gave it", function()
+    local other = "sk-percall-secret"
+    for _, opts in ipairs{ {}, { api_key = other } } do
+      local s = assert(c:chat_stream(body("m"), opts))
+      for _ in s:deltas() do end
+      assert.is_falsy(contains(s, KEY))
+      assert.is_falsy(contains(s, other))
+      assert.is_falsy(tostring(s):find(KEY, 1, true))
+      s:close()
+    end
+    local s = assert(c:chat_stream(body("m"), { api_key = other, timeout = 30 }))
+    assert.is_falsy(contains(s, other))   -- open: nothing held for retries shows it either
+    s:close()
+  end)
+
   it("scrubs the key if a provider echoes it", function()
     local res, msg, _, detail = c:chat(body("leakkey"), { max_retries = 0 })
     assert.is_nil(res)

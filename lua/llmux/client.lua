@@ -139,7 +139,9 @@ local function merged(self, opts, where)
   if next(opts) == nil then return self, secrets[self].headers end
   check_options(opts, where)
   local o = setmetatable({}, { __index = self })
-  for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(opts) do
+    if k ~= "api_key" then o[k] = v end   -- the key stays out of anything a call holds
+  end
   if opts.base_url then o.base_url = check_url(opts.base_url, where) end
   local key = secrets[self].key
   if opts.api_key then key = opts.api_key end
@@ -223,13 +225,20 @@ local function make_info(call, res, body)
   return setmetatable(res, Info)
 end
 
+-- The key, and the header lists that carry it, are kept beside the objects a call and its
+-- Stream hold (weak tables keyed by them), never in them: dumping a Stream shows no secret.
+local call_keys = setmetatable({}, { __mode = "k" })      -- call -> API key
+local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
+
 -- One logical call (all its attempts): effective options, key, URL, spec, attempt count.
 local function new_spec(o, url, method, headers, streaming)
-  return {
-    base = o.base_url, url = url, method = method, headers = headers, stream = streaming,
+  local spec = {
+    base = o.base_url, url = url, method = method, stream = streaming,
     connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
     ca_file = o.ca_file,
   }
+  spec_headers[spec] = headers
+  return spec
 end
 
 -- Request specs of calls without per-call options, one per method, path and kind, kept by
@@ -275,26 +284,30 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
     end
     spec = by_path[path]
     -- client fields changed since (base_url, timeouts, caps, CA): a fresh spec
-    if not spec or spec.base ~= o.base_url or spec.headers ~= headers
+    if not spec or spec.base ~= o.base_url or spec_headers[spec] ~= headers
         or spec.connect_timeout ~= o.connect_timeout
         or spec.max_response_bytes ~= o.max_response_bytes or spec.ca_file ~= o.ca_file then
       spec = new_spec(o, o.base_url .. path, method, headers, streaming)
+      spec.headers = headers
       spec.template = core.template(spec)   -- read and checked once, headers built once
+      spec.headers = nil
       by_path[path] = spec
     end
   else
     spec = new_spec(o, o.base_url .. path, method, headers, streaming)
   end
   -- method, URL and streaming are the spec's
-  return {
-    o = o, key = key, t0 = t0, attempt = 0, deadline_at = o.deadline and t0 + o.deadline,
+  local call = {
+    o = o, t0 = t0, attempt = 0, deadline_at = o.deadline and t0 + o.deadline,
     spec = spec, payload = payload,
   }
+  call_keys[call] = key
+  return call
 end
 
 local function call_fail(call, why, code, detail)
   local spec = call.spec
-  return fail(call.key, spec.method, spec.url, why, code, detail)
+  return fail(call_keys[call], spec.method, spec.url, why, code, detail)
 end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
@@ -315,8 +328,9 @@ local function start(call)
   if spec.template then
     req = sched.engine():request(spec.template, call.payload, timeout)
   else
-    spec.timeout, spec.body = timeout, call.payload
+    spec.timeout, spec.body, spec.headers = timeout, call.payload, spec_headers[spec]
     req = sched.engine():request(spec)
+    spec.body, spec.headers = nil, nil   -- read by now; the spec keeps no secret
   end
   if not spec.stream then
     sched.await(req)
