@@ -565,17 +565,31 @@ static int request_gc(lua_State *L) {
 }
 
 /* Runs f (result/pop*: they read r's buffers across allocations, which can run finalizers)
- * with r marked busy; a close() asked for meanwhile happens after, keeping f's results. */
-static int guarded(lua_State *L, lua_CFunction f) {
+ * with r marked busy, protected: a close() asked for meanwhile happens after, keeping f's
+ * results, and an error (memory, a forked child) cannot leave r marked. A pop* re-entered on
+ * the same request from such a finalizer raises (it could free what the outer one reads);
+ * result only reads, so it may. */
+static int guarded(lua_State *L, lua_CFunction f, int reader_only) {
   lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) return f(L);   /* raises "closed" (or has nothing to read) */
-  r->busy++;
-  int n = f(L);
-  if (--r->busy == 0 && r->close_pending) {
+  if (r->busy) {
+    if (!reader_only) return luaL_error(L, "llmux.Request: pop re-entered from a finalizer");
+    return f(L);
+  }
+  int nargs = lua_gettop(L);
+  lua_pushvalue(L, 1);                /* [r, f, args...]: r stays below f's results */
+  lua_insert(L, 1);
+  lua_pushcfunction(L, f);
+  lua_insert(L, 2);
+  r->busy = 1;
+  int st = lua_pcall(L, nargs, LUA_MULTRET, 0);
+  r->busy = 0;
+  if (r->close_pending) {
     r->close_pending = 0;
     close_request(L, 1, r);
   }
-  return n;
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - 1;
 }
 
 /* r:done() -> boolean */
@@ -707,7 +721,7 @@ static int request_result_body(lua_State *L) {
   return 2;
 }
 
-static int request_result(lua_State *L) { return guarded(L, request_result_body); }
+static int request_result(lua_State *L) { return guarded(L, request_result_body, 1); }
 
 /* r:head() -> status, raw header block, sse | nothing while the headers are not all in.
  * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). */
@@ -781,7 +795,7 @@ static int request_pop_body(lua_State *L) {
   return 2;
 }
 
-static int request_pop(lua_State *L) { return guarded(L, request_pop_body); }
+static int request_pop(lua_State *L) { return guarded(L, request_pop_body, 0); }
 
 static void pushspan(lua_State *L, const char *p, size_t n) {
   if (p && n) lua_pushlstring(L, p, n); else lua_pushnil(L);
@@ -809,7 +823,7 @@ static int request_pop_text_body(lua_State *L) {
   return 1;
 }
 
-static int request_pop_text(lua_State *L) { return guarded(L, request_pop_text_body); }
+static int request_pop_text(lua_State *L) { return guarded(L, request_pop_text_body, 0); }
 
 static int request_pop_delta_body(lua_State *L) {
   lmx_Request *r = checklive(L, 1);
@@ -837,7 +851,7 @@ static int request_pop_delta_body(lua_State *L) {
   return 3;
 }
 
-static int request_pop_delta(lua_State *L) { return guarded(L, request_pop_delta_body); }
+static int request_pop_delta(lua_State *L) { return guarded(L, request_pop_delta_body, 0); }
 
 /* r:idle() -> seconds since the last real event (or the headers, or the start) */
 static int request_idle(lua_State *L) {

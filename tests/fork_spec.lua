@@ -33,8 +33,12 @@ if pid == 0 then
   local ok, err = pcall(old.stats, old)
   out[#out + 1] = (not ok and err:find("made before fork", 1, true)) and "old-refused" or
     "old-used:" .. tostring(err)
+  local req = s.req
+  ok = pcall(req.pop, req)                             -- raises here (inherited engine) ...
+  out[#out + 1] = ok and "pop-worked" or "pop-refused"
   ok, err = pcall(s.close, s)                          -- the parent's stream: let go of
   out[#out + 1] = ok and "stream-closed" or ("stream-close-failed:" .. tostring(err))
+  out[#out + 1] = tostring(req):find("closed", 1, true) and "req-closed" or "req-open:" .. tostring(req)  -- ... and close still closes
   local done, r, msg = pcall(llmux.run, function() return chat(c, "m") end)  -- a new engine
   out[#out + 1] = (done and r) and "child-chat" or ("child-chat-failed:" .. tostring(r or msg))
   local _, smsg, scode = slow:join()                   -- the parent's transfer: ended here
@@ -88,8 +92,8 @@ describe("fork", function()
     p:close()
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
-    assert.equals("old-refused stream-closed child-chat slow-closed child-job child-pool",
-      lines[1], out)
+    assert.equals("old-refused pop-refused stream-closed req-closed child-chat slow-closed "
+      .. "child-job child-pool", lines[1], out)
     assert.equals("child=0 slow=ok stream=ok parent-job connects=1", lines[2], out)  -- h2
   end)
 end)

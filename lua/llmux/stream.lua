@@ -62,25 +62,34 @@ local function choice_state(s, index)
 end
 
 -- Folds a tool_calls delta into c.tools by index: id, type and name arrive once, the
--- arguments in pieces.
+-- arguments in pieces. Without index (some OpenAI-compatible servers) a delta goes to the call
+-- with its id, else continues the previous chunk's call when it has no id, else starts a new
+-- call; such calls get slots of their own (UNINDEXED up), apart from indexed ones.
+local UNINDEXED = 1 << 20
 local function merge_tools(s, c, deltas)
-  for k, d in ipairs(deltas) do
+  local fresh   -- slots this chunk's entries started: a later entry never continues them
+  for _, d in ipairs(deltas) do
     if type(d) == "table" then
       local i = d.index
       if type(i) ~= "number" then
-        -- no index (some OpenAI-compatible servers): a delta with a new id is a new call,
-        -- one without id goes on with the last call
-        local last = c.last_tool
-        if last and (d.id == nil or d.id == c.tools[last].id) then
-          i = last
-        elseif last or c.tools[k - 1] then
-          i = 0
-          while c.tools[i] do i = i + 1 end
-        else
-          i = k - 1
+        i = d.id and c.tool_ids and c.tool_ids[d.id]
+        if not i then
+          local last = c.last_tool
+          if d.id == nil and last and not (fresh and fresh[last]) then
+            i = last
+          else
+            c.unindexed = (c.unindexed or 0) + 1
+            i = UNINDEXED + c.unindexed
+          end
         end
       end
       c.last_tool = i
+      fresh = fresh or {}
+      fresh[i] = true
+      if d.id then
+        c.tool_ids = c.tool_ids or {}
+        c.tool_ids[d.id] = i
+      end
       local t = c.tools[i]
       if not t then
         t = { args = {} }

@@ -779,6 +779,22 @@ local FIXTURES = {
     fx_chunk{ fx(0, { tool_calls = { { ["function"] = { arguments = "2}" } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- two whole calls in one chunk, without index or id
+  noindex2 = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, tool_calls = {
+      { type = "function", ["function"] = { name = "a", arguments = '{"x":1}' } },
+      { type = "function", ["function"] = { name = "b", arguments = '{"y":2}' } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- two calls without index, interleaved, each delta repeating its id
+  noindexids = {
+    fx_chunk{ fx(0, { role = "assistant", content = null }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c1", ["function"] = { name = "a", arguments = '{"x":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c2", ["function"] = { name = "b", arguments = '{"y":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c1", ["function"] = { arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "c2", ["function"] = { arguments = "2}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
   -- nothing but [DONE]
   onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
