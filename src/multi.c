@@ -169,10 +169,11 @@ static int getintfield(lua_State *L, int t, const char *k, long dflt, long lo, l
 }
 
 /* core.multi([opts]) -> Multi.  opts: max_host_connections, max_total_connections,
- * max_connects (connection cache size), max_concurrent_streams (per HTTP/2 connection). */
+ * max_connects (connection cache size), max_concurrent_streams (per HTTP/2 connection),
+ * http2 (default true: HTTP/2 over TLS when the server offers it; false: HTTP/1.1 only). */
 static int multi_new(lua_State *L) {
   static const char *const known[] = { "max_host_connections", "max_total_connections",
-                                       "max_connects", "max_concurrent_streams", NULL };
+                                       "max_connects", "max_concurrent_streams", "http2", NULL };
   int hasopts = !lua_isnoneornil(L, 1);
   if (hasopts) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -193,6 +194,11 @@ static int multi_new(lua_State *L) {
   long total = getintfield(L, 1, "max_total_connections", 0, 0, 100000);
   long cache = getintfield(L, 1, "max_connects", 256, 1, 100000);
   long streams = getintfield(L, 1, "max_concurrent_streams", 100, 1, 2147483647);
+  int ty = lua_getfield(L, 1, "http2");
+  if (ty != LUA_TNIL && ty != LUA_TBOOLEAN)
+    return luaL_error(L, "llmux.multi: option 'http2' must be a boolean");
+  int http2 = ty == LUA_TNIL || lua_toboolean(L, -1);
+  lua_pop(L, 1);
 
   /* closed first: a failure below leaves an object __gc can skip */
   lmx_Multi *m = lua_newuserdatauv(L, sizeof *m, 1);
@@ -229,6 +235,7 @@ static int multi_new(lua_State *L) {
   m->timer_ms = -1;
   m->timer_due = -1.0;
   m->env_proxy = env_proxy();
+  m->http2 = http2;
   m->forks = lmx_forks;
   m->closed = 0;
   return 1;

@@ -162,7 +162,7 @@ typedef struct Plan {
   size_t bodylen;
   double timeout, ctimeout;
   lua_Integer maxb, maxev;
-  int http2, stream;
+  int stream;
   struct curl_slist *hdrs;      /* the list to send (a Request's own, or its Template's) */
   int form;                     /* stack index of spec.form, 0: none */
 } Plan;
@@ -192,8 +192,9 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
       luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
   }
   lua_pop(L, 1);
-  P->http2 = 1;
-  if (specfield(L, t, "http2") != LUA_TNIL) P->http2 = lua_toboolean(L, -1);
+  if (specfield(L, t, "http2") != LUA_TNIL)
+    luaL_error(L, "llmux.request: 'http2' is chosen per Multi (core.multi{http2 = false}), "
+               "not per request");
   lua_pop(L, 1);
   if (specfield(L, t, "stream") != LUA_TNIL) P->stream = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -323,7 +324,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
    * for a connection to multiplex on (PIPEWAIT) only where HTTP/2 can come: on plain HTTP it
    * queued transfers behind the first connection, and curl 7.88 lets its queue out one per
    * finished transfer, so a batch could run one at a time on a single connection. */
-  int h2 = P->http2 && strncasecmp(P->url, "https:", 6) == 0;
+  int h2 = m->http2 && strncasecmp(P->url, "https:", 6) == 0;
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    h2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)h2);

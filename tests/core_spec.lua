@@ -98,6 +98,29 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- HTTP/2 or not is one choice per Multi: curl 7.88 handed one HTTP/1.1 connection to two
+  -- transfers (swapping their answers) when one host got both wishes under a connection cap.
+  it("speaks HTTP/1.1 over TLS when the Multi says http2 = false; a spec cannot", function()
+    local m = core.multi{ http2 = false, max_host_connections = 2 }
+    local reqs = {}
+    for i = 1, 12 do
+      reqs[i] = m:request{ url = u.https .. "/chat/completions", method = "POST",
+        body = chat_body("m", "h" .. i), ca_file = u.ca_file, timeout = 10,
+        headers = { "Authorization: Bearer sk-core" } }
+    end
+    drain(m)
+    for i, r in ipairs(reqs) do
+      local res = r:result()
+      assert.equals(1.1, res.http_version)
+      assert.matches('"echo: h' .. i .. '"', res.body)
+    end
+    assert.has_error(function() m:request(spec("m", { http2 = false })) end,
+      "llmux.request: 'http2' is chosen per Multi (core.multi{http2 = false}), not per request")
+    assert.has_error(function() core.multi{ http2 = "no" } end,
+      "llmux.multi: option 'http2' must be a boolean")
+    m:close()
+  end)
+
   it("a pooled handle carries nothing into the next transfer", function()
     local m = core.multi()
     local auth = { "Authorization: Bearer sk-core" }

@@ -46,7 +46,8 @@ local function live_engine()
   return engine
 end
 
--- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams}
+-- configure{max_host_connections, max_total_connections, max_connects, max_concurrent_streams,
+-- http2}
 -- applies to the shared Multi; allowed while nothing is in flight (it is rebuilt lazily).
 -- workers = n (1..64, default 2): threads for image and base64 work of tasks (see offload);
 -- more can be added later, never fewer.
