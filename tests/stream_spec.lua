@@ -292,10 +292,12 @@ describe("provider variations", function()
   end)
 
   it("keeps a refusal, a reasoning model's thinking and logprobs", function()
-    local res = assert(c:chat(body("fixture:refusal", "x", { stream = true })))
+    local res, info = assert(c:chat(body("fixture:refusal", "x", { stream = true })))
     local msg = res.choices[1].message
     assert.equals("I can't help.", msg.refusal)
     assert.is_nil(msg.content)
+    assert.is_true(info.usage_estimated)
+    assert.equals(4, info.usage.completion_tokens)   -- 13 characters of refusal, ~4 a token
     res = assert(c:chat(body("fixture:extras", "x", { stream = true })))
     msg = res.choices[1].message
     assert.equals("Hi!", msg.content)

@@ -458,6 +458,9 @@ local function usage_of(s)
   local chars = s.chars   -- tool-call arguments; content is counted here
   for _, ch in pairs(s.choices) do
     for i = 1, ch.n do chars = chars + #ch.parts[i] end
+    for _, field in ipairs(EXTRA_TEXT) do   -- a refusal or thinking is generated text too
+      for _, piece in ipairs(ch[field] or {}) do chars = chars + #piece end
+    end
   end
   local p = ceil((s.call.prompt_chars or 0) / 4)
   local c = ceil(chars / 4)
