@@ -557,14 +557,6 @@ static int request_close(lua_State *L) {
   return 0;
 }
 
-/* __gc: nothing can be reading r any more; a busy flag left by a memory error that escaped
- * result/pop* is stale. */
-static int request_gc(lua_State *L) {
-  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
-  r->busy = 0;
-  return request_close(L);
-}
-
 /* Runs f (result/pop*: they read r's buffers across allocations, which can run finalizers)
  * with r marked busy, protected: a close() asked for meanwhile happens after, keeping f's
  * results, and an error (memory, a forked child) cannot leave r marked. A pop* re-entered on
@@ -655,7 +647,7 @@ static int core_parse_headers(lua_State *L) {
 /* Whether b's first byte past JSON whitespace opens an object. */
 static int json_object(const lmx_Buf *b) {
   size_t i = 0;
-  while (i < b->n && (b->p[i] == ' ' || b->p[i] == '\t' || b->p[i] == '\r' || b->p[i] == '\n')) i++;
+  while (i < b->n && b->p[i] && strchr(" \t\r\n", b->p[i])) i++;
   return i < b->n && b->p[i] == '{';
 }
 
@@ -886,7 +878,7 @@ void lmx_request_open(lua_State *L) {
     {"idle", request_idle}, {"stream_stats", request_stream_stats}, {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
-    {"__gc", request_gc}, {"__close", request_close}, {"__tostring", request_tostring},
+    {"__gc", request_close}, {"__close", request_close}, {"__tostring", request_tostring},
     {NULL, NULL}
   };
   lmx_newclass(L, LMX_REQUEST, meta, methods);

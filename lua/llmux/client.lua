@@ -177,7 +177,6 @@ function Info.__index(t, k)
   return h
 end
 
--- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
 -- A 2xx whose JSON is nothing but an error object (some gateways answer failures so) is the
 -- provider's failure, not an answer: false, why, "provider", detail. true otherwise.
 local function answer_ok(status, head, body)
@@ -191,6 +190,7 @@ local function answer_ok(status, head, body)
     { status = status, headers = parse_headers(head), body = e }
 end
 
+-- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
 local function judge(res)
   local status = res.status
   if res.code then

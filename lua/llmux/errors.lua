@@ -112,15 +112,18 @@ end
 
 -- retry_after(headers[, now_epoch]) -> seconds | nil: retry-after-ms, then Retry-After in
 -- seconds or as an HTTP date. A date in the past gives 0.
+-- A header sent twice arrives joined ("1, 1"): the number before the first comma counts.
+local function first_number(v)
+  return v and tonumber(match(v, "^%s*([^,]*[^,%s])%s*,") or v)
+end
+
 function M.retry_after(headers, now_epoch)
   if type(headers) ~= "table" then return nil end
-  -- a header sent twice arrives joined ("1, 1"): the first one counts
-  local ms = headers["retry-after-ms"]
-  local v = tonumber(ms and (match(ms, "^%s*([^,]*[^,%s])%s*,") or ms))
+  local v = first_number(headers["retry-after-ms"])
   if v and v >= 0 then return v / 1000 end
   local ra = headers["retry-after"]
   if not ra then return nil end
-  v = tonumber(match(ra, "^%s*([^,]*[^,%s])%s*,") or ra)
+  v = first_number(ra)
   if v then return v >= 0 and v or nil end
   local t = M.parse_http_date(ra) or M.parse_http_date(sub(ra, 1, 29))   -- IMF-fixdate: 29
   if not t then return nil end

@@ -96,8 +96,11 @@ local timers = 0
 -- that failed unjoined is reported when it is collected instead (its sentinel's __gc), and
 -- neither it nor its error piles up here.
 local unobserved = setmetatable({}, { __mode = "k" })
+local function report_unjoined(err)
+  io.stderr:write("llmux: task failed and was never joined: ", err, "\n")
+end
 local Sentinel = { __gc = function(p)
-  if not p.observed then io.stderr:write("llmux: task failed and was never joined: ", p.err, "\n") end
+  if not p.observed then report_unjoined(p.err) end
 end }
 local function observe(task)
   unobserved[task] = nil
@@ -380,7 +383,7 @@ function M.offload(job)
   if waiting[job] then error("llmux.offload: the job is already awaited", 2) end
   if not job:done() then     -- raises for a closed job
     local task = current()
-    if task and co_isyieldable() then
+    if task then
       job_engine()
       job:awaited()
       jobs = jobs + 1
@@ -396,7 +399,7 @@ end
 
 -- can_offload() -> whether work handed to offload now would let the current task yield.
 function M.can_offload()
-  return current() ~= nil and co_isyieldable()
+  return current() ~= nil
 end
 
 -- fetch(spec) -> result table of a finished transfer (the request is closed after).
@@ -530,7 +533,7 @@ function M.run(fn, ...)
   end
   observe(main)
   for t in pairs(unobserved) do
-    io.stderr:write("llmux: task failed and was never joined: ", t.err, "\n")
+    report_unjoined(t.err)
     observe(t)
   end
   if main.state == "failed" then error(main.err, 0) end
