@@ -301,13 +301,15 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
     o = o, t0 = t0, attempt = 0, deadline_at = o.deadline and t0 + o.deadline,
     spec = spec, payload = payload,
   }
-  call_keys[call] = key
+  -- a call with the client's own options finds the key through the client (o == self), so
+  -- the common call adds nothing to the weak table, whose entries only a collection clears
+  if o ~= self then call_keys[call] = key end
   return call
 end
 
 local function call_fail(call, why, code, detail)
   local spec = call.spec
-  return fail(call_keys[call], spec.method, spec.url, why, code, detail)
+  return fail(call_keys[call] or secrets[call.o].key, spec.method, spec.url, why, code, detail)
 end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
