@@ -49,6 +49,14 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* core.yieldable() -> the running coroutine when it can yield (not the main thread, no C call
+ * in between), else nothing: what coroutine.running plus coroutine.isyieldable tell, in one
+ * call instead of two (the scheduler asks once per wait) */
+static int core_yieldable(lua_State *L) {
+  if (lua_pushthread(L) || !lua_isyieldable(L)) return 0;
+  return 1;
+}
+
 /* core.isatty(fd) -> boolean (progress bars draw only on a terminal) */
 static int core_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
@@ -112,6 +120,8 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lua_setfield(L, -2, "now");
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, core_yieldable);
+  lua_setfield(L, -2, "yieldable");
   lua_pushcfunction(L, core_isatty);
   lua_setfield(L, -2, "isatty");
   lua_pushliteral(L, LMX_VERSION);

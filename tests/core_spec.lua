@@ -417,6 +417,28 @@ describe("llmux.core.parse_headers", function()
   end)
 end)
 
+describe("llmux.core.yieldable", function()
+  it("gives the running coroutine only where it can yield", function()
+    assert.is_nil(core.yieldable())   -- the main thread
+    local co
+    co = coroutine.create(function()
+      assert.equal(co, core.yieldable())
+      local inside
+      table.sort({ 2, 1 }, function(a, b)   -- a C call in between: no yield possible
+        inside = core.yieldable()
+        return a < b
+      end)
+      assert.is_nil(inside)
+      local inner = coroutine.wrap(function() return core.yieldable() end)
+      local got = inner()
+      assert.is_not_nil(got)
+      assert.not_equal(co, got)   -- a nested coroutine is its own
+      return true
+    end)
+    assert.same({ true, true }, { coroutine.resume(co) })
+  end)
+end)
+
 describe("llmux.core lifetime", function()
   it("reads a spec raw: values an __index would make are not seen (nothing could hold them)", function()
     local m = core.multi()

@@ -181,7 +181,7 @@ end
 -- provider's failure, not an answer: false, why, "provider", detail. true otherwise.
 local function answer_ok(status, head, body)
   local e = body.error
-  if (type(e) ~= "table" and type(e) ~= "string") or body.object ~= nil
+  if e == nil or (type(e) ~= "table" and type(e) ~= "string") or body.object ~= nil
       or body.choices ~= nil or body.data ~= nil then
     return true
   end

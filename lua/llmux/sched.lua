@@ -7,9 +7,8 @@ local core = require "llmux.core"
 local debug, io, math, string, table = debug, io, math, string, table
 local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
   error, pcall, pairs, setmetatable, getmetatable, tostring, type
-local co_create, co_resume, co_running, co_yield, co_isyieldable, co_close =
-  coroutine.create, coroutine.resume, coroutine.running, coroutine.yield,
-  coroutine.isyieldable, coroutine.close
+local co_create, co_resume, co_yield, co_close =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
 local pack, unpack = table.pack, table.unpack
 local huge, min, floor = math.huge, math.min, math.floor
 local now = core.now
@@ -114,10 +113,10 @@ Task.__index = Task
 -- The running task, or nil outside tasks. Inside a task but where it cannot yield (a C call:
 -- a sort comparator, a gsub callback, __gc) it is nil too: a wait there blocks by driving the
 -- loop, as outside tasks, instead of registering the task for a yield that cannot happen.
+local yieldable = core.yieldable
 local function current()
-  local co, main = co_running()
-  if main or not co_isyieldable() then return nil end
-  return tasks[co]
+  local co = yieldable()
+  return co and tasks[co]
 end
 M.current = current
 
@@ -134,10 +133,9 @@ local Waiter = { __name = "llmux.Waiter" }
 -- wake(w, v): w is a Task (resumed with v on the next run), a box of a blocking wait, or a
 -- Waiter (v is its request when the engine has news, nil when its timer fired).
 function wake(w, v)
-  local mt = getmetatable(w)
-  if mt == Task then
+  if w.co then          -- only Tasks have a coroutine (a field test: getmetatable costs more)
     push_ready(w, v)
-  elseif mt == Waiter then
+  elseif w.req then     -- only Waiters have a request
     if v == nil then
       w.armed = false
       if waiting[w.req] == w then waiting[w.req] = nil end
