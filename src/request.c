@@ -65,7 +65,9 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
   if (r->sse) {
-    if (r->evq.n - r->evq_off > EVQ_HIGH) {
+    /* busy: a pop is reading the queue and a finalizer stepped the Multi; appending could
+     * move the bytes it reads. Hold the bytes back until it is done (guarded resumes). */
+    if (r->busy || r->evq.n - r->evq_off > EVQ_HIGH) {
       r->paused = 1;
       return CURL_WRITEFUNC_PAUSE;   /* curl keeps these bytes and hands them back later */
     }
@@ -562,6 +564,7 @@ static int request_close(lua_State *L) {
  * results, and an error (memory, a forked child) cannot leave r marked. A pop* re-entered on
  * the same request from such a finalizer raises (it could free what the outer one reads);
  * result only reads, so it may. */
+static void maybe_resume(lmx_Request *r);
 static int guarded(lua_State *L, lua_CFunction f, int reader_only) {
   lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) return f(L);   /* raises "closed" (or has nothing to read) */
@@ -577,6 +580,7 @@ static int guarded(lua_State *L, lua_CFunction f, int reader_only) {
   r->busy = 1;
   int st = lua_pcall(L, nargs, LUA_MULTRET, 0);
   r->busy = 0;
+  if (r->paused && !r->close_pending) maybe_resume(r);
   if (r->close_pending) {
     r->close_pending = 0;
     close_request(L, 1, r);

@@ -497,6 +497,18 @@ describe("llmux.core lifetime", function()
     assert(ok, err)
   end)
 
+  -- A finalizer may also step the Multi while pop_delta holds pointers into the event queue:
+  -- the stream's new bytes wait (paused) until the pop is done, instead of moving the queue.
+  -- In a process of its own: only a small heap makes finalizers run inside the pop reliably.
+  it("a finalizer stepping the Multi while a pop reads the queue moves nothing under it", function()
+    local p = io.popen(("timeout 60 lua5.4 tests/helpers/finalizer_step.lua %s 2>&1"):format(u.http))
+    local out = p:read("a")
+    local ok = p:close()
+    assert(ok, out)
+    local n = tonumber(out:match("^ok (%d+)"))
+    assert(n and n >= 1000, out)
+  end)
+
   it("close is idempotent and a closed object raises on use", function()
     local m = core.multi()
     local r = m:request(spec("m"))
