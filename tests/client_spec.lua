@@ -61,6 +61,28 @@ describe("client answers", function()
     assert.equals("integer", math.type(emb.data[1].index))
   end)
 
+  it("answers HEAD and 204 with an empty table, an empty 200 still failing", function()
+    local res, info = c:request("HEAD", "/models")
+    assert.same({}, res)
+    assert.equals(200, info.status)
+    assert.matches("application/json", info.headers["content-type"])
+    res, info = c:request("DELETE", "/_nocontent")
+    assert.same({}, res)
+    assert.equals(204, info.status)
+    local _, _, code = c:chat(body("empty200"), { max_retries = 0 })   -- a chat needs its body
+    assert.equals("decode", code)
+  end)
+
+  it("lets a per-call header replace the client's of any letter case", function()
+    local h = llmux.client{ base_url = u.http, api_key = KEY,
+      headers = { ["OpenAI-Organization"] = "org-client", ["X-Keep"] = "k" } }
+    local res = assert(h:chat(body("echoheaders"),
+      { headers = { ["openai-organization"] = "org-percall" } }))
+    local got = llmux.json.decode(res.choices[1].message.content)
+    assert.equals("org-percall", got["openai-organization"])
+    assert.equals("k", got["x-keep"])
+  end)
+
   it("sends the key only in the Authorization header, plus user headers", function()
     local res = assert(c:chat(body("echoheaders"), { headers = { ["X-Team"] = "a" } }))
     local h = llmux.json.decode(res.choices[1].message.content)
@@ -287,6 +309,28 @@ describe("client retries", function()
     assert.is_true(llmux.now() - t0 < 1)
   end)
 
+  it("tells the server's wait when no retry is left, and caps it however many are", function()
+    local _, _, code, detail = c:chat(body("ratelimit-s:1"), { max_retries = 0 })
+    assert.equals("ratelimit", code)
+    assert.equals(1, detail.retry_after)
+    _, _, code, detail = c:chat(body("ratelimit-ms:100"), { max_retries = 0 })
+    assert.equals("ratelimit", code)
+    assert.equals(0.1, detail.retry_after)
+    for _, n in ipairs{ 0, 2 } do
+      local t0 = llmux.now()
+      local _, msg
+      _, msg, code, detail = c:chat(body("ratelimit-long"), { max_retries = n })
+      assert.equals("ratelimit", code)
+      assert.equals(120, detail.retry_after)
+      assert.matches("120 s", msg)
+      _, msg, code, detail = c:chat(body("unavailable-long"), { max_retries = n })
+      assert.equals("ratelimit", code)
+      assert.equals(503, detail.status)
+      assert.equals(120, detail.retry_after)
+      assert.is_true(llmux.now() - t0 < 2)
+    end
+  end)
+
   it("backs off exponentially without a server wait", function()
     errors.BACKOFF_BASE = 0.1
     local t0 = llmux.now()
@@ -364,6 +408,20 @@ describe("client misuse", function()
     assert.has_error(function() c:chat({ f = print }) end)
     assert.has_error(function() c:request("FETCH", "/x") end)
     assert.has_error(function() c:request("GET", "x") end)
+    -- a path curl cannot put in a URL is misuse, not a transport failure to retry
+    assert.has_error(function() c:request("GET", "/models/a b") end,
+      "llmux.Client:request: path must be a string starting with '/', without spaces or "
+      .. "control characters")
+    assert.has_error(function() c:request("GET", "/models\n") end)
+    for _, url in ipairs{ "http://127.0.0.1:70000/v1", "http://h:0", "http://h:x/v1",
+        "http://h:/v1", "http://[::1]:99999" } do
+      assert.has_error(function() llmux.client{ base_url = url } end,
+        "llmux.client: bad base_url '" .. url .. "' (want http(s)://host[:port]/path)")
+    end
+    for _, url in ipairs{ "http://h:1", "https://h:65535/v1", "http://[::1]:8080/v1",
+        "http://[::1]/v1", "http://h/v1" } do
+      llmux.client{ base_url = url }   -- no error
+    end
   end)
 
   it("never shows the key in the client", function()
@@ -393,5 +451,18 @@ describe("client misuse", function()
     assert.is_nil(res)
     assert.is_falsy(contains({ msg, detail }, KEY))
     assert.matches("%[redacted%]", msg)
+  end)
+
+  -- Texts shown cut (200 bytes in a message, 4096 in detail.body) are scrubbed before the
+  -- cut: the head of a key at the cut would survive a scrub of the cut text.
+  it("scrubs an echoed key that a cut would halve", function()
+    local head = KEY:sub(1, 6)
+    for _, model in ipairs{ "leakat:text:195", "leakat:text:4090", "leakat:json:195",
+        "leakat:error200:195" } do
+      local res, msg, code, detail = c:chat(body(model), { max_retries = 0 })
+      assert.is_nil(res, model)
+      assert.is_truthy(code, model)
+      assert.is_falsy(contains({ msg, detail }, head), model .. ": " .. msg)
+    end
   end)
 end)

@@ -63,7 +63,10 @@ describe("llmux.core Multi", function()
     local big = m:request(spec("huge:300000", { max_response_bytes = 100000 }))
     local trunc = m:request(spec("truncbody"))
     local tls = m:request{ url = u.https .. "/models", timeout = 5, ca_file = u.other_ca_file }
+    -- a URL curl cannot use is the request's fault: badrequest, which nobody retries
+    local badurl = m:request{ url = u.http .. "/models/a b", timeout = 5 }
     drain(m)
+    assert.equals("badrequest", badurl:result().code)
     assert.equals("connect", refused:result().code)
     assert.equals("timeout", slow:result().code)
     assert.equals("connect", reset:result().code)
@@ -575,7 +578,7 @@ describe("llmux.core lifetime", function()
     local m = core.multi()
     local r = m:request{ url = "file:///etc/passwd" }
     drain(m)
-    assert.equals("connect", r:result().code)
+    assert.equals("badrequest", r:result().code)
     assert.equals("", r:result().body)
     m:close()
   end)

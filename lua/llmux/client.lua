@@ -76,9 +76,14 @@ local function check_options(opts, where)
   end
 end
 
--- base_url must be http(s)://host[:port][/path]; a trailing slash is dropped.
+-- base_url must be http(s)://host[:port][/path], the port 1..65535; a trailing slash is
+-- dropped. (curl would take a bad one too, and every call would fail as a transport error.)
 local function check_url(u, where)
-  if not find(u, "^https?://[^/%s?#]+[^%s?#]*$") then
+  local host = u:match("^https?://([^/%s?#]+)[^%s?#]*$")
+  local port = host and (host:match("^%[.*%]:(.*)$") or (not find(host, "^%[")
+    and host:match(":(.*)$")))
+  local n = port and find(port, "^%d+$") and tonumber(port)
+  if not host or (port and not (n and n >= 1 and n <= 65535)) then
     misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u))
   end
   return (u:gsub("/+$", ""))
@@ -147,15 +152,32 @@ local function merged(self, opts, where)
   if opts.api_key then key = opts.api_key end
   local headers = secrets[self].headers
   if opts.api_key or opts.headers then
-    local h = {}
-    for k, v in pairs(self.headers or {}) do h[k] = v end
+    -- header names are case-insensitive: a per-call header replaces the client's of any case
+    local h, over = {}, {}
+    for k in pairs(opts.headers or {}) do over[lower(k)] = true end
+    for k, v in pairs(self.headers or {}) do
+      if not over[lower(k)] then h[k] = v end
+    end
     for k, v in pairs(opts.headers or {}) do h[k] = v end
     headers = build_headers(key, h)
   end
   return o, headers, key
 end
 
-local function short(s, n)
+-- The key, and the header lists that carry it, are kept beside the objects a call and its
+-- Stream hold (weak tables keyed by them), never in them: dumping a Stream shows no secret.
+local call_keys = setmetatable({}, { __mode = "k" })      -- call -> API key
+local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
+
+-- The key of a call: its own (per-call api_key or headers) or its client's.
+local function key_of(call)
+  return call_keys[call] or secrets[call.o].key
+end
+
+-- s cut to n bytes. The key is scrubbed first: cut, its head would survive the scrub of the
+-- whole message that fail() does.
+local function short(s, n, key)
+  s = errors.scrub(s, key)
   if #s > n then return sub(s, 1, n) .. "..." end
   return s
 end
@@ -179,19 +201,19 @@ end
 
 -- A 2xx whose JSON is nothing but an error object (some gateways answer failures so) is the
 -- provider's failure, not an answer: false, why, "provider", detail. true otherwise.
-local function answer_ok(status, head, body)
+local function answer_ok(status, head, body, call)
   local e = body.error
   if e == nil or (type(e) ~= "table" and type(e) ~= "string") or body.object ~= nil
       or body.choices ~= nil or body.data ~= nil then
     return true
   end
   local text = type(e) == "table" and e.message or e
-  return false, "HTTP " .. status .. " with an error: " .. short(tostring(text), 200), "provider",
+  return false, "HTTP " .. status .. " with an error: " .. short(tostring(text), 200, key_of(call)), "provider",
     { status = status, headers = parse_headers(head), body = e }
 end
 
 -- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
-local function judge(res)
+local function judge(res, call)
   local status = res.status
   if res.code then
     return false, res.error, res.code, { status = status ~= 0 and status or nil,
@@ -200,17 +222,20 @@ local function judge(res)
   local body, derr = json.decode(res.body)
   if status >= 200 and status < 300 then
     if body == nil or type(body) ~= "table" or not find(res.body, "^[ \t\r\n]*{") then
-      return false, "response is not a JSON object: " .. short(derr or res.body, 200), "decode",
-        { status = status, headers = parse_headers(res.head), body = short(res.body, 4096) }
+      local key = key_of(call)
+      return false, "response is not a JSON object: " .. short(derr or res.body, 200, key),
+        "decode", { status = status, headers = parse_headers(res.head),
+          body = short(res.body, 4096, key) }
     end
-    local ok, why, code, detail = answer_ok(status, res.head, body)
+    local ok, why, code, detail = answer_ok(status, res.head, body, call)
     if not ok then return false, why, code, detail end
     return true, body
   end
-  local eobj = body and errors.error_object(body) or short(res.body, 4096)
+  local key = key_of(call)
+  local eobj = body and errors.error_object(body) or short(res.body, 4096, key)
   local code = errors.classify(status, eobj)
   local text = type(eobj) == "table" and eobj.message
-    or (body == nil and short(res.body, 200)) or nil
+    or (body == nil and short(res.body, 200, key)) or nil
   local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
@@ -225,10 +250,6 @@ local function make_info(call, res, body)
   return setmetatable(res, Info)
 end
 
--- The key, and the header lists that carry it, are kept beside the objects a call and its
--- Stream hold (weak tables keyed by them), never in them: dumping a Stream shows no secret.
-local call_keys = setmetatable({}, { __mode = "k" })      -- call -> API key
-local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
 
 -- One logical call (all its attempts): effective options, key, URL, spec, attempt count.
 local function new_spec(o, url, method, headers, streaming)
@@ -309,7 +330,7 @@ end
 
 local function call_fail(call, why, code, detail)
   local spec = call.spec
-  return fail(call_keys[call] or secrets[call.o].key, spec.method, spec.url, why, code, detail)
+  return fail(key_of(call), spec.method, spec.url, why, code, detail)
 end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
@@ -350,15 +371,17 @@ end
 -- the failure (nil, message, code, detail) when no retry is due.
 local function retry_or_fail(call, why, code, detail)
   detail.attempts = call.attempt
-  if call.attempt > call.o.max_retries
-      or not errors.should_retry(detail.status, detail.headers, code) then
-    return call_fail(call, why, code, detail)
-  end
+  local retryable = errors.should_retry(detail.status, detail.headers, code)
+  -- What the server asks for is told whether or not a retry is left, and a wait over the cap
+  -- is ratelimit however many are: a router reads both.
   local wait = errors.retry_after(detail.headers)
-  if wait and wait > errors.MAX_SERVER_WAIT then
-    detail.retry_after = wait
+  if wait then detail.retry_after = wait end
+  if retryable and wait and wait > errors.MAX_SERVER_WAIT then
     return call_fail(call, why .. format("; server asks to wait %.0f s", wait), "ratelimit",
       detail)
+  end
+  if not retryable or call.attempt > call.o.max_retries then
+    return call_fail(call, why, code, detail)
   end
   if not wait or wait <= 0 then wait = errors.backoff(call.attempt - 1) end
   if wait and detail.status == 429 then detail.retry_after = wait end
@@ -370,6 +393,14 @@ local function retry_or_fail(call, why, code, detail)
   return true
 end
 
+-- A finished 2xx that by HTTP has no body (an answer to HEAD, 204 No Content, 205 Reset
+-- Content): its response is an empty table, not a decode failure.
+local function no_body(call, res)
+  local status = res.status
+  return not res.code and status >= 200 and status < 300 and res.body == ""
+    and (status == 204 or status == 205 or call.spec.method == "HEAD")
+end
+
 -- The retry loop of DESIGN.md section 4 around one logical call. Returns response, info; for
 -- a stream the open Stream; or nil, message, code, detail.
 local perform
@@ -379,7 +410,7 @@ perform = function(call)
     if not req then return nil, w, c3, c4 end
     if w then
       return stream.new(call, req, w, {
-        info = make_info, judge = judge, fail = call_fail,
+        info = make_info, judge = function(res) return judge(res, call) end, fail = call_fail,
         retry = function(why, code, detail)
           local again, m, c, d = retry_or_fail(call, why, code, detail)
           if not again then return nil, m, c, d end
@@ -391,11 +422,12 @@ perform = function(call)
     local res, decoded = req:result(true)   -- a 2xx JSON body comes decoded
     req:close()
     local ok, a, code, detail
+    if not decoded and no_body(call, res) then decoded = {} end
     if decoded then
-      ok, a, code, detail = answer_ok(res.status, res.head, decoded)
+      ok, a, code, detail = answer_ok(res.status, res.head, decoded, call)
       if ok then return decoded, make_info(call, res, decoded) end
     else
-      ok, a, code, detail = judge(res)
+      ok, a, code, detail = judge(res, call)
     end
     if ok then return a, make_info(call, res, a) end
     local again, m, c, d = retry_or_fail(call, a, code, detail)
@@ -674,8 +706,9 @@ function Client:request(method, path, body, opts)
   if not METHODS[method] then
     error("llmux.Client:request: method must be one of GET POST PUT PATCH DELETE HEAD", 2)
   end
-  if type(path) ~= "string" or sub(path, 1, 1) ~= "/" then
-    error("llmux.Client:request: path must be a string starting with '/'", 2)
+  if type(path) ~= "string" or sub(path, 1, 1) ~= "/" or find(path, "[%s%c]") then
+    error("llmux.Client:request: path must be a string starting with '/', without spaces or "
+      .. "control characters", 2)
   end
   if body ~= nil and type(body) ~= "table" and type(body) ~= "string" then
     error("llmux.Client:request: body must be a table, a string or nil", 2)

@@ -254,6 +254,11 @@ behaviours["ratelimit-long"] = function()
   return rate_limited({["Retry-After"] = "120"})
 end
 
+-- unavailable-long     503 with Retry-After: 120 (a server wait over the cap on a 5xx)
+behaviours["unavailable-long"] = function()
+  return send_status(503, {["Retry-After"] = "120"})
+end
+
 behaviours.ratelimit = function()
   return rate_limited()
 end
@@ -368,6 +373,27 @@ behaviours.echoheaders = function(ctx)
     headers.authorization = #auth
   end
   return answer(ctx, cjson.encode(headers))
+end
+
+-- leakat:KIND:N        quotes the caller's key after N bytes of filler, where the client cuts
+--                       what it shows: KIND text (a 400 with a text body), json (a 400 with
+--                       an unparseable body) or error200 (a 200 whose error message does)
+behaviours.leakat = function(_, a)
+  local n = tonumber(a[2])
+  if not n then return false end
+  local auth = ngx.var.http_authorization or ""
+  local key = auth:match("^Bearer%s+(.+)$") or auth
+  local text = string.rep("x", n) .. key .. " and more text after the key"
+  if a[1] == "text" then return send(400, text, "text/plain") end
+  if a[1] == "json" then return send(200, text, "application/json") end
+  if a[1] == "error200" then
+    return send_json(200, {error = {message = text, type = "server_error"}})
+  end
+  return false
+end
+
+behaviours.empty200 = function()
+  return send(200, "", "application/json")
 end
 
 -- A careless provider that quotes the caller's key in its error: the client must scrub it.
@@ -1014,8 +1040,15 @@ local function counter()
   return send_json(200, {count = state:get("count:" .. key) or 0})
 end
 
+-- DELETE /v1/_nocontent: 204 and no body, as a delete endpoint answers.
+local function nocontent()
+  ngx.status = 204
+  return ngx.exit(ngx.OK)
+end
+
 local routes = {
   ["/v1/models"] = {GET = models},
+  ["/v1/_nocontent"] = {DELETE = nocontent},
   ["/v1/_count"] = {GET = counter},
   ["/v1/chat/completions"] = {POST = function() return completion("chat") end},
   ["/v1/embeddings"] = {POST = function() return completion("embeddings") end},
