@@ -60,7 +60,9 @@ static int on_event(void *ud, const lmx_SSEEvent *ev) {
 
 /* curl write callback: a short count makes curl fail the transfer with CURLE_WRITE_ERROR,
  * which finish() reports as "toolarge" (cap) or out of memory. An event stream goes through
- * the SSE parser instead of the body buffer, and pauses while Lua lags behind. */
+ * the SSE parser instead of the body buffer, and pauses while Lua lags behind. The cap
+ * (max_bytes) counts a stream's bytes too: its events and Lua's assembled answer grow with
+ * them, and a stream that never ends must not take all memory. */
 size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
@@ -70,6 +72,10 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
     if (r->busy || r->evq.n - r->evq_off > EVQ_HIGH) {
       r->paused = 1;
       return CURL_WRITEFUNC_PAUSE;   /* curl keeps these bytes and hands them back later */
+    }
+    if (r->max_bytes && n > r->max_bytes - r->stream_bytes) {   /* stream_bytes <= max_bytes */
+      r->toolarge = 1;
+      return 0;
     }
     size_t before = r->evq.n;
     int st = lmx_sse_feed(&r->parser, p, n, NULL, on_event, r);

@@ -571,6 +571,19 @@ describe("stream flow", function()
     assert.equals(total, #res.choices[1].message.content)
   end)
 
+  it("a stream over max_response_bytes is toolarge", function()
+    local s = assert(c:chat_stream(body("hugestream:8388608"), { max_response_bytes = 1048576 }))
+    local total = 0
+    for text in s:deltas() do total = total + #text end
+    local res, msg, code, detail = s:result()
+    assert.is_nil(res)
+    assert.equals("toolarge", code)
+    assert.matches("max_response_bytes", msg)
+    assert.is_true(total > 0 and total < 1048576, "read " .. total .. " bytes of text")
+    assert.is_true(detail.events > 0)
+    assert.equals(0, sched.engine():stats().running)
+  end)
+
   it("pop_text takes only text chunks, pop_delta reads the rest, pop gives raw events", function()
     local m = sched.engine()
     local req = m:request{ url = u.http .. "/chat/completions", method = "POST", stream = true,
