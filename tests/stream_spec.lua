@@ -323,6 +323,18 @@ describe("provider variations", function()
     assert.equals("decode", code)
   end)
 
+  it("a 2xx that is not a stream is bounded by timeout, not idle_timeout", function()
+    -- the JSON body comes in 8 pieces 0.2 s apart: each gap is short, the whole is not
+    local s = assert(c:chat_stream(body("plainslow:8:200"), { idle_timeout = 0.5 }))
+    assert.equals("slow but whole", collect(s))
+    local res, msg = s:result()
+    assert.truthy(res, msg)
+    assert.equals("slow but whole", res.choices[1].message.content)
+    local _, _, code = c:chat(body("plainslow:8:200", "x", { stream = true }),
+      { timeout = 0.5, max_retries = 0 })
+    assert.equals("timeout", code)
+  end)
+
   it("tool calls without index: by id, or one per entry, or the last call goes on", function()
     local function calls_of(model)
       local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))

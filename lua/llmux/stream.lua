@@ -380,6 +380,11 @@ local function advance(s, block, fast)
     elseif req:done() then
       local chunk = ended(s)
       if chunk then return first_text(chunk) or false, chunk end
+    elseif s.plain then
+      -- a whole body, not events: judged at its end and bounded by timeout (curl's), like a
+      -- non-streaming answer; idle_timeout, which counts events, has nothing to count here
+      if not block then return nil end
+      sched.wait(s.w)
     else
       local idle = req:idle()
       if idle >= s.idle_timeout then

@@ -445,6 +445,8 @@ end
 --   twocut               two choices, only one finishes, clean end: cut
 --   emptyfinish          finish_reason "" and no [DONE]: cut
 --   donehold:S           [DONE], then the body stays open S seconds
+--   plainslow:N:MS       ignores stream=true: a JSON completion whose body comes in N
+--                        pieces MS ms apart
 -- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
 
 local function sse_headers()
@@ -749,6 +751,22 @@ streams.emptyonce = function(ctx, a)
     return ngx.exit(ngx.OK)
   end
   return stream_answer(ctx)
+end
+
+streams.plainslow = function(ctx, a)
+  local n, ms = int_arg(a[1], 1), tonumber(a[2])
+  if not n or not ms then return false end
+  local body = cjson.encode(chat_object(ctx, "slow but whole"))
+  ngx.status = 200
+  ngx.header["Content-Type"] = "application/json"
+  ngx.header["Content-Length"] = #body
+  local size = math.ceil(#body / n)
+  for i = 1, #body, size do
+    if i > 1 then ngx.sleep(ms / 1000) end
+    ngx.print(body:sub(i, i + size - 1))
+    if not ngx.flush(true) then return ngx.exit(ngx.OK) end
+  end
+  return ngx.exit(ngx.OK)
 end
 
 -- fixture:NAME          a fixed stream of provider variations (FIXTURES below), then [DONE]
