@@ -176,29 +176,35 @@ local function drop(s)
   end
 end
 
+-- A failure's detail: what had arrived (status, headers) and how far the stream got.
+local function described(s, detail)
+  detail = detail or {}
+  detail.status = detail.status or s.status
+  detail.headers = detail.headers or parse_headers(s.head)
+  detail.attempts = s.call.attempt
+  detail.events = s.events
+  return detail
+end
+
 local function stop(s, why, code, detail)
   s.over = true
-  if why then
-    detail = detail or {}
-    detail.status = detail.status or s.status
-    detail.attempts = s.call.attempt
-    detail.events = s.events
-    s.err = { s.hooks.fail(s.call, why, code, detail) }
-  end
+  if why then s.err = { s.hooks.fail(s.call, why, code, described(s, detail)) } end
   -- An unfinished transfer (stall, error event, [DONE] ahead of the body's end) is cut
   -- here: its connection goes at once, not when the garbage collector gets to it; a finished
   -- one gives back its buffers.
   drop(s)
 end
 
--- Before the first event a failure is retried like any other call; the stream then goes on
--- with the new request. Returns true when it did.
+-- Before the first event a failure is retried like any other call (the hook sees the
+-- response's status and headers: x-should-retry counts); the stream then goes on with the
+-- new request. Returns true when it did.
 local function retried(s, why, code, detail)
   if s.events > 0 then return false end
+  detail = described(s, detail)
   s.req:close()
   s.dropped = true
   sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
-  local ns, m, c, d = s.hooks.retry(why, code, detail or {})
+  local ns, m, c, d = s.hooks.retry(why, code, detail)
   if s.over then   -- closed meanwhile (in the backoff, or while the new attempt started)
     if ns then ns:close() end
     return true

@@ -445,14 +445,16 @@ end
 --   twocut               two choices, only one finishes, clean end: cut
 --   emptyfinish          finish_reason "" and no [DONE]: cut
 --   donehold:S           [DONE], then the body stays open S seconds
+--   emptynoretry:KEY     200 with x-should-retry: false and an empty event stream (counted)
 --   plainslow:N:MS       ignores stream=true: a JSON completion whose body comes in N
 --                        pieces MS ms apart
 -- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
 
-local function sse_headers()
+local function sse_headers(headers)
   ngx.status = 200
   ngx.header["Content-Type"] = "text/event-stream"
   ngx.header["Cache-Control"] = "no-cache"
+  for k, v in pairs(headers or {}) do ngx.header[k] = v end
   ngx.send_headers()
   return ngx.flush(true)
 end
@@ -751,6 +753,15 @@ streams.emptyonce = function(ctx, a)
     return ngx.exit(ngx.OK)
   end
   return stream_answer(ctx)
+end
+
+streams.emptynoretry = function(ctx, a)
+  local key = table.concat(a, ":")
+  if key == "" then return false end
+  count(key)
+  sse_headers({["x-should-retry"] = "false"})
+  emit(ctx, ": nothing to see\n\n")
+  return ngx.exit(ngx.OK)
 end
 
 streams.plainslow = function(ctx, a)
