@@ -3,6 +3,7 @@
 -- streams at once, the frame loop, HTTP/2.
 local llmux = require "llmux"
 local sched = require "llmux.sched"
+local errors = require "llmux.errors"
 local B = require "helpers.bed"
 
 local bed = B.start(setup, teardown, { api_key = "sk-stream", timeout = 20, idle_timeout = 5 })
@@ -462,6 +463,52 @@ describe("stream closed by another task", function()
     llmux.sleep(0.6)   -- past any backoff: a second attempt would have reached the server
     assert.equals(1, B.server_count(c, k))
     assert.is_true(sched.engine():empty())
+  end)
+
+  it("while its reader sleeps out a long retry backoff: the reader ends at once", function()
+    local base = errors.BACKOFF_BASE
+    errors.BACKOFF_BASE = 8   -- the first retry waits 6 to 8 s
+    finally(function() errors.BACKOFF_BASE = base end)
+    local k = key("closebackoff")
+    local took, code
+    llmux.run(function()
+      local s = assert(c:chat_stream(body("emptyonce:" .. k, "x")))
+      local reader = llmux.spawn(function() return s:result() end)
+      -- the reader drops the empty attempt before it sleeps (stream.lua's retried)
+      local t0 = llmux.now()
+      while not s.dropped and llmux.now() - t0 < 10 do llmux.sleep(0.02) end
+      assert.is_true(s.dropped, "the empty attempt never ended")
+      llmux.sleep(0.1)
+      local t1 = llmux.now()
+      s:close()
+      code = select(3, reader:join())
+      took = llmux.now() - t1
+    end)
+    assert.equals("cancelled", code)
+    assert.is_true(took < 3, "the reader slept on for " .. took .. " s after close()")
+    assert.equals(1, B.server_count(c, k))
+  end)
+
+  it("while a retry waits for its headers: the reader ends at once, the attempt is cut", function()
+    local k = key("closeheaders")
+    local took, code, running
+    llmux.run(function()
+      local s = assert(c:chat_stream(body("emptyslow:15:" .. k, "x")))
+      local reader = llmux.spawn(function() return s:result() end)
+      -- the empty first attempt ends at once; the second reaches the server and waits 15 s
+      local t0 = llmux.now()
+      while B.server_count(c, k) < 2 and llmux.now() - t0 < 10 do llmux.sleep(0.05) end
+      assert.equals(2, B.server_count(c, k))
+      local t1 = llmux.now()
+      s:close()
+      running = sched.engine():stats().running   -- the attempt is cut by close() itself
+      code = select(3, reader:join())
+      took = llmux.now() - t1
+    end)
+    assert.equals("cancelled", code)
+    assert.is_true(took < 5, "the reader waited " .. took .. " s after close()")
+    assert.equals(0, running)
+    assert.equals(2, B.server_count(c, k))
   end)
 end)
 

@@ -335,8 +335,12 @@ end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
 -- Returns req[, waiter] (the waiter when a 2xx stream is open), or nil, msg, code, detail
--- when the deadline has passed.
+-- when the deadline has passed or the call's Stream was closed.
 local function start(call)
+  if call.cancelled then   -- its Stream was closed while a retry waited (Stream:close)
+    return call_fail(call, "stream closed by the caller", "cancelled",
+      { attempts = call.attempt })
+  end
   call.attempt = call.attempt + 1
   local o, timeout = call.o, call.o.timeout
   if call.deadline_at then
@@ -360,11 +364,27 @@ local function start(call)
     return req
   end
   local w = sched.waiter(req)
+  -- a retry of an open Stream waits here: the Stream's close() cuts the attempt and wakes
+  -- its reader at once, not when the headers (or an error's body) come
+  call.opening, call.waiter = req, w
   while not req:head() and not req:done() do sched.wait(w) end
   local status = req:head()
-  if status and status >= 200 and status < 300 then return req, w end
-  while not req:done() do sched.wait(w) end
+  local open = status and status >= 200 and status < 300
+  while not open and not req:done() do sched.wait(w) end
+  call.opening, call.waiter = nil, nil
+  if open then return req, w end
   return req
+end
+
+-- Sleeps s seconds before the next attempt. A stream's call sleeps on a waiter its Stream's
+-- close() releases (call.waiter): a backoff of up to 8 s must not outlive the stream.
+local function pause(call, s)
+  if not call.spec.stream then return sched.sleep(s) end
+  local w = sched.waiter()
+  call.waiter = w
+  local due = now() + s
+  while not call.cancelled and now() < due do sched.wait(w, due - now()) end
+  call.waiter = nil
 end
 
 -- After a failed attempt: sleeps as DESIGN.md section 4 says and returns true, or returns
@@ -389,7 +409,7 @@ local function retry_or_fail(call, why, code, detail)
     detail.deadline = true
     return call_fail(call, why .. "; deadline leaves no time to retry", code, detail)
   end
-  sched.sleep(wait)
+  pause(call, wait)
   return true
 end
 
@@ -414,8 +434,7 @@ perform = function(call)
         retry = function(why, code, detail)
           local again, m, c, d = retry_or_fail(call, why, code, detail)
           if not again then return nil, m, c, d end
-          if call.cancelled then return nil end   -- the stream was closed in the backoff
-          return perform(call)
+          return perform(call)   -- nothing starts when the stream was closed meanwhile
         end,
       })
     end

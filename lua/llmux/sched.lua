@@ -417,9 +417,11 @@ function M.fetch(spec)
   return res
 end
 
--- waiter(req) -> Waiter for wait(): the way a stream waits on its request.
+-- waiter([req]) -> Waiter for wait(): the way a stream waits on its request. Without req
+-- (a key no transfer ever wakes) only its timer or release() ends a wait: a sleep that
+-- another task can cut short (a stream's retry backoff, see client.lua).
 function M.waiter(req)
-  return setmetatable({ req = req, who = nil, armed = false, due = 0 }, Waiter)
+  return setmetatable({ req = req or {}, who = nil, armed = false, due = 0 }, Waiter)
 end
 
 -- wait(w[, timeout]) -> true when the engine handed back w's request (news or the end),

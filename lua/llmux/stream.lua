@@ -546,7 +546,12 @@ end
 -- s:close(): stops the stream at once (the transfer and its connection are dropped);
 -- later reads end and result() says "cancelled". Idempotent; also __close and __gc.
 function Stream:close()
-  self.call.cancelled = true   -- a retry waiting out its backoff must not start an attempt
+  local call = self.call
+  call.cancelled = true   -- a retry must not start another attempt
+  -- a retry waiting for its new headers (call.opening) or sleeping out its backoff: the
+  -- attempt is cut and the reader woken now (see client.lua's start and pause)
+  if call.opening then call.opening:cancel() end
+  if call.waiter then sched.release(call.waiter) end
   if not self.over then
     stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")
   end
