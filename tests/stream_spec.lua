@@ -64,8 +64,12 @@ describe("streaming chat", function()
     assert.is_true(info.usage.completion_tokens > 0)
     assert.is_true(info.usage.prompt_tokens > 0)
     assert.equals(0, info.skipped)
-    -- result() is stable
+    -- result() is stable, and info() after it is the same table, unchanged
     assert.equals(res, (s:result()))
+    local latency = info.latency
+    llmux.sleep(0.05)
+    assert.equals(info, s:info())
+    assert.equals(latency, info.latency)
   end)
 
   it("takes the usage of the final usage-only chunk", function()
@@ -298,6 +302,14 @@ describe("stream retries before the first event", function()
     assert.equals(1, detail.attempts)
     assert.equals("false", detail.headers["x-should-retry"])
     assert.equals(1, B.server_count(c, k))
+  end)
+
+  it("the info of a retried stream is its last attempt's", function()
+    local k = key("retryinfo")
+    local res, info = c:chat(body("emptyslow:0:" .. k, "x", { stream = true }))
+    assert.truthy(res, info)
+    assert.equals(2, info.attempts)
+    assert.is_nil(info.headers["x-mock-empty"])   -- the header of the empty first reply
   end)
 end)
 

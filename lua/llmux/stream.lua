@@ -29,6 +29,7 @@ local pop_delta, pop_text   -- Request methods, looked up once (the hot path cal
 
 local function attach(s, req, w)
   s.req, s.w, s.dropped = req, w, false
+  s.res = nil   -- a failed attempt's result (retried) is not this request's
   if not pop_delta then
     local methods = getmetatable(req).__index
     pop_delta, pop_text = methods.pop_delta, methods.pop_text
@@ -478,7 +479,11 @@ local function usage_of(s)
   return { prompt_tokens = p, completion_tokens = c, total_tokens = p + c }, true
 end
 
+-- The info so far; once the stream is over it is made once and kept, so that result() and
+-- info() give the same table and a later info() never changes one handed out before (the
+-- hook fills the result table it is given).
 local function info_of(s)
+  if s.info_over then return s.info_over end
   local res = s.res or { status = s.status, head = s.head }
   local usage, estimated = usage_of(s)
   local info = s.hooks.info(s.call, res, s.whole)
@@ -490,6 +495,7 @@ local function info_of(s)
   info.skipped = s.skipped
   info.events = s.events
   info.comments = s.comments
+  if s.over then s.info_over = info end
   return info
 end
 

@@ -445,8 +445,8 @@ end
 --   twocut               two choices, only one finishes, clean end: cut
 --   emptyfinish          finish_reason "" and no [DONE]: cut
 --   donehold:S           [DONE], then the body stays open S seconds
---   emptyslow:S:KEY      the first request for KEY: as emptyonce; the later ones get their
---                        headers only after S seconds
+--   emptyslow:S:KEY      the first request for KEY: as emptyonce (with x-mock-empty: 1); the
+--                        later ones get their headers only after S seconds
 --   emptynoretry:KEY     200 with x-should-retry: false and an empty event stream (counted)
 --   plainslow:N:MS       ignores stream=true: a JSON completion whose body comes in N
 --                        pieces MS ms apart
@@ -761,7 +761,7 @@ streams.emptyslow = function(ctx, a)
   local s, key = tonumber(a[1]), table.concat(a, ":", 2)
   if not s or key == "" then return false end
   if count(key) == 1 then
-    sse_headers()
+    sse_headers({["x-mock-empty"] = "1"})
     emit(ctx, ": nothing to see\n\n")
     return ngx.exit(ngx.OK)
   end
