@@ -158,6 +158,28 @@ describe("inpaint and outpaint", function()
     end, "llmux.Client:outpaint: 'pixels' must be an integer >= 1")
   end)
 
+  it("refuses a path that does not start with '/' or holds blanks, before sending", function()
+    -- "@host:port/x" after base_url would be read as userinfo@host: the key sent elsewhere
+    local img, m = picture(4, 4), image.mask(4, 4, "all")
+    local want = "'path' must start with '/' and contain no whitespace or control characters"
+    for _, p in ipairs{ "images/inpaint", "@127.0.0.1:1/steal", "", "/a b", "/x\r\nX-A: 1",
+      "/x\0", "/x\t" } do
+      local calls = {
+        function() c:inpaint{ image = img, mask = m, prompt = "x", path = p } end,
+        function() c:outpaint{ image = img, direction = "left", pixels = 1,
+          prompt = "x", path = p } end,
+      }
+      for _, f in ipairs(calls) do
+        local ok, err = pcall(f)
+        assert.is_false(ok, p)
+        -- the error blames the caller's line
+        local at = "images_api_spec.lua:" .. debug.getinfo(f, "S").linedefined .. ": "
+        assert.truthy(err:find(at, 1, true), err)
+        assert.truthy(err:find(want, 1, true), err)
+      end
+    end
+  end)
+
   it("a provider's bad b64_json is a decode error", function()
     -- the mock echoes the PNG it got; a corrupt one comes back corrupt
     local png = picture(4, 4):encode_png()

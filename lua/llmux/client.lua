@@ -613,6 +613,13 @@ local function check_args(args, allowed, required, where)
   for _, k in ipairs(required) do
     if args[k] == nil then misuse(format("%s: '%s' is required", where, k)) end
   end
+  -- path is glued onto base_url: "@host/x" would make base_url's host userinfo and send the
+  -- key to host; blanks and control characters make no URL or split a header line
+  local path = args.path
+  if path ~= nil and (sub(path, 1, 1) ~= "/" or find(path, "[%s%c]")) then
+    misuse(where .. ": 'path' must start with '/' and contain no whitespace or control "
+      .. "characters")
+  end
 end
 
 -- With args.decode, every data[i].b64_json becomes data[i].image (an llmux.Image).
