@@ -72,6 +72,17 @@ describe("images_edit", function()
     assert.matches("truncated PNG", msg)
   end)
 
+  it("reports a directory given as image or mask as io, like image.load", function()
+    local res, msg, code = c:images_edit{ image = "/", prompt = "x" }
+    assert.is_nil(res)
+    assert.equals("io", code)
+    assert.matches("llmux.Client:images_edit: cannot read image /", msg, 1, true)
+    res, msg, code = c:inpaint{ image = picture(2, 2), mask = "/", prompt = "x" }
+    assert.is_nil(res)
+    assert.equals("io", code)
+    assert.matches("llmux.Client:inpaint: cannot read mask /", msg, 1, true)
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() c:images_edit{ prompt = "x" } end,
       "llmux.Client:images_edit: 'image' is required")

@@ -570,8 +570,11 @@ local function png_of(v, what, where)
     end
     local f, err = io.open(v, "rb")
     if not f then return nil, format("%s: cannot read %s: %s", where, what, err), "io" end
-    bytes = f:read("a")
+    bytes, err = f:read("a")   -- a directory opens, then fails here
     f:close()
+    if not bytes then
+      return nil, format("%s: cannot read %s %s: %s", where, what, v, tostring(err)), "io"
+    end
     if sub(bytes, 1, 8) ~= PNG_SIG then
       return nil, format("%s: %s file %s is not a PNG", where, what, v), "decode"
     end
