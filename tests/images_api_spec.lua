@@ -191,6 +191,36 @@ describe("inpaint and outpaint", function()
     end
   end)
 
+  it("codes base64 on the worker pool inside tasks, as large base64 is", function()
+    local base64 = llmux.base64
+    local saved = { base64.pool_min_bytes, image.pool_min_pixels, image.pool_min_bytes }
+    -- every base64 is "large", no PNG work is: what the pool runs is the client's base64
+    base64.pool_min_bytes, image.pool_min_pixels, image.pool_min_bytes = 1, math.maxinteger,
+      math.maxinteger
+    local ok, err = pcall(function()
+      local function jobs(fn)
+        local d0 = llmux.core.pool_stats().done
+        llmux.run(fn)
+        return llmux.core.pool_stats().done - d0
+      end
+      local img, m = picture(8, 8), image.mask(8, 8, "all")
+      assert.equals(3, jobs(function()        -- image, mask, the answer's b64_json
+        local res = assert(c:inpaint{ image = img, mask = m, prompt = "x", decode = true })
+        assert.equals(img:pixels(), res.data[1].image:pixels())
+      end))
+      assert.equals(2, jobs(function()        -- image, the answer's b64_json
+        assert(c:outpaint{ image = img, direction = "left", pixels = 1, prompt = "x",
+          decode = true })
+      end))
+      assert.equals(1, jobs(function()        -- the answer's b64_json
+        assert(c:images_edit{ image = img, prompt = "x", decode = true })
+      end))
+    end)
+    base64.pool_min_bytes, image.pool_min_pixels, image.pool_min_bytes = saved[1], saved[2],
+      saved[3]
+    assert(ok, err)
+  end)
+
   it("a provider's bad b64_json is a decode error", function()
     -- the mock echoes the PNG it got; a corrupt one comes back corrupt
     local png = picture(4, 4):encode_png()

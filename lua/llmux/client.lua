@@ -551,6 +551,8 @@ end
 -- Image endpoints ----------------------------------------------------------------------------
 
 local image   -- llmux.image, loaded on first use (libpng work is not every client's)
+-- llmux.base64, not the core's functions: inside a task it codes large strings on a worker
+local base64 = require "llmux.base64"
 local PNG_SIG = "\137PNG\r\n\26\n"
 
 -- PNG bytes, width, height of an image argument: an llmux.Image (encoded here), PNG bytes or
@@ -625,12 +627,14 @@ local function check_args(args, allowed, required, where)
   end
 end
 
+local WHITESPACE = { ignore_whitespace = true }
+
 -- With args.decode, every data[i].b64_json becomes data[i].image (an llmux.Image).
 local function decode_images(res, info, args, where)
   if not res or not args.decode then return res, info end
   for i, item in ipairs(type(res.data) == "table" and res.data or {}) do
     if type(item) == "table" and type(item.b64_json) == "string" then
-      local bytes, err = core.b64_decode(item.b64_json, true)
+      local bytes, err = base64.decode(item.b64_json, WHITESPACE)
       local img, msg, code
       if bytes then img, msg, code = image.decode(bytes) else msg, code = err, "decode" end
       if not img then
@@ -691,7 +695,7 @@ function Client:inpaint(args, opts)
   check_args(args, INPAINT_ARGS, { "image", "mask", "prompt" }, where)
   local img, iw, ih, mask = image_and_mask(args, where, true)
   if not img then return nil, iw, ih, {} end
-  local body = { image = core.b64_encode(img), mask = core.b64_encode(mask) }
+  local body = { image = base64.encode(img), mask = base64.encode(mask) }
   for k in pairs(INPAINT_ARGS) do
     if body[k] == nil and args[k] ~= nil and k ~= "path" and k ~= "decode" then
       body[k] = args[k]
@@ -719,7 +723,7 @@ function Client:outpaint(args, opts)
   end
   local img, msg, code = png_of(args.image, "image", where)
   if not img then return nil, msg, code, {} end
-  local body = { image = core.b64_encode(img) }
+  local body = { image = base64.encode(img) }
   for k in pairs(OUTPAINT_ARGS) do
     if k ~= "image" and k ~= "path" and k ~= "decode" and args[k] ~= nil then
       body[k] = args[k]
