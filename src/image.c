@@ -60,12 +60,13 @@ typedef struct {
   lmx_Buf *out;
 } Io;
 
-/* libpng's messages are short fixed phrases ("IDAT: CRC error", "Not enough image data"):
- * they are what the caller sees, after what llmux was doing. */
+/* libpng's messages are short fixed phrases ("IDAT: CRC error", "Invalid IHDR data"): they
+ * are what the caller sees, after what llmux was doing (an encode has an output buffer). */
 static void on_error(png_structp png, png_const_charp msg) {
   Io *io = png_get_error_ptr(png);
   if (io->e->code == LMX_IMG_OK)   /* our own reason, set before png_error, wins */
-    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: %s", msg);
+    seterr(io->e, LMX_IMG_DECODE, io->out ? "llmux.image: PNG encoding failed: %s"
+                                          : "llmux.image: bad PNG: %s", msg);
   png_longjmp(png, 1);
 }
 
@@ -76,9 +77,9 @@ static void on_warning(png_structp png, png_const_charp msg) {
 
 static void read_fn(png_structp png, png_bytep dst, size_t len) {
   Io *io = png_get_io_ptr(png);
-  if (len > io->n - io->pos) {
-    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: truncated (%zu bytes end too soon)",
-           io->n);
+  if (len > io->n - io->pos) {   /* at least what this read misses is missing */
+    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: truncated: the data ends after %zu "
+           "bytes, at least %zu more expected", io->n, len - (io->n - io->pos));
     png_error(png, "truncated");
   }
   memcpy(dst, io->p + io->pos, len);
@@ -135,8 +136,8 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     return e->code;
   }
   png_set_read_fn(png, &io, read_fn);
-  /* The pixel limit below is ours; libpng's own (1e6 per side) would report a different
-   * error for the same kind of input. */
+  /* The limits below are ours; libpng's own (1e6 per side) would report a different error
+   * for the same kind of input. */
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   /* A chunk's length field is not to be trusted: this libpng build allocates whatever an
    * ancillary chunk (or its decompressed text) claims, 1.5 GB for 600 bytes of input. Cap it,
@@ -154,7 +155,12 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     info_out->color_type = ctype;
     info_out->interlaced = ilace != PNG_INTERLACE_NONE;
   }
-  if ((uint64_t)w * h > max_pixels || w > 0x7fffffffu / 4 || h > 0x7fffffffu) {
+  if (w > LMX_IMG_MAX_SIDE || h > LMX_IMG_MAX_SIDE) {
+    seterr(e, LMX_IMG_TOOLARGE, "llmux.image: image is %lux%lu, over the limit of %d pixels "
+           "per side", (unsigned long)w, (unsigned long)h, LMX_IMG_MAX_SIDE);
+    png_error(png, "too large");
+  }
+  if ((uint64_t)w * h > max_pixels) {
     seterr(e, LMX_IMG_TOOLARGE, "llmux.image: image is %lux%lu = %llu pixels, over "
                      "the limit of %llu (max_pixels)", (unsigned long)w, (unsigned long)h,
                      (unsigned long long)w * h, (unsigned long long)max_pixels);
@@ -225,6 +231,9 @@ static int encode(const lmx_Image *im, const int *opts, lmx_Buf *out, lmx_ImgErr
     return e->code;
   }
   png_set_write_fn(png, &io, write_fn, flush_fn);
+  /* libpng refuses to write what it would not read by default (over 1e6 per side), though
+   * decode reads such images */
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, ctypes[im->ch],
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_set_compression_level(png, opts[0]);
@@ -434,8 +443,8 @@ int lmx_img_extend(const lmx_Image *src, int left, int right, int top, int botto
   unsigned char fillpx[4], c[4];
   if (left < 0 || right < 0 || top < 0 || bottom < 0)
     return seterr(e, LMX_IMG_ARG, "llmux.image: negative border");
-  if ((long long)src->w + left + right > 0x7fffffff / 4 ||
-      (long long)src->h + top + bottom > 0x7fffffff / 4)
+  if ((long long)src->w + left + right > LMX_IMG_MAX_SIDE ||
+      (long long)src->h + top + bottom > LMX_IMG_MAX_SIDE)
     return seterr(e, LMX_IMG_ARG, "llmux.image: extended size too large");
   w = src->w + left + right;
   h = src->h + top + bottom;

@@ -24,6 +24,8 @@ typedef struct lmx_ImgErr {
 } lmx_ImgErr;
 
 #define LMX_IMG_MAX_PIXELS_DEFAULT ((uint64_t)8192 * 8192)
+/* The longest side of an image, whatever max_pixels allows: a row of 4 channels fits an int. */
+#define LMX_IMG_MAX_SIDE (0x7fffffff / 4)
 
 /* PNG header facts, read without decoding pixels. */
 typedef struct lmx_PngInfo {

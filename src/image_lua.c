@@ -61,7 +61,7 @@ int lmx_image_result(lua_State *L, int r, const lmx_ImgErr *e) { return finish(L
 
 static int checkdim(lua_State *L, int i, const char *what) {
   lua_Integer v = luaL_checkinteger(L, i);
-  if (v < 1 || v > 0x7fffffff / 4)
+  if (v < 1 || v > LMX_IMG_MAX_SIDE)
     luaL_argerror(L, i, lua_pushfstring(L, "%s must be a positive integer", what));
   return (int)v;
 }
@@ -118,7 +118,7 @@ static int image_extend(lua_State *L) {
   lmx_ImgErr e;
   for (i = 0; i < 4; i++) {
     lua_Integer v = luaL_checkinteger(L, 2 + i);
-    luaL_argcheck(L, v >= 0 && v <= 0x7fffffff / 8, 2 + i, "border must be >= 0");
+    luaL_argcheck(L, v >= 0 && v <= LMX_IMG_MAX_SIDE, 2 + i, "border out of range");
     side[i] = (int)v;
   }
   for (i = 0; i < 4; i++) {
@@ -293,4 +293,6 @@ void lmx_image_open(lua_State *L) {
   lua_pop(L, 1);
   lua_pushinteger(L, (lua_Integer)LMX_IMG_MAX_PIXELS_DEFAULT);
   lua_setfield(L, -2, "image_max_pixels");
+  lua_pushinteger(L, LMX_IMG_MAX_SIDE);
+  lua_setfield(L, -2, "image_max_side");
 }

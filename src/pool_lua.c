@@ -163,7 +163,7 @@ static int release(lua_State *L, Job *j) {
 
 static int checkdim(lua_State *L, int i, const char *what) {
   lua_Integer v = luaL_checkinteger(L, i);
-  if (v < 1 || v > 0x7fffffff / 4)
+  if (v < 1 || v > LMX_IMG_MAX_SIDE)
     luaL_argerror(L, i, lua_pushfstring(L, "%s must be a positive integer", what));
   return (int)v;
 }

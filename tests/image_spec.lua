@@ -182,6 +182,26 @@ describe("image decode: bad input", function()
     assert.matches("max_pixels", msg)
   end)
 
+  it("says where a truncated PNG ends, not its whole size as the shortfall", function()
+    local png = image.new(64, 64, 3):encode_png()
+    local img, msg, code = image.decode(png:sub(1, #png - 20))
+    assert.is_nil(img)
+    assert.equals("decode", code)
+    assert.matches("truncated: the data ends after " .. (#png - 20) .. " bytes", msg, 1, true)
+    assert.matches("more expected", msg, 1, true)
+  end)
+
+  it("names the per-side limit, not max_pixels, for a side llmux cannot hold", function()
+    local side = llmux.core.image_max_side
+    local s = SIG .. ihdr(side + 1, 1, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", "")
+    local img, msg, code = image.decode(s, { max_pixels = 1 << 40 })
+    assert.is_nil(img)
+    assert.equals("toolarge", code)
+    assert.matches(("image is %dx1, over the limit of %d pixels per side"):format(side + 1,
+      side), msg, 1, true)
+    assert.not_matches("max_pixels", msg)
+  end)
+
   it("honours max_pixels per call and as a module setting", function()
     local img, msg, code = image.decode(good, { max_pixels = 1023 })
     assert.is_nil(img)
@@ -301,6 +321,18 @@ describe("image objects", function()
     assert.has_error(function() img:encode_png{ level = "fast" } end)
     assert.has_error(function() img:encode_png{ filter = 1 } end)
     assert.has_error(function() img.encode_png(42) end)
+  end)
+end)
+
+describe("image encode: sizes libpng limits by default", function()
+  it("encodes an image over a million pixels wide or tall (decode takes such PNGs)", function()
+    for _, wh in ipairs{ { 1000001, 1 }, { 1, 1000001 } } do
+      local img = assert(image.new(wh[1], wh[2], 1))
+      local back = assert(image.decode(img:encode_png()))
+      assert.same(wh, { back:width(), back:height() })
+      assert.is_true(img:pixels() == back:pixels())
+      assert.equals("image/png", image.sniff(image.new(wh[1], wh[2], 3):encode_png{ level = 0 }))
+    end
   end)
 end)
 
