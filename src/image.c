@@ -504,6 +504,20 @@ int lmx_img_mask_from(const lmx_Image *src, int threshold, int invert, lmx_Image
   return LMX_IMG_OK;
 }
 
+int lmx_img_mask_alpha(const lmx_Image *src, lmx_Image *out, lmx_ImgErr *e) {
+  size_t i, n = (size_t)src->w * src->h;
+  int r;
+  if (src->ch != 1)
+    return seterr(e, LMX_IMG_ARG, "llmux.image: an alpha mask is made from a 1-channel mask, "
+                  "this image has %d channels", src->ch);
+  if ((r = lmx_img_alloc(out, src->w, src->h, 2, e))) return r;
+  for (i = 0; i < n; i++) {
+    out->px[2 * i] = src->px[i];
+    out->px[2 * i + 1] = (unsigned char)(255 - src->px[i]);
+  }
+  return LMX_IMG_OK;
+}
+
 double lmx_img_coverage(const lmx_Image *im) {
   size_t i, n = (size_t)im->w * im->h * im->ch;
   uint64_t sum = 0;

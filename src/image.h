@@ -75,6 +75,10 @@ void lmx_img_fill_rect(lmx_Image *im, int x, int y, int w, int h, unsigned char 
 int lmx_img_mask_from(const lmx_Image *src, int threshold, int invert, lmx_Image *out,
                       int *inverted, lmx_ImgErr *e);
 
+/* A 1-channel mask (255 = paint) as grey + alpha in OpenAI's form, where alpha 0 marks what
+ * to edit: the grey as it was, alpha 255 - grey. */
+int lmx_img_mask_alpha(const lmx_Image *src, lmx_Image *out, lmx_ImgErr *e);
+
 /* Mean of a 1-channel image over 255: the painted fraction of a 0/255 mask. */
 double lmx_img_coverage(const lmx_Image *im);
 #endif

@@ -179,6 +179,16 @@ static int image_mask_from(lua_State *L) {
   return 2;
 }
 
+/* core.image_mask_alpha(mask) -> Image: a 1-channel mask as grey + alpha, alpha 255 - grey
+ * (what OpenAI's /images/edits reads: alpha 0 = edit) */
+static int image_mask_alpha(lua_State *L) {
+  lmx_Image *src = checkimage(L, 1), *im;
+  lmx_ImgErr e;
+  lua_settop(L, 1);
+  im = newimage(L);
+  return finish(L, lmx_img_mask_alpha(src, im, &e), &e);
+}
+
 /* img:width() -> integer */
 static int image_width(lua_State *L) {
   lua_pushinteger(L, checkimage(L, 1)->w);
@@ -282,7 +292,8 @@ void lmx_image_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
     { "image_decode", image_decode }, { "image_new", image_new },
     { "image_encode_png", image_encode_png }, { "image_extend", image_extend },
-    { "image_mask", image_mask }, { "image_mask_from", image_mask_from }, { NULL, NULL } };
+    { "image_mask", image_mask }, { "image_mask_from", image_mask_from },
+    { "image_mask_alpha", image_mask_alpha }, { NULL, NULL } };
   lmx_newclass(L, LMX_IMAGE, meta, methods);
   luaL_setfuncs(L, funcs, 0);
   /* core.Image: the method table, so lua/llmux/image.lua can add the methods written in Lua

@@ -83,6 +83,35 @@ describe("images_edit", function()
     assert.matches("llmux.Client:inpaint: cannot read mask /", msg, 1, true)
   end)
 
+  it("sends llmux's 1-channel masks with alpha 0 where they paint (OpenAI's form)", function()
+    local img = picture(4, 2)
+    local res = assert(c:images_edit{ image = img, mask = image.mask(4, 2, "left_half"),
+      prompt = "x" })
+    local sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+    -- grey + alpha: the grey still says 255 = paint, the alpha is 0 there
+    assert.equals(2, sent:channels())
+    assert.equals(string.rep("\255\0\255\0\0\255\0\255", 2), sent:pixels())
+    -- outpaint_canvas's mask too
+    local canvas, mask = image.outpaint_canvas(img, { direction = "right", pixels = 1 })
+    res = assert(c:images_edit{ image = canvas, mask = mask, prompt = "x" })
+    sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+    assert.equals(string.rep(string.rep("\0\255", 4) .. "\255\0", 2), sent:pixels())
+    -- a mask with alpha of its own, and PNG bytes, go as they are
+    local own = image.new(4, 2, 4, string.rep("\0\0\0\0\9\9\9\255", 4))
+    res = assert(c:images_edit{ image = img, mask = own, prompt = "x" })
+    sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+    assert.equals(own:pixels(), sent:pixels())
+    local bytes = image.mask(4, 2, "all"):encode_png()
+    res = assert(c:images_edit{ image = img, mask = bytes, prompt = "x" })
+    assert.equals(bytes, llmux.base64.decode(res.received.mask_b64))
+    -- the JSON inpaint endpoint keeps white = paint
+    mask = image.mask(4, 2, "left_half")
+    res = assert(c:inpaint{ image = img, mask = mask, prompt = "x" })
+    sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+    assert.equals(1, sent:channels())
+    assert.equals(mask:pixels(), sent:pixels())
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() c:images_edit{ prompt = "x" } end,
       "llmux.Client:images_edit: 'image' is required")

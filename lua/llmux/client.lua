@@ -588,15 +588,27 @@ local function png_of(v, what, where)
   return bytes, w, h
 end
 
--- image and mask of an edit call, checked to be the same size.
-local function image_and_mask(args, where, mask_required)
+-- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit. llmux's masks
+-- (image.mask, normalize_mask, outpaint_canvas) are 1 channel with 255 = paint, so such a
+-- mask goes as grey + alpha, alpha 255 - grey (the grey still says white = paint). Masks with
+-- alpha of their own, PNG bytes and paths go as they are.
+local function alpha_mask(v)
+  if image.is_image(v) and v:channels() == 1 then return core.image_mask_alpha(v) end
+  return v
+end
+
+-- image and mask of an edit call, checked to be the same size; with alpha, the mask in
+-- OpenAI's form (alpha_mask).
+local function image_and_mask(args, where, mask_required, alpha)
   local img, iw, ih = png_of(args.image, "image", where)
   if not img then return nil, iw, ih end
   if args.mask == nil then
     if mask_required then misuse(where .. ": 'mask' is required") end
     return img, iw, ih
   end
-  local mask, mw, mh = png_of(args.mask, "mask", where)
+  local m = alpha and alpha_mask(args.mask) or args.mask
+  local mask, mw, mh = png_of(m, "mask", where)
+  if m ~= args.mask then m:close() end   -- ours: its pixels need not wait for the collector
   if not mask then return nil, mw, mh end
   if mw ~= iw or mh ~= ih then
     return nil, format("%s: the mask is %dx%d but the image is %dx%d; they must be the same "
@@ -653,11 +665,12 @@ local EDIT_ARGS = { image = "any", mask = "any", prompt = "string", model = "str
 
 -- c:images_edit{image, prompt[, mask, model, n, size, response_format, decode]}[, opts]
 -- -> response, info | nil, message, code, detail. OpenAI's multipart POST /images/edits;
--- image and mask (an llmux.Image, PNG bytes or a path) go as PNG parts.
+-- image and mask (an llmux.Image, PNG bytes or a path) go as PNG parts, a 1-channel mask
+-- with alpha (alpha_mask).
 function Client:images_edit(args, opts)
   local where = "llmux.Client:images_edit"
   check_args(args, EDIT_ARGS, { "image", "prompt" }, where)
-  local img, iw, ih, mask = image_and_mask(args, where, false)
+  local img, iw, ih, mask = image_and_mask(args, where, false, true)
   if not img then return nil, iw, ih, {} end
   local form = { { name = "image", data = img, filename = "image.png", type = "image/png" } }
   if mask then

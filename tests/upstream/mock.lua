@@ -1024,6 +1024,7 @@ local function images_edits()
       return bad_request("Invalid mask: mask and image must have the same dimensions", "mask")
     end
     received.mask_width, received.mask_height = mw, mh
+    received.mask_b64 = ngx.encode_base64(mask.data)   -- the mask as it came, to look into
   end
   local model = parts.model and parts.model.data or "dall-e-2"
   return image_reply({kind = "image", req = {}, model = model}, image.data, received)
@@ -1054,6 +1055,7 @@ local function images_json(kind)
     if not mpng then return bad_request(mw, "mask") end
     if mw ~= w or mh ~= h then return bad_request("mask and image sizes differ", "mask") end
     received.mask_width, received.mask_height = mw, mh
+    received.mask_b64 = req.mask
     received.strength, received.guidance_scale, received.seed =
       req.strength, req.guidance_scale, req.seed
   else
