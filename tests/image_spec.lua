@@ -607,6 +607,86 @@ describe("data URIs and vision parts", function()
   end)
 end)
 
+describe("image misuse", function()
+  local img = image.new(4, 4, 3)
+  local side = llmux.core.image_max_side
+
+  it("blames the caller's line, however deep in image.lua the check ran", function()
+    local cases = {
+      { function() image.configure{ max_pixels = 0 } end, "#1 to 'image.configure'" },
+      { function() img:encode_png{ level = 10 } end, "#2 to 'image.encode_png'" },
+      { function() image.new(1, 1, 1):encode_png(5) end, "#2 to 'image.encode_png'" },
+      { function() image.decode(nil) end, "#1 to 'image.decode'" },
+      { function() image.load("x", { y = 1 }) end, "#2 to 'image.load'" },
+      { function() img:resize(0, 1) end, "#2 to 'image.resize'" },
+      { function() img:extend{ fill = "blue" } end, "#2 to 'image.extend'" },
+      { function() img:fit{} end, "#2 to 'image.fit'" },
+      { function() image.mask(2, 2) end, "#3 to 'image.mask'" },
+      { function() image.mask(2, 2, { 0, "a", 1, 1 }) end, "#3 to 'image.mask'" },
+      { function() image.normalize_mask(img, { invert = "yes" }) end,
+        "#2 to 'image.normalize_mask'" },
+      { function() image.check_pair(img, "m.png") end, "#2 to 'image.check_pair'" },
+      { function() image.outpaint_canvas(img, { direction = "up", pixels = 1 }) end,
+        "#2 to 'image.outpaint_canvas'" },
+      { function() image.data_uri(42) end, "#1 to 'image.data_uri'" },
+      { function() image.part(nil) end, "#1 to 'image.part'" },
+      { function() image.new("a", 1, 1) end, "#1 to 'image.new'" },
+      { function() img:extend{ left = math.maxinteger } end, "#2 to 'image.extend'" },
+    }
+    for _, case in ipairs(cases) do
+      local f, want = case[1], "bad argument " .. case[2]
+      local ok, err = pcall(f)
+      assert.is_false(ok, want)
+      local at = "image_spec.lua:" .. debug.getinfo(f, "S").linedefined .. ": " .. want
+      assert.truthy(err:find(at, 1, true), err)
+    end
+  end)
+
+  it("new checks its arguments by name", function()
+    local cases = {
+      { { "a", 1, 1 }, "#1 to 'image.new' (width must be a positive integer, got a)" },
+      { { 1.5, 1, 1 }, "#1 to 'image.new' (width must be a positive integer, got 1.5)" },
+      { { 1, 0, 1 }, "#2 to 'image.new' (height must be a positive integer, got 0)" },
+      { { 1, 1, 5 }, "#3 to 'image.new' (channels must be 1, 2, 3 or 4, got 5)" },
+      { { 1, 1, nil }, "#3 to 'image.new' (channels must be 1, 2, 3 or 4, got nil)" },
+      { { 1, 1, 1, 7 }, "#4 to 'image.new' (pixels must be a string, got number)" },
+      { { 2, 2, 3, "short" }, "#4 to 'image.new' (pixels must be 2 x 2 x 3 = 12 bytes, got 5)" },
+    }
+    for _, case in ipairs(cases) do
+      local a = case[1]
+      local ok, err = pcall(function() return image.new(a[1], a[2], a[3], a[4]) end)
+      assert.is_false(ok)
+      assert.truthy(err:find("bad argument " .. case[2], 1, true), err)
+    end
+  end)
+
+  it("bounds extend's borders and refuses results over a side as toolarge", function()
+    assert.has_error(function() img:extend{ left = math.maxinteger } end,
+      ("bad argument #2 to 'image.extend' (left must be an integer 0..%d, got %d)"):format(side,
+        math.maxinteger))
+    assert.has_error(function() img:extend{ bottom = side + 1 } end)
+    assert.has_error(function()
+      image.outpaint_canvas(img, { direction = "left", pixels = math.maxinteger })
+    end)
+    local saved = image.max_pixels
+    image.configure{ max_pixels = 1 << 62 }
+    local ok, err = pcall(function()
+      local e, msg, code = img:extend{ left = side, right = side }
+      assert.is_nil(e)
+      assert.equals("toolarge", code)
+      assert.matches("per side", msg)
+      local r, _, rc = img:resize(math.maxinteger, math.maxinteger)
+      assert.is_nil(r)
+      assert.equals("toolarge", rc)
+      local m, _, mc = image.mask(side + 1, 1, "all")
+      assert.is_nil(m)
+      assert.equals("toolarge", mc)
+    end)
+    image.configure{ max_pixels = saved }
+    assert(ok, err)
+  end)
+end)
+
 describe("max_pixels on made images", function()
   local image = require "llmux.image"
   it("new, resize, extend, mask and outpaint_canvas refuse sizes over max_pixels", function()

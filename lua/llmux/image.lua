@@ -9,7 +9,7 @@ local core = require "llmux.core"
 local sched = require "llmux.sched"
 local base64 = require "llmux.base64"
 local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
-local getmetatable, tointeger = getmetatable, math.tointeger
+local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
 local io_open, format, sub, find = io.open, string.format, string.sub, string.find
 local unpack = string.unpack
@@ -22,6 +22,7 @@ local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.i
 
 local Image = core.Image                          -- the method table of llmux.Image
 local IMAGE_MT = getmetatable(c_new(1, 1, 1))
+local MAX_SIDE = core.image_max_side              -- a row of 4 channels fits a C int
 
 local M = {
   _VERSION = "0.1.0",
@@ -60,8 +61,17 @@ local function decode(bytes, max_pixels)
   return c_decode(bytes, max_pixels)
 end
 
+-- Raises msg blaming the caller's code: the first frame outside this file, however deep in
+-- the module the check ran (options, int_opt, check_image, bytes_of, ...).
+local SOURCE = getinfo(1, "S").source
 local function argerr(n, fname, msg)
-  error(format("bad argument #%d to 'image.%s' (%s)", n, fname, msg), 3)
+  local level = 2
+  while true do
+    local info = getinfo(level, "S")
+    if not info or info.source ~= SOURCE then break end
+    level = level + 1
+  end
+  error(format("bad argument #%d to 'image.%s' (%s)", n, fname, msg), level)
 end
 
 -- Checks that opts is nil or a table whose keys are all in allowed; returns a table.
@@ -148,24 +158,47 @@ function M.load(path, opts)
   return img
 end
 
--- new(w, h, channels[, pixels]) -> Image
 -- nil, msg, "toolarge" when an image of w x h would exceed max_pixels (the decode limit
--- applies to images made here too: a typo must not ask for gigabytes).
+-- applies to images made here too: a typo must not ask for gigabytes) or have a side longer
+-- than llmux can hold. Sides are checked first: w * h of two huge sides can wrap.
 local function over_limit(w, h, fname)
+  if w > MAX_SIDE or h > MAX_SIDE then
+    return nil, format("llmux.image: %s: %d x %d is over the limit of %d pixels per side",
+      fname, w, h, MAX_SIDE), "toolarge"
+  end
   if w * h > M.max_pixels then
     return nil, format("llmux.image: %s: %d x %d = %d pixels is over max_pixels %d", fname, w, h,
       w * h, M.max_pixels), "toolarge"
   end
 end
 
--- new(w, h, channels[, pixels]) -> Image | nil, msg, "toolarge"
-function M.new(w, h, ch, px)
-  local iw, ih = tointeger(w), tointeger(h)
-  if iw and ih then
-    local _, msg, code = over_limit(iw, ih, "new")
-    if msg then return nil, msg, code end
+-- A positive integer argument n, or misuse.
+local function size_arg(v, n, fname, name)
+  local i = tointeger(v)
+  if not i or i < 1 then
+    argerr(n, fname, format("%s must be a positive integer, got %s", name, tostring(v)))
   end
-  return c_new(w, h, ch, px)
+  return i
+end
+
+-- new(w, h, channels[, pixels]) -> Image | nil, msg, "toolarge"
+-- pixels: w * h * channels bytes, rows top to bottom; zeros when absent.
+function M.new(w, h, ch, px)
+  local iw, ih = size_arg(w, 1, "new", "width"), size_arg(h, 2, "new", "height")
+  local ich = tointeger(ch)
+  if not ich or ich < 1 or ich > 4 then
+    argerr(3, "new", "channels must be 1, 2, 3 or 4, got " .. tostring(ch))
+  end
+  if px ~= nil and type(px) ~= "string" then
+    argerr(4, "new", "pixels must be a string, got " .. type(px))
+  end
+  local _, msg, code = over_limit(iw, ih, "new")
+  if msg then return nil, msg, code end
+  if px and #px ~= iw * ih * ich then
+    argerr(4, "new", format("pixels must be %d x %d x %d = %d bytes, got %d", iw, ih, ich,
+      iw * ih * ich, #px))
+  end
+  return c_new(iw, ih, ich, px)
 end
 
 -- Methods written in Lua ---------------------------------------------------------------------
@@ -190,9 +223,7 @@ local c_resize = Image.resize
 -- img:resize(w, h) -> Image: area averaging to shrink, bilinear to grow.
 function Image:resize(w, h)
   check_image(self, 1, "resize")
-  local iw, ih = tointeger(w), tointeger(h)
-  if not iw or iw < 1 then argerr(2, "resize", "width must be a positive integer") end
-  if not ih or ih < 1 then argerr(3, "resize", "height must be a positive integer") end
+  local iw, ih = size_arg(w, 2, "resize", "width"), size_arg(h, 3, "resize", "height")
   local _, msg, code = over_limit(iw, ih, "resize")
   if msg then return nil, msg, code end
   if pooled(max(self:width() * self:height(), iw * ih)) then
@@ -227,10 +258,11 @@ local EXTEND = set("left", "right", "top", "bottom", "fill")
 function Image:extend(opts)
   check_image(self, 1, "extend")
   opts = options(opts, 2, "extend", EXTEND)
-  local l = int_opt(opts.left, 2, "extend", "left", 0, nil, 0)
-  local r = int_opt(opts.right, 2, "extend", "right", 0, nil, 0)
-  local t = int_opt(opts.top, 2, "extend", "top", 0, nil, 0)
-  local b = int_opt(opts.bottom, 2, "extend", "bottom", 0, nil, 0)
+  -- bounded, so that the sums below cannot wrap
+  local l = int_opt(opts.left, 2, "extend", "left", 0, MAX_SIDE, 0)
+  local r = int_opt(opts.right, 2, "extend", "right", 0, MAX_SIDE, 0)
+  local t = int_opt(opts.top, 2, "extend", "top", 0, MAX_SIDE, 0)
+  local b = int_opt(opts.bottom, 2, "extend", "bottom", 0, MAX_SIDE, 0)
   local edge, cr, cg, cb, ca = fill_of(opts.fill, 2, "extend")
   local _, msg, code = over_limit(self:width() + l + r, self:height() + t + b, "extend")
   if msg then return nil, msg, code end
@@ -291,9 +323,7 @@ end
 -- belongs to both halves).
 function M.mask(w, h, region)
   local flat = {}
-  local iw, ih = tointeger(w), tointeger(h)
-  if not iw or iw < 1 then argerr(1, "mask", "width must be a positive integer") end
-  if not ih or ih < 1 then argerr(2, "mask", "height must be a positive integer") end
+  local iw, ih = size_arg(w, 1, "mask", "width"), size_arg(h, 2, "mask", "height")
   local _, msg, code = over_limit(iw, ih, "mask")
   if msg then return nil, msg, code end
   if type(region) == "string" then
@@ -364,7 +394,7 @@ function M.outpaint_canvas(img, opts)
       .. "\"all\"")
   end
   if opts.pixels == nil then argerr(2, "outpaint_canvas", "pixels expected") end
-  local n = int_opt(opts.pixels, 2, "outpaint_canvas", "pixels", 1, nil, nil)
+  local n = int_opt(opts.pixels, 2, "outpaint_canvas", "pixels", 1, MAX_SIDE, nil)
   local all = dir == "all"
   local l, r = (all or dir == "left") and n or 0, (all or dir == "right") and n or 0
   local t, b = (all or dir == "top") and n or 0, (all or dir == "bottom") and n or 0
