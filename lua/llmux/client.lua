@@ -89,6 +89,13 @@ local function check_url(u, where)
   return (u:gsub("/+$", ""))
 end
 
+-- A path to glue onto base_url: it must start with "/" ("@host/x" would make base_url's host
+-- userinfo and send the key to host), and blanks and control characters make no URL or split
+-- a header line.
+local function good_path(p)
+  return type(p) == "string" and sub(p, 1, 1) == "/" and not find(p, "[%s%c]")
+end
+
 -- The Authorization header lives here, keyed weakly by client, so the key is never a field
 -- of the client table (printing or serialising a client cannot show it).
 local secrets = setmetatable({}, { __mode = "k" })
@@ -630,10 +637,7 @@ local function check_args(args, allowed, required, where)
   for _, k in ipairs(required) do
     if args[k] == nil then misuse(format("%s: '%s' is required", where, k)) end
   end
-  -- path is glued onto base_url: "@host/x" would make base_url's host userinfo and send the
-  -- key to host; blanks and control characters make no URL or split a header line
-  local path = args.path
-  if path ~= nil and (sub(path, 1, 1) ~= "/" or find(path, "[%s%c]")) then
+  if args.path ~= nil and not good_path(args.path) then
     misuse(where .. ": 'path' must start with '/' and contain no whitespace or control "
       .. "characters")
   end
@@ -752,7 +756,7 @@ function Client:request(method, path, body, opts)
   if not METHODS[method] then
     error("llmux.Client:request: method must be one of GET POST PUT PATCH DELETE HEAD", 2)
   end
-  if type(path) ~= "string" or sub(path, 1, 1) ~= "/" or find(path, "[%s%c]") then
+  if not good_path(path) then
     error("llmux.Client:request: path must be a string starting with '/', without spaces or "
       .. "control characters", 2)
   end
