@@ -75,8 +75,9 @@ demo: deps
 	$(MAKE) all
 	$(LUA) tests/helpers/demo.lua
 
-# The Python peer of the stream bench; only the bench wants it, so only the bench installs it.
-BENCH_PKGS := python3-aiohttp python3-uvloop
+# The Python peer of the stream bench and valgrind for its instruction counts; only the bench
+# wants them, so only the bench installs them.
+BENCH_PKGS := python3-aiohttp python3-uvloop valgrind
 
 bench: deps
 	@missing=""; for p in $(BENCH_PKGS); do \

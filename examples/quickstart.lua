@@ -57,8 +57,10 @@ print(string.format("  finish %s, ttft %.4f s, %d tokens%s", final.choices[1].fi
 -- to show how failures come back (code, message) without stopping the batch.
 local items = {}
 for i = 1, n do items[i] = { q = "What is " .. i .. " + " .. i .. "?", model = model } end
-if n >= 10 then
-  items[7].model, items[n - 3].model = "context", "context"
+if n >= 4 then
+  items[2].model, items[n - 1].model = "context", "context"
+elseif n >= 1 then
+  items[1].model = "context"
 end
 
 local results, failures = llmux.map(items, function(item)

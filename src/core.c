@@ -22,8 +22,9 @@ const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled) {
     case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
     case CURLE_FILESIZE_EXCEEDED: return "toolarge";
     case CURLE_PARTIAL_FILE: return "truncated";
-    /* a request that cannot be made as asked: not a transport failure, never retried */
-    case CURLE_URL_MALFORMAT: case CURLE_UNSUPPORTED_PROTOCOL: return "badrequest";
+    /* a URL curl cannot parse: not a transport failure, never retried (other schemes raise
+     * in request(), so CURLE_UNSUPPORTED_PROTOCOL is a reply that is not HTTP: connect) */
+    case CURLE_URL_MALFORMAT: return "badrequest";
     case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:

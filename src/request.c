@@ -193,6 +193,10 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   P->timeout = optseconds(L, t, "timeout");
   P->ctimeout = optseconds(L, t, "connect_timeout");
   if (!P->url) luaL_error(L, "llmux.request: 'url' is required");
+  /* http(s) only (curl is told so too): any other scheme is misuse, raised here, so that
+   * curl's "unsupported protocol" afterwards only ever means a reply it cannot read as HTTP */
+  if (strncasecmp(P->url, "http://", 7) != 0 && strncasecmp(P->url, "https://", 8) != 0)
+    luaL_error(L, "llmux.request: 'url' must be http:// or https://");
   if (specfield(L, t, "max_response_bytes") != LUA_TNIL) {
     int ok;
     P->maxb = lua_tointegerx(L, -1, &ok);

@@ -244,6 +244,12 @@ describe("client retries", function()
     assert.equals(3, detail.attempts)
   end)
 
+  it("retries a reply that is not HTTP as connect", function()
+    local _, msg, code, detail = c:chat(body("garbage"))
+    assert.equals("connect", code, msg)
+    assert.equals(3, detail.attempts)
+  end)
+
   it("retries 408, 409 and 429", function()
     for _, m in ipairs{ "fail:1:408:%s", "fail:1:409:%s", "fail:1:429:%s" } do
       local res, info = c:chat(body(m:format(key("r"))))
@@ -360,7 +366,15 @@ describe("client deadline", function()
     assert.equals("ratelimit", code)
     assert.is_true(detail.deadline)
     assert.equals(1, detail.attempts)
+    assert.equals(3, detail.retry_after)
     assert.is_true(llmux.now() - t0 < 0.9)
+    -- a 429 that named no wait: retry_after stays unset (llmux's own backoff is not the server's)
+    errors.BACKOFF_BASE = 5
+    res, _, code, detail = c:chat(body("ratelimit"), { deadline = 1 })
+    errors.BACKOFF_BASE = 0.01
+    assert.equals("ratelimit", code)
+    assert.is_true(detail.deadline)
+    assert.is_nil(detail.retry_after)
   end)
 
   it("spans all attempts", function()
@@ -422,6 +436,18 @@ describe("client misuse", function()
         "http://[::1]/v1", "http://h/v1" } do
       llmux.client{ base_url = url }   -- no error
     end
+  end)
+
+  it("falls back past an empty environment variable", function()
+    local script = "local c = require('llmux').client{ max_retries = 0 }; "
+      .. "local r = assert(c:chat{ model = 'echoheaders', messages = { { role = 'user', "
+      .. "content = 'x' } } }); print(c.base_url, r.choices[1].message.content)"
+    local p = io.popen(("env LLMUX_BASE_URL= OPENAI_BASE_URL=%s LLMUX_API_KEY= "
+      .. "OPENAI_API_KEY=sk-from-openai-var lua5.4 -e %q 2>&1"):format(u.http, script))
+    local out = p:read("a")
+    assert.is_true(p:close(), out)
+    assert.truthy(out:find(u.http, 1, true), out)
+    assert.truthy(out:find('"authorization":' .. #"Bearer sk-from-openai-var", 1, true), out)
   end)
 
   it("never shows the key in the client", function()

@@ -576,10 +576,13 @@ describe("llmux.core lifetime", function()
 
   it("refuses non-HTTP schemes", function()
     local m = core.multi()
-    local r = m:request{ url = "file:///etc/passwd" }
-    drain(m)
-    assert.equals("badrequest", r:result().code)
-    assert.equals("", r:result().body)
+    for _, url in ipairs{ "file:///etc/passwd", "ftp://127.0.0.1/", "gopher://x", "/v1" } do
+      assert.has_error(function() m:request{ url = url } end,
+        "llmux.request: 'url' must be http:// or https://")
+      assert.has_error(function() core.template{ url = url } end,
+        "llmux.request: 'url' must be http:// or https://")
+    end
+    assert.is_true(m:empty())
     m:close()
   end)
 end)

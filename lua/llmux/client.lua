@@ -119,6 +119,12 @@ local function build_headers(key, user)
   return h
 end
 
+-- An environment variable, nil when unset or empty (an empty one must not hide the next).
+local function env(name)
+  local v = getenv(name)
+  if v ~= "" then return v end
+end
+
 -- llmux.client(opts) -> Client
 function M.new(opts)
   if opts == nil then opts = {} end
@@ -128,10 +134,10 @@ function M.new(opts)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
   self.api_key = nil
-  local base = opts.base_url or getenv("LLMUX_BASE_URL") or getenv("OPENAI_BASE_URL")
+  local base = opts.base_url or env("LLMUX_BASE_URL") or env("OPENAI_BASE_URL")
     or "https://api.openai.com/v1"
   self.base_url = check_url(base, "llmux.client")
-  local key = opts.api_key or getenv("LLMUX_API_KEY") or getenv("OPENAI_API_KEY")
+  local key = opts.api_key or env("LLMUX_API_KEY") or env("OPENAI_API_KEY")
   if key == "" then key = nil end
   if key and find(key, "[\r\n%z]") then
     error("llmux.client: api_key (from the environment) contains a line break", 2)
@@ -411,7 +417,6 @@ local function retry_or_fail(call, why, code, detail)
     return call_fail(call, why, code, detail)
   end
   if not wait or wait <= 0 then wait = errors.backoff(call.attempt - 1) end
-  if wait and detail.status == 429 then detail.retry_after = wait end
   if call.deadline_at and now() + wait >= call.deadline_at then
     detail.deadline = true
     return call_fail(call, why .. "; deadline leaves no time to retry", code, detail)

@@ -392,6 +392,14 @@ behaviours.leakat = function(_, a)
   return false
 end
 
+-- garbage              the reply is not HTTP at all (raw bytes on the socket, then close)
+behaviours.garbage = function()
+  local sock = ngx.req.socket(true)
+  if not sock then return close() end
+  sock:send("this is not HTTP\r\n\r\n")
+  return ngx.exit(ngx.OK)
+end
+
 behaviours.empty200 = function()
   return send(200, "", "application/json")
 end
