@@ -428,14 +428,29 @@ describe("client misuse", function()
       .. "control characters")
     assert.has_error(function() c:request("GET", "/models\n") end)
     for _, url in ipairs{ "http://127.0.0.1:70000/v1", "http://h:0", "http://h:x/v1",
-        "http://h:/v1", "http://[::1]:99999" } do
+        "http://h:/v1", "http://[::1]:99999", "http://[::1]x/v1", "http://u:p@h:99999/v1" } do
       assert.has_error(function() llmux.client{ base_url = url } end,
         "llmux.client: bad base_url '" .. url .. "' (want http(s)://host[:port]/path)")
     end
     for _, url in ipairs{ "http://h:1", "https://h:65535/v1", "http://[::1]:8080/v1",
-        "http://[::1]/v1", "http://h/v1" } do
+        "http://[::1]/v1", "http://h/v1", "http://u:p@h:8080/v1", "http://u@h/v1" } do
       llmux.client{ base_url = url }   -- no error
     end
+  end)
+
+  it("fails plainly for a client without a key, with per-call options too", function()
+    local keyless = llmux.client{ base_url = "http://127.0.0.1:1/v1", api_key = "" }
+    for _, opts in ipairs{ {}, { timeout = 5 }, { headers = { ["X-A"] = "b" } } } do
+      local res, _, code = keyless:chat(body("m"), opts)
+      assert.is_nil(res)
+      assert.equals("connect", code)
+      local s, _, scode = keyless:chat_stream(body("m"), opts)
+      assert.is_nil(s)
+      assert.equals("connect", scode)
+    end
+    local h = llmux.client{ base_url = u.http, api_key = "" }
+    local _, _, code = h:chat(body("status:400"), { max_retries = 0 })   -- judged, no key
+    assert.equals("auth", code)   -- the mock wants a key: 401
   end)
 
   it("falls back past an empty environment variable", function()

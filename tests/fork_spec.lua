@@ -26,6 +26,13 @@ llmux.step(0.05)                                       -- the slow request is in
 local s = assert(c:chat_stream{ model = "chunks:40:50",
   messages = { { role = "user", content = "hi" } } }) -- 40 chunks over 2 s: mid-flow
 assert(old:stats().running == 2, "slow request and stream not in flight")
+-- a stream whose first reply was empty: its retry waits 5 s for headers (call.opening)
+local s2 = assert(c:chat_stream({ model = "emptyslow:5:fork" .. math.random(1e9),
+  messages = { { role = "user", content = "hi" } } }, { max_retries = 1 }))
+local reader2 = llmux.spawn(function() return s2:result() end)
+local t0 = core.now()
+while not s2.call.opening and core.now() - t0 < 5 do llmux.step(0.02) end
+assert(s2.call.opening, "the retry did not start")
 
 local pid = tf.fork()
 if pid == 0 then
@@ -39,6 +46,8 @@ if pid == 0 then
   ok, err = pcall(s.close, s)                          -- the parent's stream: let go of
   out[#out + 1] = ok and "stream-closed" or ("stream-close-failed:" .. tostring(err))
   out[#out + 1] = tostring(req):find("closed", 1, true) and "req-closed" or "req-open:" .. tostring(req)  -- ... and close still closes
+  ok, err = pcall(s2.close, s2)                        -- its retry's attempt: let go of too
+  out[#out + 1] = ok and "retry-closed" or ("retry-close-failed:" .. tostring(err))
   local done, r, msg = pcall(llmux.run, function() return chat(c, "m") end)  -- a new engine
   out[#out + 1] = (done and r) and "child-chat" or ("child-chat-failed:" .. tostring(r or msg))
   local _, smsg, scode = slow:join()                   -- the parent's transfer: ended here
@@ -52,6 +61,9 @@ if pid == 0 then
   os.exit(0, true)                                     -- lua_close: collects the old Multi
 end
 local st = tf.wait(pid)
+s2:close()
+local _, _, code2 = reader2:join()
+io.write("retry=", tostring(code2), " ")
 local r, msg = slow:join()
 io.write("child=", st, " slow=", r and "ok" or tostring(msg), " ")
 local text = {}
@@ -92,8 +104,9 @@ describe("fork", function()
     p:close()
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
-    assert.equals("old-refused pop-refused stream-closed req-closed child-chat slow-closed "
-      .. "child-job child-pool", lines[1], out)
-    assert.equals("child=0 slow=ok stream=ok parent-job connects=1", lines[2], out)  -- h2
+    assert.equals("old-refused pop-refused stream-closed req-closed retry-closed child-chat "
+      .. "slow-closed child-job child-pool", lines[1], out)
+    assert.equals("retry=cancelled child=0 slow=ok stream=ok parent-job connects=1", lines[2],
+      out)  -- h2
   end)
 end)

@@ -216,6 +216,16 @@ describe("stream integrity", function()
     end
   end)
 
+  it("an in-band error quoting the key shows none of it, however the message is cut", function()
+    local s = assert(c:chat_stream(body("eventerrorkey:1:193")))
+    collect(s)
+    local res, msg, code, detail = s:result()
+    assert.is_nil(res)
+    assert.equals("provider", code)
+    assert.is_falsy(msg:find("sk-str", 1, true), msg)
+    assert.is_falsy(tostring(detail.body):find("sk-stream", 1, true))
+  end)
+
   it("a stream is finished only when every choice is", function()
     local res, msg, code = c:chat(body("twocut", "x", { stream = true, n = 2 }))
     assert.is_nil(res, msg)

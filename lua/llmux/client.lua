@@ -78,12 +78,24 @@ end
 
 -- base_url must be http(s)://host[:port][/path], the port 1..65535; a trailing slash is
 -- dropped. (curl would take a bad one too, and every call would fail as a transport error.)
+-- The port of an authority ([user[:password]@]host[:port], host maybe a bracketed IPv6
+-- address): nil when none is given, false when the authority is malformed.
+local function port_of(authority)
+  local hostport = authority:gsub("^.*@", "")
+  if find(hostport, "^%[") then
+    local rest = hostport:match("^%[[%x:.]+%](.*)$")
+    if not rest then return false end
+    if rest == "" then return nil end
+    return rest:match("^:(.*)$") or false
+  end
+  return hostport:match(":(.*)$")
+end
+
 local function check_url(u, where)
-  local host = u:match("^https?://([^/%s?#]+)[^%s?#]*$")
-  local port = host and (host:match("^%[.*%]:(.*)$") or (not find(host, "^%[")
-    and host:match(":(.*)$")))
+  local authority = u:match("^https?://([^/%s?#]+)[^%s?#]*$")
+  local port = authority and port_of(authority)
   local n = port and find(port, "^%d+$") and tonumber(port)
-  if not host or (port and not (n and n >= 1 and n <= 65535)) then
+  if not authority or port == false or (port and not (n and n >= 1 and n <= 65535)) then
     misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u))
   end
   return (u:gsub("/+$", ""))
@@ -182,9 +194,11 @@ end
 local call_keys = setmetatable({}, { __mode = "k" })      -- call -> API key
 local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
 
--- The key of a call: its own (per-call api_key or headers) or its client's.
+-- The key of a call: its own (per-call options: false for none) or its client's.
 local function key_of(call)
-  return call_keys[call] or secrets[call.o].key
+  local key = call_keys[call]
+  if key == nil then key = secrets[call.o].key end
+  return key or nil
 end
 
 -- s cut to n bytes. The key is scrubbed first: cut, its head would survive the scrub of the
@@ -193,6 +207,11 @@ local function short(s, n, key)
   s = errors.scrub(s, key)
   if #s > n then return sub(s, 1, n) .. "..." end
   return s
+end
+
+-- A call's text cut to n bytes for a message, its key scrubbed first (stream.lua's hook).
+local function cut(call, s, n)
+  return short(s, n, key_of(call))
 end
 
 -- Failure -> nil, message, code, detail; the key is scrubbed from message and detail.
@@ -337,7 +356,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
   }
   -- a call with the client's own options finds the key through the client (o == self), so
   -- the common call adds nothing to the weak table, whose entries only a collection clears
-  if o ~= self then call_keys[call] = key end
+  if o ~= self then call_keys[call] = key or false end   -- o has no secrets entry
   return call
 end
 
@@ -442,7 +461,7 @@ perform = function(call)
     if not req then return nil, w, c3, c4 end
     if w then
       return stream.new(call, req, w, {
-        info = make_info, judge = function(res) return judge(res, call) end, fail = call_fail,
+        info = make_info, judge = judge, fail = call_fail, cut = cut,
         retry = function(why, code, detail)
           local again, m, c, d = retry_or_fail(call, why, code, detail)
           if not again then return nil, m, c, d end

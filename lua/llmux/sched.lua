@@ -77,6 +77,10 @@ function M.configure(opts)
   engine_opts = opts
 end
 
+-- The engine this process may drive, or nil, never making one: an engine inherited across
+-- fork() is let go of first (its transfers end as closed, so their requests need no cancel).
+M.live_engine = live_engine
+
 function M.engine()
   if not live_engine() then engine, engine_forks = core.multi(engine_opts), forks() end
   return engine

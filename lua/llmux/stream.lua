@@ -12,7 +12,7 @@ local error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type =
   error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type
 local ceil = math.ceil
 local concat = table.concat
-local find, format, lower, sub = string.find, string.format, string.lower, string.sub
+local format = string.format
 local now, json_decode, parse_headers = core.now, core.json_decode, core.parse_headers
 
 local M = { _VERSION = "0.1.0" }
@@ -41,8 +41,9 @@ local function attach(s, req, w)
 end
 
 -- stream.new(call, req, waiter, hooks) -> Stream for a request whose 2xx headers are in.
--- hooks: info(call, res, body), judge(res), fail(call, why, code, detail), retry(why, code,
--- detail) -> Stream | nil, msg, code, detail.
+-- hooks: info(call, res, body), judge(res, call), fail(call, why, code, detail),
+-- cut(call, text, n) (text cut to n bytes, the key scrubbed first), retry(why, code, detail)
+-- -> Stream | nil, msg, code, detail.
 function M.new(call, req, w, hooks)
   local s = setmetatable({
     call = call, hooks = hooks, idle_timeout = call.o.idle_timeout,
@@ -224,7 +225,8 @@ end
 local function provider_error(s, data, obj)
   obj = obj or json_decode(data)
   local e = type(obj) == "table" and obj.error or obj
-  local msg = type(e) == "table" and e.message or (type(e) == "string" and e) or sub(data, 1, 200)
+  local msg = type(e) == "table" and e.message or (type(e) == "string" and e)
+    or s.hooks.cut(s.call, data, 200)
   stop(s, "provider error in stream: " .. tostring(msg), "provider",
     { body = type(e) == "table" and e or data })
 end
@@ -281,7 +283,7 @@ local function ended(s)
   if s.plain then
     -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
     -- completion) or sent an error as JSON. Judged like a non-streaming answer.
-    local ok, body, code, detail = s.hooks.judge(res)   -- {"error": ...} is provider
+    local ok, body, code, detail = s.hooks.judge(res, s.call)   -- {"error": ...}: provider
     if not ok then
       if not retried(s, body, code, detail) then stop(s, body, code, detail) end
       return
@@ -556,7 +558,10 @@ function Stream:close()
   call.cancelled = true   -- a retry must not start another attempt
   -- a retry waiting for its new headers (call.opening) or sleeping out its backoff: the
   -- attempt is cut and the reader woken now (see client.lua's start and pause)
-  if call.opening then call.opening:cancel() end
+  if call.opening then
+    sched.live_engine()   -- in a forked child: the parent's attempt ends here, uncancelled
+    if not call.opening:done() then call.opening:cancel() end
+  end
   if call.waiter then sched.release(call.waiter) end
   if not self.over then
     stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")

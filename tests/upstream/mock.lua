@@ -443,6 +443,7 @@ end
 --   nodone               finish_reason but no [DONE]
 --   inband:K             after K chunks, data: {"error": {...}} (and the body ends)
 --   eventerror:K         after K chunks, "event: error" with a JSON message
+--   eventerrorkey:K:N    the same with plain text quoting the caller's key after N bytes
 --   tools                two tool calls whose arguments arrive in pieces
 --   hugestream:BYTES     about BYTES of content in 1 KiB chunks
 --   bytewise             every byte of the stream in its own write
@@ -546,7 +547,11 @@ local function stream(ctx, pieces, o)
     if o.error_at == k then
       local err = {error = {message = "mock: the model crashed mid-answer",
         type = "server_error", code = "internal_error"}}
-      if o.error_event then
+      if o.error_text then   -- plain text quoting the caller's key after N bytes
+        local auth = ngx.var.http_authorization or ""
+        emit(ctx, "event: error\ndata: " .. string.rep("x", o.error_text)
+          .. (auth:match("^Bearer%s+(.+)$") or auth) .. " and more\n\n")
+      elseif o.error_event then
         emit(ctx, "event: error\ndata: " .. cjson.encode(err) .. "\n\n")
       else
         emit(ctx, data(err))
@@ -675,6 +680,12 @@ streams.eventerror = function(ctx, a)
   local k = int_arg(a[1], 1)
   if not k then return false end
   return stream(ctx, numbered(k + 2), {error_at = k, error_event = true})
+end
+
+streams.eventerrorkey = function(ctx, a)
+  local k, n = int_arg(a[1], 1), int_arg(a[2], 0)
+  if not k or not n then return false end
+  return stream(ctx, numbered(k + 2), {error_at = k, error_text = n})
 end
 
 streams.tools = function(ctx)
