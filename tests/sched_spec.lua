@@ -151,6 +151,86 @@ describe("waits in awkward places", function()
     assert.equals("llmux.Semaphore (1/1 free)", tostring(sem))
   end)
 
+  it("a deadlock gives back a permit held by sem:with in a stuck task", function()
+    local sem, never = llmux.semaphore(1), llmux.semaphore(1)
+    never:acquire()   -- nobody gives this one back
+    assert.has_error(function()
+      llmux.run(function()
+        llmux.spawn(function() sem:with(function() never:acquire() end) end)
+        llmux.spawn(function() sem:acquire() end)   -- queued behind it
+      end)
+    end, "llmux.run: deadlock: 2 task(s) wait but nothing is running or due")
+    assert.equals("llmux.Semaphore (1/1 free)", tostring(sem))
+    assert.equals(7, llmux.run(function() return sem:with(function() return 7 end) end))
+  end)
+
+  it("a failing task closes its to-be-closed variables", function()
+    local closed = {}
+    local function guard(name)
+      return setmetatable({}, { __close = function() closed[#closed + 1] = name end })
+    end
+    local t
+    assert.has_error(function()
+      llmux.run(function()
+        t = llmux.spawn(function()
+          local _ <close> = guard("task")
+          llmux.sleep(0.01)
+          error("task broke")
+        end)
+        local _ <close> = guard("main")
+        t:join()
+        error("main broke")
+      end)
+    end)
+    table.sort(closed)
+    assert.same({ "main", "task" }, closed)
+  end)
+
+  it("an error value whose __tostring raises leaves the scheduler sound", function()
+    local bad = setmetatable({}, { __tostring = function() error("boom") end })
+    local ok, err = pcall(llmux.run, function() error(bad) end)
+    assert.is_false(ok)
+    assert.equals(bad, err)   -- a non-string error value is raised as it is
+    local t = llmux.spawn(function() error(bad) end)
+    local r, msg = t:join()
+    assert.is_nil(r)
+    assert.equals("(an error value of type table)", msg)
+    local done = false
+    llmux.run(function() llmux.spawn(function() llmux.sleep(0.01); done = true end) end)
+    assert.is_true(done, "run returned before its tasks ended")
+  end)
+
+  it("run raises an error table as it is, so callers can read it", function()
+    local ok, err = pcall(llmux.run, function() error({ code = "x" }) end)
+    assert.is_false(ok)
+    assert.same({ code = "x" }, err)
+  end)
+
+  it("a failure nobody ended up joining is reported, though a blocked join gave up", function()
+    local script = [[
+      local llmux = require "llmux"
+      local sem = llmux.semaphore(1)
+      sem:acquire()
+      local t = llmux.spawn(function() sem:acquire(); error("late failure") end)
+      local gave_up = not pcall(t.join, t)   -- deadlock: the task waits, nothing is due
+      io.stdout:write(gave_up and "gave-up\n" or "joined\n")
+      sem:release()                          -- now it runs, and fails
+      for _ = 1, 5 do llmux.step(0) end
+      t = nil
+      collectgarbage(); collectgarbage()
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local p = io.popen("lua5.4 " .. path .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(path)
+    assert.matches("gave%-up", out)
+    assert.matches("llmux: task failed and was never joined: [^\n]*late failure", out)
+  end)
+
   it("run from a plain coroutine (a host's main) still waits for every task", function()
     local finished = false
     coroutine.wrap(function()
@@ -333,6 +413,14 @@ describe("map", function()
         concurrency = 4, progress = function(done) if done == 3 then error("bar broke") end end })
     end, "bar broke")
     assert.is_true(calls <= 6, "fn kept running: " .. calls .. " calls")
+    -- error() without a message (nil) or error(false) stops it too
+    for _, v in ipairs{ false, nil } do
+      calls = 0
+      local ok = pcall(llmux.map, items, function(x) calls = calls + 1; llmux.sleep(0.001); return x end, {
+        concurrency = 4, progress = function(done) if done == 3 then error(v) end end })
+      assert.is_false(ok)
+      assert.is_true(calls <= 6, "fn kept running: " .. calls .. " calls")
+    end
   end)
 end)
 

@@ -192,16 +192,35 @@ local function heap_pop()
   return top
 end
 
+-- An error value as text; never raises (a __tostring that fails must not break the loop).
+local function describe(v)
+  local ok, text = pcall(tostring, v)
+  if ok and type(text) == "string" then return text end
+  return "(an error value of type " .. type(v) .. ")"
+end
+
+-- Whether anyone still waits in joiners (a blocked caller that gave up on a deadlock does
+-- not: its box is cancelled).
+local function joined(joiners)
+  for i = 1, #joiners do
+    if not joiners[i].cancelled then return true end
+  end
+  return false
+end
+
 local function finish(task, ok, ...)
   alive = alive - 1
   if ok then
     task.state, task.results = "done", pack(...)
   else
     task.state = "failed"
-    local msg = ...
-    task.err = debug.traceback(task.co, tostring(msg))
-    task.message = tostring(msg)
-    if #task.joiners == 0 then
+    local value = ...
+    task.value, task.message = value, describe(value)
+    task.err = debug.traceback(task.co, task.message)
+    -- the dead coroutine's pending to-be-closed variables (a <close> stream, sem:with's
+    -- permit) are closed now, as coroutine.close does, not left to the collector
+    co_close(task.co)
+    if not joined(task.joiners) then
       unobserved[task] = true
       task.sentinel = setmetatable({ err = task.err }, Sentinel)
     end
@@ -514,6 +533,13 @@ function M.step(t)
   return not idle() or alive > 0
 end
 
+-- Raises what a failed task raised: a string with the task's traceback, any other value (an
+-- error table a caller may inspect) as it is.
+local function raise_failure(task)
+  if type(task.value) == "string" then error(task.err, 0) end
+  error(task.value, 0)
+end
+
 -- run(fn, ...) -> fn's results: runs fn as a task and drives the loop until every task ended.
 -- fn's error is raised after the other tasks end; errors of tasks nobody joined are reported
 -- on stderr rather than lost.
@@ -524,19 +550,25 @@ function M.run(fn, ...)
   if resuming > 0 then
     main:join()
     observe(main)
-    if main.state == "failed" then error(main.err, 0) end
+    if main.state == "failed" then raise_failure(main) end
     return unpack(main.results, 1, main.results.n)
   end
   while alive > 0 do
     if idle() then
       local msg = "llmux.run: deadlock: " .. alive .. " task(s) wait but nothing is running or due"
+      local stuck = {}
       for co, t in pairs(tasks) do
         if t.state ~= "done" and t.state ~= "failed" then
           t.cancelled = true   -- a semaphore it queued on skips it (see Sem:release)
-          co_close(co)
-          finish(t, false, msg)
-          observe(t)
+          stuck[#stuck + 1] = t
         end
+      end
+      -- all are marked first: closing one runs its <close> variables (sem:with releases), and
+      -- a permit must not pass to another stuck task
+      for _, t in ipairs(stuck) do
+        co_close(t.co)
+        finish(t, false, msg)
+        observe(t)
       end
       alive = 0
       error(msg, 2)
@@ -548,7 +580,7 @@ function M.run(fn, ...)
     report_unjoined(t.err)
     observe(t)
   end
-  if main.state == "failed" then error(main.err, 0) end
+  if main.state == "failed" then raise_failure(main) end
   return unpack(main.results, 1, main.results.n)
 end
 
@@ -593,13 +625,13 @@ function Sem:release()
   end
 end
 
--- sem:with(fn, ...) -> fn's results, holding a permit meanwhile (released on error too).
+-- sem:with(fn, ...) -> fn's results, holding a permit meanwhile: released on return, on
+-- error, and when the task is closed while fn waits (a to-be-closed guard, not a pcall).
+local Permit = { __close = function(p) p.sem:release() end }
 function Sem:with(fn, ...)
   self:acquire()
-  local r = pack(pcall(fn, ...))
-  self:release()
-  if not r[1] then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+  local _ <close> = setmetatable({ sem = self }, Permit)
+  return fn(...)
 end
 
 function Sem.__tostring(s)
@@ -668,12 +700,13 @@ function M.map(items, fn, opts)
   local n = #items
   local results, failures = {}, {}
   local nexti, ndone, nfailed = 0, 0, 0
-  local perr   -- the progress function's error: no worker takes a new item after it
+  -- the progress function failed (perr: what it raised, maybe nil): no worker takes a new item
+  local pfailed, perr = false, nil
   local function record(i, ok, r1, r2, r3, r4)
     if not ok then
-      failures[#failures + 1] = { index = i, message = tostring(r1) }
+      failures[#failures + 1] = { index = i, message = describe(r1) }
     elseif r1 == nil and r2 ~= nil then
-      failures[#failures + 1] = { index = i, message = tostring(r2), code = r3, detail = r4 }
+      failures[#failures + 1] = { index = i, message = describe(r2), code = r3, detail = r4 }
     else
       results[i] = r1
       return
@@ -681,14 +714,14 @@ function M.map(items, fn, opts)
     nfailed = nfailed + 1
   end
   local function worker()
-    while nexti < n and not perr do
+    while nexti < n and not pfailed do
       nexti = nexti + 1
       local i = nexti
       record(i, pcall(fn, items[i], i))
       ndone = ndone + 1
-      if progress and not perr then
+      if progress and not pfailed then
         local ok, err = pcall(progress, ndone, n, nfailed)
-        if not ok then perr = err end
+        if not ok then pfailed, perr = true, err end
       end
     end
   end
@@ -698,7 +731,7 @@ function M.map(items, fn, opts)
     local ok, err = workers[w]:join()
     if ok == nil and err then error(err, 0) end  -- only a bug in map itself gets here
   end
-  if perr then error(perr, 0) end
+  if pfailed then error(perr, 0) end
   if progress and progress ~= opts.progress then progress(ndone, n, nfailed, true) end
   table.sort(failures, function(a, b) return a.index < b.index end)
   return results, failures
