@@ -10,6 +10,19 @@ setup(function()
 end)
 teardown(function() if u then u:stop() end end)
 
+-- Runs a Lua script in a process of its own; returns what it wrote (stdout and stderr).
+local function run_script(script)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(script)
+  f:close()
+  local p = io.popen("lua5.4 " .. path .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  os.remove(path)
+  return out
+end
+
 local function ask(content, model)
   local res, msg, code = c:chat{ model = model or "m", messages = { { role = "user", content = content } } }
   if not res then return nil, msg, code end
@@ -219,14 +232,7 @@ describe("waits in awkward places", function()
       t = nil
       collectgarbage(); collectgarbage()
     ]]
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write(script)
-    f:close()
-    local p = io.popen("lua5.4 " .. path .. " 2>&1")
-    local out = p:read("a")
-    p:close()
-    os.remove(path)
+    local out = run_script(script)
     assert.matches("gave%-up", out)
     assert.matches("llmux: task failed and was never joined: [^\n]*late failure", out)
   end)
@@ -285,14 +291,7 @@ describe("tasks nobody joins, in a frame loop", function()
       collectgarbage(); collectgarbage()
       io.stdout:write(("growth %.0f KiB\n"):format(collectgarbage("count") - kib))
     ]]
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write(script)
-    f:close()
-    local p = io.popen("lua5.4 " .. path .. " 2>&1")
-    local out = p:read("a")
-    p:close()
-    os.remove(path)
+    local out = run_script(script)
     local _, reports = out:gsub("llmux: task failed and was never joined: [^\n]*frame task broke", "")
     assert.equals(2003, reports, out:sub(1, 500))
     local growth = tonumber(out:match("growth (%-?%d+) KiB"))
