@@ -55,13 +55,14 @@ test: deps
 	$(MAKE) all $(LOCALE)
 	LOCPATH="$(abspath $(LOCALE_DIR))" $(BUSTED) tests
 
-# A comma-decimal locale, so the JSON tests can check that LC_NUMERIC never leaks into numbers
-# (glibc looks in LOCPATH when setlocale runs; nothing is installed system-wide).
+# A comma-decimal locale and one whose decimal point is two bytes (ps_AF: U+066B), so the JSON
+# tests can check that LC_NUMERIC never leaks into numbers (glibc looks in LOCPATH when
+# setlocale runs; nothing is installed system-wide).
 LOCALE_DIR := build/locale
-LOCALE := $(LOCALE_DIR)/de_DE.UTF-8
-$(LOCALE):
+LOCALE := $(LOCALE_DIR)/de_DE.UTF-8 $(LOCALE_DIR)/ps_AF.UTF-8
+$(LOCALE_DIR)/%.UTF-8:
 	@mkdir -p $(LOCALE_DIR)
-	localedef -i de_DE -f UTF-8 $@ || test -f $@/LC_NUMERIC
+	localedef -i $* -f UTF-8 $@ || test -f $@/LC_NUMERIC
 
 # The worker pool's C test, plain and under ThreadSanitizer (when the compiler has it).
 POOLTEST := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/pool_test.c src/pool.c -lpthread -ldl

@@ -11,6 +11,7 @@
  * checking bounds, and tell "end of input" from an embedded NUL by the position. */
 #include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "llmux.h"
@@ -71,6 +72,7 @@ static const char E_ZERO[] = "leading zero in number";
 static const char E_RANGE[] = "number out of range";
 static const char E_LONG[] = "number too long";
 static const char E_DEPTH[] = "nesting deeper than 1000";
+static const char E_MEM[] = "out of memory";
 static const char E_STACK[] = "document too large for the Lua stack";
 
 static int fail(Parser *P, const char *err, const unsigned char *at) {
@@ -235,22 +237,24 @@ static void push_double(lua_State *L, double d) {
   lua_pushnumber(L, d);
 }
 
-/* strtod on the token, which is followed by a byte that cannot continue a number, so strtod
- * stops exactly at its end unless the locale's decimal point is not '.'; then the token is
- * copied with the point swapped, as Lua's own l_str2d does. */
+static locale_t c_locale;
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static void make_c_locale(void) { c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0); }
+
+locale_t lmx_c_locale(void) {
+  pthread_once(&c_locale_once, make_c_locale);
+  return c_locale;
+}
+
+/* strtod in the C locale on the token, which is followed by a byte that cannot continue a
+ * number, so it stops exactly at its end, however long the token and whatever decimal point
+ * (one byte or several) LC_NUMERIC has. */
 static int slow_double(Parser *P, const unsigned char *start, double *d) {
-  char *e, buf[256];
-  size_t n = (size_t)(P->p - start);
-  *d = strtod((const char *)start, &e);
-  if ((const unsigned char *)e != P->p) {
-    char *dot;
-    if (n >= sizeof buf) return fail(P, E_LONG, start);
-    memcpy(buf, start, n);
-    buf[n] = '\0';
-    if ((dot = strchr(buf, '.')) != NULL) *dot = localeconv()->decimal_point[0];
-    *d = strtod(buf, &e);
-    if (e != buf + n) return fail(P, E_LONG, start);
-  }
+  char *e;
+  locale_t c = lmx_c_locale();
+  if (!c) return fail(P, E_MEM, start);
+  *d = strtod_l((const char *)start, &e, c);
+  if ((const unsigned char *)e != P->p) return fail(P, E_LONG, start);
   if (isinf(*d)) return fail(P, E_RANGE, start);
   return 0;
 }

@@ -120,16 +120,20 @@ static int put_string(Enc *E, const char *s, size_t n) {
 /* Numbers ---------------------------------------------------------------------------------- */
 
 /* Writes d into s (>= 32 bytes) with the fewest digits from 15 to 17 that read back as d, with
- * '.' as the decimal point whatever the locale. Returns the length, or -1 for NaN/infinity. */
+ * '.' as the decimal point whatever the locale (formatted in the C locale: the host's point
+ * may be ',' or even several bytes). Returns the length, -1 for NaN/infinity, -2 when the C
+ * locale could not be made. */
 static int format_float(char *s, double d) {
   int n = 0;
   if (!isfinite(d)) return -1;
+  locale_t c = lmx_c_locale();
+  if (!c) return -2;
+  locale_t old = uselocale(c);
   for (int prec = 15; prec <= 17; prec++) {
     n = snprintf(s, 32, "%.*g", prec, d);
-    if (prec == 17 || strtod(s, NULL) == d) break;   /* strtod reads the locale's point too */
+    if (prec == 17 || strtod(s, NULL) == d) break;
   }
-  for (int i = 0; i < n; i++)
-    if (s[i] != '-' && s[i] != '+' && s[i] != 'e' && (s[i] < '0' || s[i] > '9')) s[i] = '.';
+  uselocale(old);
   return n;
 }
 
@@ -200,7 +204,8 @@ static int encode_object(Enc *E, int idx, int depth) {
     } else if (lua_type(L, k) == LUA_TNUMBER) {
       char s[32];   /* formatted here: lua_tolstring would turn the key into a string in place */
       int n = format_number(L, k, s);
-      r = n < 0 ? fail(E, "NaN or infinity as a table key", NULL)
+      r = n == -2 ? fail(E, "out of memory", NULL)
+          : n < 0 ? fail(E, "NaN or infinity as a table key", NULL)
                 : (put1(E, '"') < 0 || put(E, s, (size_t)n) < 0) ? -1 : put1(E, '"');
     } else {
       r = fail(E, "a table key must be a string or a number, not a %s", luaL_typename(L, k));
@@ -251,6 +256,7 @@ static int encode_value(Enc *E, int idx, int depth) {
     case LUA_TNUMBER: {
       char s[32];
       int n = format_number(L, idx, s);
+      if (n == -2) return fail(E, "out of memory", NULL);
       return n < 0 ? fail(E, "cannot encode NaN or infinity", NULL) : put(E, s, (size_t)n);
     }
     case LUA_TBOOLEAN:
@@ -284,7 +290,7 @@ static int json_encode(lua_State *L) {
   E.err = E.what = NULL;
   E.pathlen = 0;
   E.cut = 0;
-  ok = encode_value(&E, 1, 0) == 0;
+  ok = encode_value(&E, 1, 1) == 0;   /* depth counted as the decoder does: the top is 1 */
   if (ok) lua_pushlstring(L, o->p, o->n);   /* a memory error here leaves o as it is: fine */
   if (o->cap > ENC_KEEP) lmx_buf_free(o);
   if (ok) return 1;

@@ -294,6 +294,24 @@ describe("json_decode under a comma-decimal locale", function()
     assert.same({ 0.5, 2.5e-300, 1.2345678901234568e20 }, {
       decode("0.5"), decode("2.5e-300"), decode("123456789012345678901.5") })
   end)
+
+  local mb = comma_locale("multibyte")
+  local run_mb = mb and it or pending
+  run_mb("reads any number where the locale's point is two bytes, however long"
+      .. (mb and "" or " (no such locale here)"), function()
+    local long = "0." .. ("1"):rep(300)
+    for _, where in ipairs{ "C", mb, loc } do
+      if where then
+        os.setlocale(where, "numeric")
+        local ok, v = pcall(decode, "[1.7976931348623157e308, 1.5e-30, " .. long .. ", 2.5]")
+        local n = json.decode(1.5)
+        os.setlocale("C", "numeric")
+        assert(ok, v)
+        assert.same({ 1.7976931348623157e308, 1.5e-30, tonumber(long), 2.5 }, v, where)
+        assert.equals(1.5, n, where)
+      end
+    end
+  end)
 end)
 
 describe("json_decode sizes", function()

@@ -67,6 +67,20 @@ describe("json_encode under a comma-decimal locale", function()
     assert.equals("1,5", comma)   -- the locale is really in force
     assert.equals("[1.5,0.30000000000000004,1e-300,-2.25e+100]", s)
   end)
+
+  local mb = comma_locale("multibyte")
+  local run_mb = mb and it or pending
+  run_mb("still writes '.' where the locale's point is two bytes"
+      .. (mb and "" or " (no such locale here)"), function()
+    os.setlocale(mb, "numeric")
+    local native = string.format("%g", 1.5)
+    local s = encode{ 1.5, 0.1 + 0.2, 1e-300, -2.25e100 }
+    local n = json.decode(2.5)   -- a number is decoded as its JSON text, not tostring's
+    os.setlocale("C", "numeric")
+    assert.equals(4, #native)   -- "1", U+066B (2 bytes), "5": the locale is really in force
+    assert.equals("[1.5,0.30000000000000004,1e-300,-2.25e+100]", s)
+    assert.equals(2.5, n)
+  end)
 end)
 
 describe("json_encode strings", function()
@@ -154,8 +168,12 @@ describe("json_encode tables", function()
       for _ = 1, n do t = { t } end
       return t
     end
-    assert.equals(("["):rep(1000) .. "{}" .. ("]"):rep(1000), encode(nest(1000)))
-    assert.is_nil((encode(nest(1001))))
+    -- levels counted as the decoder counts them: what one writes, the other reads
+    local s = encode(nest(999))
+    assert.equals(("["):rep(999) .. "{}" .. ("]"):rep(999), s)
+    assert.is_table(decode(s))
+    assert.is_nil((encode(nest(1000))))
+    assert.is_nil((decode(("["):rep(1000) .. "{}" .. ("]"):rep(1000))))
   end)
 end)
 

@@ -34,12 +34,15 @@ end
 M.normalize = normalize
 
 -- decode(s) -> value | nil, message. Never raises on bad input. A top-level null gives
--- nil, "JSON null"; numbers are taken as their text, as cjson did.
+-- nil, "JSON null"; numbers are taken as their text, as cjson did (written by the encoder:
+-- tostring would use the locale's decimal point).
 function M.decode(s)
   local ts = type(s)
   if ts ~= "string" then
     if ts ~= "number" then return nil, "llmux.json: expected a string, got " .. ts end
-    s = tostring(s)
+    local text, err = core.json_encode(s)
+    if not text then return nil, err end
+    s = text
   end
   return json_decode(s)
 end
