@@ -81,6 +81,9 @@ struct lmx_Multi {
   int nfree;
   uint64_t done, connects;    /* counters for stats() */
   int env_proxy;              /* the environment named a proxy when m was made */
+  unsigned char *parked;      /* by fd: 1 when curl let go of the socket but it stays in the
+                                 epoll set (see multi_sockcb); parked_n entries */
+  int parked_n;
   int http2;                  /* HTTP/2 over TLS when offered (else HTTP/1.1 everywhere): one
                                  choice per Multi, since curl 7.88 can hand one HTTP/1.1
                                  connection to two transfers when a host gets both wishes */

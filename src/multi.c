@@ -21,14 +21,43 @@ static lmx_Multi *checkmulti(lua_State *L, int i) {
   return m;
 }
 
-/* curl tells which socket to watch for what. socketp marks sockets already in the epoll set. */
+/* Marks fd parked (1) or not (0); 0 when a park could not be recorded (no memory). */
+static int set_parked(lmx_Multi *m, curl_socket_t fd, unsigned char v) {
+  if (fd < 0) return 0;
+  if (fd >= m->parked_n) {
+    if (!v) return 1;
+    int n = m->parked_n ? m->parked_n : 64;
+    while (n <= fd) n *= 2;
+    unsigned char *p = realloc(m->parked, (size_t)n);
+    if (!p) return 0;
+    memset(p + m->parked_n, 0, (size_t)(n - m->parked_n));
+    m->parked = p;
+    m->parked_n = n;
+  }
+  m->parked[fd] = v;
+  return 1;
+}
+
+static int is_parked(const lmx_Multi *m, curl_socket_t fd) {
+  return fd >= 0 && fd < m->parked_n && m->parked[fd];
+}
+
+/* curl tells which socket to watch for what. socketp marks sockets curl watches now.
+ * A socket curl lets go of (its transfer ended; the keep-alive connection waits for the
+ * next) is parked: left in the epoll set, so that the next transfer on it costs one MOD
+ * instead of a DEL now and an ADD then (two syscalls per request, as many as its I/O). A
+ * parked socket that fires (the server closed it) is taken out in step(), and one curl closes
+ * is taken out first (multi_closesock: a forked child may hold the socket open, and epoll
+ * drops an entry on close only when no process does). A re-watched fd whose number was
+ * reused meanwhile gets ENOENT from MOD and is ADDed. */
 static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   lmx_Multi *m = userp;
   (void)e;
   if (LMX_FORKED(m)) return 0;   /* the epoll set is the parent's too */
   if (what == CURL_POLL_REMOVE) {
-    /* the socket may already be closed (epoll dropped it then): ignore the error */
-    if (socketp) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    /* a socket that cannot be parked leaves the set now; it may already be closed (epoll
+     * dropped it then): the error is ignored */
+    if (socketp && !set_parked(m, s, 1)) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
     curl_multi_assign(m->cm, s, NULL);
     return 0;
   }
@@ -36,7 +65,8 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   memset(&ev, 0, sizeof ev);
   ev.data.fd = s;
   ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-  int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  int op = socketp || is_parked(m, s) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  set_parked(m, s, 0);
   if (epoll_ctl(m->epfd, op, s, &ev) != 0) {
     if (errno == ENOENT) epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev);
     else if (errno == EEXIST) epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev);
@@ -70,6 +100,16 @@ static int env_proxy(void) {
 /* The options every transfer of m shares; callbacks and per-transfer ones are request.c's.
  * Without a proxy in the environment (read when m was made) the handle is told so: curl would
  * otherwise look up five environment variables for every transfer. */
+/* curl closes a socket: a parked one leaves the epoll set first (see multi_sockcb). */
+static int multi_closesock(void *clientp, curl_socket_t s) {
+  lmx_Multi *m = clientp;
+  if (!LMX_FORKED(m) && is_parked(m, s)) {
+    epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    set_parked(m, s, 0);
+  }
+  return close(s);
+}
+
 static void easy_setup(lmx_Multi *m, CURL *e) {
   if (!m->env_proxy) {
     curl_easy_setopt(e, CURLOPT_PROXY, "");
@@ -81,6 +121,8 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_SHARE, m->sh);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, multi_closesock);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
 }
 
 /* An easy handle for a new transfer, its shared options set. Pooled handles keep every option
@@ -327,6 +369,11 @@ static int multi_step(lua_State *L) {
   for (int i = 0; i < n; i++) {
     uint32_t ev = evs[i].events;
     if (evs[i].data.fd == m->wfd) continue;   /* its owner reads it, not curl */
+    if (is_parked(m, evs[i].data.fd)) {        /* an idle connection closed or broke: out */
+      epoll_ctl(m->epfd, EPOLL_CTL_DEL, evs[i].data.fd, NULL);
+      set_parked(m, evs[i].data.fd, 0);
+      continue;
+    }
     int flags = ((ev & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
                 ((ev & EPOLLOUT) ? CURL_CSELECT_OUT : 0) | ((ev & EPOLLERR) ? CURL_CSELECT_ERR : 0);
     curl_multi_socket_action(m->cm, evs[i].data.fd, flags, &running);
@@ -403,6 +450,9 @@ static int multi_close(lua_State *L) {
     m->sh = NULL;
     close(m->epfd);     /* the child's descriptor only: the parent's set lives on */
     m->epfd = -1;
+    free(m->parked);
+    m->parked = NULL;
+    m->parked_n = 0;
     lua_newtable(L);
     lua_setiuservalue(L, 1, 1);
     return 0;
@@ -424,6 +474,9 @@ static int multi_close(lua_State *L) {
   m->sh = NULL;
   if (m->epfd >= 0) close(m->epfd);
   m->epfd = -1;
+  free(m->parked);
+  m->parked = NULL;
+  m->parked_n = 0;
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1);
   return 0;

@@ -78,6 +78,40 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- Idle keep-alive sockets stay in the epoll set (a new transfer on one costs one syscall,
+  -- not two); when the server closes them they leave it, so step() does not spin on them.
+  it("lets go of idle connections the server closed, without spinning", function()
+    local short = upstream.start{ keepalive_timeout = 1 }
+    local ok, err = pcall(function()
+      local m = core.multi()
+      local s = spec("m")
+      s.url = short.http .. "/chat/completions"
+      local function batch()
+        local reqs = {}
+        for i = 1, 4 do reqs[i] = m:request(s) end
+        drain(m)
+        for _, r in ipairs(reqs) do
+          assert.equals(200, r:result().status)
+          r:close()
+        end
+      end
+      batch()
+      local connects = m:stats().connects
+      local turns, t0, c0 = 0, core.now(), os.clock()
+      while core.now() - t0 < 1.6 do   -- the server closes the 4 idle connections at 1 s
+        m:step(0.05)
+        turns = turns + 1
+      end
+      assert.is_true(turns < 200, turns .. " turns in 1.6 s: step() spun")
+      assert.is_true(os.clock() - c0 < 0.5, "step() burnt CPU while idle")
+      batch()   -- new connections replace the closed ones
+      assert.is_true(m:stats().connects > connects)
+      m:close()
+    end)
+    short:stop()
+    assert(ok, err)
+  end)
+
   it("speaks HTTP/2 over TLS and multiplexes many requests on few connections", function()
     local m = core.multi()
     local reqs = {}

@@ -218,6 +218,7 @@ http {
   scgi_temp_path ${dir}/scgi;
 
   keepalive_requests ${keepalive_requests};
+  keepalive_timeout ${keepalive_timeout};
   # Bodies stay in memory, so handlers never touch temp files.
   client_body_buffer_size 1m;
   client_max_body_size 64m;
@@ -357,6 +358,7 @@ function M.start(opts)
     user = user_line(),
     workers = opts.workers or 1,
     keepalive_requests = opts.keepalive_requests or 1000000,
+    keepalive_timeout = opts.keepalive_timeout or 75,
   }
 
   local why, log
