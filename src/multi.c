@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include "llmux.h"
 
@@ -21,7 +22,9 @@ static lmx_Multi *checkmulti(lua_State *L, int i) {
   return m;
 }
 
-/* Marks fd parked (1) or not (0); 0 when a park could not be recorded (no memory). */
+/* m->parked[fd] bits: PARKED (1) the socket waits in the epoll set though curl let go of it;
+ * OPENED (2) curl made it through multi_opensock, so it closes it through multi_closesock.
+ * Sets fd's byte to v; 0 when that could not be recorded (no memory). */
 static int set_parked(lmx_Multi *m, curl_socket_t fd, unsigned char v) {
   if (fd < 0) return 0;
   if (fd >= m->parked_n) {
@@ -39,7 +42,11 @@ static int set_parked(lmx_Multi *m, curl_socket_t fd, unsigned char v) {
 }
 
 static int is_parked(const lmx_Multi *m, curl_socket_t fd) {
-  return fd >= 0 && fd < m->parked_n && m->parked[fd];
+  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & 1);
+}
+
+static int is_opened(const lmx_Multi *m, curl_socket_t fd) {
+  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & 2);
 }
 
 /* curl tells which socket to watch for what. socketp marks sockets curl watches now.
@@ -48,8 +55,10 @@ static int is_parked(const lmx_Multi *m, curl_socket_t fd) {
  * instead of a DEL now and an ADD then (two syscalls per request, as many as its I/O). A
  * parked socket that fires (the server closed it) is taken out in step(), and one curl closes
  * is taken out first (multi_closesock: a forked child may hold the socket open, and epoll
- * drops an entry on close only when no process does). A re-watched fd whose number was
- * reused meanwhile gets ENOENT from MOD and is ADDed. */
+ * drops an entry on close only when no process does). So only sockets curl opened through
+ * multi_opensock are parked: its resolver's socketpair is closed without the callback and
+ * leaves the set at once, as before. A re-watched fd whose number was reused meanwhile gets
+ * ENOENT from MOD and is ADDed. */
 static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   lmx_Multi *m = userp;
   (void)e;
@@ -57,7 +66,8 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   if (what == CURL_POLL_REMOVE) {
     /* a socket that cannot be parked leaves the set now; it may already be closed (epoll
      * dropped it then): the error is ignored */
-    if (socketp && !set_parked(m, s, 1)) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    if (socketp && !(is_opened(m, s) && set_parked(m, s, 3)))
+      epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
     curl_multi_assign(m->cm, s, NULL);
     return 0;
   }
@@ -66,7 +76,7 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   ev.data.fd = s;
   ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
   int op = socketp || is_parked(m, s) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-  set_parked(m, s, 0);
+  if (is_parked(m, s)) m->parked[s] &= 2;
   if (epoll_ctl(m->epfd, op, s, &ev) != 0) {
     if (errno == ENOENT) epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev);
     else if (errno == EEXIST) epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev);
@@ -103,11 +113,21 @@ static int env_proxy(void) {
 /* curl closes a socket: a parked one leaves the epoll set first (see multi_sockcb). */
 static int multi_closesock(void *clientp, curl_socket_t s) {
   lmx_Multi *m = clientp;
-  if (!LMX_FORKED(m) && is_parked(m, s)) {
-    epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+  if (!LMX_FORKED(m)) {
+    if (is_parked(m, s)) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
     set_parked(m, s, 0);
   }
   return close(s);
+}
+
+/* curl opens a connection's socket: marked OPENED, so it may be parked (see multi_sockcb). */
+static curl_socket_t multi_opensock(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  lmx_Multi *m = clientp;
+  (void)purpose;
+  curl_socket_t s = socket(a->family, a->socktype, a->protocol);
+  if (s >= 0 && !LMX_FORKED(m)) (void)set_parked(m, s, 2);   /* unmarked: never parked */
+  return s;
 }
 
 static void easy_setup(lmx_Multi *m, CURL *e) {
@@ -123,6 +143,8 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, multi_closesock);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, multi_opensock);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
 }
 
 /* An easy handle for a new transfer, its shared options set. Pooled handles keep every option
@@ -371,7 +393,7 @@ static int multi_step(lua_State *L) {
     if (evs[i].data.fd == m->wfd) continue;   /* its owner reads it, not curl */
     if (is_parked(m, evs[i].data.fd)) {        /* an idle connection closed or broke: out */
       epoll_ctl(m->epfd, EPOLL_CTL_DEL, evs[i].data.fd, NULL);
-      set_parked(m, evs[i].data.fd, 0);
+      m->parked[evs[i].data.fd] &= 2;
       continue;
     }
     int flags = ((ev & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
