@@ -9,7 +9,6 @@
  *
  * The input is a Lua string, so s[len] == '\0' always: scanners stop on that sentinel instead of
  * checking bounds, and tell "end of input" from an embedded NUL by the position. */
-#include <locale.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>

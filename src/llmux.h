@@ -3,6 +3,7 @@
 #ifndef LLMUX_H
 #define LLMUX_H
 
+#include <locale.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <curl/curl.h>
@@ -119,7 +120,6 @@ size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud);
 void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
 /* json.c: the "C" locale for numbers (strtod_l, uselocale): JSON's '.' whatever LC_NUMERIC
  * the host set; (locale_t)0 only if it could not be made (out of memory) */
-#include <locale.h>
 locale_t lmx_c_locale(void);
 void lmx_json_encode_open(lua_State *L);   /* json_encode.c: core.json_encode */
 /* 8 bytes at a time: nonzero when any byte is '"', '\\' or below 0x20 (what a JSON string

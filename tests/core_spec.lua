@@ -112,15 +112,21 @@ describe("llmux.core Multi", function()
     assert(ok, err)
   end)
 
-  it("speaks HTTP/2 over TLS and multiplexes many requests on few connections", function()
-    local m = core.multi()
+  -- n chats over TLS on m, asking tag .. i; returns their requests, all finished.
+  local function tls_batch(m, n, tag)
     local reqs = {}
-    for i = 1, 50 do
+    for i = 1, n do
       reqs[i] = m:request{ url = u.https .. "/chat/completions", method = "POST",
-        body = chat_body("m", "n" .. i), ca_file = u.ca_file, timeout = 10,
+        body = chat_body("m", tag .. i), ca_file = u.ca_file, timeout = 10,
         headers = { "Authorization: Bearer sk-core" } }
     end
     drain(m)
+    return reqs
+  end
+
+  it("speaks HTTP/2 over TLS and multiplexes many requests on few connections", function()
+    local m = core.multi()
+    local reqs = tls_batch(m, 50, "n")
     local ports = {}
     for i, r in ipairs(reqs) do
       local res = r:result()
@@ -139,13 +145,7 @@ describe("llmux.core Multi", function()
   -- transfers (swapping their answers) when one host got both wishes under a connection cap.
   it("speaks HTTP/1.1 over TLS when the Multi says http2 = false; a spec cannot", function()
     local m = core.multi{ http2 = false, max_host_connections = 2 }
-    local reqs = {}
-    for i = 1, 12 do
-      reqs[i] = m:request{ url = u.https .. "/chat/completions", method = "POST",
-        body = chat_body("m", "h" .. i), ca_file = u.ca_file, timeout = 10,
-        headers = { "Authorization: Bearer sk-core" } }
-    end
-    drain(m)
+    local reqs = tls_batch(m, 12, "h")
     for i, r in ipairs(reqs) do
       local res = r:result()
       assert.equals(1.1, res.http_version)

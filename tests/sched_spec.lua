@@ -2,6 +2,7 @@
 -- outside any task.
 local llmux = require "llmux"
 local upstream = require "helpers.upstream"
+local run_script = require "helpers.script"
 
 local u, c
 setup(function()
@@ -10,18 +11,6 @@ setup(function()
 end)
 teardown(function() if u then u:stop() end end)
 
--- Runs a Lua script in a process of its own; returns what it wrote (stdout and stderr).
-local function run_script(script)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(script)
-  f:close()
-  local p = io.popen("lua5.4 " .. path .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  os.remove(path)
-  return out
-end
 
 local function ask(content, model)
   local res, msg, code = c:chat{ model = model or "m", messages = { { role = "user", content = content } } }

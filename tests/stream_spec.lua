@@ -5,6 +5,7 @@ local llmux = require "llmux"
 local sched = require "llmux.sched"
 local errors = require "llmux.errors"
 local B = require "helpers.bed"
+local run_script = require "helpers.script"
 
 local bed = B.start(setup, teardown, { api_key = "sk-stream", timeout = 20, idle_timeout = 5 })
 local u, c
@@ -447,14 +448,7 @@ describe("stream timers", function()
       assert(r:result())
       check("retried")
     ]]
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write(script)
-    f:close()
-    local p = io.popen("lua5.4 " .. path .. " " .. u.http .. " " .. key("retried") .. " 2>&1")
-    local out = p:read("a")
-    p:close()
-    os.remove(path)
+    local out = run_script(script, u.http .. " " .. key("retried"))
     assert.equals("ended: idle\ndropped: idle\nretried: idle\n", out)
   end)
 end)

@@ -240,7 +240,8 @@ local function answer_ok(status, head, body, call)
     return true
   end
   local text = type(e) == "table" and e.message or e
-  return false, "HTTP " .. status .. " with an error: " .. short(tostring(text), 200, key_of(call)), "provider",
+  return false, "HTTP " .. status .. " with an error: " .. cut(call, tostring(text), 200),
+    "provider",
     { status = status, headers = parse_headers(head), body = e }
 end
 
