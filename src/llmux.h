@@ -80,7 +80,7 @@ struct lmx_Multi {
   lmx_Request *qhead, *qtail; /* completion queue */
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
   int nfree;
-  uint64_t done, connects;    /* counters for stats() */
+  uint64_t done, connects, ctls;   /* counters for stats() (ctls: epoll_ctl on curl's sockets) */
   int env_proxy;              /* the environment named a proxy when m was made */
   unsigned char *parked;      /* by fd: 1 when curl let go of the socket but it stays in the
                                  epoll set (see multi_sockcb); parked_n entries */

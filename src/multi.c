@@ -23,8 +23,11 @@ static lmx_Multi *checkmulti(lua_State *L, int i) {
 }
 
 /* m->parked[fd] bits: PARKED (1) the socket waits in the epoll set though curl let go of it;
- * OPENED (2) curl made it through multi_opensock, so it closes it through multi_closesock.
+ * OPENED (2) curl made it through multi_opensock, so it closes it through multi_closesock;
+ * REG_IN (4) and REG_OUT (8), of an OPENED socket only: the events its entry in the set has.
  * Sets fd's byte to v; 0 when that could not be recorded (no memory). */
+enum { PARKED = 1, OPENED = 2, REG_IN = 4, REG_OUT = 8 };
+
 static int set_parked(lmx_Multi *m, curl_socket_t fd, unsigned char v) {
   if (fd < 0) return 0;
   if (fd >= m->parked_n) {
@@ -41,24 +44,33 @@ static int set_parked(lmx_Multi *m, curl_socket_t fd, unsigned char v) {
   return 1;
 }
 
+/* epoll_ctl on one of curl's sockets, counted for stats() */
+static int ctl(lmx_Multi *m, int op, curl_socket_t fd, struct epoll_event *ev) {
+  m->ctls++;
+  return epoll_ctl(m->epfd, op, fd, ev);
+}
+
 static int is_parked(const lmx_Multi *m, curl_socket_t fd) {
-  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & 1);
+  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & PARKED);
 }
 
 static int is_opened(const lmx_Multi *m, curl_socket_t fd) {
-  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & 2);
+  return fd >= 0 && fd < m->parked_n && (m->parked[fd] & OPENED);
 }
 
 /* curl tells which socket to watch for what. socketp marks sockets curl watches now.
  * A socket curl lets go of (its transfer ended; the keep-alive connection waits for the
- * next) is parked: left in the epoll set, so that the next transfer on it costs one MOD
- * instead of a DEL now and an ADD then (two syscalls per request, as many as its I/O). A
- * parked socket that fires (the server closed it) is taken out in step(), and one curl closes
- * is taken out first (multi_closesock: a forked child may hold the socket open, and epoll
- * drops an entry on close only when no process does). So only sockets curl opened through
- * multi_opensock are parked: its resolver's socketpair is closed without the callback and
- * leaves the set at once, as before. A re-watched fd whose number was reused meanwhile gets
- * ENOENT from MOD and is ADDed. */
+ * next) is parked: left in the epoll set, so that the next transfer on it costs no syscall
+ * when it watches for what the entry already has (the usual case: the last transfer waited
+ * to read, and so does the next once its request is sent), one MOD otherwise, instead of a
+ * DEL now and an ADD then. A parked socket that fires (the server closed it) is taken out in
+ * step(), and one curl closes is taken out first (multi_closesock: a forked child may hold
+ * the socket open, and epoll drops an entry on close only when no process does). So only
+ * sockets curl opened through multi_opensock are parked, and their entries' events are
+ * known (REG_*): multi_closesock and multi_opensock clear what a number recorded, so a
+ * reused number never inherits an entry it does not have. The resolver's socketpair, which
+ * curl closes without the callback, leaves the set at once, as before. A MOD that finds no
+ * entry (ENOENT) is an ADD. */
 static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   lmx_Multi *m = userp;
   (void)e;
@@ -66,21 +78,32 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   if (what == CURL_POLL_REMOVE) {
     /* a socket that cannot be parked leaves the set now; it may already be closed (epoll
      * dropped it then): the error is ignored */
-    if (socketp && !(is_opened(m, s) && set_parked(m, s, 3)))
-      epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    if (socketp) {
+      if (is_opened(m, s)) m->parked[s] |= PARKED;
+      else ctl(m, EPOLL_CTL_DEL, s, NULL);
+    }
     curl_multi_assign(m->cm, s, NULL);
     return 0;
+  }
+  unsigned char reg = ((what & CURL_POLL_IN) ? REG_IN : 0) | ((what & CURL_POLL_OUT) ? REG_OUT : 0);
+  int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (is_parked(m, s)) {
+    unsigned char had = m->parked[s];
+    m->parked[s] = OPENED | reg;
+    if ((had & (REG_IN | REG_OUT)) == reg) {   /* the entry is already what curl asks for */
+      curl_multi_assign(m->cm, s, m);
+      return 0;
+    }
+    op = EPOLL_CTL_MOD;
   }
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
   ev.data.fd = s;
-  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-  int op = socketp || is_parked(m, s) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-  if (is_parked(m, s)) m->parked[s] &= 2;
-  if (epoll_ctl(m->epfd, op, s, &ev) != 0) {
-    if (errno == ENOENT) epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev);
-    else if (errno == EEXIST) epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev);
-  }
+  ev.events = ((reg & REG_IN) ? EPOLLIN : 0) | ((reg & REG_OUT) ? EPOLLOUT : 0);
+  int rc = ctl(m, op, s, &ev);
+  if (rc != 0 && errno == ENOENT) rc = ctl(m, EPOLL_CTL_ADD, s, &ev);
+  else if (rc != 0 && errno == EEXIST) rc = ctl(m, EPOLL_CTL_MOD, s, &ev);
+  if (is_opened(m, s)) m->parked[s] = OPENED | (rc == 0 ? reg : 0);
   if (!socketp) curl_multi_assign(m->cm, s, m);
   return 0;
 }
@@ -114,7 +137,7 @@ static int env_proxy(void) {
 static int multi_closesock(void *clientp, curl_socket_t s) {
   lmx_Multi *m = clientp;
   if (!LMX_FORKED(m)) {
-    if (is_parked(m, s)) epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+    if (is_parked(m, s)) ctl(m, EPOLL_CTL_DEL, s, NULL);
     set_parked(m, s, 0);
   }
   return close(s);
@@ -126,7 +149,7 @@ static curl_socket_t multi_opensock(void *clientp, curlsocktype purpose,
   lmx_Multi *m = clientp;
   (void)purpose;
   curl_socket_t s = socket(a->family, a->socktype, a->protocol);
-  if (s >= 0 && !LMX_FORKED(m)) (void)set_parked(m, s, 2);   /* unmarked: never parked */
+  if (s >= 0 && !LMX_FORKED(m)) (void)set_parked(m, s, OPENED);   /* unmarked: never parked */
   return s;
 }
 
@@ -392,8 +415,8 @@ static int multi_step(lua_State *L) {
     uint32_t ev = evs[i].events;
     if (evs[i].data.fd == m->wfd) continue;   /* its owner reads it, not curl */
     if (is_parked(m, evs[i].data.fd)) {        /* an idle connection closed or broke: out */
-      epoll_ctl(m->epfd, EPOLL_CTL_DEL, evs[i].data.fd, NULL);
-      m->parked[evs[i].data.fd] &= 2;
+      ctl(m, EPOLL_CTL_DEL, evs[i].data.fd, NULL);
+      m->parked[evs[i].data.fd] = OPENED;
       continue;
     }
     int flags = ((ev & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
@@ -438,15 +461,16 @@ static int multi_empty(lua_State *L) {
   return 1;
 }
 
-/* m:stats() -> {running, queued, done, connects, free_easy} */
+/* m:stats() -> {running, queued, done, connects, free_easy, epoll_ctl} */
 static int multi_stats(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, m->running); lua_setfield(L, -2, "running");
   lua_pushinteger(L, queued(m)); lua_setfield(L, -2, "queued");
   lua_pushinteger(L, (lua_Integer)m->done); lua_setfield(L, -2, "done");
   lua_pushinteger(L, (lua_Integer)m->connects); lua_setfield(L, -2, "connects");
   lua_pushinteger(L, m->nfree); lua_setfield(L, -2, "free_easy");
+  lua_pushinteger(L, (lua_Integer)m->ctls); lua_setfield(L, -2, "epoll_ctl");
   return 1;
 }
 

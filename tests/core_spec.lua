@@ -112,6 +112,27 @@ describe("llmux.core Multi", function()
     assert(ok, err)
   end)
 
+  -- An idle socket keeps its entry in the set, with the events it had: the next transfer on
+  -- the connection, which waits to read as the last one did, costs no epoll_ctl at all.
+  it("re-watches an idle keep-alive connection without an epoll_ctl", function()
+    local m = core.multi()
+    local s = spec("m")
+    local function one()
+      local r = m:request(s)
+      drain(m)
+      assert.equals(200, r:result().status)
+      r:close()
+    end
+    one()
+    local before = m:stats()
+    for _ = 1, 20 do one() end
+    local after = m:stats()
+    assert.equals(before.connects, after.connects)   -- one connection, reused 20 times
+    assert.is_true(after.epoll_ctl - before.epoll_ctl <= 2,
+      (after.epoll_ctl - before.epoll_ctl) .. " epoll_ctl calls for 20 reuses")
+    m:close()
+  end)
+
   -- n chats over TLS on m, asking tag .. i; returns their requests, all finished.
   local function tls_batch(m, n, tag)
     local reqs = {}
