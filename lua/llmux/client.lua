@@ -620,12 +620,19 @@ local function png_of(v, what, where)
   return bytes, w, h
 end
 
--- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit. llmux's masks
--- (image.mask, normalize_mask, outpaint_canvas) are 1 channel with 255 = paint, so such a
--- mask goes as grey + alpha, alpha 255 - grey (the grey still says white = paint). Masks with
--- alpha of their own, PNG bytes and paths go as they are.
+-- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit, and refuses one
+-- without alpha. llmux's masks (image.mask, normalize_mask, outpaint_canvas) are 1 channel
+-- with 255 = paint, so such a mask goes as grey + alpha, alpha 255 - grey (the grey still says
+-- white = paint); an RGB llmux.Image is read the same way, by its luma. Masks with alpha of
+-- their own, PNG bytes and paths go as they are.
 local function alpha_mask(v)
-  if image.is_image(v) and v:channels() == 1 then return core.image_mask_alpha(v) end
+  if not image.is_image(v) then return v end
+  local ch = v:channels()
+  if ch == 1 then return core.image_mask_alpha(v) end
+  if ch == 3 then
+    local grey <close> = v:to_gray()
+    return core.image_mask_alpha(grey)
+  end
   return v
 end
 
