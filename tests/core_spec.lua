@@ -1,6 +1,7 @@
 -- llmux.core: the Multi and Request objects, their pollable API and their lifetime rules.
 local core = require "llmux.core"
 local upstream = require "helpers.upstream"
+local run_script = require "helpers.script"
 
 local u
 setup(function() u = upstream.start{} end)
@@ -306,17 +307,10 @@ describe("llmux.core Multi", function()
       local res = r:result()
       io.write(tostring(res.status), " ", tostring(res.code))
     ]]
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write(script)
-    f:close()
     local clean = "env -u http_proxy -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY"
       .. " -u no_proxy -u NO_PROXY "
     local function run(env)
-      local p = io.popen(clean .. env .. " lua5.4 " .. path .. " 2>&1")
-      local out = p:read("a")
-      p:close()
-      return out
+      return (run_script(script, nil, clean .. env))
     end
     local proxy = "http://127.0.0.1:" .. u.port
     assert.equals("0 resolve", run(""))
@@ -324,7 +318,6 @@ describe("llmux.core Multi", function()
     assert.equals("200 nil", run("all_proxy=" .. proxy))
     assert.equals("0 resolve", run("http_proxy=" .. proxy .. " no_proxy=.invalid"))
     assert.equals("0 resolve", run("https_proxy=" .. proxy))     -- not for http URLs
-    os.remove(path)
   end)
 
   it("cancel frees the transfer at once and delivers it as cancelled", function()

@@ -7,6 +7,7 @@ local core = llmux.core
 local image = llmux.image
 local base64 = llmux.base64
 local upstream = require "helpers.upstream"
+local run_script = require "helpers.script"
 
 local function jobs_done() return core.pool_stats().done end
 
@@ -339,19 +340,11 @@ describe("worker pool: lifetimes", function()
       if how == "exit" then os.exit(0) end          -- exit() without lua_close
       os.exit(0, true)                              -- lua_close, then exit()
     ]]
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write(script)
-    f:close()
-    local cpath = os.getenv("LUA_CPATH") or "./build/?.so;;"
     for _, how in ipairs{ "running", "done", "close", "exit" } do
-      local p = io.popen("LUA_CPATH='" .. cpath .. "' lua5.4 " .. path .. " " .. how
-        .. " 2>&1; echo \" rc=$?\"")
-      local out = p:read("a")
-      p:close()
-      assert.equals("ok rc=0\n", out, how)
+      local out, status = run_script(script, how)
+      assert.equals("ok", out, how)
+      assert.equals(0, status, how)
     end
-    os.remove(path)
   end)
 end)
 
