@@ -1,4 +1,5 @@
 /* luaopen_llmux_core: builds the classes and module functions of llmux.core. */
+#include <errno.h>
 #include <time.h>
 #include <unistd.h>
 #include "llmux.h"
@@ -42,12 +43,16 @@ static int core_now(lua_State *L) {
   return 1;
 }
 
-/* core.sleep(s): plain nanosleep, for drivers that have nothing to poll */
+/* core.sleep(s): plain nanosleep, for drivers that have nothing to poll. A day at a time: a
+ * huge s (math.huge, 1e19) does not fit time_t, and nanosleep's EINVAL for the wrapped value
+ * made the EINTR loop spin at full CPU instead of sleeping. math.huge sleeps for ever. */
 static int core_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
-  if (s > 0) {
-    struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
-    while (nanosleep(&ts, &ts) != 0) {}
+  while (s > 0) {
+    double step = s > 86400.0 ? 86400.0 : s;
+    struct timespec ts = { (time_t)step, (long)((step - (double)(time_t)step) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    s -= step;
   }
   return 0;
 }

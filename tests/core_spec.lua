@@ -468,6 +468,40 @@ describe("llmux.core.parse_headers", function()
   end)
 end)
 
+describe("llmux.core.sleep", function()
+  -- CPU ticks (utime + stime) a process has used, from /proc/<pid>/stat
+  local function ticks(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return nil end
+    local stat = f:read("a")
+    f:close()
+    local rest = stat:match("%) (.*)$")
+    local fields = {}
+    for w in rest:gmatch("%S+") do fields[#fields + 1] = w end
+    return tonumber(fields[12]) + tonumber(fields[13])   -- fields 14 and 15 of stat
+  end
+
+  it("sleeps, without spinning, for a time that does not fit time_t (math.huge, 1e19)", function()
+    for _, v in ipairs{ "math.huge", "1e19" } do
+      local p = io.popen("LUA_CPATH='" .. package.cpath .. "' lua5.4 -e "
+        .. "\"require('llmux.core').sleep(" .. v .. ")\" & echo $!")
+      local pid = assert(tonumber(p:read("l")))
+      p:close()
+      core.sleep(0.5)
+      local used = ticks(pid)
+      os.execute("kill " .. pid)
+      -- before, nanosleep's EINVAL for the wrapped time_t looped at full CPU: ~50 ticks
+      assert.is_not_nil(used, v .. ": the sleeper ended instead of sleeping")
+      assert.is_true(used <= 10, v .. ": the sleeper used " .. used .. " CPU ticks in 0.5 s")
+    end
+    local t0 = core.now()
+    core.sleep(0.05)
+    core.sleep(-1)
+    core.sleep(0 / 0)
+    assert.is_true(core.now() - t0 >= 0.05 and core.now() - t0 < 1)
+  end)
+end)
+
 describe("llmux.core.yieldable", function()
   it("gives the running coroutine only where it can yield", function()
     assert.is_nil(core.yieldable())   -- the main thread
