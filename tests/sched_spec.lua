@@ -423,6 +423,24 @@ describe("configure", function()
     assert.is_true(require("llmux.sched").engine():stats().connects <= 3)
     llmux.configure{}
   end)
+
+  it("raises a bad engine option as llmux.configure's, from the caller's line, changing nothing", function()
+    local target = llmux.core.pool_stats().target
+    local cases = {
+      { { nope = 1 }, "llmux.configure: unknown option 'nope'" },
+      { { http2 = 1 }, "llmux.configure: option 'http2' must be a boolean" },
+      { { workers = target + 1, nope = 1 }, "llmux.configure: unknown option 'nope'" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(llmux.configure, c[1])
+      assert.is_false(ok)
+      assert.equals(c[2], err)   -- level 2 of a pcall'd function: no position, no sched.lua
+      local _, located = pcall(function() llmux.configure(c[1]) end)
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux%.configure: ", located)
+    end
+    -- the workers of a refused call were not applied (they were, before the other check)
+    assert.equals(target, llmux.core.pool_stats().target)
+  end)
 end)
 
 describe("frame loop", function()

@@ -55,22 +55,35 @@ function M.configure(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("llmux.configure: opts must be a table", 2)
   end
+  local workers
   if opts and opts.workers ~= nil then
-    local n = opts.workers
-    if math.type(n) ~= "integer" or n < 1 or n > 64 then
+    workers = opts.workers
+    if math.type(workers) ~= "integer" or workers < 1 or workers > 64 then
       error("llmux.configure: workers must be an integer 1..64", 2)
     end
     local rest, more = {}, false
     for k, v in pairs(opts) do
       if k ~= "workers" then rest[k], more = v, true end
     end
-    core.pool_configure(n)
-    if not more then return end
+    if not more then
+      core.pool_configure(workers)
+      return
+    end
     opts = rest
   end
-  core.multi(opts):close()   -- validates names and ranges, raising like core.multi does
-  if live_engine() then
-    if not engine:empty() then error("llmux.configure: transfers are in flight", 2) end
+  -- Everything is checked before anything changes (a bad engine option must not leave the
+  -- workers changed), and a bad one is the caller's misuse: raised from their line, as
+  -- llmux.configure's, not from this one as llmux.multi's.
+  local ok, m = pcall(core.multi, opts)   -- validates names and ranges
+  if not ok then
+    error("llmux.configure: " .. (tostring(m):gsub("^llmux%.multi: ", "")), 2)
+  end
+  m:close()
+  if live_engine() and not engine:empty() then
+    error("llmux.configure: transfers are in flight", 2)
+  end
+  if workers then core.pool_configure(workers) end
+  if engine then
     engine:close()
     engine = nil
   end
