@@ -388,6 +388,26 @@ describe("client deadline", function()
 end)
 
 describe("client misuse", function()
+  it("says so when a method is called with a dot (c.chat instead of c:chat)", function()
+    local b = body("m")
+    for _, f in ipairs{
+      { "chat", function() c.chat(b, {}) end },
+      { "chat", function() c.chat(b) end },
+      { "chat_stream", function() c.chat_stream(b, {}) end },
+      { "models", function() c.models({}) end },
+      { "request", function() c.request("GET", "/models") end },
+      { "images_edit", function() c.images_edit({ image = "x", prompt = "p" }) end },
+      { "inpaint", function() c.inpaint({}) end },
+      { "outpaint", function() c.outpaint({}) end },
+    } do
+      local ok, err = pcall(f[2])
+      assert.is_false(ok)
+      -- was "client.lua:167: attempt to index a nil value (field '?')" (or a misleading one)
+      assert.matches("client_spec%.lua:%d+: llmux%.Client:" .. f[1] .. ": self must be an "
+        .. "llmux%.Client %(call it as c:" .. f[1] .. "%(%.%.%.%), not c%." .. f[1], err)
+    end
+  end)
+
   it("raises naming the argument", function()
     assert.has_error(function() llmux.client{ nope = 1 } end, "llmux.client: unknown option 'nope'")
     assert.has_error(function() llmux.client{ timeout = "5" } end,

@@ -522,7 +522,17 @@ local function open_stream(self, body, opts, where)
   return perform(call)
 end
 
-local function check_chat_args(body, opts, where)
+-- A method called with a dot (c.chat(body)) gets something else as self: say so, instead of
+-- failing deep inside on the missing secrets entry ("attempt to index a nil value (field '?')").
+local function check_self(self, where)
+  if secrets[self] == nil then
+    misuse(format("%s: self must be an llmux.Client (call it as c:%s(...), not c.%s(...))",
+      where, where:match(":(.*)$"), where:match(":(.*)$")))
+  end
+end
+
+local function check_chat_args(self, body, opts, where)
+  check_self(self, where)
   if type(body) ~= "table" then error(where .. ": body must be a table", 3) end
   if opts ~= nil and type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
 end
@@ -531,7 +541,7 @@ end
 -- With body.stream == true the answer is streamed (opts.on_delta(text, chunk) sees each piece
 -- of content as it arrives) and assembled into what a non-streaming call returns.
 function Client:chat(body, opts)
-  check_chat_args(body, opts, "llmux.Client:chat")
+  check_chat_args(self, body, opts, "llmux.Client:chat")
   if body.stream == true then
     local on_delta = opts and opts.on_delta
     if on_delta ~= nil and type(on_delta) ~= "function" then
@@ -568,12 +578,13 @@ end
 -- c:chat_stream(body[, opts]) -> Stream | nil, message, code, detail. Returns once the status
 -- and headers are in; failures before that are retried like any call.
 function Client:chat_stream(body, opts)
-  check_chat_args(body, opts, "llmux.Client:chat_stream")
+  check_chat_args(self, body, opts, "llmux.Client:chat_stream")
   return open_stream(self, body, opts, "llmux.Client:chat_stream")
 end
 
 -- c:models([opts]) -> list response, info | nil, message, code, detail
 function Client:models(opts)
+  check_self(self, "llmux.Client:models")
   if opts ~= nil and type(opts) ~= "table" then
     error("llmux.Client:models: opts must be a table", 2)
   end
@@ -705,6 +716,7 @@ local EDIT_ARGS = { image = "any", mask = "any", prompt = "string", model = "str
 -- with alpha (alpha_mask).
 function Client:images_edit(args, opts)
   local where = "llmux.Client:images_edit"
+  check_self(self, where)
   check_args(args, EDIT_ARGS, { "image", "prompt" }, where)
   local img, iw, ih, mask = image_and_mask(args, where, false, true)
   if not img then return nil, iw, ih, {} end
@@ -741,6 +753,7 @@ local INPAINT_ARGS = { image = "any", mask = "any", prompt = "string", model = "
 -- JSON POST /images/inpaint (or args.path) with image and mask as base64 PNG strings.
 function Client:inpaint(args, opts)
   local where = "llmux.Client:inpaint"
+  check_self(self, where)
   check_args(args, INPAINT_ARGS, { "image", "mask", "prompt" }, where)
   local img, iw, ih, mask = image_and_mask(args, where, true)
   if not img then return nil, iw, ih, {} end
@@ -763,6 +776,7 @@ local DIRECTIONS = { left = true, right = true, top = true, bottom = true, all =
 -- (or args.path). For providers with only inpaint, see image.outpaint_canvas.
 function Client:outpaint(args, opts)
   local where = "llmux.Client:outpaint"
+  check_self(self, where)
   check_args(args, OUTPAINT_ARGS, { "image", "direction", "pixels", "prompt" }, where)
   if not DIRECTIONS[args.direction] then
     error(where .. ": 'direction' must be left, right, top, bottom or all", 2)
@@ -785,6 +799,7 @@ local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = tr
 
 -- c:request(method, path[, body[, opts]]) -> decoded JSON, info | nil, message, code, detail
 function Client:request(method, path, body, opts)
+  check_self(self, "llmux.Client:request")
   if not METHODS[method] then
     error("llmux.Client:request: method must be one of GET POST PUT PATCH DELETE HEAD", 2)
   end
