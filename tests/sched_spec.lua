@@ -317,6 +317,19 @@ describe("semaphore", function()
     assert.has_error(function() sem:release() end)
     assert.has_error(function() llmux.semaphore(0) end)
   end)
+
+  it("sem:with(fn) names a fn that is not callable before it waits for a permit", function()
+    local sem = llmux.semaphore(1)
+    sem:acquire()   -- none free: the check used to come after a blocking acquire (a deadlock)
+    assert.has_error(function() sem:with(nil) end,
+      "llmux.Semaphore:with: fn must be a function, not a nil")
+    assert.has_error(function() sem:with("f") end,
+      "llmux.Semaphore:with: fn must be a function, not a string")
+    sem:release()
+    assert.matches("1/1", tostring(sem))
+    local callable = setmetatable({}, { __call = function(_, x) return x + 1 end })
+    assert.equals(3, sem:with(callable, 2))
+  end)
 end)
 
 describe("map", function()

@@ -642,6 +642,10 @@ end
 -- error, and when the task is closed while fn waits (a to-be-closed guard, not a pcall).
 local Permit = { __close = function(p) p.sem:release() end }
 function Sem:with(fn, ...)
+  -- checked first: misuse must not wait for a permit (or deadlock) before it is reported
+  if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
+    error("llmux.Semaphore:with: fn must be a function, not a " .. type(fn), 2)
+  end
   self:acquire()
   local _ <close> = setmetatable({ sem = self }, Permit)
   return fn(...)
