@@ -113,6 +113,39 @@ describe("waits in awkward places", function()
     end))
   end)
 
+  it("step() inside many tasks yields instead of nesting a resume per task", function()
+    -- each step() drove the loop from inside its task, resuming the next task that called
+    -- step() from inside that: past ~200 tasks they failed with "C stack overflow"
+    local n = 300
+    local got = llmux.run(function()
+      local ts = {}
+      for i = 1, n do
+        ts[i] = llmux.spawn(function()
+          for _ = 1, 3 do assert.is_true(llmux.step(0)) end   -- busy: this task is alive
+          return i
+        end)
+      end
+      local sum = 0
+      for i = 1, n do sum = sum + assert(ts[i]:join()) end
+      return sum
+    end)
+    assert.equals(n * (n + 1) // 2, got)
+    assert.is_false(llmux.step(0))
+    -- a task polling with step(t) still waits up to t per turn (it does not spin), and a turn
+    -- with work ready does not wait at all
+    local done, iters = false, 0
+    local t0 = llmux.now()
+    llmux.run(function()
+      llmux.spawn(function() llmux.sleep(0.2); done = true end)
+      while not done do
+        iters = iters + 1
+        llmux.step(0.05)
+      end
+    end)
+    assert.is_true(iters <= 10, iters .. " turns in " .. (llmux.now() - t0) .. " s")
+    assert.is_true(llmux.now() - t0 < 0.5)
+  end)
+
   it("a wait where the task cannot yield blocks, and leaves no stray wake-up", function()
     llmux.run(function()
       table.sort({ 2, 1 }, function(a, b)

@@ -306,6 +306,9 @@ end
 -- waits on the engine, whose epoll set watches the job pool's eventfd, and collects them.
 local jobs = 0
 
+-- Waiters of tasks inside llmux.step() (see M.step): released after the next turn's wait.
+local steppers = {}
+
 local function job_engine()
   local m = M.engine()
   if watched ~= m then
@@ -348,6 +351,8 @@ local function turn(max_wait, box)
   run_ready()
   fire_timers()
   if box and box.done then return end   -- a blocked caller does not wait for unrelated timers
+  local stepping = steppers   -- tasks in step(): woken once this turn has waited
+  if #stepping > 0 then steppers = {} end
   local wait = max_wait
   if rq_tail >= rq_head then wait = 0 end
   if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
@@ -361,6 +366,7 @@ local function turn(max_wait, box)
   elseif wait > 0 and (wait < huge or heap_n > 0) then
     core.sleep(min(wait, 3600))   -- a sleep(math.huge) blocks, in long naps, rather than spins
   end
+  for i = 1, #stepping do M.release(stepping[i]) end
   fire_timers()
   run_ready()
 end
@@ -540,9 +546,19 @@ function Task:done() return self.state == "done" or self.state == "failed" end
 function Task.__tostring(t) return "llmux.Task (" .. t.state .. ")" end
 
 -- step([t]) -> busy: one turn, waiting at most t seconds (default 0: never blocks).
+-- Inside a task that can yield, the turn is the loop's own: the task waits (yields) until the
+-- loop's next turn has done its wait, which t bounds (see turn). Driving the loop from inside
+-- the task instead nested one resume per task doing so, and past ~200 (LUAI_MAXCCALLS) such
+-- tasks failed with "C stack overflow".
 function M.step(t)
   if t ~= nil and type(t) ~= "number" then error("llmux.step: timeout must be a number", 2) end
-  turn(t or 0)
+  if current() then
+    local w = M.waiter()
+    steppers[#steppers + 1] = w
+    M.wait(w, (t and t > 0) and t or 0)   -- not NaN: the timer heap compares dues
+  else
+    turn(t or 0)
+  end
   return not idle() or alive > 0
 end
 
