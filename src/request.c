@@ -716,7 +716,8 @@ static int request_result_body(lua_State *L) {
     if (r->closed_by_multi) lua_pushliteral(L, "the llmux.Multi was closed");
     else if (r->cancelled) lua_pushliteral(L, "cancelled");
     else if (r->why) lua_pushstring(L, r->why);
-    else if (r->toolarge)
+    else if (r->toolarge || r->cc == CURLE_FILESIZE_EXCEEDED)   /* curl's own check, on a
+        Content-Length over the cap, said only "Maximum file size exceeded" */
       lua_pushfstring(L, "response larger than max_response_bytes (%I)",
                       (lua_Integer)r->max_bytes);
     else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
