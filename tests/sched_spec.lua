@@ -113,6 +113,23 @@ describe("waits in awkward places", function()
     end))
   end)
 
+  it("a blocked caller's deadlock names the caller's line, not one inside the scheduler", function()
+    for _, f in ipairs{
+      function(sem) llmux.map({ 1, 2 }, function() sem:acquire() end) end,
+      function(sem) sem:acquire() end,
+      function(sem) llmux.spawn(function() sem:acquire() end):join() end,
+    } do
+      local sem = llmux.semaphore(1)
+      sem:acquire()
+      local ok, err = pcall(f, sem)
+      assert.is_false(ok)
+      -- map's read "./lua/llmux/sched.lua:<its join>: llmux: deadlock: ..."
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux: deadlock: waiting for ", err)
+      -- the tasks still stuck (map's second worker) end in run's own deadlock: a clean slate
+      pcall(llmux.run, function() end)
+    end
+  end)
+
   it("step() inside many tasks yields instead of nesting a resume per task", function()
     -- each step() drove the loop from inside its task, resuming the next task that called
     -- step() from inside that: past ~200 tasks they failed with "C stack overflow"

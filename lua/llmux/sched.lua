@@ -379,11 +379,20 @@ end
 -- Blocks the caller (outside any task) until box.done, driving the loop. On a deadlock the
 -- box is marked cancelled, so whatever it was registered with skips it (a semaphore would
 -- otherwise hand its next permit to a caller that is gone).
+local SOURCE = debug.getinfo(1, "S").source
 local function drive(box, what)
   while not box.done do
     if idle() then
       box.cancelled = true
-      error("llmux: deadlock: waiting for " .. what .. " but nothing is running or due", 3)
+      -- blamed on the first frame outside this file: a fixed level named a line of map (its
+      -- join) or of Sem:acquire, depending on how deep in here the wait began
+      local level = 2
+      while true do
+        local info = debug.getinfo(level, "S")
+        if not info or info.source ~= SOURCE then break end
+        level = level + 1
+      end
+      error("llmux: deadlock: waiting for " .. what .. " but nothing is running or due", level)
     end
     turn(huge, box)
   end
