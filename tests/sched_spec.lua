@@ -113,6 +113,16 @@ describe("waits in awkward places", function()
     end))
   end)
 
+  it("run(fn) with fn not a function names run and the caller's line", function()
+    for _, v in ipairs{ false, 1, "f", {} } do
+      local ok, err = pcall(function() llmux.run(v) end)
+      assert.is_false(ok)
+      -- was "./lua/llmux/sched.lua:549: llmux.spawn: fn must be a function"
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux%.run: fn must be a function$", err)
+    end
+    assert.has_error(function() llmux.run() end, "llmux.run: fn must be a function")
+  end)
+
   it("a blocked caller's deadlock names the caller's line, not one inside the scheduler", function()
     for _, f in ipairs{
       function(sem) llmux.map({ 1, 2 }, function() sem:acquire() end) end,

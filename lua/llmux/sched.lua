@@ -584,6 +584,8 @@ end
 -- Inside a task it waits for fn's task only, and raises its error too.
 -- A deadlock ends the tasks that wait (they fail with it), so the next run starts clean.
 function M.run(fn, ...)
+  -- checked here: spawn's check named llmux.spawn and blamed this line
+  if type(fn) ~= "function" then error("llmux.run: fn must be a function", 2) end
   local main = M.spawn(fn, ...)
   if resuming > 0 then
     main:join()
