@@ -532,7 +532,7 @@ local function check_self(self, where)
 end
 
 local function check_chat_args(self, body, opts, where)
-  check_self(self, where)
+  if secrets[self] == nil then check_self(self, where) end   -- the hot path: no call
   if type(body) ~= "table" then error(where .. ": body must be a table", 3) end
   if opts ~= nil and type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
 end
