@@ -369,9 +369,10 @@ static int parse_array(Parser *P, int depth) {
   lua_pushnil(L);   /* the table's slot */
   base = lua_gettop(L);
   P->p = skip_ws(P->p + 1);
-  if (*P->p == ']') {
+  if (*P->p == ']') {   /* marked, or it would go back out as {} (see LMX_JSON_ARRAY) */
     P->p++;
     lua_createtable(L, 0, 0);
+    luaL_setmetatable(L, LMX_JSON_ARRAY);
     lua_replace(L, base);
     return 0;
   }

@@ -7,7 +7,9 @@
  * Otherwise it follows cjson, so bodies read the same: a table whose keys are all positive
  * integers is an array (holes are null; an excessively sparse one is refused), an empty table is
  * {}, any other table an object whose number keys become strings; lightuserdata NULL (cjson.null,
- * llmux.json.null) is null; tables are read raw (no metamethods).
+ * llmux.json.null) is null; tables are read raw (no metamethods). As in OpenResty's cjson, a
+ * table whose metatable is the array mark (LMX_JSON_ARRAY, llmux.json.array_mt) is an array
+ * even when empty, and core.json_empty_array (llmux.json.empty_array) is [].
  *
  * Failures (a function, NaN, a boolean key, nesting past 1000, which is also what a cycle
  * becomes) are returned as a message naming where in the value they are, never raised; only a
@@ -219,13 +221,24 @@ static int encode_object(Enc *E, int idx, int depth) {
   return put1(E, '}');
 }
 
-/* A table whose keys are all positive integers (and at least one) is an array of max slots. */
+/* Whether the table at idx carries the array mark (its metatable is LMX_JSON_ARRAY's). */
+static int marked_array(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;   /* the usual table: no lookup at all */
+  luaL_getmetatable(L, LMX_JSON_ARRAY);
+  int marked = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return marked;
+}
+
+/* A table whose keys are all positive integers (and at least one) is an array of max slots;
+ * so is a marked one (marked_array), even empty, and any other key in it is refused. */
 static int encode_table(Enc *E, int idx, int depth) {
   lua_State *L = E->L;
   lua_Integer max = 0, count = 0;
   int array = 1;
   if (depth > ENC_MAXDEPTH) return fail(E, "nesting deeper than 1000 (a cycle?)", NULL);
   if (!lua_checkstack(L, 4)) return fail(E, "nesting too deep for the Lua stack", NULL);
+  int marked = marked_array(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
@@ -238,11 +251,17 @@ static int encode_table(Enc *E, int idx, int depth) {
     if (k > max) max = k;
     count++;
   }
-  if (!array || count == 0) return encode_object(E, idx, depth);
+  if (marked && !array)
+    return fail(E, "a table marked as an array (llmux.json.array) has a key that is not "
+                "a positive integer", NULL);
+  if (!array || (count == 0 && !marked)) return encode_object(E, idx, depth);
   if (max > count * ENC_SPARSE_RATIO && max > ENC_SPARSE_SAFE)
     return fail(E, "excessively sparse array (set the holes or use string keys)", NULL);
   return encode_array(E, idx, max, depth);
 }
+
+/* core.json_empty_array: a lightuserdata the encoder writes as [] (cjson.empty_array's role) */
+static char empty_array;
 
 /* Encodes the value at idx (absolute), leaving the stack as it found it on success. */
 static int encode_value(Enc *E, int idx, int depth) {
@@ -267,6 +286,7 @@ static int encode_value(Enc *E, int idx, int depth) {
       return encode_table(E, idx, depth);
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) return put(E, "null", 4);
+      if (lua_touserdata(L, idx) == &empty_array) return put(E, "[]", 2);
       /* fall through */
     default:
       return fail(E, "cannot encode a %s", luaL_typename(L, idx));
@@ -327,4 +347,8 @@ void lmx_json_encode_open(lua_State *L) {
   lua_setfield(L, -2, "json_encode");
   lua_pushlightuserdata(L, NULL);   /* JSON null: the same value as cjson.null */
   lua_setfield(L, -2, "json_null");
+  lua_pushlightuserdata(L, &empty_array);
+  lua_setfield(L, -2, "json_empty_array");
+  luaL_newmetatable(L, LMX_JSON_ARRAY);   /* the array mark (sets __name too) */
+  lua_setfield(L, -2, "json_array_mt");
 }

@@ -122,6 +122,10 @@ void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
  * the host set; (locale_t)0 only if it could not be made (out of memory) */
 locale_t lmx_c_locale(void);
 void lmx_json_encode_open(lua_State *L);   /* json_encode.c: core.json_encode */
+/* The metatable that marks a table as a JSON array (registry name; core.json_array_mt): the
+ * encoder writes it as one even when empty, and the decoder gives it to every empty array it
+ * reads, so a decoded [] goes back out as [] and not as {}. */
+#define LMX_JSON_ARRAY "llmux.json.array"
 /* 8 bytes at a time: nonzero when any byte is '"', '\\' or below 0x20 (what a JSON string
  * cannot hold as is). Borrows can only flag bytes above a real hit, so a zero answer is exact
  * and a nonzero one is resolved bytewise. */

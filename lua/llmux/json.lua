@@ -6,13 +6,31 @@
 -- a float.
 local core = require "llmux.core"
 
-local type, next, tostring = type, next, tostring
+local type, next, tostring, getmetatable, setmetatable = type, next, tostring, getmetatable,
+  setmetatable
 local tointeger = math.tointeger
 local json_decode = core.json_decode
 
 local M = { _VERSION = "0.1.0" }
 local null = core.json_null   -- lightuserdata NULL, as cjson.null
 M.null = null
+
+-- JSON arrays that may be empty (OpenResty cjson's names): a table whose metatable is array_mt
+-- is encoded as an array even when it is empty ({} alone is an object), and empty_array is [].
+-- Decoded empty arrays carry array_mt, so a response's [] goes back out as [].
+M.array_mt = core.json_array_mt
+M.empty_array = core.json_empty_array
+
+-- array([t]) -> t (a new table when none), marked to be encoded as a JSON array.
+function M.array(t)
+  if t == nil then t = {} end
+  if type(t) ~= "table" then error("llmux.json.array: expected a table, got " .. type(t), 2) end
+  local mt = getmetatable(t)
+  if mt ~= nil and mt ~= M.array_mt then
+    error("llmux.json.array: the table already has a metatable", 2)
+  end
+  return setmetatable(t, M.array_mt)
+end
 
 -- Integral floats become integers; JSON null object members are dropped (so
 -- `msg.content == nil` works as Lua code expects); nulls inside arrays stay `llmux.json.null`
