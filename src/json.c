@@ -66,7 +66,6 @@ static const char E_CHAR[] = "unexpected character";
 static const char E_CTRL[] = "control character";
 static const char E_ESCAPE[] = "invalid escape";
 static const char E_UNICODE[] = "invalid \\u escape";
-static const char E_SURROGATE[] = "unpaired surrogate in \\u escape";
 static const char E_ZERO[] = "leading zero in number";
 static const char E_RANGE[] = "number out of range";
 static const char E_LONG[] = "number too long";
@@ -120,6 +119,24 @@ static char *put_utf8(char *o, unsigned cp) {
   return o;
 }
 
+/* The code point of the \u escape at p (p[0] == '\\'), of two for a surrogate pair; *len gets
+ * the bytes it spans (6 or 12). A lone surrogate, which JSON's grammar allows (RFC 8259, 8.2)
+ * but UTF-8 cannot hold, reads as U+FFFD, as a browser's TextDecoder reads one: a gateway that
+ * split an emoji across two events costs a character, not the event or the document. -1 when
+ * four hex digits do not follow. Reads stop at the first byte that does not fit. */
+static long unicode_escape(const unsigned char *p, int *len) {
+  unsigned cp, lo;
+  if (hex4(p + 2, &cp) < 0) return -1;
+  *len = 6;
+  if (cp < 0xD800 || cp > 0xDFFF) return cp;
+  if (cp < 0xDC00 && p[6] == '\\' && p[7] == 'u' && hex4(p + 8, &lo) == 0 && lo >= 0xDC00
+      && lo <= 0xDFFF) {
+    *len = 12;
+    return 0x10000 + ((long)(cp - 0xD800) << 10) + (lo - 0xDC00);
+  }
+  return 0xFFFD;
+}
+
 /* The string from start (just past the quote) with its first backslash at q. Pass one finds
  * the closing quote; since no escape expands, the span bounds the output, so pass two writes
  * into one luaL_Buffer of that size. Pushes the string; on failure the buffer's slot is left
@@ -138,7 +155,8 @@ static int parse_escaped(Parser *P, const unsigned char *start, const unsigned c
   o = out = luaL_buffinitsize(P->L, &b, (size_t)(q - start));
   while (r < q) {
     const unsigned char *bs = memchr(r, '\\', (size_t)(q - r));
-    unsigned cp, lo;
+    long cp;
+    int len;
     if (!bs) bs = q;
     memcpy(o, r, (size_t)(bs - r));
     o += bs - r;
@@ -153,18 +171,10 @@ static int parse_escaped(Parser *P, const unsigned char *start, const unsigned c
       case 'n': *o++ = '\n'; break;
       case 'r': *o++ = '\r'; break;
       case 't': *o++ = '\t'; break;
-      case 'u':
-        if (hex4(r + 2, &cp) < 0) return fail(P, E_UNICODE, r);
-        if (cp >= 0xD800 && cp <= 0xDFFF) {
-          /* a high surrogate must be followed at once by an escaped low one */
-          if (cp >= 0xDC00 || r[6] != '\\' || r[7] != 'u' || hex4(r + 8, &lo) < 0
-              || lo < 0xDC00 || lo > 0xDFFF)
-            return fail(P, E_SURROGATE, r);
-          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          r += 6;
-        }
-        o = put_utf8(o, cp);
-        r += 4;
+      case 'u':   /* no longer than the escape: the buffer's bound holds */
+        if ((cp = unicode_escape(r, &len)) < 0) return fail(P, E_UNICODE, r);
+        o = put_utf8(o, (unsigned)cp);
+        r += len - 2;
         break;
       default: return fail(P, E_ESCAPE, r);
     }
@@ -637,7 +647,6 @@ static int scan_string(Scan *S, lmx_JStr *out) {
     if (*q != '\\' || q + 1 == S->end) return -1;
     if (want && lmx_buf_append(S->scratch, r, (size_t)(q - r)) != 0) return -1;
     char c = (char)q[1], one = 0;
-    unsigned cp, lo;
     switch (c) {
       case '"': case '\\': case '/': one = c; break;
       case 'b': one = '\b'; break;
@@ -647,17 +656,12 @@ static int scan_string(Scan *S, lmx_JStr *out) {
       case 't': one = '\t'; break;
       case 'u': {
         char u8[4], *e;
-        if (hex4(q + 2, &cp) < 0) return -1;
-        if (cp >= 0xD800 && cp <= 0xDFFF) {
-          if (cp >= 0xDC00 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0
-              || lo < 0xDC00 || lo > 0xDFFF)
-            return -1;
-          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          q += 6;
-        }
-        e = put_utf8(u8, cp);
+        int len;
+        long cp = unicode_escape(q, &len);
+        if (cp < 0) return -1;
+        e = put_utf8(u8, (unsigned)cp);
         if (want && lmx_buf_append(S->scratch, u8, (size_t)(e - u8)) != 0) return -1;
-        q += 6;
+        q += len;
         r = q;
         continue;
       }

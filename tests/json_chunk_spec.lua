@@ -27,7 +27,7 @@ describe("json_chunk", function()
 
   it("unescapes the content like the full decoder", function()
     for _, s in ipairs{ [[a\nb]], [[\"q\"]], [[\u00e9\u4e2d]], [[\ud83d\ude00!]],
-        [[\\ \/ \b\f\r\t]], [[x\u0000y]] } do
+        [[\\ \/ \b\f\r\t]], [[x\u0000y]], [[\ud83d]], [[\ude00x]] } do
       local ok, text = chunk(c('{"content":"' .. s .. '"}'))
       assert.is_true(ok, s)
       assert.equals(decode('"' .. s .. '"'), text)
@@ -54,7 +54,7 @@ describe("json_chunk", function()
       '{"ch\\u006fices":[{"index":0,"delta":{"content":"x"}}]}',
       '{"created":1e9,"choices":[{"index":0,"delta":{"content":"x"}}]}',
       '[1]', '"s"', "", "{", c('{"content":"x"}') .. "x", c('{"content":"x\1"}'),
-      c('{"content":"\\ud800"}'), c('{"content":"\\q"}'),
+      c('{"content":"\\q"}'),
     }
     for _, s in ipairs(others) do assert.is_false(chunk(s), s) end
   end)
