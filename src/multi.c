@@ -348,7 +348,9 @@ static int multi_pollfd(lua_State *L) {
  * curl nor reads it (its owner does). fd must stay open while watched. */
 static int multi_watch(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
-  int fd = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
+  lua_Integer n = lua_isnoneornil(L, 2) ? -1 : luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= -1 && n <= INT_MAX, 2, "not a file descriptor");
+  int fd = (int)n;
   struct epoll_event ev;
   if (fd == m->wfd) return 0;
   if (m->wfd >= 0) epoll_ctl(m->epfd, EPOLL_CTL_DEL, m->wfd, NULL);

@@ -160,7 +160,7 @@ static const char *optstring(lua_State *L, int t, const char *k, size_t *len) {
 
 static long ms(double s) {
   double v = ceil(s * 1000.0);
-  return v > (double)LONG_MAX ? LONG_MAX : (long)v;
+  return v >= (double)LONG_MAX ? LONG_MAX : (long)v;   /* (double)LONG_MAX is 2^63: not a long */
 }
 
 /* What a transfer is asked to do, read from a spec table or a Template. Strings point into Lua

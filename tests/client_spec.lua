@@ -476,6 +476,18 @@ describe("client misuse", function()
     assert.equals("auth", code)   -- the mock wants a key: 401
   end)
 
+  it("sends no key for a per-call api_key of \"\", as for a client's", function()
+    local open = llmux.client{ base_url = u.http:gsub("/v1$", "") .. "/open",
+      api_key = KEY }
+    local function sent(opts)
+      local res = assert(open:request("GET", "/headers", nil, opts))
+      return res.authorization
+    end
+    assert.equals(#("Bearer " .. KEY), sent())
+    assert.equals(#"Bearer sk-other", sent{ api_key = "sk-other" })
+    assert.is_nil(sent{ api_key = "" })   -- not "Bearer " with nothing after it
+  end)
+
   it("falls back past an empty environment variable", function()
     local script = "local c = require('llmux').client{ max_retries = 0 }; "
       .. "local r = assert(c:chat{ model = 'echoheaders', messages = { { role = 'user', "

@@ -607,6 +607,16 @@ describe("llmux.core lifetime", function()
     assert.has_error(function() m:request(spec("m")) end, "attempt to use a closed llmux.Multi")
   end)
 
+  it("watch refuses a number that is no file descriptor", function()
+    local m = core.multi()
+    for _, fd in ipairs{ math.maxinteger, 2^31, -2 } do
+      assert.has_error(function() m:watch(fd) end,
+        "bad argument #1 to 'watch' (not a file descriptor)")
+    end
+    m:watch(-1)   -- none: fine
+    m:close()
+  end)
+
   it("a fire-and-forget request survives collection while in flight", function()
     local m = core.multi()
     m:request(spec("slow:0.2"))

@@ -30,8 +30,13 @@ describe("images_edit", function()
     assert.equals("a red door", got.prompt)
     assert.equals("image/png", got.image_type)
     assert.equals("image.png", got.image_filename)
-    assert.equals(1, got.n)
+    assert.equals("1", got.n)
     assert.equals("256x256", got.size)
+    -- a float n that is an integer goes as the integer's text, not "2.0"
+    local two = assert(c:images_edit{ image = img, prompt = "x", n = 2.0 })
+    assert.equals("2", two.received.n)
+    assert.has_error(function() c:images_edit{ image = img, prompt = "x", n = 1.5 } end,
+      "llmux.Client:images_edit: 'n' must be an integer >= 1")
     assert.equals("b64_json", got.response_format)
     local back = res.data[1].image
     assert.equals(8, back:width())

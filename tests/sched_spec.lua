@@ -195,8 +195,9 @@ describe("waits in awkward places", function()
     slow:join()
   end)
 
-  it("sleep refuses NaN", function()
+  it("sleep and step refuse NaN", function()
     assert.has_error(function() llmux.sleep(0 / 0) end, "llmux.sleep: seconds must be a number")
+    assert.has_error(function() llmux.step(0 / 0) end, "llmux.step: timeout must be a number")
   end)
 
   it("a deadlock ends the stuck tasks, so the next run starts clean", function()

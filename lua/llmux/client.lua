@@ -174,7 +174,7 @@ local function merged(self, opts, where)
   end
   if opts.base_url then o.base_url = check_url(opts.base_url, where) end
   local key = secrets[self].key
-  if opts.api_key then key = opts.api_key end
+  if opts.api_key then key = opts.api_key ~= "" and opts.api_key or nil end   -- "": no key
   local headers = secrets[self].headers
   if opts.api_key or opts.headers then
     -- header names are case-insensitive: a per-call header replaces the client's of any case
@@ -726,7 +726,13 @@ function Client:images_edit(args, opts)
   end
   for _, k in ipairs{ "prompt", "model", "n", "size", "response_format", "quality",
       "background", "user" } do
-    if args[k] ~= nil then form[#form + 1] = { name = k, data = tostring(args[k]) } end
+    local v = args[k]
+    if k == "n" and v ~= nil then   -- a form field is text: 2.0 must go as "2"
+      v = math.tointeger(v)
+      if not v or v < 1 then misuse(where .. ": 'n' must be an integer >= 1") end
+      v = format("%d", v)
+    end
+    if v ~= nil then form[#form + 1] = { name = k, data = v } end
   end
   local res, info, code, detail = perform(new_call(self, opts, "POST", "/images/edits", nil,
     where, nil, form))

@@ -560,7 +560,9 @@ function Task.__tostring(t) return "llmux.Task (" .. t.state .. ")" end
 -- the task instead nested one resume per task doing so, and past ~200 (LUAI_MAXCCALLS) such
 -- tasks failed with "C stack overflow".
 function M.step(t)
-  if t ~= nil and type(t) ~= "number" then error("llmux.step: timeout must be a number", 2) end
+  if t ~= nil and (type(t) ~= "number" or t ~= t) then   -- NaN: as sleep(NaN)
+    error("llmux.step: timeout must be a number", 2)
+  end
   if current() then
     local w = M.waiter()
     steppers[#steppers + 1] = w

@@ -361,9 +361,9 @@ behaviours.huge = function(ctx, a)
   return huge(ctx, math.floor(n))
 end
 
-behaviours.echoheaders = function(ctx)
+-- The request's headers as JSON, Authorization shown by its length (the key never echoed).
+local function shown_headers()
   local headers = ngx.req.get_headers(0)
-  -- Show that Authorization arrived without ever echoing the key.
   local auth = headers.authorization
   if type(auth) == "table" then
     local lens = {}
@@ -372,7 +372,11 @@ behaviours.echoheaders = function(ctx)
   elseif auth then
     headers.authorization = #auth
   end
-  return answer(ctx, cjson.encode(headers))
+  return cjson.encode(headers)
+end
+
+behaviours.echoheaders = function(ctx)
+  return answer(ctx, shown_headers())
 end
 
 -- leakat:KIND:N        quotes the caller's key after N bytes of filler, where the client cuts
@@ -1033,7 +1037,7 @@ local function images_edits()
   if not w then return bad_request("image is " .. h, "image") end
   if not prompt or prompt.data == "" then return bad_request("'prompt' is required", "prompt") end
   local received = {width = w, height = h, prompt = prompt.data, image_type = image.type,
-    image_filename = image.filename, n = parts.n and tonumber(parts.n.data),
+    image_filename = image.filename, n = parts.n and parts.n.data,   -- the text as sent
     size = parts.size and parts.size.data, response_format = parts.response_format
       and parts.response_format.data}
   if mask then
@@ -1120,6 +1124,8 @@ local routes = {
   ["/v1/images/inpaint"] = {POST = function() return images_json("inpaint") end},
   ["/v1/images/outpaint"] = {POST = function() return images_json("outpaint") end},
   ["/v1/custom/inpaint"] = {POST = function() return images_json("inpaint") end},
+  -- outside /v1/: no key wanted, so what a keyless call sends shows
+  ["/open/headers"] = {GET = function() return send(200, shown_headers(), "application/json") end},
 }
 
 function M.handle()
