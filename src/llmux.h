@@ -47,6 +47,7 @@ struct lmx_Request {
   int hdr_done;               /* the final response's headers are complete */
   int want;                   /* Lua waits: the next header/event/end queues r in its Multi */
   int paused;                 /* the write callback paused the transfer (queue over the mark) */
+  int discard;                /* ending: bytes curl held for the pause are dropped unread */
   int busy;                   /* result/pop* is reading r's buffers: a close() from a finalizer
                                  that runs meanwhile is deferred to their end (close_pending) */
   int close_pending;
@@ -103,7 +104,7 @@ const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
 /* multi.c */
 void lmx_multi_open(lua_State *L);
 CURL *lmx_multi_easy(lmx_Multi *m);
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty);
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held);
 void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex);
 void lmx_multi_attach(lmx_Multi *m, lmx_Request *r);
 void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);

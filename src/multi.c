@@ -182,9 +182,10 @@ CURL *lmx_multi_easy(lmx_Multi *m) {
 
 /* Takes ownership of an easy handle that is no longer in the multi. A dirty handle (a CA file
  * or a custom method was set, or curl kept state of its transfer) is reset, so none of that
- * can leak into a later transfer. */
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty) {
-  if (!m->closed && m->nfree < LMX_FREE_EASY) {
+ * can leak into a later transfer. A held one (its transfer ended paused) is never pooled:
+ * curl may still hold body bytes in it (see lmx_request_finish). */
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held) {
+  if (!m->closed && !held && m->nfree < LMX_FREE_EASY) {
     if (dirty) {
       curl_easy_reset(easy);
       easy_setup(m, easy);

@@ -66,6 +66,7 @@ static int on_event(void *ud, const lmx_SSEEvent *ev) {
 size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
+  if (r->discard) return n;   /* see lmx_request_finish */
   if (r->sse) {
     /* busy: a pop is reading the queue and a finalizer stepped the Multi; appending could
      * move the bytes it reads. Hold the bytes back until it is done (guarded resumes). */
@@ -111,6 +112,7 @@ static int contains_nocase(const char *s, const char *word) {
 size_t lmx_request_headercb(char *p, size_t size, size_t nitems, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nitems;
+  if (r->discard) return n;
   if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) lmx_buf_reset(&r->head);
   if (lmx_buf_append(&r->head, p, n) != 0) return 0;
   if (r->stream && (n == 2 || n == 1) && (p[0] == '\r' || p[0] == '\n')) {
@@ -314,7 +316,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     }
     if (!ok) {
       curl_mime_free(mime);
-      lmx_multi_release_easy(m, e, 1);
+      lmx_multi_release_easy(m, e, 1, 0);
       luaL_error(L, "llmux.request: out of memory");
     }
     r->mime = mime;
@@ -370,7 +372,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
     curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
-    lmx_multi_release_easy(m, e, 1);
+    lmx_multi_release_easy(m, e, 1, 0);
     curl_mime_free(r->mime);
     r->mime = NULL;
     luaL_error(L, "llmux.request: cannot add the transfer");
@@ -466,7 +468,22 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   lmx_Multi *m = r->multi;
   CURL *e = r->easy;
   long nconn = 0, port = 0;
+  int held = 0;
   r->cc = cc;
+  /* A paused transfer leaves the body bytes curl held for it (CURL_WRITEFUNC_PAUSE) in its
+   * easy handle: curl 7.88 frees them when the transfer is done only if its connection has
+   * no other transfer, and curl_easy_reset and curl_easy_cleanup never do. So an HTTP/2
+   * stream cut while paused (closed, stalled, a lagging reader) on a connection that carries
+   * others left them there, and the next transfer on the pooled handle got them ahead of its
+   * own bytes when it resumed from a pause: another response's events in its text. They are
+   * taken out here, unpaused into the write callback, which drops them. When that cannot be
+   * done (curl already ended the transfer) the handle is never pooled. */
+  if (r->paused) {
+    r->discard = 1;
+    held = curl_easy_pause(e, CURLPAUSE_CONT) != CURLE_OK;
+    r->discard = 0;
+    r->paused = 0;
+  }
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
   curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &r->httpver);
   curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
@@ -483,7 +500,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
    * reused connection died in the handle, clearing the count only when it gives up, so a pooled
    * handle would fail a healthy transfer after a few such retries. Steady keep-alive traffic
    * makes no connections, so this costs little. */
-  lmx_multi_release_easy(m, e, r->dirty || nconn > 0);
+  lmx_multi_release_easy(m, e, r->dirty || nconn > 0, held);
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;

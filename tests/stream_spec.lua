@@ -6,6 +6,7 @@ local sched = require "llmux.sched"
 local errors = require "llmux.errors"
 local B = require "helpers.bed"
 local run_script = require "helpers.script"
+local seeded = require "upstream.seeded"
 
 local bed = B.start(setup, teardown, { api_key = "sk-stream", timeout = 20, idle_timeout = 5 })
 local u, c
@@ -658,6 +659,34 @@ describe("stream flow", function()
     end
     assert.equals(3000, n)
     s:close()
+  end)
+
+  -- curl 7.88 frees the bytes it held for a paused transfer only when the transfer's
+  -- connection has no other user, and curl_easy_reset keeps them: an HTTP/2 stream closed
+  -- while paused next to another stream left them in its easy handle, and the next transfer
+  -- on that pooled handle got them ahead of its own once it paused and resumed (found by a
+  -- soak: another response's events in the text, 11 KB more than the server sent).
+  it("a stream closed while paused leaves no bytes to the next transfer", function()
+    local function paused(s) return (select(4, s.req:stream_stats())) end
+    local function until_paused(s)
+      local t0 = llmux.now()
+      while not paused(s) and llmux.now() - t0 < 5 do llmux.step(0.02) end
+      assert.is_true(paused(s), "the transfer is paused")
+    end
+    local h2 = llmux.client{ base_url = u.https, api_key = "sk-stream", ca_file = u.ca_file }
+    local other = assert(h2:chat_stream(body("stall:1:10")))   -- keeps the connection in use
+    local a = assert(h2:chat_stream(body("hugestream:4194304")))
+    assert.equals(2, a.http_version)
+    until_paused(a)
+    a:close()
+    -- the next transfer takes a's handle (the pool is last in, first out) and pauses too
+    local want = table.concat(seeded.pieces(7, 600000))
+    local s = assert(c:chat_stream(body("seeded:7:600000")))
+    until_paused(s)
+    local got = collect(s)
+    assert.is_true(got == want, ("got %d bytes, the server sent %d"):format(#got, #want))
+    assert.equals(want, (assert(s:result())).choices[1].message.content)
+    other:close()
   end)
 
   it("reads a large stream completely", function()

@@ -817,6 +817,111 @@ streams.plainslow = function(ctx, a)
   return ngx.exit(ngx.OK)
 end
 
+-- seeded:SEED:BYTES[:W[:END:K:MS[:RETRY:KEY]]]   content from tests/upstream/seeded.lua
+--   (about BYTES of pieces from SEED, so the reader can recompute it byte for byte).
+--   W: write mode letters: e each event written and flushed (default); b random writes of
+--   1 byte..32 KiB that split events anywhere; t random writes of 1..300 bytes; s each event,
+--   with a short sleep now and then; plus flags c (CRLF line ends), p (": ping" comments
+--   between events). END after piece K: ok (default), stall (MS ms of silence, then the
+--   rest), pingstall (the same with a ping every 200 ms), drop (connection or stream reset),
+--   cut (clean end, no finish_reason, no [DONE]). RETRY: the first request for KEY gets
+--   500, reset, or empty (200 and no event), the later ones the stream.
+streams.seeded = function(ctx, a)
+  local seeded = require "seeded"
+  local seed, bytes = int_arg(a[1], 0), int_arg(a[2], 0)
+  if not seed or not bytes then return false end
+  local w = a[3] or "e"
+  local endm, k_end, ms = a[4] or "ok", tonumber(a[5] or "0") or 0, tonumber(a[6] or "0") or 0
+  local retry, key = a[7] or "-", table.concat(a, ":", 8)
+  if retry ~= "-" and count("seeded:" .. key) == 1 then
+    if retry == "500" then return send_status(500) end
+    if retry == "reset" then return close() end
+    if retry == "empty" then
+      sse_headers()
+      emit(ctx, ": nothing\n\n")
+      return ngx.exit(ngx.OK)
+    end
+  end
+  local pieces = seeded.pieces(seed, bytes)
+  ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
+  ctx.created = ngx.time()
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  local nl = w:find("c", 1, true) and "\r\n" or "\n"
+  local pings = w:find("p", 1, true)
+  local mode = w:sub(1, 1)
+  local wr = seeded.rng(seed + 101)
+  local pend, np = {}, 0
+  local function flush_all()
+    if np == 0 then return true end
+    local s = table.concat(pend, "", 1, np)
+    pend, np = {}, 0
+    ngx.print(s)
+    return ngx.flush(true)
+  end
+  local target = 0
+  local function out(s)
+    if mode == "e" or mode == "s" then
+      if mode == "s" and wr(40) == 0 then ngx.sleep(0.001 * (1 + wr(5))) end
+      ngx.print(s)
+      return ngx.flush(true)
+    end
+    np = np + 1
+    pend[np] = s
+    if target == 0 then target = mode == "t" and 1 + wr(300) or 1 + wr(32768) end
+    local s2 = table.concat(pend, "", 1, np)
+    pend, np = {}, 0
+    while #s2 >= target do
+      ngx.print(s2:sub(1, target))
+      if not ngx.flush(true) then return false end
+      s2 = s2:sub(target + 1)
+      target = mode == "t" and 1 + wr(300) or 1 + wr(32768)
+    end
+    if #s2 > 0 then np, pend[1] = 1, s2 end
+    return true
+  end
+  local function ev(delta, finish, usage)
+    local c = { id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
+      model = ctx.model, choices = {{index = 0, delta = delta, finish_reason = finish or null}} }
+    if usage then c.usage = usage end
+    return "data: " .. cjson.encode(c) .. nl .. nl
+  end
+  if not out(ev({role = "assistant", content = ""})) then return ngx.exit(ngx.OK) end
+  local total = 0
+  for k, p in ipairs(pieces) do
+    if pings and wr(8) == 0 and not out(": ping" .. nl .. nl) then return ngx.exit(ngx.OK) end
+    total = total + #p
+    if not out(ev({content = p})) then return ngx.exit(ngx.OK) end
+    if k == k_end and endm ~= "ok" then
+      if not flush_all() then return ngx.exit(ngx.OK) end
+      if endm == "drop" then return ngx.exit(ngx.ERROR) end
+      if endm == "cut" then return ngx.exit(ngx.OK) end
+      if endm == "stall" then ngx.sleep(ms / 1000) end
+      if endm == "pingstall" then
+        local left = ms / 1000
+        while left > 0 do
+          local step = math.min(0.2, left)
+          ngx.sleep(step)
+          left = left - step
+          if not out(": ping" .. nl .. nl) or not flush_all() then return ngx.exit(ngx.OK) end
+        end
+      end
+    end
+  end
+  if not out(ev({}, "stop")) then return ngx.exit(ngx.OK) end
+  local so = ctx.req.stream_options
+  if type(so) == "table" and so.include_usage then
+    local c = {id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
+      model = ctx.model, choices = "@@EMPTY@@",
+      usage = {prompt_tokens = 1, completion_tokens = tokens(total),
+        total_tokens = 1 + tokens(total)}}
+    local s = ("data: " .. cjson.encode(c) .. nl .. nl):gsub('"@@EMPTY@@"', "[]")
+    if not out(s) then return ngx.exit(ngx.OK) end
+  end
+  if not out("data: [DONE]" .. nl .. nl) then return ngx.exit(ngx.OK) end
+  flush_all()
+  return ngx.exit(ngx.OK)
+end
+
 -- fixture:NAME          a fixed stream of provider variations (FIXTURES below), then [DONE]
 local function fx_chunk(choices, extra)
   local o = { id = "chatcmpl-fx", object = "chat.completion.chunk", created = 1,
