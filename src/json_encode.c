@@ -30,7 +30,8 @@ typedef struct {
   lua_State *L;
   lmx_Buf *o;
   const char *err;           /* static reason; NULL while all is well */
-  const char *what;          /* the type name for "cannot encode a %s" */
+  const char *what;          /* the type name for "cannot encode a %s" (in whatbuf) */
+  char whatbuf[40];
   char path[ENC_PATH + 1];   /* filled from the end as the failure unwinds */
   size_t pathlen;
   int cut;                   /* the path was too long: its outer part is left out */
@@ -65,7 +66,11 @@ static inline int put1(Enc *E, char c) {
 
 static int fail(Enc *E, const char *err, const char *what) {
   E->err = err;
-  E->what = what;
+  E->what = NULL;
+  if (what) {   /* copied: it may be a buffer of a frame the failure unwinds */
+    snprintf(E->whatbuf, sizeof E->whatbuf, "%s", what);
+    E->what = E->whatbuf;
+  }
   return -1;
 }
 
@@ -190,9 +195,34 @@ static int encode_array(Enc *E, int idx, lua_Integer max, int depth) {
   return put1(E, ']');
 }
 
+/* Whether the table at idx has a string key whose text is s[0..n): a number key written as s
+ * would then be the same JSON key twice, and a reader keeps one of the two values. *strkeys
+ * counts the table's string keys on the first call (-1 before), so a table with none, the
+ * usual number-keyed one, is scanned once. Raw traversal: no metamethod, no allocation. */
+static int has_string_key(lua_State *L, int idx, const char *s, size_t n, int *strkeys) {
+  int found = 0;
+  if (*strkeys == 0 || !lua_checkstack(L, 3)) return 0;
+  int count = *strkeys < 0;
+  if (count) *strkeys = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) continue;
+    if (count) ++*strkeys;
+    size_t kn;
+    const char *k = lua_tolstring(L, -1, &kn);
+    if (kn == n && memcmp(k, s, n) == 0) {
+      found = 1;
+      lua_pop(L, 1);
+      break;
+    }
+  }
+  return found;
+}
+
 static int encode_object(Enc *E, int idx, int depth) {
   lua_State *L = E->L;
-  int first = 1;
+  int first = 1, strkeys = -1;
   if (put1(E, '{') < 0) return -1;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -208,6 +238,8 @@ static int encode_object(Enc *E, int idx, int depth) {
       int n = format_number(L, k, s);
       r = n == -2 ? fail(E, "out of memory", NULL)
           : n < 0 ? fail(E, "NaN or infinity as a table key", NULL)
+          : has_string_key(L, idx, s, (size_t)n, &strkeys)
+                ? fail(E, "the number key and the string key \"%s\" are the same JSON key", s)
                 : (put1(E, '"') < 0 || put(E, s, (size_t)n) < 0) ? -1 : put1(E, '"');
     } else {
       r = fail(E, "a table key must be a string or a number, not a %s", luaL_typename(L, k));

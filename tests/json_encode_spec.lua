@@ -122,6 +122,7 @@ describe("json_encode tables", function()
     assert.equals("true", encode(true))
     local mixed = decode(encode{ 1, 2, a = 3 })
     assert.same({ ["1"] = 1, ["2"] = 2, a = 3 }, mixed)
+    assert.same({ ["1"] = 1, ["2"] = 2 }, decode(encode{ 1, ["2"] = 2 }))   -- distinct: fine
   end)
 
   it("reads tables raw, ignoring metamethods", function()
@@ -143,6 +144,11 @@ describe("json_encode tables", function()
       { { [true] = 1 }, "a table key must be a string or a number, not a boolean" },
       { { [1] = 1, [100] = 2 }, "excessively sparse array (set the holes or use string keys)" },
       { { x = { [{}] = 1 } }, "a table key must be a string or a number, not a table at x" },
+      -- two keys that JSON cannot tell apart: a reader would keep one value, silently
+      { { [1] = "a", ["1"] = "b" },
+        'the number key and the string key "1" are the same JSON key at [1]' },
+      { { m = { [2.5] = 1, ["2.5"] = 2, z = 3 } },
+        'the number key and the string key "2.5" are the same JSON key at m[2.5]' },
       { print, "cannot encode a function" },
     }
     for _, case in ipairs(cases) do
