@@ -468,6 +468,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   lmx_Multi *m = r->multi;
   CURL *e = r->easy;
   long nconn = 0, port = 0;
+  curl_off_t t_retry = 0;
   int held = 0;
   r->cc = cc;
   /* A paused transfer leaves the body bytes curl held for it (CURL_WRITEFUNC_PAUSE) in its
@@ -491,16 +492,20 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &r->t_total);
   curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &r->t_connect);
   curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &r->t_start);
+  curl_easy_getinfo(e, CURLINFO_REDIRECT_TIME_T, &t_retry);   /* llmux never follows
+      redirects: a redirect time means curl retried the request (a reused connection died) */
   r->reused = nconn == 0 && r->status != 0;  /* no connection at all is not reuse */
   r->conn_id = port;
   m->done++;
   m->connects += (uint64_t)nconn;
   curl_multi_remove_handle(m->cm, e);
-  /* A handle whose transfer made a connection is reset too: curl 7.88 counts each retry after a
-   * reused connection died in the handle, clearing the count only when it gives up, so a pooled
-   * handle would fail a healthy transfer after a few such retries. Steady keep-alive traffic
-   * makes no connections, so this costs little. */
-  lmx_multi_release_easy(m, e, r->dirty || nconn > 0, held);
+  /* A handle whose transfer was retried by curl is reset too: curl 7.88 counts each retry after
+   * a reused connection died in the handle, clearing the count only when it gives up, so a
+   * pooled handle would fail a healthy transfer after a few such retries. A retry usually makes
+   * a connection, but it may as well reuse another cached one (nconn stays 0): curl marks every
+   * retry with a redirect time (Curl_follow, FOLLOW_RETRY). Steady keep-alive traffic makes no
+   * connections and no retries, so this costs little. */
+  lmx_multi_release_easy(m, e, r->dirty || nconn > 0 || t_retry > 0, held);
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;

@@ -265,6 +265,25 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- The same count, when curl's retry found another cached connection alive: no connection
+  -- was made (num_connects 0), yet the handle counted the retry; a pooled handle kept it and
+  -- its sixth such transfer failed "Connection died, tried 5 times before giving up".
+  it("keeps retrying when the retry reused another cached connection, on pooled handles", function()
+    local m = core.multi()
+    for _ = 1, 10 do m:request(spec("m")) end   -- ten keep-alive connections in the cache
+    drain(m)
+    assert.equals(10, m:stats().connects)
+    for i = 1, 8 do   -- each: a reused connection closed unanswered, retried on another
+      local r = m:request(spec("resetonce:retry-reused-" .. i))
+      drain(m)
+      local res = r:result()
+      assert.equals(200, res.status, "transfer " .. i .. ": " .. tostring(res.error))
+      assert.is_true(res.reused)
+    end
+    assert.equals(10, m:stats().connects)
+    m:close()
+  end)
+
   it("pollfd, timeout and empty describe the work", function()
     local m = core.multi()
     assert.is_number(m:pollfd())
