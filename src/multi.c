@@ -159,6 +159,11 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   }
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  /* A transfer that ends while its name is being resolved (cancel, close, a connect timeout)
+   * makes curl 7.88 join the resolver thread (Curl_resolver_kill), which blocks the caller
+   * until getaddrinfo returns: seconds with a silent DNS server. Quick exit detaches the
+   * thread instead; it frees its own state when the lookup ends. */
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lmx_request_writecb);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, lmx_request_headercb);
   curl_easy_setopt(e, CURLOPT_SHARE, m->sh);

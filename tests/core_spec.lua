@@ -339,6 +339,60 @@ describe("llmux.core Multi", function()
     assert.equals("0 resolve", run("https_proxy=" .. proxy))     -- not for http URLs
   end)
 
+  -- curl 7.88 joins the resolver thread when a transfer ends mid-lookup: cancel(), and a
+  -- connect timeout inside step(), blocked until getaddrinfo gave up (a silent DNS server:
+  -- seconds). Needs a mount namespace (unshare, as root) for a resolv.conf that names a
+  -- loopback server that never answers; skipped without one.
+  it("cancel and connect timeouts never wait for a slow name lookup", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local f = assert(io.open(dir .. "/resolv.conf", "w"))
+    f:write("nameserver 127.0.0.1\noptions timeout:3 attempts:1\n")
+    f:close()
+    f = assert(io.open(dir .. "/dns.py", "w"))
+    f:write([[
+import socket, sys, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 53))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.1", 53)); t.listen(8)
+open(sys.argv[1], "w").close()
+time.sleep(20)
+]])
+    f:close()
+    f = assert(io.open(dir .. "/t.lua", "w"))
+    f:write([[
+      local core = require "llmux.core"
+      local m = core.multi()
+      local r = m:request{ url = "http://llmux-slow-dns.test:1/", connect_timeout = 0.3 }
+      m:step(0)
+      local t0 = core.now()
+      r:cancel()
+      local cancel = core.now() - t0
+      r = m:request{ url = "http://llmux-slow-dns2.test:1/", connect_timeout = 0.3 }
+      t0 = core.now()
+      while not r:done() and core.now() - t0 < 10 do m:step(0.05) end
+      io.write(string.format("%.2f %.2f %s", cancel, core.now() - t0, r:result().code))
+      m:close()
+    ]])
+    f:close()
+    local p = io.popen("unshare -m sh -c 'mount --bind " .. dir .. "/resolv.conf /etc/resolv.conf"
+      .. " || exit 0; python3 " .. dir .. "/dns.py " .. dir .. "/up & pid=$!;"
+      .. " for i in 1 2 3 4 5 6 7 8 9 10; do [ -e " .. dir .. "/up ] && break; sleep 0.2; done;"
+      .. " [ -e " .. dir .. "/up ] && lua5.4 " .. dir .. "/t.lua; kill $pid' 2>/dev/null")
+    local out = p:read("a")
+    p:close()
+    os.execute("rm -rf " .. dir)
+    if out == "" then   -- no namespace, or port 53 taken
+      return pending("no mount namespace with a silent DNS server on 127.0.0.1:53")
+    end
+    local cancel, timeout, code = out:match("^(%S+) (%S+) (%S+)$")
+    assert(cancel, out)
+    assert.is_true(tonumber(cancel) < 0.5, "cancel() took " .. cancel .. " s")
+    assert.is_true(tonumber(timeout) < 1.5, "a 0.3 s connect timeout took " .. timeout .. " s")
+    assert.equals("timeout", code)
+  end)
+
   it("cancel frees the transfer at once and delivers it as cancelled", function()
     local m = core.multi()
     local r = m:request(spec("slow:5"))
