@@ -143,12 +143,17 @@ static int multi_closesock(void *clientp, curl_socket_t s) {
   return close(s);
 }
 
-/* curl opens a connection's socket: marked OPENED, so it may be parked (see multi_sockcb). */
+/* curl opens a connection's socket: marked OPENED, so it may be parked (see multi_sockcb).
+ * Close-on-exec: curl closes a socket that never finished connecting (a cancel or connect
+ * timeout meanwhile, a happy-eyeballs loser) without the close callback, so its entry stays in
+ * the epoll set while any other process holds the socket, firing for a number that is closed
+ * or reused: a child of io.popen or os.execute inherited it, and step() spun until that child
+ * ended. */
 static curl_socket_t multi_opensock(void *clientp, curlsocktype purpose,
                                     struct curl_sockaddr *a) {
   lmx_Multi *m = clientp;
   (void)purpose;
-  curl_socket_t s = socket(a->family, a->socktype, a->protocol);
+  curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (s >= 0 && !LMX_FORKED(m)) (void)set_parked(m, s, OPENED);   /* unmarked: never parked */
   return s;
 }
