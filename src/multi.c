@@ -87,6 +87,12 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   }
   unsigned char reg = ((what & CURL_POLL_IN) ? REG_IN : 0) | ((what & CURL_POLL_OUT) ? REG_OUT : 0);
   int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  /* A first watch of a number whose OPENED byte still records an entry is a socket curl did
+   * not make through multi_opensock (that clears the byte): the one before was closed without
+   * the close-socket callback, as curl 7.88 closes a socket that never finished connecting.
+   * It is not ours to park (curl closes it without telling, as its resolver's socketpair). */
+  if (!socketp && !is_parked(m, s) && is_opened(m, s) && (m->parked[s] & (REG_IN | REG_OUT)))
+    m->parked[s] = 0;
   if (is_parked(m, s)) {
     unsigned char had = m->parked[s];
     m->parked[s] = OPENED | reg;
@@ -100,10 +106,17 @@ static int multi_sockcb(CURL *e, curl_socket_t s, int what, void *userp, void *s
   memset(&ev, 0, sizeof ev);
   ev.data.fd = s;
   ev.events = ((reg & REG_IN) ? EPOLLIN : 0) | ((reg & REG_OUT) ? EPOLLOUT : 0);
-  int rc = ctl(m, op, s, &ev);
-  if (rc != 0 && errno == ENOENT) rc = ctl(m, EPOLL_CTL_ADD, s, &ev);
-  else if (rc != 0 && errno == EEXIST) rc = ctl(m, EPOLL_CTL_MOD, s, &ev);
-  if (is_opened(m, s)) m->parked[s] = OPENED | (rc == 0 ? reg : 0);
+  int rc = ctl(m, op, s, &ev), gone = 0;
+  if (rc != 0 && errno == ENOENT) {
+    /* the entry went with a socket closed behind our back; this number's socket is another,
+     * not made by multi_opensock (that clears the byte): not ours to park (see above) */
+    gone = 1;
+    rc = ctl(m, EPOLL_CTL_ADD, s, &ev);
+  } else if (rc != 0 && errno == EEXIST) {
+    rc = ctl(m, EPOLL_CTL_MOD, s, &ev);
+  }
+  if (gone) (void)set_parked(m, s, 0);
+  else if (is_opened(m, s)) m->parked[s] = OPENED | (rc == 0 ? reg : 0);
   if (!socketp) curl_multi_assign(m->cm, s, m);
   return 0;
 }
