@@ -29,6 +29,10 @@ typedef struct lmx_Request lmx_Request;
 
 typedef enum { LMX_R_RUNNING, LMX_R_DONE, LMX_R_CLOSED } lmx_RState;
 
+/* Seconds past a transfer's timeout before the Multi ends it itself (expire in multi.c): curl
+ * ends the ones it times out first, with its own message. */
+#define LMX_DUE_GRACE 0.05
+
 struct lmx_Request {
   lmx_RState state;
   CURL *easy;                 /* owned while running; back to the Multi's free list after */
@@ -56,6 +60,8 @@ struct lmx_Request {
   lmx_Buf scratch;            /* unescaped strings of the chunk fast path */
   size_t evq_off;             /* read position in evq */
   double last_event;          /* monotonic time of the last real event (or of the start) */
+  double due;                 /* monotonic time its timeout ends (spec.timeout), 0: none */
+  long timeout_ms;
   uint64_t stream_bytes;      /* bytes of the event stream */
   const char *why;            /* static message for a failure llmux itself caused */
   lmx_Buf body;               /* response body (for streams: only a non-event-stream body) */
@@ -77,6 +83,8 @@ struct lmx_Multi {
   int running;                /* transfers in flight */
   long timer_ms;              /* curl's last timer request, -1 when none */
   double timer_due;           /* monotonic seconds when curl wants a timeout action */
+  double next_due;            /* the earliest due of its running requests (-1: none); see
+                                 expire() in multi.c */
   lmx_Request *attached;      /* running and queued requests */
   lmx_Request *qhead, *qtail; /* completion queue */
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */

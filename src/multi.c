@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -345,6 +346,7 @@ static int multi_new(lua_State *L) {
   curl_multi_setopt(m->cm, CURLMOPT_MAX_CONCURRENT_STREAMS, streams);
   m->timer_ms = -1;
   m->timer_due = -1.0;
+  m->next_due = -1.0;
   m->env_proxy = env_proxy();
   m->http2 = http2;
   m->forks = lmx_forks;
@@ -394,10 +396,12 @@ static int multi_watch(lua_State *L) {
  * 0 when completions are queued, nil when nothing is due */
 static int multi_timeout(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
+  double due = m->timer_due;
+  if (m->next_due >= 0 && (due < 0 || m->next_due < due)) due = m->next_due;
   if (m->qhead) lua_pushnumber(L, 0);
-  else if (m->timer_due < 0) lua_pushnil(L);
+  else if (due < 0) lua_pushnil(L);
   else {
-    double d = m->timer_due - lmx_now();
+    double d = due - lmx_now();
     lua_pushnumber(L, d > 0 ? d : 0);
   }
   return 1;
@@ -422,6 +426,25 @@ static void drain(lmx_Multi *m) {
   }
 }
 
+/* Ends the running transfers whose timeout passed (their due) as curl's timeout would:
+ * curl 7.88 never times out a transfer still queued for a connection (see start in
+ * request.c), so with a connection cap a request could wait past its timeout for as long as
+ * the requests ahead of it took. Run when the earliest due passed; recomputes it. */
+static void expire(lmx_Multi *m) {
+  double now = lmx_now(), next = -1;
+  for (lmx_Request *r = m->attached; r; r = r->next) {
+    if (r->state != LMX_R_RUNNING || r->due <= 0) continue;
+    if (r->due <= now) {
+      lmx_request_finish(r, CURLE_OPERATION_TIMEDOUT);
+      snprintf(r->errbuf, sizeof r->errbuf, "Operation timed out after %ld milliseconds",
+               r->timeout_ms);
+    } else if (next < 0 || r->due < next) {
+      next = r->due;
+    }
+  }
+  m->next_due = next;
+}
+
 /* m:step([t]) -> queued: waits at most t seconds (default 0) for socket activity, performs the
  * due transfers' work and queues the finished ones. Never raises for network errors. */
 static int multi_step(lua_State *L) {
@@ -432,6 +455,7 @@ static int multi_step(lua_State *L) {
   double now = lmx_now(), wait = t;
   if (m->qhead) wait = 0;
   if (m->timer_due >= 0 && m->timer_due - now < wait) wait = m->timer_due - now;
+  if (m->next_due >= 0 && m->next_due - now < wait) wait = m->next_due - now;
   if (wait < 0 || wait != wait) wait = 0;
   int ms = wait > 86400.0 ? 86400000 : (int)ceil(wait * 1000.0);
   struct epoll_event evs[LMX_EVENTS];
@@ -454,6 +478,7 @@ static int multi_step(lua_State *L) {
     curl_multi_socket_action(m->cm, CURL_SOCKET_TIMEOUT, 0, &running);
   }
   drain(m);
+  if (m->next_due >= 0 && lmx_now() >= m->next_due) expire(m);
   m->stepping = 0;
   lua_pushinteger(L, queued(m));
   return 1;

@@ -380,6 +380,15 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   r->easy = e;
   r->state = LMX_R_RUNNING;
   m->running++;
+  /* curl 7.88 checks a transfer's timeout only once it has a connection: one queued for a
+   * connection (max_host_connections, max_total_connections, a full HTTP/2 connection) waits
+   * however long the queue takes. The Multi ends it itself at its due (see expire in multi.c),
+   * a little after the time curl would, so curl still ends the transfers it does time out. */
+  if (P->timeout > 0) {
+    r->timeout_ms = ms(P->timeout);
+    r->due = lmx_now() + (double)r->timeout_ms / 1000.0 + LMX_DUE_GRACE;
+    if (m->next_due < 0 || r->due < m->next_due) m->next_due = r->due;
+  }
   lmx_multi_attach(m, r);
   lua_getiuservalue(L, mindex, 1);   /* the Multi holds the request while attached */
   lua_pushvalue(L, ri);

@@ -225,6 +225,31 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- curl 7.88 checks a transfer's timeout only once it has a connection: one queued behind a
+  -- connection cap waited for the transfers ahead of it (a soak saw a 0.8 s timeout take 4 s).
+  it("times out a transfer queued for a connection at its own timeout", function()
+    for _, case in ipairs{ { "http", { max_host_connections = 1 } },
+        { "https", { max_host_connections = 1, max_concurrent_streams = 1 } } } do
+      local m = core.multi(case[2])
+      local url = u[case[1]] .. "/chat/completions"
+      local slow = m:request(spec("slow:2", { url = url, ca_file = u.ca_file }))
+      local t = core.now()
+      while core.now() - t < 0.4 do m:step(0.05) end   -- slow holds the only connection
+      local t0 = core.now()
+      local q = m:request(spec("m", { url = url, ca_file = u.ca_file, timeout = 0.3 }))
+      assert.is_true(m:timeout() <= 0.4)
+      while not q:done() and core.now() - t0 < 5 do m:step(5) end   -- the wait ends at its due
+      local el = core.now() - t0
+      local res = q:result()
+      assert.equals("timeout", res.code, case[1])
+      assert.is_true(el < 0.8, case[1] .. ": a 0.3 s timeout took " .. el .. " s")
+      assert.matches("timed out after 300 milliseconds", res.error)
+      drain(m)
+      assert.equals(200, slow:result().status)   -- the one ahead is untouched
+      m:close()
+    end
+  end)
+
   -- Waiting to multiplex (PIPEWAIT) only makes sense where HTTP/2 can be negotiated. On plain
   -- HTTP, and on TLS that settles on HTTP/1.1, every transfer started at once gets its own
   -- connection: nothing queues behind the first one.
