@@ -470,6 +470,98 @@ while time.time() < end:   # now let the pending connects complete
     assert.is_true(n <= 10, n .. " steps of step(0.5) in 2.5 s")
   end)
 
+  -- curl 7.88 closes a socket that never finished connecting (here: cancelled) without the
+  -- close callback, so its number kept the OPENED/REG bits; the resolver's socketpair that took
+  -- the number was then parked on REMOVE instead of leaving the set, and the next lookup's
+  -- socketpair on that number skipped its ADD. curl then learned of that lookup's end only from
+  -- its own backoff poll: a 0.27 s lookup was noticed at 0.505 s (the poll after 0.255 s).
+  -- The file held open over the first lookup and closed during it makes that lookup's
+  -- connection take the file's number, so the next socketpair gets the cancelled socket's.
+  -- Needs a mount namespace (unshare, as root) for a resolv.conf naming a loopback DNS server.
+  it("a name lookup on the number of a socket cancelled while connecting is watched", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local f = assert(io.open(dir .. "/resolv.conf", "w"))
+    f:write("nameserver 127.0.0.1\noptions timeout:3 attempts:1\n")
+    f:close()
+    -- answers A queries (127.0.0.1) and AAAA ones (none) 0.27 s late; and a listener whose
+    -- full accept queue holds further connects in SYN_SENT
+    f = assert(io.open(dir .. "/dns.py", "w"))
+    f:write([[
+import os, socket, struct, sys, threading, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 53))
+def answer(q, addr):
+    time.sleep(0.27)
+    i = 12
+    while q[i] != 0: i += 1 + q[i]
+    an = b""
+    if struct.unpack(">H", q[i + 1:i + 3])[0] == 1:
+        an = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([127, 0, 0, 1])
+    flags = 0x8180 | (q[2] & 1) << 8
+    u.sendto(q[:2] + struct.pack(">HHHHH", flags, 1, 1 if an else 0, 0, 0) + q[12:i + 5] + an, addr)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+cs = []
+for i in range(4):
+    c = socket.socket(); c.setblocking(False); c.connect_ex(s.getsockname()); cs.append(c)
+time.sleep(0.3)
+open(sys.argv[1] + ".tmp", "w").write(str(s.getsockname()[1]))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+u.settimeout(0.5); end = time.time() + 20
+while time.time() < end:
+    try: q, addr = u.recvfrom(512)
+    except socket.timeout: continue
+    threading.Thread(target=answer, args=(q, addr), daemon=True).start()
+]])
+    f:close()
+    f = assert(io.open(dir .. "/t.lua", "w"))
+    f:write([[
+      local core = require "llmux.core"
+      local lport, uport = tonumber(arg[1]), tonumber(arg[2])
+      local m = core.multi()
+      local hold = assert(io.open("/dev/null"))
+      local r = m:request{ url = "http://127.0.0.1:" .. lport .. "/", connect_timeout = 30 }
+      for _ = 1, 3 do m:step(0.02) end
+      if r:done() then io.write("connect completed at once"); return end
+      r:cancel()
+      m:step(0)
+      m:next()
+      local out = {}
+      for i = 1, 2 do
+        local t0 = core.now()
+        r = m:request{ url = "http://llmux-lookup" .. i .. ".test:" .. uport .. "/health",
+          connect_timeout = 3, timeout = 5 }
+        m:step(0.05)
+        if hold then hold:close(); hold = nil end
+        while not r:done() and core.now() - t0 < 8 do m:step(0.05) end
+        local res = r:result() or {}
+        out[#out + 1] = string.format("%s %s %.3f", res.status, res.body, core.now() - t0)
+      end
+      io.write(table.concat(out, " "))
+      m:close()
+    ]])
+    f:close()
+    local p = io.popen("unshare -m sh -c 'mount --bind " .. dir .. "/resolv.conf /etc/resolv.conf"
+      .. " || exit 0; python3 " .. dir .. "/dns.py " .. dir .. "/port & pid=$!;"
+      .. " for i in 1 2 3 4 5 6 7 8 9 10; do [ -e " .. dir .. "/port ] && break; sleep 0.2; done;"
+      .. " [ -e " .. dir .. "/port ] && lua5.4 " .. dir .. "/t.lua $(cat " .. dir .. "/port) "
+      .. u.port .. "; kill $pid' 2>/dev/null")
+    local out = p:read("a")
+    p:close()
+    os.execute("rm -rf " .. dir)
+    if out == "" then   -- no namespace, or port 53 taken
+      return pending("no mount namespace with a DNS server on 127.0.0.1:53")
+    end
+    if out == "connect completed at once" then return pending(out) end
+    local s1, b1, t1, s2, b2, t2 = out:match("^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$")
+    assert(s1, out)
+    assert.equals("200 ok", s1 .. " " .. b1)
+    assert.equals("200 ok", s2 .. " " .. b2)
+    -- a 0.27 s lookup: noticed at once, not at curl's poll at 0.505 s
+    assert.is_true(tonumber(t1) < 0.45, "the first lookup's request took " .. t1 .. " s")
+    assert.is_true(tonumber(t2) < 0.45, "the second lookup's request took " .. t2 .. " s")
+  end)
+
   it("cancel frees the transfer at once and delivers it as cancelled", function()
     local m = core.multi()
     local r = m:request(spec("slow:5"))
