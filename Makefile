@@ -28,10 +28,18 @@ export LUA_PATH  := ./lua/?.lua;./tests/?.lua;;
 export LUA_CPATH := ./$(BUILD)/?.so;;
 BUSTED := busted --lua=$(LUA) -o tests/helpers/output.lua
 
-.PHONY: all deps test pooltest demo bench asan fuzz install clean
+.PHONY: all deps test pooltest demo bench asan fuzz install clean FORCE
 all: $(CORE)
 
-$(BUILD)/obj/%.o: src/%.c src/*.h
+# The Lua headers the objects were compiled against: another LUA_INCDIR (`luarocks make` for
+# another Lua version after a plain `make`) rebuilds them instead of installing them as they are.
+LUA_STAMP := $(BUILD)/obj/lua_incdir
+$(LUA_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(LUA_INCDIR)' | cmp -s - $@ || echo '$(LUA_INCDIR)' > $@
+FORCE:
+
+$(BUILD)/obj/%.o: src/%.c src/*.h $(LUA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

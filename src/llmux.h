@@ -10,6 +10,12 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+/* Lua 5.4 or later (the rockspec's lua >= 5.4). Older headers (Debian's luarocks defaults to
+ * Lua 5.1) would fail deep inside the sources; say why at once. */
+#if !defined(LUA_VERSION_NUM) || LUA_VERSION_NUM < 504
+#error "llmux needs the Lua 5.4 headers (LUA_INCDIR; luarocks: --lua-version=5.4)"
+#endif
+
 #include "buf.h"
 #include "sse.h"
 

@@ -40,4 +40,26 @@ describe("installation", function()
     assert.is_true(ok, out)
     assert.matches("^0%.1%.0 .*core.so", out)
   end)
+
+  it("luarocks make for another Lua never installs the Lua 5.4 build", function()
+    -- Debian's luarocks defaults to Lua 5.1: after a plain `make`, its LUA_INCDIR must rebuild
+    -- the objects (and fail at once on those headers), not install the 5.4 module into a 5.1 tree.
+    local ok, out = sh("make -s all")
+    assert.is_true(ok, out)
+    local d = tmpdir()
+    ok, out = sh("luarocks --lua-version=5.1 --tree=" .. d
+      .. " make --deps-mode=none rockspec/llmux-scm-1.rockspec")
+    local _, found = sh("find " .. d .. " -name core.so")
+    sh("rm -rf " .. d)
+    assert.is_falsy(ok, out)
+    assert.equals("", found)
+    -- With the 5.1 headers present the build says why; without them luarocks stops earlier.
+    local h = io.open("/usr/include/lua5.1/lua.h")
+    if h then
+      h:close()
+      assert.matches("needs the Lua 5.4 headers", out, 1, true)
+    end
+    ok, out = sh("make -s all")   -- back to the 5.4 objects for the tests that follow
+    assert.is_true(ok, out)
+  end)
 end)
