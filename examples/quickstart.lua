@@ -53,7 +53,7 @@ end
 print(string.format("  finish %s, ttft %.4f s, %d tokens%s", final.choices[1].finish_reason,
   sinfo.ttft or 0, sinfo.usage.total_tokens, sinfo.usage_estimated and " (estimated)" or ""))
 
--- 3. A batch: every other item is a question; two items ask for a model that does not exist,
+-- 3. A batch of n questions; two of them (one when n < 4) ask for a model that does not exist,
 -- to show how failures come back (code, message) without stopping the batch.
 local items = {}
 for i = 1, n do items[i] = { q = "What is " .. i .. " + " .. i .. "?", model = model } end
