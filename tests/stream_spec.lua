@@ -398,6 +398,16 @@ describe("provider variations", function()
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindexids"))
   end)
 
+  it("empty-string id, type and name in continuation deltas (DashScope) are absent", function()
+    for _, model in ipairs{ "emptyid", "emptyidnoindex" } do
+      local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))
+      local calls = res.choices[1].message.tool_calls
+      assert.equals(1, #calls, model)
+      assert.same({ id = "call_1", type = "function",
+        ["function"] = { name = "f", arguments = '{"x":1}' } }, calls[1], model)
+    end
+  end)
+
   it("[DONE] alone is no answer: truncated", function()
     local res, msg, code = c:chat(body("fixture:onlydone", "x", { stream = true }),
       { max_retries = 0 })

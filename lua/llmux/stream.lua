@@ -66,18 +66,24 @@ end
 -- Folds a tool_calls delta into c.tools by index: id, type and name arrive once, the
 -- arguments in pieces. Without index (some OpenAI-compatible servers) a delta goes to the call
 -- with its id, else continues the previous chunk's call when it has no id, else starts a new
--- call; such calls get slots of their own (UNINDEXED up), apart from indexed ones.
+-- call; such calls get slots of their own (UNINDEXED up), apart from indexed ones. An empty
+-- id, type or name (DashScope repeats them as "" in every continuation delta) is no value.
 local UNINDEXED = 1 << 20
+local function nonempty(v)
+  if type(v) == "string" and v ~= "" then return v end
+  return nil
+end
 local function merge_tools(s, c, deltas)
   local fresh   -- slots this chunk's entries started: a later entry never continues them
   for _, d in ipairs(deltas) do
     if type(d) == "table" then
+      local id = nonempty(d.id)
       local i = d.index
       if type(i) ~= "number" then
-        i = d.id and c.tool_ids and c.tool_ids[d.id]
+        i = id and c.tool_ids and c.tool_ids[id]
         if not i then
           local last = c.last_tool
-          if d.id == nil and last and not (fresh and fresh[last]) then
+          if id == nil and last and not (fresh and fresh[last]) then
             i = last
           else
             c.unindexed = (c.unindexed or 0) + 1
@@ -88,20 +94,22 @@ local function merge_tools(s, c, deltas)
       c.last_tool = i
       fresh = fresh or {}
       fresh[i] = true
-      if d.id then
+      if id then
         c.tool_ids = c.tool_ids or {}
-        c.tool_ids[d.id] = i
+        c.tool_ids[id] = i
       end
       local t = c.tools[i]
       if not t then
         t = { args = {} }
         c.tools[i] = t
       end
-      if d.id then t.id = d.id end
-      if d.type then t.type = d.type end
+      if id then t.id = id end
+      local ty = nonempty(d.type)
+      if ty then t.type = ty end
       local f = d["function"]
       if type(f) == "table" then
-        if type(f.name) == "string" then t.name = (t.name or "") .. f.name end
+        local name = nonempty(f.name)
+        if name then t.name = (t.name or "") .. name end
         if type(f.arguments) == "string" and f.arguments ~= "" then
           t.args[#t.args + 1] = f.arguments
           s.chars = s.chars + #f.arguments

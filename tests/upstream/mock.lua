@@ -992,6 +992,24 @@ local FIXTURES = {
     fx_chunk{ fx(0, { tool_calls = { { id = "c2", ["function"] = { arguments = "2}" } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- DashScope (Qwen): continuation deltas repeat id, type and name as empty strings
+  emptyid = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, tool_calls = { { index = 0,
+      id = "call_1", type = "function", ["function"] = { name = "f", arguments = "" } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "", type = "",
+      ["function"] = { name = "", arguments = '{"x":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "", type = "",
+      ["function"] = { name = "", arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- the same without index: "" is no id, so the deltas go on with the last call
+  emptyidnoindex = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, tool_calls = { {
+      id = "call_1", type = "function", ["function"] = { name = "f", arguments = "" } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "", ["function"] = { arguments = '{"x":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { id = "", ["function"] = { arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
   -- nothing but [DONE]
   onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
