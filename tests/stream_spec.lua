@@ -408,6 +408,15 @@ describe("provider variations", function()
     end
   end)
 
+  it("a tool name repeated whole in every delta (NIM, Fireworks) is not doubled", function()
+    local res = assert(c:chat(body("fixture:repeatname", "x", { stream = true })))
+    assert.same({ { id = "call_1", type = "function",
+      ["function"] = { name = "read_file", arguments = '{"x":1}' } } },
+      res.choices[1].message.tool_calls)
+    res = assert(c:chat(body("fixture:splitname", "x", { stream = true })))
+    assert.equals("read_file", res.choices[1].message.tool_calls[1]["function"].name)
+  end)
+
   it("[DONE] alone is no answer: truncated", function()
     local res, msg, code = c:chat(body("fixture:onlydone", "x", { stream = true }),
       { max_retries = 0 })

@@ -63,10 +63,11 @@ local function choice_state(s, index)
   return c
 end
 
--- Folds a tool_calls delta into c.tools by index: id, type and name arrive once, the
--- arguments in pieces. Without index (some OpenAI-compatible servers) a delta goes to the call
--- with its id, else continues the previous chunk's call when it has no id, else starts a new
--- call; such calls get slots of their own (UNINDEXED up), apart from indexed ones. An empty
+-- Folds a tool_calls delta into c.tools by index: id and type arrive once (or again), the name
+-- once (or in pieces, or again), the arguments in pieces. Without index (some
+-- OpenAI-compatible servers) a delta goes to the call with its id, else continues the previous
+-- chunk's call when it has no id, else starts a new call; such calls get slots of their own
+-- (UNINDEXED up), apart from indexed ones. An empty
 -- id, type or name (DashScope repeats them as "" in every continuation delta) is no value.
 local UNINDEXED = 1 << 20
 local function nonempty(v)
@@ -108,8 +109,10 @@ local function merge_tools(s, c, deltas)
       if ty then t.type = ty end
       local f = d["function"]
       if type(f) == "table" then
+        -- a name may come in pieces, or whole again in every delta (MiniMax through NVIDIA
+        -- NIM, Fireworks): a piece equal to the name so far repeats it
         local name = nonempty(f.name)
-        if name then t.name = (t.name or "") .. name end
+        if name and name ~= t.name then t.name = (t.name or "") .. name end
         if type(f.arguments) == "string" and f.arguments ~= "" then
           t.args[#t.args + 1] = f.arguments
           s.chars = s.chars + #f.arguments

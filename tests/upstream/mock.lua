@@ -1010,6 +1010,23 @@ local FIXTURES = {
     fx_chunk{ fx(0, { tool_calls = { { id = "", ["function"] = { arguments = "1}" } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- MiniMax via NVIDIA NIM, Fireworks: the whole name (and id) again in every delta
+  repeatname = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, tool_calls = { { index = 0,
+      id = "call_1", type = "function", ["function"] = { name = "read_file", arguments = "" } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_1",
+      ["function"] = { name = "read_file", arguments = '{"x":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_1",
+      ["function"] = { name = "read_file", arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- a name that does come in pieces (Gemini through some gateways)
+  splitname = {
+    fx_chunk{ fx(0, { role = "assistant", content = null, tool_calls = { { index = 0,
+      id = "call_1", type = "function", ["function"] = { name = "read_", arguments = "" } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, ["function"] = { name = "file", arguments = "{}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
   -- nothing but [DONE]
   onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
