@@ -417,6 +417,22 @@ describe("provider variations", function()
     assert.equals("read_file", res.choices[1].message.tool_calls[1]["function"].name)
   end)
 
+  it("an index used again with another id (Ollama) is another call", function()
+    local function calls_of(model)
+      local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))
+      local out = {}
+      for i, call in ipairs(res.choices[1].message.tool_calls) do
+        out[i] = call.id .. " " .. call["function"].name .. " " .. call["function"].arguments
+      end
+      return out
+    end
+    assert.same({ 'call_a write_file {"path":"a"}', 'call_b write_file {"path":"b"}' },
+      calls_of("reusedindex"))
+    assert.same({ 'call_a f {"x":1}', 'call_b g {"y":2}' }, calls_of("reusedindexsplit"))
+    -- a new call starts with its name: another id alone does not split a call
+    assert.same({ 'call_z f {"x":1}' }, calls_of("reusedindexnoname"))
+  end)
+
   it("[DONE] alone is no answer: truncated", function()
     local res, msg, code = c:chat(body("fixture:onlydone", "x", { stream = true }),
       { max_retries = 0 })

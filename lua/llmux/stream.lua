@@ -67,8 +67,9 @@ end
 -- once (or in pieces, or again), the arguments in pieces. Without index (some
 -- OpenAI-compatible servers) a delta goes to the call with its id, else continues the previous
 -- chunk's call when it has no id, else starts a new call; such calls get slots of their own
--- (UNINDEXED up), apart from indexed ones. An empty
--- id, type or name (DashScope repeats them as "" in every continuation delta) is no value.
+-- (UNINDEXED up), apart from indexed ones, as does a call at an index another call (another
+-- id) already has. An empty id, type or name (DashScope repeats them as "" in every
+-- continuation delta) is no value.
 local UNINDEXED = 1 << 20
 local function nonempty(v)
   if type(v) == "string" and v ~= "" then return v end
@@ -80,7 +81,24 @@ local function merge_tools(s, c, deltas)
     if type(d) == "table" then
       local id = nonempty(d.id)
       local i = d.index
-      if type(i) ~= "number" then
+      if type(i) == "number" then
+        -- an id other than the one the index's call has, with a name (a call's first delta
+        -- has one), is another call (Ollama gives every parallel call index 0): it gets a
+        -- slot of its own, which the index then stands for
+        local slot = c.moved and c.moved[i] or i
+        local t = c.tools[slot]
+        local f = d["function"]
+        if id and t and t.id and t.id ~= id and type(f) == "table" and nonempty(f.name) then
+          slot = c.tool_ids[id]
+          if not slot then
+            c.unindexed = (c.unindexed or 0) + 1
+            slot = UNINDEXED + c.unindexed
+          end
+          c.moved = c.moved or {}
+          c.moved[i] = slot
+        end
+        i = slot
+      else
         i = id and c.tool_ids and c.tool_ids[id]
         if not i then
           local last = c.last_tool

@@ -1027,6 +1027,34 @@ local FIXTURES = {
     fx_chunk{ fx(0, { tool_calls = { { index = 0, ["function"] = { name = "file", arguments = "{}" } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- Ollama: parallel calls, each whole in its own chunk, every one at index 0 (its own id)
+  reusedindex = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_a", type = "function",
+      ["function"] = { name = "write_file", arguments = '{"path":"a"}' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_b", type = "function",
+      ["function"] = { name = "write_file", arguments = '{"path":"b"}' } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- the same, the second call's arguments going on at index 0 without its id
+  reusedindexsplit = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_a", type = "function",
+      ["function"] = { name = "f", arguments = '{"x":1}' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_b", type = "function",
+      ["function"] = { name = "g", arguments = '{"y":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, ["function"] = { arguments = "2}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- one call whose continuation deltas carry ids of their own (no name): still one call
+  reusedindexnoname = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_a", type = "function",
+      ["function"] = { name = "f", arguments = '{"x":' } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_z",
+      ["function"] = { arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
   -- nothing but [DONE]
   onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
