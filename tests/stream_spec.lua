@@ -441,6 +441,20 @@ describe("provider variations", function()
     assert.matches("without any choice", msg)
   end)
 
+  it("a stream's verdict does not depend on how it is read (a role chunk, then [DONE])", function()
+    local verdicts = {}
+    for _, how in ipairs{ "chunks", "deltas", "result" } do
+      local s = assert(c:chat_stream(body("fixture:roleonly", "x"), { max_retries = 0 }))
+      if how == "deltas" then collect(s) elseif how == "chunks" then for _ in s:chunks() do end end
+      local res, msg, code = s:result()
+      verdicts[how] = res and ("ok " .. res.choices[1].message.content .. "|"
+        .. res.choices[1].message.role) or (code .. " " .. msg:gsub("^.*: ", ""))
+    end
+    assert.equals(verdicts.chunks, verdicts.deltas)
+    assert.equals(verdicts.chunks, verdicts.result)
+    assert.equals("ok |assistant", verdicts.chunks)
+  end)
+
   it("an empty id and model in the first chunk (Azure) do not stick", function()
     for _, how in ipairs{ "deltas", "chunks" } do
       local s = assert(c:chat_stream(body("fixture:azure", "x")))

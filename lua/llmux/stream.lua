@@ -378,20 +378,20 @@ local function advance(s, block, fast)
         s.events = s.events + 1
         if id then s.id, s.created = id, created end
         if model and model ~= "" then s.model = model end
-        if data or event then
-          local c = s.c0
-          if not c then
-            c = choice_state(s, 0)
-            s.c0 = c
-          end
-          if event then c.finish_reason = event end
-          if data then   -- its length counts in usage_of, not here
-            local n = c.n + 1
-            c.n = n
-            c.parts[n] = data
-            if not s.ttft then s.ttft = now() - s.call.t0 end
-            return data, nil
-          end
+        -- a fast chunk is choice 0, even one without text or finish (the role chunk): it
+        -- counts as a choice, as absorb counts it when chunks() reads the same event
+        local c = s.c0
+        if not c then
+          c = choice_state(s, 0)
+          s.c0 = c
+        end
+        if event then c.finish_reason = event end
+        if data then   -- its length counts in usage_of, not here
+          local n = c.n + 1
+          c.n = n
+          c.parts[n] = data
+          if not s.ttft then s.ttft = now() - s.call.t0 end
+          return data, nil
         end
       end
     else

@@ -1055,6 +1055,10 @@ local FIXTURES = {
       ["function"] = { arguments = "1}" } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- a role chunk with empty content, then [DONE]: a choice came (with nothing in it)
+  roleonly = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+  },
   -- nothing but [DONE]
   onlydone = {},
   -- Azure: a first chunk with empty id and model (the prompt filter results)
