@@ -130,6 +130,16 @@ describe("streaming chat", function()
     assert.is_true(llmux.now() - t0 < 4)   -- far below idle_timeout
   end)
 
+  it("without [DONE], a stream is short of the n choices asked for, n = 2.0 too", function()
+    for _, n in ipairs{ 2, 2.0 } do
+      local b = body("nodone", "no done", { stream = true })
+      b.n = n
+      local res, _, code = c:chat(b)   -- the mock sends choice 0 only
+      assert.is_nil(res, tostring(n))
+      assert.equals("truncated", code)
+    end
+  end)
+
   it("ignores keep-alive comments and blank events", function()
     local s = assert(c:chat_stream(body("keepalive", "pinged")))
     assert.equals("echo: pinged", collect(s))

@@ -518,7 +518,7 @@ local function open_stream(self, body, opts, where)
   local call = new_call(self, opts, "POST", "/chat/completions", encode_body(b, where), where,
     true)
   call.prompt_chars = prompt_chars(body)
-  call.n = math.type(body.n) == "integer" and body.n or 1
+  call.n = type(body.n) == "number" and math.tointeger(body.n) or 1   -- 2.0 asks for 2 too
   return perform(call)
 end
 
