@@ -366,6 +366,15 @@ describe("provider variations", function()
     assert.equals("!", lps[2].token)
   end)
 
+  it("keeps the thinking of providers that call it reasoning", function()
+    local res, info = assert(c:chat(body("fixture:reasoning", "x", { stream = true })))
+    local msg = res.choices[1].message
+    assert.equals("Hi", msg.content)
+    assert.equals("Let me think.", msg.reasoning)
+    assert.is_nil(msg.reasoning_content)
+    assert.equals(4, info.usage.completion_tokens)   -- 15 characters, thinking counted
+  end)
+
   it("an error inside a chunk that still has choices is a provider error", function()
     local res, msg, code = c:chat(body("fixture:inbanderror", "x", { stream = true }))
     assert.is_nil(res)

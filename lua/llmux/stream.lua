@@ -141,7 +141,10 @@ local function merge_tools(s, c, deltas)
   end
 end
 
-local EXTRA_TEXT = { "refusal", "reasoning_content" }
+-- Text a delta carries besides the content, assembled the same way: a refusal, and a reasoning
+-- model's thinking, as DeepSeek names it (reasoning_content) and as OpenRouter, Groq and Ollama
+-- do (reasoning).
+local EXTRA_TEXT = { "refusal", "reasoning_content", "reasoning" }
 
 -- Takes one decoded chunk into the assembled state.
 local function absorb(s, obj)

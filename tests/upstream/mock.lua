@@ -960,6 +960,13 @@ local FIXTURES = {
     fx_chunk{ fx(0, { content = "!" }, nil, { logprobs = lp("!") }) },
     fx_chunk{ fx(0, {}, "stop") },
   },
+  -- OpenRouter, Groq, Ollama: the thinking as "reasoning"
+  reasoning = {
+    fx_chunk{ fx(0, { role = "assistant", content = "", reasoning = "Let me " }) },
+    fx_chunk{ fx(0, { content = null, reasoning = "think." }) },
+    fx_chunk{ fx(0, { content = "Hi", reasoning = null }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
   -- OpenRouter: an error mid-stream, inside a chunk that still has choices
   inbanderror = {
     fx_chunk{ fx(0, { role = "assistant", content = "partial" }) },
