@@ -3,6 +3,39 @@ local core = require "llmux.core"
 local upstream = require "helpers.upstream"
 local run_script = require "helpers.script"
 
+-- A fresh temporary directory holding files (name -> text); returns its path.
+local function temp_files(files)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  for name, text in pairs(files) do
+    local f = assert(io.open(dir .. "/" .. name, "w"))
+    f:write(text)
+    f:close()
+  end
+  return dir
+end
+
+-- A resolv.conf naming a DNS server on loopback, tried once.
+local LOCAL_RESOLV = "nameserver 127.0.0.1\noptions timeout:3 attempts:1\n"
+
+-- Runs dir/t.lua with args in a mount namespace (unshare, as root) whose /etc/resolv.conf is
+-- dir/resolv.conf, once dir/dns.py, started with the path dir/ready, has written that file.
+-- Returns what t.lua wrote: "" when there is no namespace or dns.py cannot start (port 53
+-- taken). Removes dir.
+local function with_local_dns(dir, args)
+  local ready = dir .. "/ready"
+  local p = io.popen("unshare -m sh -c 'mount --bind " .. dir .. "/resolv.conf /etc/resolv.conf"
+    .. " || exit 0; python3 " .. dir .. "/dns.py " .. ready .. " & pid=$!;"
+    .. " for i in 1 2 3 4 5 6 7 8 9 10; do [ -e " .. ready .. " ] && break; sleep 0.2; done;"
+    .. " [ -e " .. ready .. " ] && lua5.4 " .. dir .. "/t.lua " .. (args or "")
+    .. "; kill $pid' 2>/dev/null")
+  local out = p:read("a")
+  p:close()
+  os.execute("rm -rf " .. dir)
+  return out
+end
+
 local u
 setup(function() u = upstream.start{} end)
 teardown(function() if u then u:stop() end end)
@@ -369,24 +402,14 @@ describe("llmux.core Multi", function()
   -- seconds). Needs a mount namespace (unshare, as root) for a resolv.conf that names a
   -- loopback server that never answers; skipped without one.
   it("cancel and connect timeouts never wait for a slow name lookup", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    local f = assert(io.open(dir .. "/resolv.conf", "w"))
-    f:write("nameserver 127.0.0.1\noptions timeout:3 attempts:1\n")
-    f:close()
-    f = assert(io.open(dir .. "/dns.py", "w"))
-    f:write([[
+    local out = with_local_dns(temp_files{ ["resolv.conf"] = LOCAL_RESOLV, ["dns.py"] = [[
 import socket, sys, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 53))
 t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(("127.0.0.1", 53)); t.listen(8)
 open(sys.argv[1], "w").close()
 time.sleep(20)
-]])
-    f:close()
-    f = assert(io.open(dir .. "/t.lua", "w"))
-    f:write([[
+]], ["t.lua"] = [[
       local core = require "llmux.core"
       local m = core.multi()
       local r = m:request{ url = "http://llmux-slow-dns.test:1/", connect_timeout = 0.3 }
@@ -399,15 +422,7 @@ time.sleep(20)
       while not r:done() and core.now() - t0 < 10 do m:step(0.05) end
       io.write(string.format("%.2f %.2f %s", cancel, core.now() - t0, r:result().code))
       m:close()
-    ]])
-    f:close()
-    local p = io.popen("unshare -m sh -c 'mount --bind " .. dir .. "/resolv.conf /etc/resolv.conf"
-      .. " || exit 0; python3 " .. dir .. "/dns.py " .. dir .. "/up & pid=$!;"
-      .. " for i in 1 2 3 4 5 6 7 8 9 10; do [ -e " .. dir .. "/up ] && break; sleep 0.2; done;"
-      .. " [ -e " .. dir .. "/up ] && lua5.4 " .. dir .. "/t.lua; kill $pid' 2>/dev/null")
-    local out = p:read("a")
-    p:close()
-    os.execute("rm -rf " .. dir)
+    ]] })
     if out == "" then   -- no namespace, or port 53 taken
       return pending("no mount namespace with a silent DNS server on 127.0.0.1:53")
     end
@@ -422,11 +437,7 @@ time.sleep(20)
   -- its epoll entry lived on while a child (io.popen, os.execute) held the inherited socket:
   -- once the connect completed it fired for a closed number, every step() (a busy loop).
   it("a socket cancelled while connecting leaves no entry a child process keeps firing", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    local f = assert(io.open(dir .. "/listen.py", "w"))
-    f:write([[
+    local dir = temp_files{ ["listen.py"] = [[
 import socket, sys, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
 cs = []
@@ -440,8 +451,7 @@ s.settimeout(0.1); acc = []; end = time.time() + 4
 while time.time() < end:   # now let the pending connects complete
     try: acc.append(s.accept())
     except Exception: pass
-]])
-    f:close()
+]] }
     local bg = io.popen("python3 " .. dir .. "/listen.py " .. dir .. "/port")
     local port
     for _ = 1, 50 do
@@ -479,16 +489,9 @@ while time.time() < end:   # now let the pending connects complete
   -- connection take the file's number, so the next socketpair gets the cancelled socket's.
   -- Needs a mount namespace (unshare, as root) for a resolv.conf naming a loopback DNS server.
   it("a name lookup on the number of a socket cancelled while connecting is watched", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    local f = assert(io.open(dir .. "/resolv.conf", "w"))
-    f:write("nameserver 127.0.0.1\noptions timeout:3 attempts:1\n")
-    f:close()
     -- answers A queries (127.0.0.1) and AAAA ones (none) 0.27 s late; and a listener whose
     -- full accept queue holds further connects in SYN_SENT
-    f = assert(io.open(dir .. "/dns.py", "w"))
-    f:write([[
+    local dir = temp_files{ ["resolv.conf"] = LOCAL_RESOLV, ["dns.py"] = [[
 import os, socket, struct, sys, threading, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 53))
 def answer(q, addr):
@@ -512,10 +515,7 @@ while time.time() < end:
     try: q, addr = u.recvfrom(512)
     except socket.timeout: continue
     threading.Thread(target=answer, args=(q, addr), daemon=True).start()
-]])
-    f:close()
-    f = assert(io.open(dir .. "/t.lua", "w"))
-    f:write([[
+]], ["t.lua"] = [[
       local core = require "llmux.core"
       local lport, uport = tonumber(arg[1]), tonumber(arg[2])
       local m = core.multi()
@@ -539,16 +539,8 @@ while time.time() < end:
       end
       io.write(table.concat(out, " "))
       m:close()
-    ]])
-    f:close()
-    local p = io.popen("unshare -m sh -c 'mount --bind " .. dir .. "/resolv.conf /etc/resolv.conf"
-      .. " || exit 0; python3 " .. dir .. "/dns.py " .. dir .. "/port & pid=$!;"
-      .. " for i in 1 2 3 4 5 6 7 8 9 10; do [ -e " .. dir .. "/port ] && break; sleep 0.2; done;"
-      .. " [ -e " .. dir .. "/port ] && lua5.4 " .. dir .. "/t.lua $(cat " .. dir .. "/port) "
-      .. u.port .. "; kill $pid' 2>/dev/null")
-    local out = p:read("a")
-    p:close()
-    os.execute("rm -rf " .. dir)
+    ]] }
+    local out = with_local_dns(dir, "$(cat " .. dir .. "/ready) " .. u.port)
     if out == "" then   -- no namespace, or port 53 taken
       return pending("no mount namespace with a DNS server on 127.0.0.1:53")
     end

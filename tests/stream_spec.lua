@@ -336,6 +336,17 @@ describe("stream retries before the first event", function()
 end)
 
 describe("provider variations", function()
+  -- A streamed fixture's tool calls of choice 0, each as "id name arguments" ("-": no id).
+  local function calls_of(model)
+    local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))
+    local out = {}
+    for i, call in ipairs(res.choices[1].message.tool_calls) do
+      out[i] = (call.id or "-") .. " " .. call["function"].name .. " "
+        .. call["function"].arguments
+    end
+    return out
+  end
+
   it("n = 2: deltas are choice 0's text only, and both choices assemble", function()
     local s = assert(c:chat_stream(body("fixture:n2", "x", { n = 2 })))
     assert.equals("A0a0", collect(s))
@@ -403,15 +414,6 @@ describe("provider variations", function()
   end)
 
   it("tool calls without index: by id, or one per entry, or the last call goes on", function()
-    local function calls_of(model)
-      local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))
-      local out = {}
-      for i, call in ipairs(res.choices[1].message.tool_calls) do
-        out[i] = (call.id or "-") .. " " .. call["function"].name .. " "
-          .. call["function"].arguments
-      end
-      return out
-    end
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindex"))
     assert.same({ '- a {"x":1}', '- b {"y":2}' }, calls_of("noindex2"))
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindexids"))
@@ -437,14 +439,6 @@ describe("provider variations", function()
   end)
 
   it("an index used again with another id (Ollama) is another call", function()
-    local function calls_of(model)
-      local res = assert(c:chat(body("fixture:" .. model, "x", { stream = true })))
-      local out = {}
-      for i, call in ipairs(res.choices[1].message.tool_calls) do
-        out[i] = call.id .. " " .. call["function"].name .. " " .. call["function"].arguments
-      end
-      return out
-    end
     assert.same({ 'call_a write_file {"path":"a"}', 'call_b write_file {"path":"b"}' },
       calls_of("reusedindex"))
     assert.same({ 'call_a f {"x":1}', 'call_b g {"y":2}' }, calls_of("reusedindexsplit"))

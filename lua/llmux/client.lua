@@ -57,15 +57,7 @@ local DEFAULTS = {
 -- Raises msg blaming the caller's code: the first frame outside this file, however deep in
 -- the client the check ran (chat, chat_stream and the image calls reach it by different paths).
 local SOURCE = debug.getinfo(1, "S").source
-local function misuse(msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "S")
-    if not info or info.source ~= SOURCE then break end
-    level = level + 1
-  end
-  error(msg, level)
-end
+local function misuse(msg) errors.raise_outside(SOURCE, msg) end
 
 local function check_options(opts, where)
   for k, v in pairs(opts) do

@@ -5,6 +5,7 @@ local floor, min, random = math.floor, math.min, math.random
 local lower, find, match, format, sub = string.lower, string.find, string.match, string.format,
   string.sub
 local os_time = os.time
+local getinfo = debug.getinfo
 
 local M = { _VERSION = "0.1.0" }
 
@@ -30,6 +31,18 @@ local function has_any(s, list)
     if find(s, list[i], 1, true) then return true end
   end
   return false
+end
+
+-- raise_outside(source, msg): raises msg blaming the first frame outside the file whose
+-- debug source is source (a module's own), however deep in that module the check ran.
+function M.raise_outside(source, msg)
+  local level = 2
+  while true do
+    local info = getinfo(level, "S")
+    if not info or info.source ~= source then break end
+    level = level + 1
+  end
+  error(msg, level)
 end
 
 -- The provider's error object from a decoded body: body.error (table or string) or the body.

@@ -8,6 +8,7 @@
 local core = require "llmux.core"
 local sched = require "llmux.sched"
 local base64 = require "llmux.base64"
+local errors = require "llmux.errors"
 local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
 local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
@@ -65,13 +66,7 @@ end
 -- the module the check ran (options, int_opt, check_image, bytes_of, ...).
 local SOURCE = getinfo(1, "S").source
 local function argerr(n, fname, msg)
-  local level = 2
-  while true do
-    local info = getinfo(level, "S")
-    if not info or info.source ~= SOURCE then break end
-    level = level + 1
-  end
-  error(format("bad argument #%d to 'image.%s' (%s)", n, fname, msg), level)
+  errors.raise_outside(SOURCE, format("bad argument #%d to 'image.%s' (%s)", n, fname, msg))
 end
 
 -- Checks that opts is nil or a table whose keys are all in allowed; returns a table.

@@ -3,6 +3,7 @@
 -- blocks, so user code reads the same both ways. The engine never calls Lua: each turn steps
 -- the Multi and wakes the tasks whose requests finished.
 local core = require "llmux.core"
+local errors = require "llmux.errors"
 
 local debug, io, math, string, table = debug, io, math, string, table
 local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
@@ -386,13 +387,8 @@ local function drive(box, what)
       box.cancelled = true
       -- blamed on the first frame outside this file: a fixed level named a line of map (its
       -- join) or of Sem:acquire, depending on how deep in here the wait began
-      local level = 2
-      while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= SOURCE then break end
-        level = level + 1
-      end
-      error("llmux: deadlock: waiting for " .. what .. " but nothing is running or due", level)
+      errors.raise_outside(SOURCE,
+        "llmux: deadlock: waiting for " .. what .. " but nothing is running or due")
     end
     turn(huge, box)
   end
