@@ -97,8 +97,8 @@ struct lmx_Multi {
   int nfree;
   uint64_t done, connects, ctls;   /* counters for stats() (ctls: epoll_ctl on curl's sockets) */
   int env_proxy;              /* the environment named a proxy when m was made */
-  unsigned char *parked;      /* by fd: 1 when curl let go of the socket but it stays in the
-                                 epoll set (see multi_sockcb); parked_n entries */
+  unsigned char *parked;      /* by fd: PARKED, OPENED and REG_* bits (multi.c's
+                                 multi_sockcb); parked_n entries */
   int parked_n;
   int http2;                  /* HTTP/2 over TLS when offered (else HTTP/1.1 everywhere): one
                                  choice per Multi, since curl 7.88 can hand one HTTP/1.1
