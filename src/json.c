@@ -566,20 +566,25 @@ static int json_decode(lua_State *L) {
   return 2;
 }
 
-/* core.json_chunk(s) -> true, text, finish, id, model, created | false: the chat-chunk fast
- * path on a string (what req:pop_delta does with a queued event); false: not the simple
- * shape, decode it fully. */
+/* core.json_chunk(s[, extras]) -> true, text, finish, id, model, created | false[, extras]:
+ * the chat-chunk fast path on a string (what req:pop_delta does with a queued event, extras
+ * standing for the last fully decoded chunk's). false: decode it fully; with the chunk's own
+ * extras when only they made it so (they are new). */
 static int json_chunk(lua_State *L) {
-  size_t len;
+  size_t len, pn;
   const char *s = luaL_checklstring(L, 1, &len);
-  lmx_Buf scratch = { NULL, 0, 0 };
+  const char *prev = luaL_optlstring(L, 2, "", &pn);
+  lmx_Buf scratch = { NULL, 0, 0 }, extras = { NULL, 0, 0 };
   lmx_JChunk c;
-  int simple = lmx_json_chunk(s, len, &scratch, &c);
-  if (!simple) {
-    lmx_buf_free(&scratch);
+  int simple = lmx_json_chunk(s, len, &scratch, &extras, &c);
+  if (!simple || (extras.n && (extras.n != pn || memcmp(extras.p, prev, pn) != 0))) {
     lua_pushboolean(L, 0);
-    return 1;
+    if (simple) lua_pushlstring(L, extras.p, extras.n);
+    lmx_buf_free(&scratch);
+    lmx_buf_free(&extras);
+    return simple ? 2 : 1;
   }
+  lmx_buf_free(&extras);
   lua_pushboolean(L, 1);
   if (c.has_text && c.text.n) lua_pushlstring(L, c.text.p, c.text.n); else lua_pushnil(L);
   if (c.finish.p && c.finish.n) lua_pushlstring(L, c.finish.p, c.finish.n);
@@ -606,13 +611,17 @@ void lmx_json_open(lua_State *L) {
  * It validates the whole text as strictly as json_decode does; anything it is not sure about
  * (other shapes, tool calls, usage, errors, escapes in keys, long or exponent numbers, deep
  * nesting, invalid JSON) is answered "not simple", and the caller decodes the event fully, so
- * both paths agree by construction. s[len] must be '\0' (the scanners stop on it). */
+ * both paths agree by construction. Other members of the chunk and its choice (extras) are
+ * collected raw into *extras, which the caller compares with the last chunk's; without an
+ * extras buffer any non-null one is not simple. s[len] must be '\0' (the scanners stop on
+ * it). */
 
 #define CHUNK_DEPTH 32
 
 typedef struct {
   const unsigned char *p, *end;
   lmx_Buf *scratch;
+  lmx_Buf *extras;   /* members the fast path has no use for, raw; NULL: any is not simple */
 } Scan;
 
 /* Validates the string at S->p (at its quote). With out, *out gets its value: a span of the
@@ -760,6 +769,24 @@ static int is_null(Scan *S) {
   return S->p[0] == 'n' && scan_literal(S, "null", 4) == 0;
 }
 
+/* A member of the chunk (level 'T') or of its choice ('C') that the fast path does not read:
+ * system_fingerprint, service_tier, OpenRouter's provider and native_finish_reason... A null
+ * is nothing (json_decode drops it too); any other value is appended to S->extras as
+ * level "key":value, raw, so the caller can tell a chunk that brings a new one (it must be
+ * decoded fully, or the value is lost) from one that repeats the last (OpenAI sends the same
+ * system_fingerprint in every chunk). k is the key's text, its quote right before it. */
+static int extra_member(Scan *S, char level, const char *k, size_t kn, int depth) {
+  if (is_null(S)) return 0;
+  const unsigned char *v = S->p;
+  if (!S->extras || scan_value(S, depth) < 0) return -1;
+  if (lmx_buf_append(S->extras, &level, 1) != 0
+      || lmx_buf_append(S->extras, k - 1, kn + 2) != 0
+      || lmx_buf_append(S->extras, ":", 1) != 0
+      || lmx_buf_append(S->extras, v, (size_t)(S->p - v)) != 0)
+    return -1;
+  return 0;
+}
+
 /* Walks an object at S->p calling member(S, key, keylen, ud) with S->p at each value (which
  * member must consume). Keys with escapes are not simple. */
 static int scan_object(Scan *S, int (*member)(Scan *, const char *, size_t, void *), void *ud) {
@@ -827,16 +854,16 @@ static int choice_member(Scan *S, const char *k, size_t kn, void *ud) {
     return scan_string(S, &c->finish);
   }
   if (KEY(k, "logprobs")) return is_null(S) ? 0 : -1;
-  return scan_value(S, 3);
+  return extra_member(S, 'C', k, kn, 3);
 }
 
 static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
   lmx_JChunk *c = ud;
-  /* the keys asked about are 2 to 7 bytes and start with c, e, i, m or u: others are skipped
-   * without a single comparison */
-  if (kn < 2 || kn > 7 || !(k[0] == 'c' || k[0] == 'e' || k[0] == 'i' || k[0] == 'm'
-                            || k[0] == 'u'))
-    return scan_value(S, 2);
+  /* the keys asked about are 2 to 11 bytes and start with c, e, i, m, o or u: others are
+   * extras without a single comparison */
+  if (kn < 2 || kn > 11 || !(k[0] == 'c' || k[0] == 'e' || k[0] == 'i' || k[0] == 'm'
+                             || k[0] == 'o' || k[0] == 'u'))
+    return extra_member(S, 'T', k, kn, 2);
   if (KEY(k, "choices")) {
     if (!first_time(c, SEEN_CHOICES) || *S->p != '[') return -1;
     S->p++;
@@ -861,10 +888,13 @@ static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
   }
   if (KEY(k, "created")) return scan_number(S, &c->created);
   if (KEY(k, "usage") || KEY(k, "error")) return is_null(S) ? 0 : -1;
-  return scan_value(S, 2);
+  /* OpenAI's obfuscation is random padding, different in every chunk: nothing to keep */
+  if (KEY(k, "object") || KEY(k, "obfuscation")) return scan_value(S, 2);
+  return extra_member(S, 'T', k, kn, 2);
 }
 
-int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c) {
+int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_Buf *extras,
+                   lmx_JChunk *c) {
   Scan S;
   memset(c, 0, sizeof *c);
   c->created = -1;
@@ -872,7 +902,9 @@ int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c) {
   S.p = (const unsigned char *)s;
   S.end = S.p + len;
   S.scratch = scratch;
+  S.extras = extras;
   lmx_buf_reset(scratch);
+  if (extras) lmx_buf_reset(extras);
   scan_ws(&S);
   if (scan_object(&S, chunk_member, c) < 0) return 0;
   scan_ws(&S);

@@ -64,6 +64,8 @@ struct lmx_Request {
   lmx_SSE parser;
   lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data, NUL} */
   lmx_Buf scratch;            /* unescaped strings of the chunk fast path */
+  lmx_Buf extras, last_extras;  /* a chunk's members the fast path does not read, and those
+                                 of the last chunk Lua decoded fully (see fast_chunk) */
   size_t evq_off;             /* read position in evq */
   double last_event;          /* monotonic time of the last real event (or of the start) */
   double due;                 /* monotonic time its timeout ends (spec.timeout), 0: none */
@@ -160,7 +162,8 @@ typedef struct {
   size_t id_len, model_len;
   long long created;          /* -1 when absent */
 } lmx_JChunk;
-int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_JChunk *c);
+int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_Buf *extras,
+                   lmx_JChunk *c);
 void lmx_sse_open(lua_State *L);    /* sse_lua.c: core.sse */
 void lmx_b64_open(lua_State *L);    /* b64_lua.c: core.b64_encode, core.b64_decode */
 void lmx_image_open(lua_State *L);  /* image_lua.c: llmux.Image, core.image_* */

@@ -580,6 +580,8 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
   lmx_buf_free(&r->head);
   lmx_buf_free(&r->evq);
   lmx_buf_free(&r->scratch);
+  lmx_buf_free(&r->extras);
+  lmx_buf_free(&r->last_extras);
   lmx_sse_free(&r->parser);
   r->state = LMX_R_CLOSED;
   lua_pushnil(L);
@@ -840,6 +842,17 @@ static void pushspan(lua_State *L, const char *p, size_t n) {
   if (p && n) lua_pushlstring(L, p, n); else lua_pushnil(L);
 }
 
+/* The fast path on a queued event of r: 1 when it is the simple chunk shape and brings no
+ * member the fast path would drop (its extras are none, or the same as those of the last
+ * chunk Lua decoded fully, whose values Lua keeps); 2 when it is that shape but brings new
+ * extras; 0 when it is not that shape. */
+static int fast_chunk(lmx_Request *r, const char *data, uint32_t dl, lmx_JChunk *c) {
+  if (!lmx_json_chunk(data, dl, &r->scratch, &r->extras, c)) return 0;
+  if (r->extras.n == 0) return 1;
+  return r->extras.n == r->last_extras.n
+    && memcmp(r->extras.p, r->last_extras.p, r->extras.n) == 0 ? 1 : 2;
+}
+
 /* r:pop_delta([ids]) -> true, text, finish[, id, model, created]
  *                     | false, data, event | nothing
  * Like pop, but an event of the common chat-chunk shape is read in C (lmx_json_chunk) and
@@ -854,7 +867,7 @@ static int request_pop_text_body(lua_State *L) {
   uint32_t dl, el;
   lmx_JChunk c;
   if (!peek_event(r, &data, &dl, &ev, &el) || el != 0) return 0;
-  if (!lmx_json_chunk(data, dl, &r->scratch, &c) || !c.has_text || c.text.n == 0
+  if (fast_chunk(r, data, dl, &c) != 1 || !c.has_text || c.text.n == 0
       || c.finish.p || c.finish.off >= 0)
     return 0;
   lua_pushlstring(L, c.text.p, c.text.n);
@@ -871,7 +884,8 @@ static int request_pop_delta_body(lua_State *L) {
   uint32_t dl, el;
   lmx_JChunk c;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
-  if (el == 0 && lmx_json_chunk(data, dl, &r->scratch, &c)) {
+  int fast = el == 0 ? fast_chunk(r, data, dl, &c) : 0;
+  if (fast == 1) {
     lua_pushboolean(L, 1);
     pushspan(L, c.text.p, c.text.n);
     pushspan(L, c.finish.p, c.finish.n);
@@ -882,6 +896,15 @@ static int request_pop_delta_body(lua_State *L) {
     }
     drop_event(r, dl, el);
     return ids ? 6 : 3;
+  }
+  /* Lua decodes this one: its extras are the last ones Lua has seen, or (not the simple
+   * shape, extras unread) none are known, so the next chunk with any goes the full way too */
+  if (fast == 2) {
+    lmx_Buf t = r->last_extras;
+    r->last_extras = r->extras;
+    r->extras = t;
+  } else {
+    lmx_buf_reset(&r->last_extras);
   }
   lua_pushboolean(L, 0);
   lua_pushlstring(L, data, dl);

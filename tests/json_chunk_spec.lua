@@ -19,10 +19,30 @@ describe("json_chunk", function()
     -- the role chunk: empty content is no text
     assert.same({ true, nil, nil, "chatcmpl-7", "gpt-x", 1700000000 },
       { chunk(c('{"role":"assistant","content":""}')) })
-    -- nulls where OpenAI and others put them
+    -- nulls where OpenAI and others put them, and OpenAI's random padding
     assert.is_true((chunk(c('{"content":"x","refusal":null}', "null",
-      ',"usage":null,"system_fingerprint":"fp_1"'))))
+      ',"usage":null,"native_finish_reason":null,"obfuscation":"a1B"'))))
     assert.is_true((chunk(' \n' .. c('{"content":"x"}') .. '\t ')))
+  end)
+
+  it("hands over a chunk with members it does not read, unless they repeat the last ones",
+    function()
+    local s = c('{"content":"x"}', "null", ',"system_fingerprint":"fp_1"')
+    local ok, extras = chunk(s)
+    assert.is_false(ok)
+    assert.equals('T"system_fingerprint":"fp_1"', extras)
+    -- the same again (OpenAI sends it in every chunk): nothing new, the fast path reads it
+    local again, text = chunk(s, extras)
+    assert.is_true(again)
+    assert.equals("x", text)
+    -- another value, or the same value at another level, is new
+    assert.equals('T"system_fingerprint":"fp_2"',
+      select(2, chunk(c('{"content":"x"}', "null", ',"system_fingerprint":"fp_2"'), extras)))
+    local choice_level = '{"choices":[{"index":0,"delta":{"content":"x"},'
+      .. '"system_fingerprint":"fp_1"}]}'
+    assert.same({ false, 'C"system_fingerprint":"fp_1"' }, { chunk(choice_level, extras) })
+    -- a chunk that is not the simple shape anyway gives no extras
+    assert.same({ false }, { chunk(c('{"reasoning":"x"}', "null", ',"provider":"p"')) })
   end)
 
   it("unescapes the content like the full decoder", function()
@@ -62,7 +82,15 @@ describe("json_chunk", function()
   it("agrees with json_decode on thousands of mutated chunks", function()
     math.randomseed(7)
     local bases = { c('{"content":"hi \\"there\\" \\u00e9"}'), c("{}", '"length"'),
-      c('{"role":"assistant","content":""}', "null", ',"usage":null') }
+      c('{"role":"assistant","content":""}', "null", ',"usage":null'),
+      c('{"content":"x"}', "null", ',"service_tier":"default","obfuscation":"q"') }
+    local known = { id = true, object = true, created = true, model = true, choices = true,
+      obfuscation = true, index = true, delta = true, finish_reason = true }
+    local function unknown_keys(t)
+      local n = 0
+      for k in pairs(t) do if not known[k] then n = n + 1 end end
+      return n
+    end
     local alphabet = '{}[]":,\\ntrufalse0123456789-.eE u'
     local simple, checked = 0, 0
     for i = 1, 6000 do
@@ -86,6 +114,8 @@ describe("json_chunk", function()
         assert.equals(ch0.finish_reason, finish, s)
         assert.equals(v.id, id, s)
         assert.equals(v.model, model, s)
+        -- simple without extras given: the chunk has nothing else the fast path would drop
+        assert.equals(0, unknown_keys(v) + unknown_keys(ch0), s)
         checked = checked + 1
       end
     end

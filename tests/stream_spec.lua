@@ -56,6 +56,9 @@ describe("streaming chat", function()
     assert.equals("chat.completion", res.object)
     assert.matches("^chatcmpl%-", res.id)
     assert.equals("m", res.model)
+    assert.equals("fp_mock", res.system_fingerprint)   -- as a non-streamed answer has it
+    assert.equals("default", res.service_tier)
+    assert.is_nil(res.obfuscation)
     assert.equals(200, info.status)
     assert.equals(1, info.attempts)
     assert.is_number(info.ttft)
@@ -384,6 +387,74 @@ describe("provider variations", function()
     assert.equals("Let me think.", msg.reasoning)
     assert.is_nil(msg.reasoning_content)
     assert.equals(4, info.usage.completion_tokens)   -- 15 characters, thinking counted
+  end)
+
+  it("keeps the latest system_fingerprint and other chunk members, whichever reader",
+    function()
+    local function check(res)
+      assert.equals("ABCDEF", res.choices[1].message.content)
+      assert.equals("hm", res.choices[1].message.reasoning)
+      assert.equals("fp_c", res.system_fingerprint)
+      assert.equals("default", res.service_tier)
+      assert.equals("Anthropic", res.provider)
+      assert.is_nil(res.obfuscation)   -- random padding, not data
+    end
+    check(assert(c:chat(body("fixture:meta", "x", { stream = true }))))
+    local s = assert(c:chat_stream(body("fixture:meta", "x")))
+    local text = {}
+    for piece in s:deltas() do text[#text + 1] = piece end
+    assert.equals("ABCDEF", table.concat(text))
+    check(assert(s:result()))
+    s = assert(c:chat_stream(body("fixture:meta", "x")))
+    local n = 0
+    for chunk in s:chunks() do
+      n = n + 1
+      assert.is_string(chunk.system_fingerprint)   -- chunks() gives every chunk whole
+    end
+    assert.equals(9, n)
+    check(assert(s:result()))
+    s = assert(c:chat_stream(body("fixture:meta", "x")))
+    while s:read() do llmux.sleep(0.001) end
+    check(assert(s:result()))
+    -- a choice's own members (OpenRouter's native_finish_reason) stay on the choice
+    local res = assert(c:chat(body("fixture:metaend", "x", { stream = true })))
+    assert.equals("end_turn", res.choices[1].native_finish_reason)
+    assert.equals("stop", res.choices[1].finish_reason)
+    assert.equals("Anthropic", res.provider)
+  end)
+
+  it("merges other delta members as deltas: audio, function_call, annotations, "
+    .. "reasoning_details", function()
+    local res = assert(c:chat(body("fixture:deltamore", "x", { stream = true })))
+    local msg = res.choices[1].message
+    assert.same({ id = "audio_1", transcript = "Hello", data = "AAABBBCC==",
+      expires_at = 1700000000 }, msg.audio)
+    assert.same({ name = "lookup", arguments = '{"q":"x"}' }, msg.function_call)
+    assert.equals(2, #msg.annotations)
+    assert.equals("https://a.example", msg.annotations[1].url_citation.url)
+    assert.equals("https://b.example", msg.annotations[2].url_citation.url)
+    assert.same({
+      { type = "reasoning.text", index = 0, format = "anthropic-claude-v1",
+        text = "Thinking.", signature = "sig1" },
+      { type = "reasoning.encrypted", index = 1, data = "enc" },
+    }, msg.reasoning_details)
+    assert.equals("one two", msg.x_note)
+    assert.equals(2, msg.x_score)
+    -- the chunks handed out before are not changed by the merging
+    local s = assert(c:chat_stream(body("fixture:deltamore", "x")))
+    local first = s:chunks()()
+    assert(s:result())
+    assert.equals("Hel", first.choices[1].delta.audio.transcript)
+    assert.equals("Think", first.choices[1].delta.reasoning_details[1].text)
+  end)
+
+  it("keeps a tool call's extra_content (Gemini's thought signature) for the next turn",
+    function()
+    local res = assert(c:chat(body("fixture:signature", "x", { stream = true })))
+    local call = res.choices[1].message.tool_calls[1]
+    assert.equals("call_g", call.id)
+    assert.equals('{"city":"Oslo"}', call["function"].arguments)
+    assert.same({ google = { thought_signature = "CsYBAb4+9vs=" } }, call.extra_content)
   end)
 
   it("an error inside a chunk that still has choices is a provider error", function()
@@ -783,7 +854,11 @@ describe("stream flow", function()
     assert.equals(200, status)
     assert.is_true(sse)
     assert.is_nil(req:pop_text())                    -- the role chunk is not plain text
-    assert.same({ true, nil, nil }, { req:pop_delta() })
+    -- and it is the first with a system_fingerprint: handed over whole, for a full decode
+    local ok, data = req:pop_delta()
+    assert.is_false(ok)
+    assert.equals("fp_mock", llmux.json.decode(data).system_fingerprint)
+    -- the later chunks repeat it: read in C
     assert.equals("echo", req:pop_text())
     assert.same({ true, ": ab", nil }, { req:pop_delta() })
     assert.equals("cdef", req:pop_text())

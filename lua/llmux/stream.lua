@@ -12,7 +12,8 @@ local error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type =
   error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type
 local ceil = math.ceil
 local concat = table.concat
-local format = string.format
+local find, format = string.find, string.format
+local mtype = math.type
 local now, json_decode, parse_headers = core.now, core.json_decode, core.parse_headers
 
 local M = { _VERSION = "0.1.0" }
@@ -63,6 +64,92 @@ local function choice_state(s, index)
   return c
 end
 
+-- Members of a delta that llmux does not assemble by name (audio, function_call, annotations,
+-- reasoning_details, Gemini's extra_content on a tool call, whatever a provider adds) are
+-- merged the way the delta format implies, as OpenAI's own SDK does in its stream helper: text
+-- is appended, objects merge member by member, a list entry with an index merges into the
+-- entry with that index and type (OpenRouter's reasoning_details), other entries are appended
+-- (annotations); ids, types, formats, signatures and other scalars take the latest value, and
+-- a name sent whole again is not doubled. Text collects in pieces (Text), joined once at the
+-- end by finished(): an audio stream's base64 comes in thousands of them.
+local REPLACE = { id = true, type = true, index = true, format = true, role = true,
+  object = true, status = true }
+local function replaces(k)
+  return REPLACE[k] or type(k) == "string" and (find(k, "_id$") or find(k, "signature$")
+    or find(k, "_at$") or find(k, "_type$")) ~= nil
+end
+local Text = {}
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in next, v do t[k] = copy(x) end
+  return setmetatable(t, getmetatable(v))   -- an empty list keeps its array mark
+end
+
+local function is_list(t)
+  return t[1] ~= nil or (next(t) == nil and getmetatable(t) ~= nil)
+end
+
+local merge_member
+local function merge_fields(into, d)
+  for k, v in next, d do merge_member(into, k, v) end
+end
+
+local function merge_list(into, list)
+  for _, e in ipairs(list) do
+    local at
+    if type(e) == "table" and mtype(e.index) == "integer" then
+      for j = #into, 1, -1 do
+        local x = into[j]
+        if type(x) == "table" and x.index == e.index and (e.type == nil or x.type == e.type) then
+          at = x
+          break
+        end
+      end
+    end
+    if at then merge_fields(at, e) else into[#into + 1] = copy(e) end
+  end
+end
+
+merge_member = function(into, k, v)
+  local old = into[k]
+  local to, tv = type(old), type(v)
+  if old == nil or replaces(k) then
+    into[k] = copy(v)
+  elseif tv == "string" and (to == "string" or getmetatable(old) == Text) then
+    if to == "string" then
+      if k == "name" and v == old then return end   -- the whole name again
+      into[k] = setmetatable({ old, v }, Text)
+    else
+      old[#old + 1] = v
+    end
+  elseif to == "table" and tv == "table" and getmetatable(old) ~= Text then
+    if is_list(old) and is_list(v) then merge_list(old, v) else merge_fields(old, v) end
+  else
+    into[k] = copy(v)
+  end
+end
+
+-- The merged members as plain values: a new tree, Text joined.
+local function finished(v)
+  if type(v) ~= "table" then return v end
+  local mt = getmetatable(v)
+  if mt == Text then return concat(v) end
+  local t = {}
+  for k, x in next, v do t[k] = finished(x) end
+  return setmetatable(t, mt)
+end
+
+-- Adds the merged members in more (a table or nil) to t, where t has none of that name.
+local function add_merged(t, more)
+  if more then
+    for k, v in next, more do
+      if t[k] == nil then t[k] = finished(v) end
+    end
+  end
+end
+
 -- Folds a tool_calls delta into c.tools by index: id and type arrive once (or again), the name
 -- once (or in pieces, or again), the arguments in pieces. Without index (some
 -- OpenAI-compatible servers) a delta goes to the call with its id, else continues the previous
@@ -71,6 +158,7 @@ end
 -- id) already has. An empty id, type or name (DashScope repeats them as "" in every
 -- continuation delta) is no value.
 local UNINDEXED = 1 << 20
+local TOOL_KNOWN = { index = true, id = true, type = true, ["function"] = true }
 local function nonempty(v)
   if type(v) == "string" and v ~= "" then return v end
   return nil
@@ -125,8 +213,20 @@ local function merge_tools(s, c, deltas)
       if id then t.id = id end
       local ty = nonempty(d.type)
       if ty then t.type = ty end
+      for k, v in next, d do   -- anything else a call carries (Gemini's extra_content)
+        if not TOOL_KNOWN[k] then
+          t.more = t.more or {}
+          merge_member(t.more, k, v)
+        end
+      end
       local f = d["function"]
       if type(f) == "table" then
+        for k, v in next, f do
+          if k ~= "name" and k ~= "arguments" then
+            t.fmore = t.fmore or {}
+            merge_member(t.fmore, k, v)
+          end
+        end
         -- a name may come in pieces, or whole again in every delta (MiniMax through NVIDIA
         -- NIM, Fireworks): a piece equal to the name so far repeats it
         local name = nonempty(f.name)
@@ -146,6 +246,26 @@ end
 -- do (reasoning).
 local EXTRA_TEXT = { "refusal", "reasoning_content", "reasoning" }
 
+-- Members of a chunk and of its choices that are not assembled by name (system_fingerprint,
+-- service_tier, OpenRouter's provider and native_finish_reason...) keep their latest value.
+-- The C fast path hands over for a full decode every chunk that brings new ones. OpenAI's
+-- obfuscation is random padding, another in every chunk: not kept.
+local CHUNK_KNOWN = { id = true, object = true, created = true, model = true, usage = true,
+  choices = true, error = true, obfuscation = true }
+local CHOICE_KNOWN = { index = true, delta = true, finish_reason = true, logprobs = true }
+local DELTA_KNOWN = { role = true, content = true, tool_calls = true }
+for _, field in ipairs(EXTRA_TEXT) do DELTA_KNOWN[field] = true end
+
+local function keep_latest(into, t, known)
+  for k, v in next, t do
+    if not known[k] then
+      into = into or {}
+      into[k] = v
+    end
+  end
+  return into
+end
+
 -- Takes one decoded chunk into the assembled state.
 local function absorb(s, obj)
   -- Azure's first chunk has id "" and model "": the later chunks' values count
@@ -153,13 +273,21 @@ local function absorb(s, obj)
   s.created = s.created or obj.created
   if obj.model and obj.model ~= "" then s.model = obj.model end
   if type(obj.usage) == "table" then s.usage = obj.usage end
+  s.extra = keep_latest(s.extra, obj, CHUNK_KNOWN)
   local choices = obj.choices
   if type(choices) ~= "table" then return end
   for k, ch in ipairs(choices) do
     if type(ch) == "table" then
       local c = choice_state(s, type(ch.index) == "number" and ch.index or k - 1)
+      c.extra = keep_latest(c.extra, ch, CHOICE_KNOWN)
       local d = ch.delta
       if type(d) == "table" then
+        for key, v in next, d do
+          if not DELTA_KNOWN[key] then
+            c.more = c.more or {}
+            merge_member(c.more, key, v)
+          end
+        end
         if type(d.role) == "string" then c.role = d.role end
         local text = d.content
         if type(text) == "string" and text ~= "" then
@@ -542,8 +670,10 @@ local function assemble(s)
     local calls, m = {}, 0
     for i, t in pairs(c.tools) do
       m = m + 1
-      calls[m] = { index = i, id = t.id, type = t.type or "function",
-        ["function"] = { name = t.name, arguments = concat(t.args) } }
+      local f = { name = t.name, arguments = concat(t.args) }
+      add_merged(f, t.fmore)
+      calls[m] = { index = i, id = t.id, type = t.type or "function", ["function"] = f }
+      add_merged(calls[m], t.more)
     end
     for _, field in ipairs(EXTRA_TEXT) do
       if c[field] then msg[field] = concat(c[field]) end
@@ -555,16 +685,20 @@ local function assemble(s)
     elseif msg.content == nil and msg.refusal == nil then
       msg.content = ""
     end
+    add_merged(msg, c.more)
     n = n + 1
     list[n] = { index = index, message = msg, finish_reason = c.finish_reason,
       logprobs = c.logprobs }
+    add_merged(list[n], c.extra)
   end
   table.sort(list, function(a, b) return a.index < b.index end)
   local usage, estimated = usage_of(s)
-  return {
+  local out = {
     id = s.id, object = "chat.completion", created = s.created, model = s.model,
     choices = list, usage = not estimated and usage or nil,
   }
+  add_merged(out, s.extra)
+  return out
 end
 
 -- s:result() -> completion, info | nil, message, code, detail. Reads the rest of the

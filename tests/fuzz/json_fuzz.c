@@ -14,7 +14,10 @@
  * leaves nothing behind.
  *
  * The chat-chunk fast path (lmx_json_chunk) reads the same input too: whenever it calls it a
- * simple chunk, json_decode must have accepted it, with the same content and finish_reason.
+ * simple chunk, json_decode must have accepted it, with the same content and finish_reason,
+ * and it must report extras whenever the decoded chunk or its choice has members the fast
+ * path does not read (without an extras buffer such a chunk is never simple): nothing a fast
+ * chunk carries goes unnoticed.
  *
  * Every decoded tree then goes through core.json_encode (src/json_encode.c): it must encode,
  * the text must decode again, and encoding that gives text of the same length (the same keys
@@ -27,7 +30,7 @@
 #include "llmux.h"
 
 static lua_State *L;
-static lmx_Buf scratch;
+static lmx_Buf scratch, extras;
 static int limited;        /* allocations fail once budget is spent */
 static unsigned budget;
 static size_t live;        /* bytes the state holds */
@@ -76,6 +79,35 @@ static void check_tree(int idx, int depth) {
   }
 }
 
+/* Members of the table at idx whose keys are not in known (a NULL-ended list). */
+static int unknown_members(int idx, const char *const *known) {
+  int n = 0;
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int hit = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (const char *const *k = known; *k; k++) hit |= strcmp(lua_tostring(L, -1), *k) == 0;
+    n += !hit;
+  }
+  return n;
+}
+
+/* Members of a decoded chunk (at idx, a table with a choices list) and of its first choice
+ * that the fast path does not read. */
+static int decoded_extras(int idx) {
+  static const char *const top[] = { "id", "object", "created", "model", "choices",
+                                     "obfuscation", NULL };
+  static const char *const choice[] = { "index", "delta", "finish_reason", NULL };
+  int n = unknown_members(idx, top);
+  lua_getfield(L, idx, "choices");
+  lua_geti(L, -1, 1);
+  n += unknown_members(-1, choice);
+  lua_pop(L, 2);
+  return n;
+}
+
 /* Compares the fast path's view of the input with json_decode's value at idx. */
 static void check_chunk(const uint8_t *data, size_t size, int idx) {
   char *s = malloc(size + 1);
@@ -83,7 +115,7 @@ static void check_chunk(const uint8_t *data, size_t size, int idx) {
   if (!s) abort();
   memcpy(s, data, size);
   s[size] = '\0';
-  int simple = lmx_json_chunk(s, size, &scratch, &c);
+  int simple = lmx_json_chunk(s, size, &scratch, NULL, &c);
   if (simple) {
     size_t n;
     const char *v;
@@ -99,6 +131,14 @@ static void check_chunk(const uint8_t *data, size_t size, int idx) {
     if (c.finish.p ? (!v || n != c.finish.n || memcmp(v, c.finish.p, n) != 0) : v != NULL)
       abort();
     lua_pop(L, 3);
+    if (decoded_extras(idx) != 0) abort();   /* simple without an extras buffer: none */
+  }
+  lmx_JChunk c2;
+  if (lmx_json_chunk(s, size, &scratch, &extras, &c2)) {
+    /* (extras without decoded ones is only caution: "x":1,"x":null decodes to no x) */
+    if (!lua_istable(L, idx) || (extras.n == 0 && decoded_extras(idx) != 0)) abort();
+  } else if (simple) {
+    abort();   /* an extras buffer only ever makes more chunks simple */
   }
   free(s);
 }

@@ -503,8 +503,18 @@ local function data(obj)
   return "data: " .. cjson.encode(obj) .. "\n\n"
 end
 
+-- What OpenAI puts in every chunk besides the choices: a fingerprint, the tier, and random
+-- padding (obfuscation) of varying length.
+local pads = 0
+local function openai_members(c)
+  pads = pads % 7 + 1
+  c.system_fingerprint, c.service_tier = "fp_mock", "default"
+  c.obfuscation = ("Zq3xR8k"):sub(1, pads)
+  return c
+end
+
 local function chunk(ctx, delta, finish, usage)
-  local c = {
+  local c = openai_members{
     id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
     model = ctx.model,
     choices = {{index = 0, delta = delta, finish_reason = finish or null}},
@@ -880,8 +890,9 @@ streams.seeded = function(ctx, a)
     return true
   end
   local function ev(delta, finish, usage)
-    local c = { id = ctx.stream_id, object = "chat.completion.chunk", created = ctx.created,
-      model = ctx.model, choices = {{index = 0, delta = delta, finish_reason = finish or null}} }
+    local c = openai_members{ id = ctx.stream_id, object = "chat.completion.chunk",
+      created = ctx.created, model = ctx.model,
+      choices = {{index = 0, delta = delta, finish_reason = finish or null}} }
     if usage then c.usage = usage end
     return "data: " .. cjson.encode(c) .. nl .. nl
   end
@@ -1060,6 +1071,66 @@ local FIXTURES = {
       ["function"] = { name = "f", arguments = '{"x":' } } } }) },
     fx_chunk{ fx(0, { tool_calls = { { index = 0, id = "call_z",
       ["function"] = { arguments = "1}" } } } }) },
+    fx_chunk{ fx(0, {}, "tool_calls") },
+  },
+  -- OpenAI: system_fingerprint, service_tier and random obfuscation in every chunk, here also
+  -- OpenRouter's provider and native_finish_reason. The fingerprint changes after chunks the
+  -- fast path reads (fp_b must not be lost), then twice around a chunk the fast path does not
+  -- read (the last one, fp_c, counts), and the end repeats it.
+  meta = (function()
+    local function m(choices, fp, pad)
+      return fx_chunk(choices, { system_fingerprint = fp, service_tier = "default",
+        obfuscation = pad, provider = "Anthropic" })
+    end
+    return {
+      m({ fx(0, { role = "assistant", content = "" }) }, "fp_a", "x1"),
+      m({ fx(0, { content = "A" }) }, "fp_a", "Yz"),
+      m({ fx(0, { content = "B" }) }, "fp_a", "q"),
+      m({ fx(0, { content = "C" }) }, "fp_b", "123"),
+      m({ fx(0, { content = "D" }) }, "fp_b", "k"),
+      m({ fx(0, { content = "E" }) }, "fp_c", "kk"),
+      m({ fx(0, { reasoning = "hm" }) }, "fp_d", "kkk"),
+      m({ fx(0, { content = "F" }) }, "fp_c", "k4"),
+      m({ fx(0, {}, "stop") }, "fp_c", "k5"),
+    }
+  end)(),
+  metaend = {
+    fx_chunk({ fx(0, { role = "assistant", content = "Hi" }) }, { provider = "Anthropic" }),
+    fx_chunk({ fx(0, {}, "stop", { native_finish_reason = "end_turn" }) },
+      { provider = "Anthropic" }),
+  },
+  -- other delta members, merged as deltas: audio (gpt-4o-audio), the legacy function_call,
+  -- annotations (web search), OpenRouter's reasoning_details (by index and type, the format
+  -- repeated in every piece), an unknown text member and a number
+  deltamore = {
+    fx_chunk{ fx(0, { role = "assistant", content = null,
+      audio = { id = "audio_1", transcript = "Hel", data = "AAA" },
+      reasoning_details = { { type = "reasoning.text", index = 0, format = "anthropic-claude-v1",
+        text = "Think" } } }) },
+    fx_chunk{ fx(0, { audio = { transcript = "lo", data = "BBB" },
+      reasoning_details = { { type = "reasoning.text", index = 0, format = "anthropic-claude-v1",
+        text = "ing." } } }) },
+    fx_chunk{ fx(0, { audio = { data = "CC==", expires_at = 1700000000 },
+      reasoning_details = { { type = "reasoning.text", index = 0, format = "anthropic-claude-v1",
+        signature = "sig1" }, { type = "reasoning.encrypted", index = 1, data = "enc" } } }) },
+    fx_chunk{ fx(0, { function_call = { name = "lookup", arguments = "" } }) },
+    fx_chunk{ fx(0, { function_call = { name = "lookup", arguments = '{"q":' } }) },
+    fx_chunk{ fx(0, { function_call = { arguments = '"x"}' } }) },
+    fx_chunk{ fx(0, { annotations = { { type = "url_citation",
+      url_citation = { url = "https://a.example", start_index = 0, end_index = 3 } } } }) },
+    fx_chunk{ fx(0, { annotations = { { type = "url_citation",
+      url_citation = { url = "https://b.example", start_index = 4, end_index = 5 } } },
+      x_note = "one ", x_score = 1 }) },
+    fx_chunk{ fx(0, { x_note = "two", x_score = 2 }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
+  -- Gemini 3 (OpenAI compatibility): the call's thought signature in extra_content, which
+  -- must go back with the call in the next turn
+  signature = {
+    fx_chunk{ fx(0, { role = "assistant", tool_calls = { { index = 0, id = "call_g",
+      type = "function", ["function"] = { name = "get_weather", arguments = '{"city":' },
+      extra_content = { google = { thought_signature = "CsYBAb4+9vs=" } } } } }) },
+    fx_chunk{ fx(0, { tool_calls = { { index = 0, ["function"] = { arguments = '"Oslo"}' } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
   -- a role chunk with empty content, then [DONE]: a choice came (with nothing in it)
