@@ -448,6 +448,19 @@ describe("provider variations", function()
     assert.equals("Think", first.choices[1].delta.reasoning_details[1].text)
   end)
 
+  it("merges members whose type changes between deltas without failing", function()
+    local res = assert(c:chat(body("fixture:deltamess", "x", { stream = true })))
+    local msg = res.choices[1].message
+    assert.equals("ok", msg.content)
+    assert.equals("again", msg.audio)          -- another type: the latest value
+    assert.same({ 1 }, msg.flag)
+    assert.same({ { type = "url_citation" } }, msg.annotations)
+    -- entries without an integer index are appended as they come
+    assert.same({ 1, "x", { index = "0", text = "a" }, { index = "0", text = "b" }, 2 },
+      msg.reasoning_details)
+    assert.equals("[]", llmux.json.encode(msg.citations))   -- an empty list stays a list
+  end)
+
   it("keeps a tool call's extra_content (Gemini's thought signature) for the next turn",
     function()
     local res = assert(c:chat(body("fixture:signature", "x", { stream = true })))

@@ -96,26 +96,39 @@ local function merge_fields(into, d)
   for k, v in next, d do merge_member(into, k, v) end
 end
 
+-- A merged list's entries by index, and by index and type (the latest of each): a stream of
+-- many entries must not make every new one search the list.
+local entries_of = setmetatable({}, { __mode = "k" })
+
 local function merge_list(into, list)
   for _, e in ipairs(list) do
-    local at
-    if type(e) == "table" and mtype(e.index) == "integer" then
-      for j = #into, 1, -1 do
-        local x = into[j]
-        if type(x) == "table" and x.index == e.index and (e.type == nil or x.type == e.type) then
-          at = x
-          break
-        end
+    local i = type(e) == "table" and mtype(e.index) == "integer" and e.index or nil
+    local by = i and entries_of[into]
+    local ty = i and type(e.type) == "string" and e.type or nil
+    local at = by and (ty and by[i .. "\0" .. ty] or not ty and by[i])
+    if at then
+      merge_fields(at, e)
+    else
+      at = copy(e)
+      into[#into + 1] = at
+      if i then
+        by = by or {}
+        entries_of[into] = by
+        by[i] = at
+        if ty then by[i .. "\0" .. ty] = at end
       end
     end
-    if at then merge_fields(at, e) else into[#into + 1] = copy(e) end
   end
 end
 
 merge_member = function(into, k, v)
   local old = into[k]
   local to, tv = type(old), type(v)
-  if old == nil or replaces(k) then
+  if old == nil and tv == "table" and is_list(v) then
+    old = setmetatable({}, getmetatable(v))
+    into[k] = old
+    merge_list(old, v)
+  elseif old == nil or replaces(k) then
     into[k] = copy(v)
   elseif tv == "string" and (to == "string" or getmetatable(old) == Text) then
     if to == "string" then

@@ -1124,6 +1124,17 @@ local FIXTURES = {
     fx_chunk{ fx(0, { x_note = "two", x_score = 2 }) },
     fx_chunk{ fx(0, {}, "stop") },
   },
+  -- members whose type changes between deltas, odd list entries, an empty list
+  deltamess = {
+    fx_chunk{ fx(0, { role = "assistant", content = "ok", audio = "raw", flag = true,
+      annotations = "@@EMPTY@@", citations = "@@EMPTY@@",
+      reasoning_details = { 1, "x", { index = "0", text = "a" } } }) },
+    fx_chunk{ fx(0, { audio = { data = "AA" }, flag = "yes",
+      annotations = { { type = "url_citation" } },
+      reasoning_details = { { index = "0", text = "b" }, 2 } }) },
+    fx_chunk{ fx(0, { audio = "again", flag = { 1 } }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
   -- Gemini 3 (OpenAI compatibility): the call's thought signature in extra_content, which
   -- must go back with the call in the next turn
   signature = {
@@ -1153,7 +1164,8 @@ streams.fixture = function(ctx, a)
   if not list then return false end
   sse_headers()
   for _, obj in ipairs(list) do
-    if not emit(ctx, "data: " .. cjson.encode(obj) .. "\n\n") then return ngx.exit(ngx.OK) end
+    local text = cjson.encode(obj):gsub('"@@EMPTY@@"', "[]")   -- this cjson has no [] marker
+    if not emit(ctx, "data: " .. text .. "\n\n") then return ngx.exit(ngx.OK) end
   end
   emit(ctx, "data: [DONE]\n\n")
   return ngx.exit(ngx.OK)
