@@ -140,6 +140,35 @@ describe("client error codes", function()
     end)
   end
 
+  -- Errors as real providers send them (the mock's real:NAME): code, status, how many
+  -- attempts the retry rules spend (max_retries 2), what the message shows, and more.
+  local real = {
+    { "azure-429", "ratelimit", 429, 3, "Please retry after 1 second", { retry_after = 0.1 } },
+    { "anthropic-overloaded", "server", 529, 3, "HTTP 529: Overloaded" },
+    { "anthropic-toolarge", "badrequest", 413, 1, "maximum allowed number of bytes" },
+    { "gemini-context", "context_length", 400, 1, "exceeds the maximum number of tokens",
+      { body_status = "INVALID_ARGUMENT" } },
+    { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
+  }
+  for _, case in ipairs(real) do
+    local name, want, status, attempts, text, more = table.unpack(case)
+    it("real " .. name .. " -> " .. want, function()
+      local res, msg, code, detail = c:chat(body("real:" .. name))
+      assert.is_nil(res)
+      assert.equals(want, code, msg)
+      assert.equals(status, detail.status)
+      assert.equals(attempts, detail.attempts, msg)
+      assert.matches("%(" .. want .. "%)$", msg)
+      assert.matches(text, msg)
+      assert.is_falsy(msg:find("table: 0x", 1, true), msg)
+      assert.is_falsy(msg:find("[\r\n]"), msg)
+      more = more or {}
+      assert.equals(more.retry_after, detail.retry_after, msg)
+      assert.equals(more.quota, detail.quota, msg)
+      if more.body_status then assert.equals(more.body_status, detail.body.status) end
+    end)
+  end
+
   it("a wrong key -> auth, with the provider's error object", function()
     local bad = llmux.client{ base_url = u.http, api_key = "sk-bad-key" }
     local res, msg, code, detail = bad:chat(body("m"))

@@ -28,6 +28,14 @@ describe("errors.classify", function()
     assert.same({ message = "m" }, errors.error_object({ error = { message = "m" } }))
     assert.same({ message = "s" }, errors.error_object({ error = "s" }))
     assert.equals("text", errors.error_object("text"))
+    -- Gemini's OpenAI-compatible endpoint: a list of one error
+    local gemini = { { error = { code = 400, status = "INVALID_ARGUMENT",
+      message = "The input token count (1200000) exceeds the maximum number of tokens allowed "
+        .. "(1048576)." } } }
+    assert.equals(gemini[1].error, errors.error_object(gemini))
+    assert.equals("context_length", errors.classify(400, gemini))
+    local list = { { id = 1 } }
+    assert.equals(list, errors.error_object(list))
   end)
 end)
 

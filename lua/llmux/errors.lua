@@ -45,10 +45,13 @@ function M.raise_outside(source, msg)
   error(msg, level)
 end
 
--- The provider's error object from a decoded body: body.error (table or string) or the body.
+-- The provider's error object from a decoded body: body.error (table or string), the same
+-- in a list's first entry (Gemini's OpenAI-compatible endpoint answers [{"error": {...}}]), or
+-- the body.
 function M.error_object(body)
   if type(body) == "table" then
     local e = body.error
+    if e == nil and type(body[1]) == "table" then e = body[1].error end
     if type(e) == "table" then return e end
     if type(e) == "string" then return { message = e } end
   end

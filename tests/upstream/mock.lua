@@ -1171,6 +1171,125 @@ streams.fixture = function(ctx, a)
   return ngx.exit(ngx.OK)
 end
 
+-- real:NAME             an error as a real provider sends it (REAL below: status, body and
+--                       headers copied from the provider's answers; waits made short)
+local JSON, HTML, TEXT = "application/json", "text/html", "text/plain"
+local REAL = {
+  -- OpenAI
+  ["openai-quota"] = {429, JSON, [[{"error":{"message":"You exceeded your current quota, please
+ check your plan and billing details. For more information on this error, read the docs:
+ https://platform.openai.com/docs/guides/error-codes/api-errors.","type":"insufficient_quota",
+"param":null,"code":"insufficient_quota"}}]]},
+  ["openai-tpm"] = {429, JSON, [[{"error":{"message":"Rate limit reached for gpt-4o in
+ organization org-abc on tokens per min (TPM): Limit 30000, Used 29500, Requested 800. Please
+ try again in 120ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
+"type":"tokens","param":null,"code":"rate_limit_exceeded"}}]],
+    {["x-ratelimit-limit-tokens"] = "30000", ["x-ratelimit-remaining-tokens"] = "0",
+     ["x-ratelimit-reset-tokens"] = "120ms", ["x-ratelimit-reset-requests"] = "6m0s"}},
+  ["openai-tpd"] = {429, JSON, [[{"error":{"message":"Rate limit reached for gpt-4o in
+ organization org-abc on tokens per day (TPD): Limit 90000, Used 89500, Requested 800. Please
+ try again in 6m0s. Visit https://platform.openai.com/account/rate-limits to learn more.",
+"type":"tokens","param":null,"code":"rate_limit_exceeded"}}]]},
+  ["openai-toolarge"] = {429, JSON, [[{"error":{"message":"Request too large for gpt-4o in
+ organization org-abc on tokens per min (TPM): Limit 30000, Requested 342389. The input or
+ output tokens must be reduced in order to run successfully. Visit
+ https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","param":null,
+"code":"rate_limit_exceeded"}}]]},
+  -- Azure OpenAI
+  ["azure-429"] = {429, JSON, [[{"error":{"code":"429","message":"Requests to the
+ ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token
+ rate limit of your current AIServices S0 pricing tier. Please retry after 1 second. Please
+ contact Azure support service if you would like to further increase the default rate
+ limit."}}]], {["retry-after-ms"] = "100", ["retry-after"] = "1"}},
+  -- Anthropic's OpenAI-compatible endpoint
+  ["anthropic-overloaded"] = {529, JSON,
+    [[{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}]]},
+  ["anthropic-toolarge"] = {413, JSON, [[{"type":"error","error":{"type":"request_too_large",
+"message":"Request exceeds the maximum allowed number of bytes."}}]]},
+  -- Gemini's OpenAI-compatible endpoint: a JSON list of one error
+  ["gemini-context"] = {400, JSON, [=[[{"error":{"code":400,"message":"The input token count
+ (1200000) exceeds the maximum number of tokens allowed (1048576).",
+"status":"INVALID_ARGUMENT"}}]
+]=]},
+  ["gemini-key"] = {400, JSON, [=[[{"error":{"code":400,"message":"API key not valid. Please pass
+ a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":
+"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":
+"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}}]]=]},
+  ["gemini-429"] = {429, JSON, [=[[{"error":{"code":429,"message":"You exceeded your current
+ quota, please check your plan and billing details. Please retry in 95.5s.",
+"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure",
+"violations":[{"quotaMetric":
+"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":
+"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":
+"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"95s"}]}}]]=]},
+  ["gemini-499"] = {499, JSON, [=[[{"error":{"code":499,"message":"The operation was cancelled.",
+"status":"CANCELLED"}}]]=]},
+  -- OpenRouter
+  ["openrouter-402"] = {402, JSON, [[{"error":{"code":402,"message":"Insufficient credits. Add
+ more using https://openrouter.ai/settings/credits"}}]]},
+  ["openrouter-403"] = {403, JSON, [[{"error":{"code":403,"message":"anthropic/claude-3-opus
+ requires moderation on OpenRouter. Your input was flagged for \"harassment\". No credits were
+ charged.","metadata":{"reasons":["harassment"],"flagged_input":"...you idiot...",
+"provider_name":"OpenAI","model_slug":"anthropic/claude-3-opus"}}}]]},
+  ["openrouter-raw"] = {400, JSON, [[{"error":{"message":"Provider returned error","code":400,
+"metadata":{"raw":"{\"object\":\"error\",\"message\":\"This model's maximum context length is
+ 32768 tokens. However, you requested 40000 tokens.\",\"type\":\"BadRequestError\",
+\"code\":400}","provider_name":"DeepInfra"}}}]]},
+  ["openrouter-502"] = {502, JSON, [[{"error":{"message":"Provider returned error","code":502,
+"metadata":{"raw":"upstream connect error or disconnect/reset before headers",
+"provider_name":"Together"}}}]]},
+  -- DeepSeek, Mistral, Groq, vLLM, FastAPI servers, Ollama
+  ["deepseek-402"] = {402, JSON, [[{"error":{"message":"Insufficient Balance",
+"type":"unknown_error","param":null,"code":"invalid_request_error"}}]]},
+  ["deepseek-model"] = {400, JSON, [[{"error":{"message":"Model Not Exist",
+"type":"invalid_request_error","param":null,"code":"invalid_request_error"}}]]},
+  ["mistral-422"] = {422, JSON, [[{"object":"error","message":{"detail":[{"type":"missing",
+"loc":["body","messages"],"msg":"Field required","input":{"model":"x"}}]},
+"type":"invalid_request_error","param":null,"code":null}]]},
+  ["fastapi-422"] = {422, JSON, [[{"detail":[{"loc":["body","messages",0,"content"],
+"msg":"field required","type":"value_error.missing"}]}]]},
+  ["groq-413"] = {413, JSON, [[{"error":{"message":"Request too large for model
+ `llama-3.3-70b-versatile` in organization `org_01abc` service tier `on_demand` on tokens per
+ minute (TPM): Limit 6000, Requested 14368, please reduce your message size and try again.
+ Visit https://console.groq.com/docs/rate-limits for more information.","type":"tokens",
+"code":"rate_limit_exceeded"}}]]},
+  ["groq-tpd"] = {429, JSON, [[{"error":{"message":"Rate limit reached for model
+ `llama-3.3-70b-versatile` in organization `org_01abc` service tier `on_demand` on tokens per
+ day (TPD): Limit 100000, Used 99800, Requested 900. Please try again in 2m59.56s. Visit
+ https://console.groq.com/docs/rate-limits for more information.","type":"tokens",
+"code":"rate_limit_exceeded"}}]]},
+  ["vllm-context"] = {400, JSON, [[{"object":"error","message":"The decoder prompt (length 5000)
+ is longer than the maximum model length of 4096. Make sure that `max_model_len` is no smaller
+ than the number of text tokens.","type":"BadRequestError","param":null,"code":400}]]},
+  ["ollama-500"] = {500, JSON,
+    [[{"error":"llama runner process has terminated: signal: killed"}]]},
+  -- gateways and odd bodies
+  ["nginx-502"] = {502, HTML, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    .. "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n"
+    .. "</html>\r\n"},
+  ["cloudflare-524"] = {524, HTML, "<!DOCTYPE html>\n<!--[if lt IE 7]> <html class=\"no-js\">"
+    .. " <![endif]-->\n<head>\n<title>api.example.com | 524: A timeout occurred</title>\n"
+    .. "<meta charset=\"UTF-8\" />\n<style>body{margin:0}</style>\n</head>\n<body><div id=\""
+    .. "cf-wrapper\"><h1>A timeout occurred</h1>" .. string.rep("<p>filler</p>", 100)
+    .. "</div></body></html>\n"},
+  ["empty-503"] = {503, TEXT, ""},
+  ["jsonstring-400"] = {400, JSON, [["Invalid request: messages must not be empty"]]},
+  ["jsonnumber-500"] = {500, JSON, "42"},
+  ["object-error-200"] = {200, JSON, [[{"object":"error","message":"The model is overloaded,
+ please try again later.","type":"ServiceUnavailableError","param":null,"code":503}]]},
+  ["choice-error-200"] = {200, JSON, [[{"id":"gen-1","object":"chat.completion","created":1,
+"model":"x","choices":[{"index":0,"finish_reason":"error","native_finish_reason":"error",
+"message":{"role":"assistant","content":""},"error":{"code":502,"message":"Upstream error from
+ Together: connection reset","metadata":{"provider_name":"Together"}}}]}]]},
+}
+
+behaviours.real = function(_, a)
+  local r = REAL[a[1] or ""]
+  if not r then return false end
+  local body = r[2] == JSON and r[3]:gsub("\n", "") or r[3]   -- JSON: wrapped here only
+  return send(r[1], body, r[2], r[4])
+end
+
 -- error200              200 with a JSON error object (some providers answer failures so)
 behaviours.error200 = function()
   return send(200, '{"error":{"message":"bad key (mock)","type":"invalid_request_error"}}',
