@@ -148,6 +148,11 @@ describe("client error codes", function()
     { "anthropic-toolarge", "badrequest", 413, 1, "maximum allowed number of bytes" },
     { "gemini-context", "context_length", 400, 1, "exceeds the maximum number of tokens",
       { body_status = "INVALID_ARGUMENT" } },
+    { "openrouter-raw", "context_length", 400, 1,
+      "Provider returned error %(DeepInfra: This model's maximum context length is 32768" },
+    { "openrouter-502", "server", 502, 3, "Provider returned error %(Together: upstream" },
+    { "mistral-422", "badrequest", 422, 1, "Field required" },
+    { "fastapi-422", "badrequest", 422, 1, "field required" },
     { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
   }
   for _, case in ipairs(real) do

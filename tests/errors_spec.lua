@@ -39,6 +39,41 @@ describe("errors.classify", function()
   end)
 end)
 
+describe("errors.message", function()
+  it("tells what an error object says", function()
+    assert.equals("m", errors.message{ message = "m" })
+    assert.equals("s", errors.message("s"))
+    assert.is_nil(errors.message{ code = 1 })
+    assert.is_nil(errors.message(42))
+    assert.equals("429", errors.message{ message = 429 })
+    -- FastAPI: detail, a string or a validation list; Mistral: that list inside message
+    assert.equals("Not Found", errors.message{ detail = "Not Found" })
+    assert.equals("body.messages.0.content: field required; body.model: field required",
+      errors.message{ detail = {
+        { loc = { "body", "messages", 0, "content" }, msg = "field required" },
+        { loc = { "body", "model" }, msg = "field required" } } })
+    assert.equals("body.messages: Field required", errors.message{ object = "error",
+      message = { detail = { { type = "missing", loc = { "body", "messages" },
+        msg = "Field required" } } } })
+    assert.equals('{"why":"x"}', errors.message{ message = { why = "x" } })
+  end)
+
+  it("adds the provider's own error that OpenRouter passes on", function()
+    assert.equals("Provider returned error (DeepInfra: This model's maximum context length is "
+      .. "32768 tokens.)", errors.message{ message = "Provider returned error", code = 400,
+        metadata = { provider_name = "DeepInfra", raw = '{"object":"error","message":'
+          .. '"This model\'s maximum context length is 32768 tokens.","code":400}' } })
+    assert.equals("Provider returned error (Together: upstream connect error)", errors.message{
+      message = "Provider returned error", metadata = { provider_name = "Together",
+        raw = "upstream connect error" } })
+    assert.equals("Provider returned error (quota)", errors.message{
+      message = "Provider returned error", metadata = { raw = '{"error":{"message":"quota"}}' } })
+    assert.equals("context_length", errors.classify(400, { error = {
+      message = "Provider returned error", code = 400, metadata = {
+        raw = '{"error":{"message":"prompt is too long: 210000 tokens"}}' } } }))
+  end)
+end)
+
 describe("errors.should_retry", function()
   it("retries connection failures, timeouts, 408, 409, 429 and 5xx", function()
     for _, code in ipairs{ "connect", "timeout", "resolve", "truncated" } do

@@ -231,7 +231,7 @@ local function answer_ok(status, head, body, call)
       or body.choices ~= nil or body.data ~= nil then
     return true
   end
-  local text = type(e) == "table" and e.message or e
+  local text = errors.message(e)
   return false, "HTTP " .. status .. " with an error: " .. cut(call, tostring(text), 200),
     "provider",
     { status = status, headers = parse_headers(head), body = e }
@@ -259,7 +259,7 @@ local function judge(res, call)
   local key = key_of(call)
   local eobj = body and errors.error_object(body) or short(res.body, 4096, key)
   local code = errors.classify(status, eobj)
-  local text = type(eobj) == "table" and eobj.message
+  local text = type(eobj) == "table" and errors.message(eobj)
     or (body == nil and short(res.body, 200, key)) or nil
   local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }

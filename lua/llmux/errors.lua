@@ -1,6 +1,9 @@
 -- Error classification and retry rules (DESIGN.md sections 3 and 4). Plain functions over
 -- plain values, so the policy is testable without a network and replaceable by users.
-local type, tonumber, tostring, pairs = type, tonumber, tostring, pairs
+local json = require "llmux.json"
+
+local type, tonumber, tostring, pairs, ipairs = type, tonumber, tostring, pairs, ipairs
+local concat = table.concat
 local floor, min, random = math.floor, math.min, math.random
 local lower, find, match, format, sub = string.lower, string.find, string.match, string.format,
   string.sub
@@ -58,6 +61,45 @@ function M.error_object(body)
   return body
 end
 
+-- FastAPI/pydantic validation errors (vLLM, Mistral, many self-hosted servers): a list of
+-- {loc = {...}, msg = "..."} -> "body.messages: Field required; ...", or nil for anything else.
+local function validation(list)
+  local out = {}
+  for i, d in ipairs(list) do
+    if type(d) ~= "table" or type(d.msg) ~= "string" then return nil end
+    local loc = {}
+    for j, part in ipairs(type(d.loc) == "table" and d.loc or {}) do loc[j] = tostring(part) end
+    out[i] = #loc > 0 and concat(loc, ".") .. ": " .. d.msg or d.msg
+  end
+  return out[1] and concat(out, "; ") or nil
+end
+
+-- message(e) -> text | nil: what an error object (error_object's) says, for a human.
+-- e.message, or FastAPI's e.detail; a table there (Mistral's 422 holds FastAPI's validation
+-- list in message) becomes its text. OpenRouter's "Provider returned error" gets the
+-- provider's own error (metadata.raw, often JSON text) and name after it.
+function M.message(e)
+  if type(e) == "string" then return e end
+  if type(e) ~= "table" then return nil end
+  local m = e.message
+  if m == nil then m = e.detail end
+  if type(m) == "table" then
+    m = validation(type(m.detail) == "table" and m.detail or m) or json.encode(m)
+  elseif m ~= nil then
+    m = tostring(m)
+  end
+  local md = e.metadata
+  local raw = type(md) == "table" and md.raw
+  if raw then
+    local inner = type(raw) == "string" and json.decode(raw)
+    raw = type(inner) == "table" and M.message(M.error_object(inner))
+      or (type(raw) == "string" and raw) or M.message(raw) or json.encode(raw)
+    if type(md.provider_name) == "string" then raw = md.provider_name .. ": " .. raw end
+    m = (m and m .. " " or "") .. "(" .. raw .. ")"
+  end
+  return m
+end
+
 -- classify(status, body) -> code, for an HTTP status outside 2xx. body: decoded JSON or text.
 function M.classify(status, body)
   if status == 429 then return "ratelimit" end
@@ -69,7 +111,7 @@ function M.classify(status, body)
     local e, text = M.error_object(body), ""
     if type(e) == "table" then
       text = lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
-        .. tostring(e.message or ""))
+        .. (M.message(e) or ""))
     elseif type(e) == "string" then
       text = lower(e)
     end
