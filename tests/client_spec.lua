@@ -154,6 +154,12 @@ describe("client error codes", function()
     { "mistral-422", "badrequest", 422, 1, "Field required" },
     { "fastapi-422", "badrequest", 422, 1, "field required" },
     { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
+    { "nginx-502", "server", 502, 3, "HTTP 502: 502 Bad Gateway %(server%)$" },
+    { "cloudflare-524", "server", 524, 3, "HTTP 524: api.example.com | 524: A timeout occurred "
+      .. "%(server%)$" },
+    { "empty-503", "server", 503, 3, "HTTP 503 [%a ]+ %(server%)$" },
+    { "jsonstring-400", "badrequest", 400, 1, "HTTP 400: Invalid request: messages must not" },
+    { "jsonnumber-500", "server", 500, 3, "HTTP 500: 42 %(server%)$" },
   }
   for _, case in ipairs(real) do
     local name, want, status, attempts, text, more = table.unpack(case)

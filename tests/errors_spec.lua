@@ -74,6 +74,17 @@ describe("errors.message", function()
   end)
 end)
 
+describe("errors.brief", function()
+  it("takes an HTML page's title, else its text without tags", function()
+    assert.equals("502 Bad Gateway", errors.brief("<html>\r\n<head><title>502 Bad Gateway"
+      .. "</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body></html>"))
+    assert.equals(" Gateway Timeout   upstream ",
+      errors.brief("<h1>Gateway Timeout</h1> <p>upstream</p>"))
+    assert.equals("upstream request timeout", errors.brief("upstream request timeout"))
+    assert.equals("a < b", errors.brief("a < b"))
+  end)
+end)
+
 describe("errors.should_retry", function()
   it("retries connection failures, timeouts, 408, 409, 429 and 5xx", function()
     for _, code in ipairs{ "connect", "timeout", "resolve", "truncated" } do

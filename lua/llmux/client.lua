@@ -7,10 +7,12 @@ local errors = require "llmux.errors"
 local core = require "llmux.core"
 local stream = require "llmux.stream"
 
-local error, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring, type =
-  error, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring, type
+local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring,
+  type = error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable,
+  tostring, type
 local mtype, min = math.type, math.min
-local format, find, lower, sub = string.format, string.find, string.lower, string.sub
+local format, find, lower, match, sub = string.format, string.find, string.lower, string.match,
+  string.sub
 local getenv = os.getenv
 local now, parse_headers = core.now, core.parse_headers
 
@@ -201,6 +203,14 @@ local function short(s, n, key)
   return s
 end
 
+-- A provider's text as one line of a message: the key scrubbed first (as short), runs of
+-- blanks and line breaks squeezed to one space, cut to n bytes.
+local function line(s, n, key)
+  s = errors.scrub(s, key):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  if #s > n then return sub(s, 1, n) .. "..." end
+  return s
+end
+
 -- A call's text cut to n bytes for a message, its key scrubbed first (stream.lua's hook).
 local function cut(call, s, n)
   return short(s, n, key_of(call))
@@ -248,7 +258,7 @@ local function judge(res, call)
   if status >= 200 and status < 300 then
     if body == nil or type(body) ~= "table" or not find(res.body, "^[ \t\r\n]*{") then
       local key = key_of(call)
-      return false, "response is not a JSON object: " .. short(derr or res.body, 200, key),
+      return false, "response is not a JSON object: " .. line(derr or res.body, 200, key),
         "decode", { status = status, headers = parse_headers(res.head),
           body = short(res.body, 4096, key) }
     end
@@ -256,12 +266,33 @@ local function judge(res, call)
     if not ok then return false, why, code, detail end
     return true, body
   end
-  local key = key_of(call)
-  local eobj = body and errors.error_object(body) or short(res.body, 4096, key)
+  -- The error object, or the text when the body holds none: not JSON (a gateway's HTML page),
+  -- a JSON number, boolean or null, a list that is no Gemini-style error (a JSON string is
+  -- taken as the text it is).
+  local key, eobj, text = key_of(call), body, nil
+  if type(body) == "table" then
+    eobj = errors.error_object(body)
+    if eobj == body and (body[1] ~= nil or getmetatable(body) == json.array_mt) then
+      eobj = nil
+    end
+  elseif type(body) ~= "string" then
+    eobj = nil
+  end
+  if eobj == nil then
+    eobj = short(res.body, 4096, key)
+    text = line(errors.brief(short(res.body, 16384, key)), 200, key)
+  else
+    text = errors.message(eobj)
+    text = text and line(text, 1000, key)
+  end
   local code = errors.classify(status, eobj)
-  local text = type(eobj) == "table" and errors.message(eobj)
-    or (body == nil and short(res.body, 200, key)) or nil
-  local why = "HTTP " .. status .. (text and (": " .. tostring(text)) or "")
+  local why = "HTTP " .. status
+  if text and text ~= "" then
+    why = why .. ": " .. text
+  else   -- nothing said (an empty body): the status line's reason phrase, when HTTP/1 sent one
+    local reason = match(res.head or "", "^HTTP/[%d.]+ %d+ +([^\r\n]*%S)")
+    if reason then why = why .. " " .. reason end
+  end
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
 end
 

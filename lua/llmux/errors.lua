@@ -5,8 +5,8 @@ local json = require "llmux.json"
 local type, tonumber, tostring, pairs, ipairs = type, tonumber, tostring, pairs, ipairs
 local concat = table.concat
 local floor, min, random = math.floor, math.min, math.random
-local lower, find, match, format, sub = string.lower, string.find, string.match, string.format,
-  string.sub
+local lower, find, match, format, sub, gsub = string.lower, string.find, string.match,
+  string.format, string.sub, string.gsub
 local os_time = os.time
 local getinfo = debug.getinfo
 
@@ -98,6 +98,16 @@ function M.message(e)
     m = (m and m .. " " or "") .. "(" .. raw .. ")"
   end
   return m
+end
+
+-- brief(text) -> the gist of a body that is not JSON, for a message: an HTML page's <title>
+-- (a gateway's "502 Bad Gateway", Cloudflare's "host | 524: A timeout occurred"), else the
+-- text with any tags dropped. Squeezing its blanks is the caller's.
+function M.brief(s)
+  local title = match(s, "<[Tt][Ii][Tt][Ll][Ee][^>]*>([^<]*)</")
+  if title and find(title, "%S") then return title end
+  if find(s, "^%s*<") then return (gsub(s, "<[^>]*>", " ")) end
+  return s
 end
 
 -- classify(status, body) -> code, for an HTTP status outside 2xx. body: decoded JSON or text.
