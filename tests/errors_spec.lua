@@ -101,6 +101,29 @@ describe("errors.should_retry", function()
     end
   end)
 
+  it("does not retry a 429 that no wait cures", function()
+    local quota = { message = "You exceeded your current quota, please check your plan and "
+      .. "billing details.", type = "insufficient_quota", code = "insufficient_quota" }
+    assert.is_false(errors.should_retry(429, {}, "ratelimit", quota))
+    assert.is_true(errors.quota(429, quota))
+    assert.is_true(errors.quota(402, { message = "Insufficient Balance" }))
+    assert.is_false(errors.quota(429, { message = "Rate limit reached", code = "rate_limit" }))
+    assert.is_false(errors.should_retry(429, {}, "ratelimit", { code = "rate_limit_exceeded",
+      message = "Request too large for gpt-4o in organization org-x on tokens per min (TPM): "
+        .. "Limit 30000, Requested 342389." }))
+    assert.is_true(errors.should_retry(429, {}, "ratelimit", { code = "rate_limit_exceeded",
+      message = "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): "
+        .. "Limit 30000, Used 29500, Requested 800. Please try again in 120ms." }))
+    assert.is_true(errors.should_retry(429, {}, "ratelimit", "Too Many Requests"))
+    -- the server still knows best
+    assert.is_true(errors.should_retry(429, { ["x-should-retry"] = "true" }, "ratelimit", quota))
+    -- Groq's 413 for a request over the per-minute limit is a rate limit, not retried
+    assert.equals("ratelimit", errors.classify(413, { error = { type = "tokens",
+      code = "rate_limit_exceeded", message = "Request too large for model `llama-3.3-70b` "
+        .. "on tokens per minute (TPM): Limit 6000, Requested 14368" } }))
+    assert.is_false(errors.should_retry(413, {}, "ratelimit"))
+  end)
+
   it("obeys x-should-retry first", function()
     assert.is_false(errors.should_retry(503, { ["x-should-retry"] = "false" }, "server"))
     assert.is_true(errors.should_retry(400, { ["x-should-retry"] = "true" }, "badrequest"))

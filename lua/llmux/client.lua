@@ -293,7 +293,8 @@ local function judge(res, call)
     local reason = match(res.head or "", "^HTTP/[%d.]+ %d+ +([^\r\n]*%S)")
     if reason then why = why .. " " .. reason end
   end
-  return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj }
+  return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj,
+    quota = errors.quota(status, eobj) or nil }
 end
 
 -- The info table of a finished call: the transfer's result table itself (status, head,
@@ -447,7 +448,7 @@ end
 -- the failure (nil, message, code, detail) when no retry is due.
 local function retry_or_fail(call, why, code, detail)
   detail.attempts = call.attempt
-  local retryable = errors.should_retry(detail.status, detail.headers, code)
+  local retryable = errors.should_retry(detail.status, detail.headers, code, detail.body)
   -- What the server asks for is told whether or not a retry is left, and a wait over the cap
   -- is ratelimit however many are: a router reads both.
   local wait = errors.retry_after(detail.headers)

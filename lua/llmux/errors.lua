@@ -125,6 +125,9 @@ function M.classify(status, body)
     elseif type(e) == "string" then
       text = lower(e)
     end
+    -- Groq's 413 for a request over the tokens-per-minute limit (code rate_limit_exceeded):
+    -- OpenAI sends the same as a 429
+    if status == 413 and find(text, "rate_limit", 1, true) then return "ratelimit" end
     if has_any(text, CONTEXT) then return "context_length" end
     if has_any(text, FILTER) then return "content_filter" end
     if status == 400 or status == 409 or status == 422 or status == 413 then return "badrequest" end
@@ -132,19 +135,38 @@ function M.classify(status, body)
   return "http"
 end
 
+-- quota(status, e) -> true when the account's quota or credit is spent: a 402 (DeepSeek's
+-- "Insufficient Balance", OpenRouter's "Insufficient credits") or OpenAI's 429
+-- insufficient_quota. e: the error object (error_object's).
+function M.quota(status, e)
+  if status == 402 then return true end
+  return type(e) == "table" and (e.code == "insufficient_quota" or e.type == "insufficient_quota")
+end
+
+-- A 429 (or Groq's 413) no wait cures: the quota is spent, or the request alone is over a
+-- per-minute token limit ("Request too large for gpt-4o ... (TPM): Limit 30000, Requested
+-- 342389").
+local function hopeless(status, e)
+  if M.quota(status, e) then return true end
+  local m = M.message(e)
+  return m ~= nil and find(lower(m), "request too large", 1, true) ~= nil
+end
+
 -- Transport failures worth another attempt: the connection, not the request, went wrong.
 local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, truncated = true,
   stalled = true }
 
--- should_retry(status, headers, code) -> boolean. x-should-retry wins, as the server knows.
--- A transfer that broke (reset, cut short, timed out) is retried whatever status line came
--- before the break: a 200 whose body never arrived is no answer.
-function M.should_retry(status, headers, code)
+-- should_retry(status, headers, code[, body]) -> boolean. x-should-retry wins, as the server
+-- knows. A transfer that broke (reset, cut short, timed out) is retried whatever status line
+-- came before the break: a 200 whose body never arrived is no answer. body (the error object)
+-- tells a 429 that no wait cures (quota spent, a request over the limit alone): not retried.
+function M.should_retry(status, headers, code, body)
   local xs = headers and headers["x-should-retry"]
   if xs == "true" then return true end
   if xs == "false" then return false end
   if RETRY_TRANSPORT[code] then return true end
   if not status or status == 0 then return false end
+  if status == 429 and hopeless(status, body) then return false end
   return status == 408 or status == 409 or status == 429 or status >= 500
 end
 
