@@ -144,12 +144,15 @@ describe("client error codes", function()
   -- attempts the retry rules spend (max_retries 2), what the message shows, and more.
   local real = {
     { "openai-quota", "ratelimit", 429, 1, "exceeded your current quota", { quota = true } },
+    { "openai-tpm", "ratelimit", 429, 3, "Please try again in 120ms", { retry_after = 0.12 } },
+    { "openai-tpd", "ratelimit", 429, 1, "server asks to wait 360 s", { retry_after = 360 } },
     { "openai-toolarge", "ratelimit", 429, 1, "Request too large for gpt%-4o" },
     { "azure-429", "ratelimit", 429, 3, "Please retry after 1 second", { retry_after = 0.1 } },
     { "anthropic-overloaded", "server", 529, 3, "HTTP 529: Overloaded" },
     { "anthropic-toolarge", "badrequest", 413, 1, "maximum allowed number of bytes" },
     { "gemini-context", "context_length", 400, 1, "exceeds the maximum number of tokens",
       { body_status = "INVALID_ARGUMENT" } },
+    { "gemini-429", "ratelimit", 429, 1, "server asks to wait 95 s", { retry_after = 95 } },
     { "openrouter-402", "http", 402, 1, "Insufficient credits", { quota = true } },
     { "openrouter-raw", "context_length", 400, 1,
       "Provider returned error %(DeepInfra: This model's maximum context length is 32768" },
@@ -158,6 +161,8 @@ describe("client error codes", function()
     { "mistral-422", "badrequest", 422, 1, "Field required" },
     { "fastapi-422", "badrequest", 422, 1, "field required" },
     { "groq-413", "ratelimit", 413, 1, "Request too large for model" },
+    { "groq-tpd", "ratelimit", 429, 1, "Please try again in 2m59.56s",
+      { retry_after = 179.56 } },
     { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
     { "nginx-502", "server", 502, 3, "HTTP 502: 502 Bad Gateway %(server%)$" },
     { "cloudflare-524", "server", 524, 3, "HTTP 524: api.example.com | 524: A timeout occurred "

@@ -144,6 +144,31 @@ describe("errors.retry_after", function()
     assert.is_nil(errors.retry_after{})
   end)
 
+  it("reads the wait an error's words ask for, when no header does", function()
+    local function said(m) return errors.retry_after_body{ message = m } end
+    assert.equals(0.12, said("Limit 30000, Used 29500, Requested 800. Please try again in 120ms. "
+      .. "Visit https://platform.openai.com/account/rate-limits to learn more."))
+    assert.equals(7.66, said("Please try again in 7.66s. Visit https://console.groq.com"))
+    assert.equals(360, said("Please try again in 6m0s."))
+    assert.equals(179.56, said("Please try again in 2m59.56s."))
+    assert.equals(3723, said("Please try again in 1h2m3s."))
+    assert.equals(6, said("Please retry after 6 seconds. Please contact Azure support"))
+    assert.equals(1, said("Please retry after 1 second."))
+    assert.equals(95.5, said("You exceeded your current quota. Please retry in 95.5s."))
+    assert.is_nil(said("please reduce your message size and try again. Visit https://x"))
+    assert.is_nil(said("Please retry after 2024-01-01."))
+    assert.is_nil(said("Rate limit reached"))
+    assert.is_nil(errors.retry_after_body("Too Many Requests"))
+    assert.equals(7, errors.retry_after_body("Too many requests, try again in 7 seconds"))
+    assert.is_nil(errors.retry_after_body(nil))
+    -- Gemini: RetryInfo in details wins over the words
+    assert.equals(95, errors.retry_after_body{ code = 429, status = "RESOURCE_EXHAUSTED",
+      message = "Please retry in 95.5s.", details = {
+        { ["@type"] = "type.googleapis.com/google.rpc.QuotaFailure", violations = {} },
+        { ["@type"] = "type.googleapis.com/google.rpc.RetryInfo", retryDelay = "95s" } } })
+    assert.equals(0.5, errors.retry_after_body{ details = { { retryDelay = "0.5s" } } })
+  end)
+
   it("takes the first of a header sent twice (joined with a comma)", function()
     assert.equals(2, errors.retry_after{ ["retry-after"] = "2, 5" })
     assert.equals(0.3, errors.retry_after{ ["retry-after-ms"] = "300, 300" })

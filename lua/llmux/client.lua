@@ -449,9 +449,10 @@ end
 local function retry_or_fail(call, why, code, detail)
   detail.attempts = call.attempt
   local retryable = errors.should_retry(detail.status, detail.headers, code, detail.body)
-  -- What the server asks for is told whether or not a retry is left, and a wait over the cap
-  -- is ratelimit however many are: a router reads both.
+  -- What the server asks for (its headers, else its error's words) is told whether or not a
+  -- retry is left, and a wait over the cap is ratelimit however many are: a router reads both.
   local wait = errors.retry_after(detail.headers)
+  if wait == nil then wait = errors.retry_after_body(detail.body) end
   if wait then detail.retry_after = wait end
   if retryable and wait and wait > errors.MAX_SERVER_WAIT then
     return call_fail(call, why .. format("; server asks to wait %.0f s", wait), "ratelimit",

@@ -221,6 +221,47 @@ function M.retry_after(headers, now_epoch)
   return d > 0 and d or 0
 end
 
+local UNITS = { h = 3600, hour = 3600, hours = 3600, m = 60, min = 60, mins = 60,
+  minute = 60, minutes = 60, s = 1, sec = 1, secs = 1, second = 1, seconds = 1, ms = 0.001,
+  millisecond = 0.001, milliseconds = 0.001 }
+
+-- duration(s) -> seconds | nil, of a duration at the start of s: "120ms", "7.66s", "6m0s",
+-- "2m59.56s", "1h2m3s" (Go's form, OpenAI's and Groq's), "6 seconds", "95s" (protobuf's).
+local function duration(s)
+  local total, pos = nil, 1
+  while true do
+    local _, e, num, unit = find(s, "^ ?(%d+%.?%d*) ?(%a*)", pos)
+    local f = num and UNITS[lower(unit)]
+    if not f then return total end
+    total = (total or 0) + (f == 0.001 and tonumber(num) / 1000 or tonumber(num) * f)
+    pos = e + 1
+  end
+end
+
+local WAIT_PHRASES = { "try again in ", "retry in ", "retry after " }
+
+-- retry_after_body(e) -> seconds | nil: the wait an error object (error_object's) asks for
+-- when no header does: Gemini's RetryInfo detail (retryDelay "95s"), else the message's
+-- "Please try again in 7.66s" (OpenAI, Groq), "Please retry in 95.5s" (Gemini), "Please retry
+-- after 6 seconds" (Azure).
+function M.retry_after_body(e)
+  if type(e) == "table" and type(e.details) == "table" then
+    for _, d in ipairs(e.details) do
+      local v = type(d) == "table" and type(d.retryDelay) == "string" and duration(d.retryDelay)
+      if v then return v end
+    end
+  end
+  local m = M.message(e)
+  if not m then return nil end
+  m = lower(m)
+  for _, phrase in ipairs(WAIT_PHRASES) do
+    local _, b = find(m, phrase, 1, true)
+    local v = b and duration(sub(m, b + 1))
+    if v then return v end
+  end
+  return nil
+end
+
 M.BACKOFF_BASE, M.BACKOFF_MAX, M.MAX_SERVER_WAIT = 0.5, 8, 60
 
 -- backoff(n) -> seconds before retry n (0-based): 0.5 s x 2^n capped at 8 s, times a random
