@@ -153,6 +153,7 @@ describe("client error codes", function()
     { "gemini-context", "context_length", 400, 1, "exceeds the maximum number of tokens",
       { body_status = "INVALID_ARGUMENT" } },
     { "gemini-429", "ratelimit", 429, 1, "server asks to wait 95 s", { retry_after = 95 } },
+    { "gemini-499", "server", 499, 3, "The operation was cancelled" },
     { "openrouter-402", "http", 402, 1, "Insufficient credits", { quota = true } },
     { "openrouter-raw", "context_length", 400, 1,
       "Provider returned error %(DeepInfra: This model's maximum context length is 32768" },

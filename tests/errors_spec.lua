@@ -5,7 +5,8 @@ describe("errors.classify", function()
   local cases = {
     { 429, nil, "ratelimit" }, { 401, nil, "auth" }, { 403, nil, "auth" },
     { 404, nil, "notfound" }, { 408, nil, "timeout" }, { 500, nil, "server" },
-    { 503, nil, "server" }, { 400, { message = "bad" }, "badrequest" },
+    { 503, nil, "server" }, { 529, nil, "server" }, { 499, nil, "server" },
+    { 400, { message = "bad" }, "badrequest" },
     { 409, nil, "badrequest" }, { 422, { message = "x" }, "badrequest" }, { 418, nil, "http" },
     { 400, { code = "context_length_exceeded", message = "x" }, "context_length" },
     { 400, { message = "This model's maximum context length is 8192 tokens" }, "context_length" },
@@ -93,7 +94,7 @@ describe("errors.should_retry", function()
     for _, code in ipairs{ "tls", "toolarge", "cancelled", "closed" } do
       assert.is_false(errors.should_retry(nil, nil, code), code)
     end
-    for _, st in ipairs{ 408, 409, 429, 500, 502, 503, 504 } do
+    for _, st in ipairs{ 408, 409, 429, 499, 500, 502, 503, 504, 529 } do
       assert.is_true(errors.should_retry(st, {}, "x"), st)
     end
     for _, st in ipairs{ 400, 401, 403, 404, 422 } do

@@ -116,7 +116,9 @@ function M.classify(status, body)
   if status == 401 or status == 403 then return "auth" end
   if status == 404 then return "notfound" end
   if status == 408 then return "timeout" end
-  if status >= 500 then return "server" end
+  -- 499: the server or a relay gave up on the request (Gemini's CANCELLED, nginx's "client
+  -- closed request" from a proxy between): its failure, not the request's
+  if status == 499 or status >= 500 then return "server" end
   if status >= 400 then
     local e, text = M.error_object(body), ""
     if type(e) == "table" then
@@ -167,7 +169,7 @@ function M.should_retry(status, headers, code, body)
   if RETRY_TRANSPORT[code] then return true end
   if not status or status == 0 then return false end
   if status == 429 and hopeless(status, body) then return false end
-  return status == 408 or status == 409 or status == 429 or status >= 500
+  return status == 408 or status == 409 or status == 429 or status == 499 or status >= 500
 end
 
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
