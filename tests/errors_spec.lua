@@ -17,9 +17,17 @@ describe("errors.classify", function()
       .. "content management policy." }, "content_filter" },
     { 400, { code = "content_policy_violation" }, "content_filter" },
     { 400, "plain text: context length exceeded", "context_length" },
+    { 400, { message = "API key expired. Please renew the API key.", status = "INVALID_ARGUMENT",
+      details = { { reason = "API_KEY_EXPIRED" } } }, "auth" },
+    { 400, { status = "INVALID_ARGUMENT", details = { { reason = "API_KEY_INVALID" } } }, "auth" },
+    { 400, { message = "Model Not Exist", code = "invalid_request_error" }, "notfound" },
+    { 400, { message = "Invalid model: mistral-huge", type = "invalid_model" }, "notfound" },
+    { 400, { message = "'messages' must be a non-empty array" }, "badrequest" },
   }
   for _, c in ipairs(cases) do
-    it(c[1] .. " " .. (type(c[2]) == "table" and (c[2].code or c[2].message or "") or tostring(c[2]))
+    local e = c[2]
+    it(c[1] .. " " .. (type(e) == "table" and (e.code or e.message or e.status or "")
+      or tostring(e))
       .. " -> " .. c[3], function()
       assert.equals(c[3], errors.classify(c[1], c[2]))
     end)

@@ -29,6 +29,14 @@ local FILTER = { "content_filter", "content filter", "content_policy", "content 
   "content management policy", "safety system", "responsibleai", "safety settings",
   "flagged", "moderation" }
 
+-- A 400 that is about the key (Gemini answers a bad key so: "API key not valid",
+-- API_KEY_INVALID) or names a model the provider has not (DeepSeek's "Model Not Exist",
+-- Mistral's "Invalid model"): auth and notfound, as a 401 and a 404 are.
+local BADKEY = { "api key not valid", "api_key_invalid", "api key expired", "api_key_expired",
+  "invalid api key", "incorrect api key", "invalid_api_key" }
+local NOMODEL = { "model_not_found", "model not found", "model not exist", "model does not exist",
+  "invalid model", "not a valid model", "unknown model", "no such model", "deploymentnotfound" }
+
 local function has_any(s, list)
   for i = 1, #list do
     if find(s, list[i], 1, true) then return true end
@@ -122,8 +130,10 @@ function M.classify(status, body)
   if status >= 400 then
     local e, text = M.error_object(body), ""
     if type(e) == "table" then
+      local reason = type(e.details) == "table" and type(e.details[1]) == "table"
+        and e.details[1].reason   -- Google's ErrorInfo: API_KEY_INVALID
       text = lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
-        .. (M.message(e) or ""))
+        .. tostring(reason or "") .. " " .. (M.message(e) or ""))
     elseif type(e) == "string" then
       text = lower(e)
     end
@@ -132,6 +142,8 @@ function M.classify(status, body)
     if status == 413 and find(text, "rate_limit", 1, true) then return "ratelimit" end
     if has_any(text, CONTEXT) then return "context_length" end
     if has_any(text, FILTER) then return "content_filter" end
+    if status == 400 and has_any(text, BADKEY) then return "auth" end
+    if (status == 400 or status == 422) and has_any(text, NOMODEL) then return "notfound" end
     if status == 400 or status == 409 or status == 422 or status == 413 then return "badrequest" end
   end
   return "http"
