@@ -156,6 +156,7 @@ describe("client error codes", function()
     { "gemini-429", "ratelimit", 429, 1, "server asks to wait 95 s", { retry_after = 95 } },
     { "gemini-499", "server", 499, 3, "The operation was cancelled" },
     { "openrouter-402", "http", 402, 1, "Insufficient credits", { quota = true } },
+    { "openrouter-403", "content_filter", 403, 1, "Your input was flagged" },
     { "openrouter-raw", "context_length", 400, 1,
       "Provider returned error %(DeepInfra: This model's maximum context length is 32768" },
     { "openrouter-502", "server", 502, 3, "Provider returned error %(Together: upstream" },

@@ -23,6 +23,12 @@ describe("errors.classify", function()
     { 400, { message = "Model Not Exist", code = "invalid_request_error" }, "notfound" },
     { 400, { message = "Invalid model: mistral-huge", type = "invalid_model" }, "notfound" },
     { 400, { message = "'messages' must be a non-empty array" }, "badrequest" },
+    { 403, { code = 403, message = "x requires moderation on OpenRouter. Your input was flagged "
+      .. "for \"harassment\"." }, "content_filter" },
+    { 403, { code = 403, message = "Forbidden", metadata = { flagged_input = "..." } },
+      "content_filter" },
+    { 403, { message = "Your account was flagged for potential abuse.", code = "x" }, "auth" },
+    { 403, { type = "permission_error", message = "not allowed" }, "auth" },
   }
   for _, c in ipairs(cases) do
     local e = c[2]

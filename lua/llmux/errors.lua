@@ -37,6 +37,12 @@ local BADKEY = { "api key not valid", "api_key_invalid", "api key expired", "api
 local NOMODEL = { "model_not_found", "model not found", "model not exist", "model does not exist",
   "invalid model", "not a valid model", "unknown model", "no such model", "deploymentnotfound" }
 
+-- A 403 is auth unless it says the content was refused: OpenRouter's moderation ("requires
+-- moderation on OpenRouter. Your input was flagged for ..."). Narrower than FILTER: "flagged"
+-- alone is also said of an account.
+local FILTER_403 = { "requires moderation", "input was flagged", "output was flagged",
+  "content_filter", "content_policy", "content policy", "content management policy" }
+
 local function has_any(s, list)
   for i = 1, #list do
     if find(s, list[i], 1, true) then return true end
@@ -121,21 +127,25 @@ end
 -- classify(status, body) -> code, for an HTTP status outside 2xx. body: decoded JSON or text.
 function M.classify(status, body)
   if status == 429 then return "ratelimit" end
-  if status == 401 or status == 403 then return "auth" end
+  if status == 401 then return "auth" end
   if status == 404 then return "notfound" end
   if status == 408 then return "timeout" end
   -- 499: the server or a relay gave up on the request (Gemini's CANCELLED, nginx's "client
   -- closed request" from a proxy between): its failure, not the request's
   if status == 499 or status >= 500 then return "server" end
   if status >= 400 then
-    local e, text = M.error_object(body), ""
+    local e, text, flagged = M.error_object(body), "", false
     if type(e) == "table" then
+      flagged = type(e.metadata) == "table" and e.metadata.flagged_input ~= nil
       local reason = type(e.details) == "table" and type(e.details[1]) == "table"
         and e.details[1].reason   -- Google's ErrorInfo: API_KEY_INVALID
       text = lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
         .. tostring(reason or "") .. " " .. (M.message(e) or ""))
     elseif type(e) == "string" then
       text = lower(e)
+    end
+    if status == 403 then
+      return (flagged or has_any(text, FILTER_403)) and "content_filter" or "auth"
     end
     -- Groq's 413 for a request over the tokens-per-minute limit (code rate_limit_exceeded):
     -- OpenAI sends the same as a 429
