@@ -167,6 +167,7 @@ describe("client error codes", function()
     { "groq-413", "ratelimit", 413, 1, "Request too large for model" },
     { "groq-tpd", "ratelimit", 429, 1, "Please try again in 2m59.56s",
       { retry_after = 179.56 } },
+    { "vllm-context", "context_length", 400, 1, "longer than the maximum model length" },
     { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
     { "nginx-502", "server", 502, 3, "HTTP 502: 502 Bad Gateway %(server%)$" },
     { "cloudflare-524", "server", 524, 3, "HTTP 524: api.example.com | 524: A timeout occurred "

@@ -17,6 +17,17 @@ describe("errors.classify", function()
       .. "content management policy." }, "content_filter" },
     { 400, { code = "content_policy_violation" }, "content_filter" },
     { 400, "plain text: context length exceeded", "context_length" },
+    -- vLLM, xAI, Anthropic, llama.cpp, TGI (Together)
+    { 400, { message = "The decoder prompt (length 5000) is longer than the maximum model length "
+      .. "of 4096." }, "context_length" },
+    { 400, { message = "This model's maximum prompt length is 131072 but the request contains "
+      .. "140000 tokens." }, "context_length" },
+    { 400, { message = "input length and `max_tokens` exceed context limit: 187254 + 20000 > "
+      .. "204798, decrease input length or `max_tokens` and try again" }, "context_length" },
+    { 400, { message = "the request exceeds the available context size, try increasing it",
+      type = "exceed_context_size_error" }, "context_length" },
+    { 422, { message = "Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
+      .. "4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`" }, "context_length" },
     { 400, { message = "API key expired. Please renew the API key.", status = "INVALID_ARGUMENT",
       details = { { reason = "API_KEY_EXPIRED" } } }, "auth" },
     { 400, { status = "INVALID_ARGUMENT", details = { { reason = "API_KEY_INVALID" } } }, "auth" },

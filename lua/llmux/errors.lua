@@ -21,10 +21,12 @@ for c in ("timeout connect resolve tls ratelimit auth badrequest context_length 
 end
 
 -- Phrases providers use for an over-long prompt or a blocked one (OpenAI, Azure, Anthropic,
--- Gemini, DeepSeek, vLLM, OpenRouter), matched on the lower-cased error code and message.
+-- Gemini, DeepSeek, vLLM, OpenRouter, xAI, llama.cpp, TGI/Together), matched on the
+-- lower-cased error code and message.
 local CONTEXT = { "context_length", "context length", "maximum context", "context window",
   "too many tokens", "prompt is too long", "input is too long", "maximum number of tokens",
-  "reduce the length", "exceeds the model" }
+  "reduce the length", "exceeds the model", "maximum model length", "maximum prompt length",
+  "context limit", "context size", "`inputs` tokens" }
 local FILTER = { "content_filter", "content filter", "content_policy", "content policy",
   "content management policy", "safety system", "responsibleai", "safety settings",
   "flagged", "moderation" }
