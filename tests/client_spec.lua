@@ -175,6 +175,8 @@ describe("client error codes", function()
     { "empty-503", "server", 503, 3, "HTTP 503 [%a ]+ %(server%)$" },
     { "jsonstring-400", "badrequest", 400, 1, "HTTP 400: Invalid request: messages must not" },
     { "jsonnumber-500", "server", 500, 3, "HTTP 500: 42 %(server%)$" },
+    { "object-error-200", "provider", 200, 1, "The model is overloaded" },
+    { "choice-error-200", "provider", 200, 1, "Upstream error from Together" },
   }
   for _, case in ipairs(real) do
     local name, want, status, attempts, text, more = table.unpack(case)
@@ -194,6 +196,16 @@ describe("client error codes", function()
       if more.body_status then assert.equals(more.body_status, detail.body.status) end
     end)
   end
+
+  it("a 2xx with an error and empty choices is provider, one with an answer is not", function()
+    local _, msg, code, detail = c:chat(body("real:emptychoices-error-200"))
+    assert.equals("provider", code)
+    assert.equals(1, detail.attempts)
+    assert.matches("HTTP 200 with an error: upstream timed out %(provider%)$", msg)
+    assert.equals("upstream timed out", detail.body.message)
+    local res = assert(c:chat(body("real:answer-with-error-200")))
+    assert.equals("ok", res.choices[1].message.content)
+  end)
 
   it("a wrong key -> auth, with the provider's error object", function()
     local bad = llmux.client{ base_url = u.http, api_key = "sk-bad-key" }

@@ -233,16 +233,35 @@ function Info.__index(t, k)
   return h
 end
 
--- A 2xx whose JSON is nothing but an error object (some gateways answer failures so) is the
--- provider's failure, not an answer: false, why, "provider", detail. true otherwise.
-local function answer_ok(status, head, body, call)
-  local e = body.error
-  if e == nil or (type(e) ~= "table" and type(e) ~= "string") or body.object ~= nil
-      or body.choices ~= nil or body.data ~= nil then
-    return true
+local function is_error(e) return type(e) == "table" or type(e) == "string" end
+
+-- The error of choices that all failed (OpenRouter reports an error mid-generation in a 200 so:
+-- choices[i].error, finish_reason "error"), or nil.
+local function choices_error(choices)
+  if type(choices) ~= "table" or choices[1] == nil then return nil end
+  for _, ch in ipairs(choices) do
+    if type(ch) ~= "table" or not is_error(ch.error) then return nil end
   end
-  local text = errors.message(e)
-  return false, "HTTP " .. status .. " with an error: " .. cut(call, tostring(text), 200),
+  return choices[1].error
+end
+
+-- A 2xx whose JSON is an error, not an answer, is the provider's failure: false, why,
+-- "provider", detail; true otherwise. The error is the body's only member of note (some
+-- gateways answer failures so: {"error": ...}, with no or empty choices), the body itself in
+-- vLLM's and Mistral's shape ({"object": "error", "message": ...}), or every choice's.
+local function answer_ok(status, head, body, call)
+  local e
+  if body.object == "error" then
+    e = body
+  elseif body.object == nil and body.data == nil
+      and (body.choices == nil or next(body.choices) == nil) then
+    e = body.error
+  else
+    e = choices_error(body.choices)
+  end
+  if not is_error(e) then return true end
+  local text = errors.message(e) or "no message"
+  return false, "HTTP " .. status .. " with an error: " .. line(text, 200, key_of(call)),
     "provider",
     { status = status, headers = parse_headers(head), body = e }
 end

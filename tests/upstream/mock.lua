@@ -1281,6 +1281,11 @@ local REAL = {
 "model":"x","choices":[{"index":0,"finish_reason":"error","native_finish_reason":"error",
 "message":{"role":"assistant","content":""},"error":{"code":502,"message":"Upstream error from
  Together: connection reset","metadata":{"provider_name":"Together"}}}]}]]},
+  ["emptychoices-error-200"] = {200, JSON,
+    [[{"id":"x","choices":[],"error":{"message":"upstream timed out","code":504}}]]},
+  ["answer-with-error-200"] = {200, JSON, [[{"id":"x","object":"chat.completion","choices":[{
+"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],
+"error":null}]]},
 }
 
 behaviours.real = function(_, a)
