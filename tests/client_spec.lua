@@ -596,6 +596,28 @@ describe("client misuse", function()
     assert.matches("%[redacted%]", msg)
   end)
 
+  it("scrubs a key given in a header of the caller's, client's or call's", function()
+    local hk, ck = "sk-hdr-SECRET-azure-0123", "sk-hdr-SECRET-bearer-4567"
+    local h = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0,
+      headers = { ["api-key"] = hk } }
+    local bearer = llmux.client{ base_url = u.http, api_key = "", max_retries = 0,
+      headers = { Authorization = "Bearer " .. ck } }
+    for _, case in ipairs{
+      { h, "leakheader:api-key", nil, hk },
+      { c, "leakheader:api-key", { headers = { ["API-Key"] = hk } }, hk },
+      { bearer, "leakkey", nil, ck },
+      { c, "leakkey", { headers = { authorization = "Bearer " .. ck } }, ck },
+      { c, "leakheader:x-api-key", { headers = { ["x-api-key"] = hk }, max_retries = 0 }, hk },
+    } do
+      local res, msg, code, detail = case[1]:chat(body(case[2]), case[3])
+      assert.is_nil(res)
+      assert.is_truthy(code)
+      assert.is_falsy(contains({ msg, detail }, case[4]), msg)
+      assert.matches("%[redacted%]", msg)
+      assert.is_falsy(contains({ msg, detail }, KEY), msg)
+    end
+  end)
+
   -- Texts shown cut (200 bytes in a message, 4096 in detail.body) are scrubbed before the
   -- cut: the head of a key at the cut would survive a scrub of the cut text.
   it("scrubs an echoed key that a cut would halve", function()

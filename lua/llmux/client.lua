@@ -125,6 +125,23 @@ local function build_headers(key, user)
   return h
 end
 
+-- Headers that carry a credential when a caller sets them: an Authorization of their own,
+-- Azure's api-key, Anthropic's x-api-key, Google's x-goog-api-key.
+local CREDENTIAL = { authorization = true, ["api-key"] = true, ["x-api-key"] = true,
+  ["x-goog-api-key"] = true }
+
+-- What a call's failures must never show: the key, and any credential in the caller's headers
+-- (an Authorization's token less its scheme). The key alone (or nil), else a list for scrub.
+local function hidden(key, user)
+  local list = {}
+  for k, v in pairs(user or {}) do
+    if CREDENTIAL[lower(k)] then list[#list + 1] = match(v, "^%a+%s+(%S.-)%s*$") or v end
+  end
+  if not list[1] then return key end
+  list[#list + 1] = key
+  return list
+end
+
 -- An environment variable, nil when unset or empty (an empty one must not hide the next).
 local function env(name)
   local v = getenv(name)
@@ -148,7 +165,8 @@ function M.new(opts)
   if key and find(key, "[\r\n%z]") then
     error("llmux.client: api_key (from the environment) contains a line break", 2)
   end
-  secrets[self] = { key = key, headers = build_headers(key, opts.headers) }
+  secrets[self] = { key = key, headers = build_headers(key, opts.headers),
+    hide = hidden(key, opts.headers) }
   return self
 end
 
@@ -156,7 +174,8 @@ function Client:__tostring()
   return "llmux.Client (" .. self.base_url .. ")"
 end
 
--- Effective options of one call: the client's, overridden by opts.
+-- Effective options of one call: the client's, overridden by opts. -> options, header lines,
+-- secrets (hidden's).
 local function merged(self, opts, where)
   if opts == nil then return self, secrets[self].headers end
   if type(opts) ~= "table" then misuse(where .. ": opts must be a table") end
@@ -169,7 +188,7 @@ local function merged(self, opts, where)
   if opts.base_url then o.base_url = check_url(opts.base_url, where) end
   local key = secrets[self].key
   if opts.api_key then key = opts.api_key ~= "" and opts.api_key or nil end   -- "": no key
-  local headers = secrets[self].headers
+  local headers, hide = secrets[self].headers, secrets[self].hide
   if opts.api_key or opts.headers then
     -- header names are case-insensitive: a per-call header replaces the client's of any case
     local h, over = {}, {}
@@ -179,19 +198,21 @@ local function merged(self, opts, where)
     end
     for k, v in pairs(opts.headers or {}) do h[k] = v end
     headers = build_headers(key, h)
+    hide = hidden(key or secrets[self].key, h)
   end
-  return o, headers, key
+  return o, headers, hide
 end
 
 -- The key, and the header lists that carry it, are kept beside the objects a call and its
 -- Stream hold (weak tables keyed by them), never in them: dumping a Stream shows no secret.
-local call_keys = setmetatable({}, { __mode = "k" })      -- call -> API key
+local call_keys = setmetatable({}, { __mode = "k" })      -- call -> its secrets (hidden's)
 local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
 
--- The key of a call: its own (per-call options: false for none) or its client's.
+-- The secrets of a call, for errors.scrub: its own (per-call options: false for none) or its
+-- client's.
 local function key_of(call)
   local key = call_keys[call]
-  if key == nil then key = secrets[call.o].key end
+  if key == nil then key = secrets[call.o].hide end
   return key or nil
 end
 
@@ -359,8 +380,8 @@ local function without_content_type(headers)
 end
 
 local function new_call(self, opts, method, path, payload, where, streaming, form)
-  local o, headers, key = merged(self, opts, where)
-  key = key or secrets[self].key
+  local o, headers, hide = merged(self, opts, where)
+  hide = hide or secrets[self].hide
   local t0 = now()
   local spec
   if form then
@@ -400,7 +421,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
   }
   -- a call with the client's own options finds the key through the client (o == self), so
   -- the common call adds nothing to the weak table, whose entries only a collection clears
-  if o ~= self then call_keys[call] = key or false end   -- o has no secrets entry
+  if o ~= self then call_keys[call] = hide or false end   -- o has no secrets entry
   return call
 end
 

@@ -297,7 +297,12 @@ function M.backoff(n)
 end
 
 -- Replaces every occurrence of secret in strings of v (deeply, tables copied) by "[redacted]".
+-- secret may be a list of them.
 function M.scrub(v, secret)
+  if type(secret) == "table" then
+    for i = 1, #secret do v = M.scrub(v, secret[i]) end
+    return v
+  end
   if not secret or secret == "" then return v end
   local tv = type(v)
   if tv == "string" then

@@ -416,6 +416,14 @@ behaviours.leakkey = function()
     "invalid_request_error", "leaked")
 end
 
+-- leakheader:NAME      the same, quoting the request's header NAME (a key given in a header
+--                       of the caller's: Azure's api-key, an Authorization of their own)
+behaviours.leakheader = function(_, a)
+  local v = a[1] and ngx.req.get_headers()[a[1]]
+  if type(v) ~= "string" then return false end
+  return send_error(401, "Invalid credential '" .. v .. "'", "invalid_request_error", "leaked")
+end
+
 behaviours.echobody = function(ctx)
   return answer(ctx, ctx.body)
 end
