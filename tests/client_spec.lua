@@ -169,6 +169,7 @@ describe("client error codes", function()
       { retry_after = 179.56 } },
     { "vllm-context", "context_length", 400, 1, "longer than the maximum model length" },
     { "ollama-500", "server", 500, 3, "HTTP 500: llama runner process has terminated" },
+    { "cloudflare-7009", "server", 502, 3, "HTTP 502: Upstream service unavailable %(server" },
     { "nginx-502", "server", 502, 3, "HTTP 502: 502 Bad Gateway %(server%)$" },
     { "cloudflare-524", "server", 524, 3, "HTTP 524: api.example.com | 524: A timeout occurred "
       .. "%(server%)$" },

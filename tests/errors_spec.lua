@@ -82,6 +82,10 @@ describe("errors.message", function()
       message = { detail = { { type = "missing", loc = { "body", "messages" },
         msg = "Field required" } } } })
     assert.equals('{"why":"x"}', errors.message{ message = { why = "x" } })
+    -- Cloudflare's API: {"success": false, "errors": [{"code": ..., "message": ...}]}
+    assert.equals("Could not route to /x; Bad input", errors.message{ success = false,
+      errors = { { code = 7003, message = "Could not route to /x" },
+        { code = 5006, message = "Bad input" } }, messages = {} })
   end)
 
   it("adds the provider's own error that OpenRouter passes on", function()

@@ -90,15 +90,26 @@ local function validation(list)
   return out[1] and concat(out, "; ") or nil
 end
 
+-- The messages of a list of errors (Cloudflare's API: errors = {{code =, message =}, ...}).
+local function listed(list)
+  local out = {}
+  for _, d in ipairs(list) do
+    if type(d) == "table" and type(d.message) == "string" then out[#out + 1] = d.message end
+  end
+  return out[1] and concat(out, "; ") or nil
+end
+
 -- message(e) -> text | nil: what an error object (error_object's) says, for a human.
--- e.message, or FastAPI's e.detail; a table there (Mistral's 422 holds FastAPI's validation
--- list in message) becomes its text. OpenRouter's "Provider returned error" gets the
--- provider's own error (metadata.raw, often JSON text) and name after it.
+-- e.message, or FastAPI's e.detail, or Cloudflare's e.errors; a table in message (Mistral's
+-- 422 holds FastAPI's validation list there) becomes its text. OpenRouter's "Provider
+-- returned error" gets the provider's own error (metadata.raw, often JSON text) and name
+-- after it.
 function M.message(e)
   if type(e) == "string" then return e end
   if type(e) ~= "table" then return nil end
   local m = e.message
   if m == nil then m = e.detail end
+  if m == nil and type(e.errors) == "table" then m = listed(e.errors) end
   if type(m) == "table" then
     m = validation(type(m.detail) == "table" and m.detail or m) or json.encode(m)
   elseif m ~= nil then

@@ -1271,6 +1271,9 @@ local REAL = {
  than the number of text tokens.","type":"BadRequestError","param":null,"code":400}]]},
   ["ollama-500"] = {500, JSON,
     [[{"error":"llama runner process has terminated: signal: killed"}]]},
+  -- Cloudflare's API (Workers AI, AI Gateway): a list of errors
+  ["cloudflare-7009"] = {502, JSON, [[{"result":null,"success":false,"errors":[{"code":7009,
+"message":"Upstream service unavailable"}],"messages":[]}]]},
   -- gateways and odd bodies
   ["nginx-502"] = {502, HTML, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     .. "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n"
