@@ -619,6 +619,16 @@ describe("client misuse", function()
     end
   end)
 
+  it("shows no password of a base_url's userinfo in a message", function()
+    local h = llmux.client{ base_url = "http://user:pw-SECRET-9@127.0.0.1:1/v1", api_key = KEY,
+      max_retries = 0 }
+    local res, msg, code = h:chat(body("m"))
+    assert.is_nil(res)
+    assert.equals("connect", code)
+    assert.is_falsy(msg:find("pw-SECRET-9", 1, true), msg)
+    assert.matches("http://user:%[redacted%]@127.0.0.1:1/v1/chat/completions", msg)
+  end)
+
   -- Texts shown cut (200 bytes in a message, 4096 in detail.body) are scrubbed before the
   -- cut: the head of a key at the cut would survive a scrub of the cut text.
   it("scrubs an echoed key that a cut would halve", function()

@@ -237,8 +237,10 @@ local function cut(call, s, n)
   return short(s, n, key_of(call))
 end
 
--- Failure -> nil, message, code, detail; the key is scrubbed from message and detail.
+-- Failure -> nil, message, code, detail; the key is scrubbed from message and detail, and the
+-- password of a base_url's userinfo (http://user:password@host) from the URL shown.
 local function fail(key, method, url, why, code, detail)
+  url = url:gsub("^(%a+://[^/@:]*:)[^/@]*@", "%1[redacted]@")
   local msg = format("llmux: %s %s: %s (%s)", method, url, why, code)
   detail.code = code
   return nil, errors.scrub(msg, key), code, errors.scrub(detail, key)
