@@ -150,6 +150,8 @@ describe("client error codes", function()
     { "azure-429", "ratelimit", 429, 3, "Please retry after 1 second", { retry_after = 0.1 } },
     { "anthropic-overloaded", "server", 529, 3, "HTTP 529: Overloaded" },
     { "anthropic-toolarge", "badrequest", 413, 1, "maximum allowed number of bytes" },
+    { "anthropic-credits", "badrequest", 400, 1, "credit balance is too low", { quota = true } },
+    { "xai-credits", "ratelimit", 429, 1, "used all available credits", { quota = true } },
     { "gemini-context", "context_length", 400, 1, "exceeds the maximum number of tokens",
       { body_status = "INVALID_ARGUMENT" } },
     { "gemini-key", "auth", 400, 1, "API key not valid" },

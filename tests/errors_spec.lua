@@ -138,6 +138,16 @@ describe("errors.should_retry", function()
     assert.is_true(errors.quota(429, quota))
     assert.is_true(errors.quota(402, { message = "Insufficient Balance" }))
     assert.is_false(errors.quota(429, { message = "Rate limit reached", code = "rate_limit" }))
+    assert.is_false(errors.quota(429, { code = 429, status = "RESOURCE_EXHAUSTED",
+      message = "You exceeded your current quota, please check your plan and billing details. "
+        .. "Please retry in 37s." }))   -- Gemini's per-minute limit: it passes
+    assert.is_true(errors.quota(400, { type = "invalid_request_error", message = "Your credit "
+      .. "balance is too low to access the Anthropic API." }))
+    assert.is_true(errors.quota(429, { message = "Your team x has either used all available "
+      .. "credits or reached its monthly spending limit." }))
+    assert.is_true(errors.quota(429, "Insufficient credits"))
+    assert.is_false(errors.quota(429, "Too Many Requests"))
+    assert.is_false(errors.quota(429, nil))
     assert.is_false(errors.should_retry(429, {}, "ratelimit", { code = "rate_limit_exceeded",
       message = "Request too large for gpt-4o in organization org-x on tokens per min (TPM): "
         .. "Limit 30000, Requested 342389." }))

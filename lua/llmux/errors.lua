@@ -172,12 +172,21 @@ function M.classify(status, body)
   return "http"
 end
 
+-- How providers say the account's quota or credit is spent, whatever the status (OpenAI's
+-- 429 insufficient_quota, xAI's 429, Anthropic's 400 "credit balance is too low" and "API
+-- usage limits"). Not "exceeded your current quota": Gemini says so of a per-minute limit.
+local QUOTA = { "insufficient_quota", "insufficient credits", "insufficient balance",
+  "credit balance is too low", "used all available credits", "spending limit",
+  "api usage limits" }
+
 -- quota(status, e) -> true when the account's quota or credit is spent: a 402 (DeepSeek's
--- "Insufficient Balance", OpenRouter's "Insufficient credits") or OpenAI's 429
--- insufficient_quota. e: the error object (error_object's).
+-- "Insufficient Balance", OpenRouter's "Insufficient credits") or an error saying so (QUOTA).
+-- e: the error object (error_object's).
 function M.quota(status, e)
   if status == 402 then return true end
-  return type(e) == "table" and (e.code == "insufficient_quota" or e.type == "insufficient_quota")
+  local text = type(e) == "string" and lower(e) or type(e) == "table" and lower(
+    tostring(e.code or "") .. " " .. tostring(e.type or "") .. " " .. (M.message(e) or ""))
+  return text and has_any(text, QUOTA) or false
 end
 
 -- A 429 (or Groq's 413) no wait cures: the quota is spent, or the request alone is over a

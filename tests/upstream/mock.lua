@@ -1214,6 +1214,13 @@ local REAL = {
     [[{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}]]},
   ["anthropic-toolarge"] = {413, JSON, [[{"type":"error","error":{"type":"request_too_large",
 "message":"Request exceeds the maximum allowed number of bytes."}}]]},
+  ["anthropic-credits"] = {400, JSON, [[{"type":"error","error":{"type":"invalid_request_error",
+"message":"Your credit balance is too low to access the Anthropic API. Please go to Plans &
+ Billing to upgrade or purchase credits."},"request_id":"req_011abc"}]]},
+  -- xAI: {"code": what, "error": text}
+  ["xai-credits"] = {429, JSON, [[{"code":"Some resource has been exhausted","error":"Your team
+ 16f2151a has either used all available credits or reached its monthly spending limit. To
+ continue making API requests, please purchase more credits or raise your spending limit."}]]},
   -- Gemini's OpenAI-compatible endpoint: a JSON list of one error
   ["gemini-context"] = {400, JSON, [=[[{"error":{"code":400,"message":"The input token count
  (1200000) exceeds the maximum number of tokens allowed (1048576).",
