@@ -137,6 +137,17 @@ function M.brief(s)
   return s
 end
 
+-- The lower-cased words of an error object (error_object's) or text that the rules match:
+-- code, type, the reason of Google's ErrorInfo (API_KEY_INVALID) and message.
+local function words(e)
+  if type(e) == "string" then return lower(e) end
+  if type(e) ~= "table" then return "" end
+  local reason = type(e.details) == "table" and type(e.details[1]) == "table"
+    and e.details[1].reason
+  return lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
+    .. tostring(reason or "") .. " " .. (M.message(e) or ""))
+end
+
 -- classify(status, body) -> code, for an HTTP status outside 2xx. body: decoded JSON or text.
 function M.classify(status, body)
   if status == 429 then return "ratelimit" end
@@ -147,17 +158,11 @@ function M.classify(status, body)
   -- closed request" from a proxy between): its failure, not the request's
   if status == 499 or status >= 500 then return "server" end
   if status >= 400 then
-    local e, text, flagged = M.error_object(body), "", false
-    if type(e) == "table" then
-      flagged = type(e.metadata) == "table" and e.metadata.flagged_input ~= nil
-      local reason = type(e.details) == "table" and type(e.details[1]) == "table"
-        and e.details[1].reason   -- Google's ErrorInfo: API_KEY_INVALID
-      text = lower(tostring(e.code or "") .. " " .. tostring(e.type or "") .. " "
-        .. tostring(reason or "") .. " " .. (M.message(e) or ""))
-    elseif type(e) == "string" then
-      text = lower(e)
-    end
+    local e = M.error_object(body)
+    local text = words(e)
     if status == 403 then
+      local flagged = type(e) == "table" and type(e.metadata) == "table"
+        and e.metadata.flagged_input ~= nil
       return (flagged or has_any(text, FILTER_403)) and "content_filter" or "auth"
     end
     -- Groq's 413 for a request over the tokens-per-minute limit (code rate_limit_exceeded):
@@ -167,7 +172,9 @@ function M.classify(status, body)
     if has_any(text, FILTER) then return "content_filter" end
     if status == 400 and has_any(text, BADKEY) then return "auth" end
     if (status == 400 or status == 422) and has_any(text, NOMODEL) then return "notfound" end
-    if status == 400 or status == 409 or status == 422 or status == 413 then return "badrequest" end
+    if status == 400 or status == 409 or status == 422 or status == 413 then
+      return "badrequest"
+    end
   end
   return "http"
 end
@@ -183,19 +190,14 @@ local QUOTA = { "insufficient_quota", "insufficient credits", "insufficient bala
 -- "Insufficient Balance", OpenRouter's "Insufficient credits") or an error saying so (QUOTA).
 -- e: the error object (error_object's).
 function M.quota(status, e)
-  if status == 402 then return true end
-  local text = type(e) == "string" and lower(e) or type(e) == "table" and lower(
-    tostring(e.code or "") .. " " .. tostring(e.type or "") .. " " .. (M.message(e) or ""))
-  return text and has_any(text, QUOTA) or false
+  return status == 402 or has_any(words(e), QUOTA)
 end
 
 -- A 429 (or Groq's 413) no wait cures: the quota is spent, or the request alone is over a
 -- per-minute token limit ("Request too large for gpt-4o ... (TPM): Limit 30000, Requested
 -- 342389").
 local function hopeless(status, e)
-  if M.quota(status, e) then return true end
-  local m = M.message(e)
-  return m ~= nil and find(lower(m), "request too large", 1, true) ~= nil
+  return M.quota(status, e) or find(words(e), "request too large", 1, true) ~= nil
 end
 
 -- Transport failures worth another attempt: the connection, not the request, went wrong.
