@@ -611,6 +611,9 @@ describe("client misuse", function()
       { bearer, "leakkey", nil, ck },
       { c, "leakkey", { headers = { authorization = "Bearer " .. ck } }, ck },
       { c, "leakheader:x-api-key", { headers = { ["x-api-key"] = hk }, max_retries = 0 }, hk },
+      -- not an Authorization: no scheme to drop, the whole value is the secret
+      { c, "leakheader:api-key", { headers = { ["api-key"] = "AZUREPARTONE " .. hk } },
+        "AZUREPARTONE" },
     } do
       local res, msg, code, detail = case[1]:chat(body(case[2]), case[3])
       assert.is_nil(res)

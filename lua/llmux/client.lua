@@ -135,7 +135,10 @@ local CREDENTIAL = { authorization = true, ["api-key"] = true, ["x-api-key"] = t
 local function hidden(key, user)
   local list = {}
   for k, v in pairs(user or {}) do
-    if CREDENTIAL[lower(k)] then list[#list + 1] = match(v, "^%a+%s+(%S.-)%s*$") or v end
+    local name = lower(k)
+    if CREDENTIAL[name] then
+      list[#list + 1] = name == "authorization" and match(v, "^%a+%s+(%S.-)%s*$") or v
+    end
   end
   if not list[1] then return key end
   list[#list + 1] = key
