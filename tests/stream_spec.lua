@@ -552,6 +552,14 @@ describe("provider variations", function()
     assert.equals("ok |assistant", verdicts.chunks)
   end)
 
+  it("takes Groq's usage from x_groq when the chunk has none", function()
+    local res, info = assert(c:chat(body("fixture:groq", "x", { stream = true })))
+    assert.is_nil(info.usage_estimated)
+    assert.equals(8, info.usage.total_tokens)
+    assert.equals(7, res.usage.prompt_tokens)
+    assert.equals("req_1", res.x_groq.id)
+  end)
+
   it("an empty id and model in the first chunk (Azure) do not stick", function()
     for _, how in ipairs{ "deltas", "chunks" } do
       local s = assert(c:chat_stream(body("fixture:azure", "x")))

@@ -285,7 +285,11 @@ local function absorb(s, obj)
   if s.id == nil or s.id == "" then s.id, s.created = obj.id, obj.created or s.created end
   s.created = s.created or obj.created
   if obj.model and obj.model ~= "" then s.model = obj.model end
-  if type(obj.usage) == "table" then s.usage = obj.usage end
+  local usage = obj.usage
+  if usage == nil and type(obj.x_groq) == "table" then
+    usage = obj.x_groq.usage   -- Groq without stream_options sends it there only
+  end
+  if type(usage) == "table" then s.usage = usage end
   s.extra = keep_latest(s.extra, obj, CHUNK_KNOWN)
   local choices = obj.choices
   if type(choices) ~= "table" then return end

@@ -1158,6 +1158,14 @@ local FIXTURES = {
   },
   -- nothing but [DONE]
   onlydone = {},
+  -- Groq without stream_options: the usage only in x_groq, on the finish chunk
+  groq = {
+    fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
+    fx_chunk{ fx(0, { content = "Hi" }) },
+    fx_chunk({ fx(0, {}, "stop") }, { x_groq = { id = "req_1", usage = { queue_time = 0.01,
+      prompt_tokens = 7, prompt_time = 0.002, completion_tokens = 1, completion_time = 0.001,
+      total_tokens = 8, total_time = 0.003 } } }),
+  },
   -- Azure: a first chunk with empty id and model (the prompt filter results)
   azure = {
     { id = "", object = "", created = 0, model = "", choices = {},
