@@ -769,15 +769,20 @@ static int is_null(Scan *S) {
   return S->p[0] == 'n' && scan_literal(S, "null", 4) == 0;
 }
 
+#define KEY(k, lit) (kn == sizeof(lit) - 1 && memcmp(k, lit, kn) == 0)
+
 /* A member of the chunk (level 'T') or of its choice ('C') that the fast path does not read:
  * system_fingerprint, service_tier, OpenRouter's provider and native_finish_reason... A null
  * is nothing (json_decode drops it too); any other value is appended to S->extras as
  * level "key":value, raw, so the caller can tell a chunk that brings a new one (it must be
  * decoded fully, or the value is lost) from one that repeats the last (OpenAI sends the same
- * system_fingerprint in every chunk). k is the key's text, its quote right before it. */
+ * system_fingerprint in every chunk). A choice's list or text is a delta (vLLM's token_ids,
+ * Together's text), which stream.lua appends: the same again is more, so not simple. k is
+ * the key's text, its quote right before it. */
 static int extra_member(Scan *S, char level, const char *k, size_t kn, int depth) {
   if (is_null(S)) return 0;
   const unsigned char *v = S->p;
+  if (level == 'C' && (*v == '[' || KEY(k, "text"))) return -1;
   if (!S->extras || scan_value(S, depth) < 0) return -1;
   if (lmx_buf_append(S->extras, &level, 1) != 0
       || lmx_buf_append(S->extras, k - 1, kn + 2) != 0
@@ -810,8 +815,6 @@ static int scan_object(Scan *S, int (*member)(Scan *, const char *, size_t, void
     scan_ws(S);
   }
 }
-
-#define KEY(k, lit) (kn == sizeof(lit) - 1 && memcmp(k, lit, kn) == 0)
 
 /* A repeated key would make json_decode keep the last value: not simple. */
 enum { SEEN_CHOICES = 1, SEEN_DELTA = 2, SEEN_CONTENT = 4, SEEN_FINISH = 8 };

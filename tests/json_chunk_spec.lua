@@ -41,6 +41,13 @@ describe("json_chunk", function()
     local choice_level = '{"choices":[{"index":0,"delta":{"content":"x"},'
       .. '"system_fingerprint":"fp_1"}]}'
     assert.same({ false, 'C"system_fingerprint":"fp_1"' }, { chunk(choice_level, extras) })
+    -- a choice's list or text is a delta (vLLM's token_ids, Together's text): the same
+    -- again is more, never read in C
+    for _, m in ipairs{ '"token_ids":[7]', '"token_ids":[]', '"text":"a"' } do
+      local s2 = '{"choices":[{"index":0,"delta":{"content":"x"},' .. m .. '}]}'
+      assert.same({ false }, { chunk(s2, "C" .. m) }, m)
+    end
+    assert.is_true((chunk(c('{"content":"x"}', "null", ',"text":"a"'), 'T"text":"a"')))
     -- a chunk that is not the simple shape anyway gives no extras
     assert.same({ false }, { chunk(c('{"reasoning":"x"}', "null", ',"provider":"p"')) })
   end)

@@ -552,6 +552,45 @@ describe("provider variations", function()
     assert.equals("ok |assistant", verdicts.chunks)
   end)
 
+  -- The result of a fixture read by chat (chunks), deltas() and read().
+  local function each_reader(model, check)
+    check(assert(c:chat(body("fixture:" .. model, "x", { stream = true }))), "chat")
+    local s = assert(c:chat_stream(body("fixture:" .. model, "x")))
+    for _ in s:deltas() do end
+    check(assert(s:result()), "deltas")
+    s = assert(c:chat_stream(body("fixture:" .. model, "x")))
+    while s:read() do llmux.sleep(0.001) end
+    check(assert(s:result()), "read")
+  end
+
+  it("merges an object member into the one before (Azure's content filter results)", function()
+    each_reader("azurefilter", function(res, how)
+      local ch = res.choices[1]
+      assert.equals("Hi!", ch.message.content, how)
+      assert.equals("safe", ch.content_filter_results.hate.severity, how)   -- not {}
+      assert.is_false(ch.content_filter_results.protected_material_text.detected, how)
+      assert.equals(3, ch.content_filter_offsets.end_offset, how)
+      assert.equals("safe", res.prompt_filter_results[1].content_filter_results.sexual.severity)
+      assert.equals("chatcmpl-fx", res.id, how)
+    end)
+  end)
+
+  it("appends a choice's own text and lists (Together's text, vLLM's token_ids)", function()
+    each_reader("together", function(res, how)
+      local ch = res.choices[1]
+      assert.equals("Hi there", ch.message.content, how)
+      assert.equals("Hi there", ch.text, how)       -- not the last token's
+      assert.is_nil(ch.message.token_id, how)       -- one token's id says nothing of the answer
+      assert.equals(42, ch.seed, how)
+      assert.equals("eos", ch.finish_reason, how)
+      assert.equals(8, res.usage.total_tokens, how)
+    end)
+    each_reader("tokenids", function(res, how)
+      assert.equals("aab", res.choices[1].message.content, how)
+      assert.same({ 7, 7, 8, 9 }, res.choices[1].token_ids, how)
+    end)
+  end)
+
   it("takes Groq's usage from x_groq when the chunk has none", function()
     local res, info = assert(c:chat(body("fixture:groq", "x", { stream = true })))
     assert.is_nil(info.usage_estimated)

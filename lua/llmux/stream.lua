@@ -260,20 +260,47 @@ end
 local EXTRA_TEXT = { "refusal", "reasoning_content", "reasoning" }
 
 -- Members of a chunk and of its choices that are not assembled by name (system_fingerprint,
--- service_tier, OpenRouter's provider and native_finish_reason...) keep their latest value.
--- The C fast path hands over for a full decode every chunk that brings new ones. OpenAI's
--- obfuscation is random padding, another in every chunk: not kept.
+-- service_tier, OpenRouter's provider and native_finish_reason, Azure's content filter
+-- results...) keep their latest value, but an object merges into the one before, member by
+-- member (Azure's finish chunk has an empty content_filter_results: the text's results stay;
+-- Groq's x_groq gains usage at the end). A choice's own text and lists are deltas and are
+-- appended (Together sends each token's text on the choice too, vLLM its token_ids); the C
+-- fast path hands those over for a full decode every time, and every chunk that brings new
+-- members of other kinds. OpenAI's obfuscation is random padding, another in every chunk,
+-- and Together's token_id in a delta one token's id: neither is kept.
 local CHUNK_KNOWN = { id = true, object = true, created = true, model = true, usage = true,
   choices = true, error = true, obfuscation = true }
 local CHOICE_KNOWN = { index = true, delta = true, finish_reason = true, logprobs = true }
-local DELTA_KNOWN = { role = true, content = true, tool_calls = true }
+local DELTA_KNOWN = { role = true, content = true, tool_calls = true, token_id = true }
 for _, field in ipairs(EXTRA_TEXT) do DELTA_KNOWN[field] = true end
 
-local function keep_latest(into, t, known)
+local function merge_latest(into, k, v, deltas)
+  local old = into[k]
+  local to = type(old)
+  if type(v) ~= "table" then
+    if deltas and k == "text" and type(v) == "string" and to ~= "nil" then
+      if getmetatable(old) == Text then old[#old + 1] = v
+      elseif to == "string" then into[k] = setmetatable({ old, v }, Text)
+      else into[k] = v end
+    else
+      into[k] = v
+    end
+  elseif to ~= "table" or getmetatable(old) == Text or is_list(old) ~= is_list(v) then
+    into[k] = copy(v)
+  elseif not is_list(v) then
+    for kk, vv in next, v do merge_latest(old, kk, vv) end
+  elseif deltas then
+    merge_list(old, v)
+  else
+    into[k] = copy(v)
+  end
+end
+
+local function keep_latest(into, t, known, deltas)
   for k, v in next, t do
     if not known[k] then
       into = into or {}
-      into[k] = v
+      merge_latest(into, k, v, deltas)
     end
   end
   return into
@@ -296,7 +323,7 @@ local function absorb(s, obj)
   for k, ch in ipairs(choices) do
     if type(ch) == "table" then
       local c = choice_state(s, type(ch.index) == "number" and ch.index or k - 1)
-      c.extra = keep_latest(c.extra, ch, CHOICE_KNOWN)
+      c.extra = keep_latest(c.extra, ch, CHOICE_KNOWN, true)
       local d = ch.delta
       if type(d) == "table" then
         for key, v in next, d do

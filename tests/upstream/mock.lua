@@ -1158,6 +1158,45 @@ local FIXTURES = {
   },
   -- nothing but [DONE]
   onlydone = {},
+  -- Azure: the prompt's filter results in a first chunk of its own, each choice's in every
+  -- chunk, empty in the role and finish chunks; with the asynchronous filter, more results
+  -- (and their offsets) after the finish
+  azurefilter = (function()
+    local safe = { filtered = false, severity = "safe" }
+    local results = { hate = safe, self_harm = safe, sexual = safe, violence = safe }
+    return {
+      { id = "", object = "", created = 0, model = "", choices = "@@EMPTY@@",
+        prompt_filter_results = { { prompt_index = 0, content_filter_results = results } } },
+      fx_chunk{ fx(0, { role = "assistant", content = "" }, nil, { content_filter_results = {} }) },
+      fx_chunk{ fx(0, { content = "Hi" }, nil, { content_filter_results = results }) },
+      fx_chunk{ fx(0, { content = "!" }, nil, { content_filter_results = results }) },
+      fx_chunk{ fx(0, {}, "stop", { content_filter_results = {} }) },
+      { id = "", object = "", created = 0, model = "", choices = { { index = 0,
+        finish_reason = null, content_filter_offsets = { check_offset = 0, start_offset = 0,
+          end_offset = 3 },
+        content_filter_results = { protected_material_text = { filtered = false,
+          detected = false } } } } },
+    }
+  end)(),
+  -- Together: each token's text on the choice too, its id in the delta
+  together = {
+    fx_chunk{ { index = 0, text = "Hi", logprobs = null, finish_reason = null, seed = null,
+      delta = { token_id = 13347, role = "assistant", content = "Hi", tool_calls = null } } },
+    fx_chunk{ { index = 0, text = " there", logprobs = null, finish_reason = null, seed = null,
+      delta = { token_id = 1070, role = "assistant", content = " there", tool_calls = null } } },
+    fx_chunk({ { index = 0, text = "", logprobs = null, finish_reason = "eos", seed = 42,
+      delta = { token_id = 128009, role = "assistant", content = "", tool_calls = null } } },
+      { usage = { prompt_tokens = 5, completion_tokens = 3, total_tokens = 8 } }),
+  },
+  -- vLLM with return_token_ids: each chunk's token ids on its choice (the same ids twice in
+  -- a row are two tokens)
+  tokenids = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { content = "a" }, nil, { token_ids = { 7 } }) },
+    fx_chunk{ fx(0, { content = "a" }, nil, { token_ids = { 7 } }) },
+    fx_chunk{ fx(0, { content = "b" }, nil, { token_ids = { 8, 9 } }) },
+    fx_chunk{ fx(0, {}, "stop", { token_ids = "@@EMPTY@@" }) },
+  },
   -- Groq without stream_options: the usage only in x_groq, on the finish chunk
   groq = {
     fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
