@@ -4,6 +4,7 @@
 local llmux = require "llmux"
 local sched = require "llmux.sched"
 local errors = require "llmux.errors"
+local stream = require "llmux.stream"
 local B = require "helpers.bed"
 local run_script = require "helpers.script"
 local seeded = require "upstream.seeded"
@@ -589,6 +590,41 @@ describe("provider variations", function()
       assert.equals("aab", res.choices[1].message.content, how)
       assert.same({ 7, 7, 8, 9 }, res.choices[1].token_ids, how)
     end)
+  end)
+
+  it("assembles content sent as typed parts (Mistral's thinking) like the whole message",
+    function()
+    local want = {
+      { type = "thinking", thinking = { { type = "text", text = "Okay, a greeting." } } },
+      { type = "text", text = "Hello! How can I help?" },
+    }
+    each_reader("magistral", function(res, how)
+      assert.same(want, res.choices[1].message.content, how)
+    end)
+    -- every reader hands out the answer's text, not the thinking
+    local s = assert(c:chat_stream(body("fixture:magistral", "x")))
+    local text = {}
+    for piece in s:deltas() do text[#text + 1] = piece end
+    assert.equals("Hello! How can I help?", table.concat(text))
+    local _, info = assert(s:result())
+    assert.equals(10, info.usage.completion_tokens)   -- 39 characters, the thinking's too
+    s = assert(c:chat_stream(body("fixture:magistral", "x")))
+    text = {}
+    for chunk in s:chunks() do text[#text + 1] = stream.first_text(chunk) end
+    assert.equals("Hello! How can I help?", table.concat(text))
+    s = assert(c:chat_stream(body("fixture:magistral", "x")))
+    text = {}
+    while true do
+      local t = s:read()
+      if not t then break end
+      text[#text + 1] = t
+      llmux.sleep(0.001)
+    end
+    assert.equals("Hello! How can I help?", table.concat(text))
+    text = {}
+    assert(c:chat(body("fixture:magistral", "x", { stream = true }),
+      { on_delta = function(t) text[#text + 1] = t end }))
+    assert.equals("Hello! How can I help?", table.concat(text))
   end)
 
   it("takes Groq's usage from x_groq when the chunk has none", function()

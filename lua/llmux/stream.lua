@@ -163,6 +163,58 @@ local function add_merged(t, more)
   end
 end
 
+-- Content may come as a list of typed parts: Mistral's magistral models stream their thinking
+-- as [{"type": "thinking", "thinking": [{"type": "text", "text": ...}]}] and the answer as
+-- text or as text parts, and their non-streamed message has the same list, one part of each.
+-- Such a choice's content is assembled into that list (a part continues the part before it
+-- when it has its type: text appended, inner lists merged the same way); the readers hand out
+-- its "text" parts, as the answer's text.
+local function merge_parts(into, parts)
+  for _, p in ipairs(parts) do
+    local last = into[#into]
+    if type(p) == "table" and type(last) == "table" and p.type ~= nil and p.type == last.type then
+      for k, v in next, p do
+        local old = last[k]
+        if type(v) == "table" and type(old) == "table" and is_list(v) and is_list(old) then
+          merge_parts(old, v)
+        else
+          merge_member(last, k, v)
+        end
+      end
+    else
+      into[#into + 1] = copy(p)
+    end
+  end
+end
+
+-- The text of a content delta: a string, or the "text" parts of a list; nil when none.
+local function text_of(content)
+  if type(content) == "string" then return content ~= "" and content or nil end
+  if type(content) ~= "table" then return nil end
+  local out, n = {}, 0
+  for _, part in ipairs(content) do
+    if type(part) == "table" and part.type == "text" and type(part.text) == "string" then
+      n = n + 1
+      out[n] = part.text
+    end
+  end
+  local text = concat(out, "", 1, n)
+  return text ~= "" and text or nil
+end
+
+-- The characters of generated text in a list of parts, the thinking's too (usage estimate).
+local function chars_of(v)
+  local n = 0
+  for k, x in next, v do
+    if type(x) == "table" then
+      n = n + chars_of(x)
+    elseif type(x) == "string" and (k == "text" or k == "thinking") then
+      n = n + #x
+    end
+  end
+  return n
+end
+
 -- Folds a tool_calls delta into c.tools by index: id and type arrive once (or again), the name
 -- once (or in pieces, or again), the arguments in pieces. Without index (some
 -- OpenAI-compatible servers) a delta goes to the call with its id, else continues the previous
@@ -338,6 +390,12 @@ local function absorb(s, obj)
           c.n = c.n + 1
           c.parts[c.n] = text
           s.ttft = s.ttft or now() - s.call.t0
+        elseif type(text) == "table" and text[1] ~= nil then   -- typed parts (Mistral)
+          c.n = c.n + 1
+          c.parts[c.n] = text
+          c.typed = true
+          s.chars = s.chars + chars_of(text)
+          if text_of(text) then s.ttft = s.ttft or now() - s.call.t0 end
         end
         if type(d.tool_calls) == "table" then merge_tools(s, c, d.tool_calls) end
         -- a refusal, and a reasoning model's thinking, arrive in pieces like the content
@@ -529,11 +587,9 @@ local function first_text(obj)
   local choices = obj.choices
   if type(choices) ~= "table" then return nil end
   for k, ch in ipairs(choices) do
-    if type(ch) == "table" and (ch.index or k - 1) == 0 then
+    if type(ch) == "table" and (type(ch.index) == "number" and ch.index or k - 1) == 0 then
       local d = ch.delta
-      local text = type(d) == "table" and d.content
-      if type(text) == "string" and text ~= "" then return text end
-      return nil
+      return type(d) == "table" and text_of(d.content) or nil
     end
   end
   return nil
@@ -675,7 +731,10 @@ local function usage_of(s)
   -- characters per token, so cost is never silently zero.
   local chars = s.chars   -- tool-call arguments; content is counted here
   for _, ch in pairs(s.choices) do
-    for i = 1, ch.n do chars = chars + #ch.parts[i] end
+    for i = 1, ch.n do   -- typed parts were counted as they came
+      local part = ch.parts[i]
+      if type(part) == "string" then chars = chars + #part end
+    end
     for _, field in ipairs(EXTRA_TEXT) do   -- a refusal or thinking is generated text too
       for _, piece in ipairs(ch[field] or {}) do chars = chars + #piece end
     end
@@ -710,7 +769,16 @@ local function assemble(s)
   local list, n = {}, 0
   for index, c in pairs(s.choices) do
     local msg = { role = c.role or "assistant" }
-    if c.n > 0 then msg.content = concat(c.parts, "", 1, c.n) end
+    if c.typed then
+      local parts = {}
+      for i = 1, c.n do
+        local part = c.parts[i]
+        merge_parts(parts, type(part) == "string" and { { type = "text", text = part } } or part)
+      end
+      msg.content = finished(parts)
+    elseif c.n > 0 then
+      msg.content = concat(c.parts, "", 1, c.n)
+    end
     local calls, m = {}, 0
     for i, t in pairs(c.tools) do
       m = m + 1

@@ -1197,6 +1197,22 @@ local FIXTURES = {
     fx_chunk{ fx(0, { content = "b" }, nil, { token_ids = { 8, 9 } }) },
     fx_chunk{ fx(0, {}, "stop", { token_ids = "@@EMPTY@@" }) },
   },
+  -- Mistral's magistral models: the thinking as a list of typed parts in delta.content, the
+  -- answer as text, or as text parts
+  magistral = (function()
+    local function think(text)
+      return { { type = "thinking", thinking = { { type = "text", text = text } } } }
+    end
+    return {
+      fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+      fx_chunk{ fx(0, { content = think("Okay, ") }) },
+      fx_chunk{ fx(0, { content = think("a greeting.") }) },
+      fx_chunk{ fx(0, { content = "Hello" }) },
+      fx_chunk{ fx(0, { content = { { type = "text", text = "! How" } } }) },
+      fx_chunk{ fx(0, { content = " can I help?" }) },
+      fx_chunk{ fx(0, { content = "" }, "stop") },
+    }
+  end)(),
   -- Groq without stream_options: the usage only in x_groq, on the finish chunk
   groq = {
     fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
