@@ -42,6 +42,7 @@ typedef struct {
   const unsigned char *at;     /* where it was found */
   KCache *kc;                  /* this state's key cache, its strings' table at kcidx */
   int kcidx;
+  int lone;                    /* lone surrogates as WTF-8, not U+FFFD (see unicode_escape) */
 } Parser;
 
 /* Byte classes: S_WS the four JSON blanks; S_STOP ends the fast string scan ('"', '\\' and the
@@ -121,9 +122,11 @@ static char *put_utf8(char *o, unsigned cp) {
 
 /* The code point of the \u escape at p (p[0] == '\\'), of two for a surrogate pair; *len gets
  * the bytes it spans (6 or 12). A lone surrogate, which JSON's grammar allows (RFC 8259, 8.2)
- * but UTF-8 cannot hold, reads as U+FFFD, as a browser's TextDecoder reads one: a gateway that
- * split an emoji across two events costs a character, not the event or the document. -1 when
- * four hex digits do not follow. Reads stop at the first byte that does not fit. */
+ * but UTF-8 cannot hold, comes back as itself (0xD800 to 0xDFFF): the decoder writes U+FFFD
+ * for it, as a browser's TextDecoder reads one, or, asked to, its 3-byte WTF-8 form, which
+ * lets a stream rejoin the halves of an emoji that a gateway split across two events (it
+ * sliced a JavaScript string by UTF-16 code units). -1 when four hex digits do not follow.
+ * Reads stop at the first byte that does not fit. */
 static long unicode_escape(const unsigned char *p, int *len) {
   unsigned cp, lo;
   if (hex4(p + 2, &cp) < 0) return -1;
@@ -134,8 +137,10 @@ static long unicode_escape(const unsigned char *p, int *len) {
     *len = 12;
     return 0x10000 + ((long)(cp - 0xD800) << 10) + (lo - 0xDC00);
   }
-  return 0xFFFD;
+  return cp;
 }
+
+#define is_surrogate(cp) ((cp) >= 0xD800 && (cp) <= 0xDFFF)
 
 /* The string from start (just past the quote) with its first backslash at q. Pass one finds
  * the closing quote; since no escape expands, the span bounds the output, so pass two writes
@@ -173,7 +178,8 @@ static int parse_escaped(Parser *P, const unsigned char *start, const unsigned c
       case 't': *o++ = '\t'; break;
       case 'u':   /* no longer than the escape: the buffer's bound holds */
         if ((cp = unicode_escape(r, &len)) < 0) return fail(P, E_UNICODE, r);
-        o = put_utf8(o, (unsigned)cp);
+        if (is_surrogate(cp) && !P->lone) cp = 0xFFFD;
+        o = put_utf8(o, (unsigned)cp);   /* a lone surrogate's 3 bytes are WTF-8 */
         r += len - 2;
         break;
       default: return fail(P, E_ESCAPE, r);
@@ -514,8 +520,8 @@ static void push_error(Parser *P) {
 
 /* Decodes s (len bytes; s[len] must be '\0', the scanners' sentinel) and pushes the value:
  * returns 1; or pushes the reason (a message, "JSON null" for a top-level null) and returns
- * 0. Raises only for memory. */
-int lmx_json_decode(lua_State *L, const char *s, size_t len) {
+ * 0. Raises only for memory. lone: lone surrogates as WTF-8 (see unicode_escape). */
+static int decode(lua_State *L, const char *s, size_t len, int lone) {
   Parser P;
   int r, top = lua_gettop(L);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &kckey) != LUA_TUSERDATA) {
@@ -531,6 +537,7 @@ int lmx_json_decode(lua_State *L, const char *s, size_t len) {
   lua_remove(L, -2);              /* the registry keeps the cache; its table stays here */
   P.kcidx = lua_gettop(L);
   P.L = L;
+  P.lone = lone;
   P.s = (const unsigned char *)s;
   P.end = P.s + len;
   P.err = NULL;
@@ -555,12 +562,19 @@ int lmx_json_decode(lua_State *L, const char *s, size_t len) {
   return 1;
 }
 
-/* core.json_decode(s) -> value | nil, message */
+int lmx_json_decode(lua_State *L, const char *s, size_t len) {
+  return decode(L, s, len, 0);
+}
+
+/* core.json_decode(s[, lone]) -> value | nil, message. With lone, a lone UTF-16 surrogate
+ * (\ud83d without its pair) reads as its WTF-8 bytes, not U+FFFD: for a caller that rejoins
+ * the halves of a pair split across strings and mends what is left (stream.lua). */
 static int json_decode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
+  int lone = lua_toboolean(L, 2);
   lua_settop(L, 1);
-  if (lmx_json_decode(L, s, len)) return 1;
+  if (decode(L, s, len, lone)) return 1;
   lua_pushnil(L);
   lua_insert(L, -2);
   return 2;
@@ -609,8 +623,8 @@ void lmx_json_open(lua_State *L) {
  * [{"index": 0, "delta": {"content": "..."}, "finish_reason": null}]}. lmx_json_chunk reads
  * that shape without building a single Lua table, which is most of what decoding one costs.
  * It validates the whole text as strictly as json_decode does; anything it is not sure about
- * (other shapes, tool calls, usage, errors, escapes in keys, long or exponent numbers, deep
- * nesting, invalid JSON) is answered "not simple", and the caller decodes the event fully, so
+ * (other shapes, tool calls, usage, errors, escapes in keys, a lone surrogate in the text,
+ * long or exponent numbers, deep nesting, invalid JSON) is answered "not simple", and the caller decodes the event fully, so
  * both paths agree by construction. Other members of the chunk and its choice (extras) are
  * collected raw into *extras, which the caller compares with the last chunk's; without an
  * extras buffer any non-null one is not simple. s[len] must be '\0' (the scanners stop on
@@ -667,7 +681,8 @@ static int scan_string(Scan *S, lmx_JStr *out) {
         char u8[4], *e;
         int len;
         long cp = unicode_escape(q, &len);
-        if (cp < 0) return -1;
+        /* a lone surrogate in a string the caller reads: stream.lua may rejoin it */
+        if (cp < 0 || (want && is_surrogate(cp))) return -1;
         e = put_utf8(u8, (unsigned)cp);
         if (want && lmx_buf_append(S->scratch, u8, (size_t)(e - u8)) != 0) return -1;
         q += len;

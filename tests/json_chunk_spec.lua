@@ -54,7 +54,7 @@ describe("json_chunk", function()
 
   it("unescapes the content like the full decoder", function()
     for _, s in ipairs{ [[a\nb]], [[\"q\"]], [[\u00e9\u4e2d]], [[\ud83d\ude00!]],
-        [[\\ \/ \b\f\r\t]], [[x\u0000y]], [[\ud83d]], [[\ude00x]] } do
+        [[\\ \/ \b\f\r\t]], [[x\u0000y]] } do
       local ok, text = chunk(c('{"content":"' .. s .. '"}'))
       assert.is_true(ok, s)
       assert.equals(decode('"' .. s .. '"'), text)
@@ -82,6 +82,8 @@ describe("json_chunk", function()
       '{"created":1e9,"choices":[{"index":0,"delta":{"content":"x"}}]}',
       '[1]', '"s"', "", "{", c('{"content":"x"}') .. "x", c('{"content":"x\1"}'),
       c('{"content":"\\q"}'),
+      -- a lone surrogate (half of a pair a gateway split across events): stream.lua rejoins
+      c('{"content":"a\\ud83d"}'), c('{"content":"\\ude00x"}'),
     }
     for _, s in ipairs(others) do assert.is_false(chunk(s), s) end
   end)

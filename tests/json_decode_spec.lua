@@ -109,6 +109,19 @@ describe("json_decode values", function()
     end
   end)
 
+  -- for a stream that rejoins the halves of a pair split across two events
+  it("reads a lone surrogate as its WTF-8 bytes when asked to", function()
+    local cases = {
+      { '"\\ud83d"', "\237\160\189" }, { '"x\\ude00"', "x\237\184\128" },
+      { '"\\ud83d\\ude00"', "\240\159\152\128" },      -- a pair is one character still
+      { '"\\ude00\\ud83d"', "\237\184\128\237\160\189" },
+    }
+    for _, c in ipairs(cases) do
+      assert.equals(c[2], core.json_decode(c[1], true), c[1])
+      assert.equals(c[2], core.json_decode("{\"a\":[" .. c[1] .. "]}", true).a[1], c[1])
+    end
+  end)
+
   it("keeps null array items equal to llmux.json.null and cjson.null", function()
     local v = decode("[null]")
     assert.equals(null, v[1])

@@ -627,6 +627,48 @@ describe("provider variations", function()
     assert.equals("Hello! How can I help?", table.concat(text))
   end)
 
+  it("rejoins an emoji's surrogate halves split across events, whichever reader", function()
+    local R = "\u{FFFD}"
+    local want = "Hi \u{1F600} there " .. R .. "!end " .. R
+    local function check(res, how)
+      assert.equals(want, res.choices[1].message.content, how)
+      assert.equals("\u{1F914} hm", res.choices[1].message.reasoning_content, how)
+    end
+    -- every piece handed out is valid UTF-8 (a high half waits for the next piece)
+    local function valid(pieces, how)
+      for _, p in ipairs(pieces) do assert.is_truthy(utf8.len(p), how .. ": " .. p) end
+      assert.equals(want, table.concat(pieces), how)
+    end
+    local s = assert(c:chat_stream(body("fixture:surrogates", "x")))
+    local got = {}
+    for piece in s:deltas() do got[#got + 1] = piece end
+    valid(got, "deltas")
+    check(assert(s:result()), "deltas")
+    s = assert(c:chat_stream(body("fixture:surrogates", "x")))
+    got = {}
+    while true do
+      local t = s:read()
+      if not t then break end
+      if t ~= "" then got[#got + 1] = t end
+      llmux.sleep(0.001)
+    end
+    valid(got, "read")
+    check(assert(s:result()), "read")
+    got = {}
+    local chunks = {}
+    check(assert(c:chat(body("fixture:surrogates", "x", { stream = true }),
+      { on_delta = function(t, chunk) got[#got + 1] = t; chunks[#chunks + 1] = chunk end })),
+      "on_delta")
+    valid(got, "on_delta")
+    for _, chunk in ipairs(chunks) do assert.equals("chat.completion.chunk", chunk.object) end
+    -- chunks() hands each chunk out as it came: a half alone is U+FFFD there
+    s = assert(c:chat_stream(body("fixture:surrogates", "x")))
+    local first
+    for chunk in s:chunks() do first = first or stream.first_text(chunk) end
+    assert.equals("Hi " .. R, first)
+    check(assert(s:result()), "chunks")
+  end)
+
   it("takes Groq's usage from x_groq when the chunk has none", function()
     local res, info = assert(c:chat(body("fixture:groq", "x", { stream = true })))
     assert.is_nil(info.usage_estimated)

@@ -625,12 +625,7 @@ function Client:chat(body, opts)
     local s, msg, code, detail = open_stream(self, body, o, "llmux.Client:chat")
     if not s then return nil, msg, code, detail end
     if on_delta then
-      local ok, err = pcall(function()
-        for chunk in s:chunks() do
-          local text = stream.first_text(chunk)
-          if text then on_delta(text, chunk) end
-        end
-      end)
+      local ok, err = pcall(stream.each_delta, s, on_delta)
       if not ok then
         s:close()
         error(err, 0)

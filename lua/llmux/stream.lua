@@ -12,8 +12,10 @@ local error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type =
   error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type
 local ceil = math.ceil
 local concat = table.concat
-local find, format = string.find, string.format
+local byte, find, format, gsub, sub = string.byte, string.find, string.format, string.gsub,
+  string.sub
 local mtype = math.type
+local utf8_char = utf8.char
 local now, json_decode, parse_headers = core.now, core.json_decode, core.parse_headers
 
 local M = { _VERSION = "0.1.0" }
@@ -213,6 +215,61 @@ local function chars_of(v)
     end
   end
   return n
+end
+
+-- An emoji is two UTF-16 code units, and a gateway that slices JavaScript strings by code unit
+-- may send its halves in two events ("\ud83d" ending one piece, "\ude00" starting the next).
+-- Alone, each half is U+FFFD (core.json_decode reads it so), and so they stay in the chunks
+-- handed out. But once an event carries a surrogate's escape, it is also decoded keeping lone
+-- halves as their WTF-8 bytes (s.lone), for what llmux assembles: the result's strings are
+-- mended (halves that meet rejoined, the rest U+FFFD), and choice 0's text is handed out
+-- with a trailing high half held back until the next piece (hand_out). The C fast path reads
+-- no chunk whose text has a lone half.
+local SURROGATE = "\\u[dD][89a-fA-F]"   -- a surrogate's escape in an event's text
+local function rejoin(a, b, c, d)
+  local hi = (byte(a) & 0x0F) << 6 | (byte(b) & 0x3F)
+  local lo = (byte(c) & 0x0F) << 6 | (byte(d) & 0x3F)
+  return utf8_char(0x10000 + (hi << 10) + lo)
+end
+local function mend(str)
+  if not find(str, "\237[\160-\191]") then return str end
+  str = gsub(str, "\237([\160-\175])([\128-\191])\237([\176-\191])([\128-\191])", rejoin)
+  return (gsub(str, "\237[\160-\191][\128-\191]", "\u{FFFD}"))
+end
+
+-- v with every string mended: v itself when none changed, else a copy (the tables of handed
+-- out chunks are never written).
+local function mended(v)
+  if type(v) == "string" then return mend(v) end
+  if type(v) ~= "table" then return v end
+  local t
+  for k, x in next, v do
+    local y = mended(x)
+    if y ~= x then
+      if not t then
+        t = setmetatable({}, getmetatable(v))
+        for kk, xx in next, v do t[kk] = xx end
+      end
+      t[k] = y
+    end
+  end
+  return t or v
+end
+
+-- Choice 0's next piece of text as the readers hand it out, once s.lone: after the held high
+-- half, if any, and without a trailing one (held for the next piece); nil when nothing is left.
+local function hand_out(s, text)
+  if s.held then
+    text = s.held .. text
+    s.held = nil
+  end
+  local at = find(text, "\237[\160-\175][\128-\191]$")
+  if at then
+    s.held = sub(text, at)
+    text = sub(text, 1, at - 1)
+  end
+  text = mend(text)
+  return text ~= "" and text or nil
 end
 
 -- Folds a tool_calls delta into c.tools by index: id and type arrive once (or again), the name
@@ -493,7 +550,8 @@ local function provider_error(s, data, obj)
     { body = type(e) == "table" and e or data })
 end
 
--- Handles one event; returns the decoded chunk, or nil (skipped, [DONE], error).
+-- Handles one event; returns the decoded chunk and what was assembled from it (itself, or
+-- with lone surrogate halves kept: see mend), or nil (skipped, [DONE], error).
 local function on_event(s, data, event)
   s.events = s.events + 1
   if data == "[DONE]" then
@@ -513,8 +571,13 @@ local function on_event(s, data, event)
     provider_error(s, data, obj)
     return nil
   end
-  absorb(s, obj)
-  return obj
+  local raw = obj
+  if find(data, SURROGATE) then   -- maybe half of a pair that another event completes
+    raw = json_decode(data, true)
+    s.lone = true
+  end
+  absorb(s, raw)
+  return obj, raw
 end
 
 -- The end of a stream ([DONE], or every choice finished): a success, unless no choice came at
@@ -622,6 +685,7 @@ local function advance(s, block, fast)
           c.n = n
           c.parts[n] = data
           if not s.ttft then s.ttft = now() - s.call.t0 end
+          if s.held then return hand_out(s, data), nil end   -- a high half alone: U+FFFD
           return data, nil
         end
       end
@@ -630,8 +694,12 @@ local function advance(s, block, fast)
       ok = data and false
     end
     if ok == false then
-      local obj = on_event(s, data, event)
-      if obj then return first_text(obj) or false, obj end
+      local obj, raw = on_event(s, data, event)
+      if obj then
+        local text = first_text(raw)
+        if text and s.lone then text = hand_out(s, text) end
+        return text or false, obj
+      end
       if s.saw_done and not s.over then
         -- [DONE] is the end. The body's last bytes are normally right behind it: a short
         -- grace (blocking reads only) lets the transfer finish, so its keep-alive connection
@@ -665,7 +733,24 @@ local function advance(s, block, fast)
       end
     end
   end
+  if s.held then   -- a high half that no piece completed
+    s.held = nil
+    return "\u{FFFD}", nil
+  end
   return nil
+end
+
+-- stream.each_delta(s, fn): reads the stream to its end, calling fn(text, chunk) with each
+-- piece of choice 0's text as deltas() hands it out and the chunk it came in (c:chat's
+-- on_delta; a high surrogate half that nothing completed comes with the last chunk).
+function M.each_delta(s, fn)
+  local last
+  while true do
+    local text, chunk = advance(s, true)
+    if text == nil then return end
+    last = chunk or last
+    if text then fn(text, last) end
+  end
 end
 
 -- s:chunks() -> iterator over every decoded chunk (waits for each; ends with the stream).
@@ -684,7 +769,7 @@ function Stream:deltas()
     -- the bulk of a stream (text, no finish) without a call into advance; the first text
     -- (choice 0 and ttft not yet set up) and everything else go the general way
     local c = s.c0
-    if c and s.ttft and not s.over then
+    if c and s.ttft and not s.over and not s.held then
       local text = pop_text(s.req)
       if text then
         s.events = s.events + 1
@@ -810,6 +895,7 @@ local function assemble(s)
     choices = list, usage = not estimated and usage or nil,
   }
   add_merged(out, s.extra)
+  if s.lone then return mended(out) end
   return out
 end
 

@@ -11,7 +11,8 @@
  * once with an allocator that fails after a number of allocations taken from the input, where
  * the only other outcome allowed is Lua's memory error. The state is then closed and must have
  * given back every byte, and libFuzzer's per-input leak check stays on: an error thrown midway
- * leaves nothing behind.
+ * leaves nothing behind. Decoded with lone surrogates kept (as WTF-8), it must succeed or
+ * fail alike.
  *
  * The chat-chunk fast path (lmx_json_chunk) reads the same input too: whenever it calls it a
  * simple chunk, json_decode must have accepted it, with the same content and finish_reason,
@@ -188,6 +189,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check_encode(top + 1);
   }
   check_chunk(data, size, top + 1);
+  /* keeping lone surrogates as WTF-8 changes strings only, never whether the text decodes */
+  lua_pushvalue(L, 2);
+  lua_pushlstring(L, (const char *)data, size);
+  lua_pushboolean(L, 1);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) abort();
+  if (lua_isnil(L, -1) != lua_isnil(L, top + 1)) abort();
+  if (!lua_isnil(L, -1)) check_tree(-1, 1);
   lua_settop(L, top);
 
   lua_pushvalue(L, 2);

@@ -1213,6 +1213,25 @@ local FIXTURES = {
       fx_chunk{ fx(0, { content = "" }, "stop") },
     }
   end)(),
+  -- A JavaScript gateway that slices strings by UTF-16 code units: emoji split into their
+  -- surrogate halves across events (strings here are sent as they are)
+  surrogates = (function()
+    local function raw(delta)
+      return '{"id":"chatcmpl-fx","object":"chat.completion.chunk","created":1,'
+        .. '"model":"fx-model","choices":[{"index":0,"delta":' .. delta
+        .. ',"finish_reason":null}]}'
+    end
+    return {
+      fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+      raw[[{"content":"Hi \ud83d"}]],
+      raw[[{"content":"\ude00 there \ud83d"}]],
+      fx_chunk{ fx(0, { content = "!" }) },                 -- no low half: U+FFFD
+      raw[[{"reasoning_content":"\ud83e"}]],
+      raw[[{"reasoning_content":"\udd14 hm"}]],
+      raw[[{"content":"end \ud83d"}]],                      -- the last piece
+      fx_chunk{ fx(0, {}, "stop") },
+    }
+  end)(),
   -- Groq without stream_options: the usage only in x_groq, on the finish chunk
   groq = {
     fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
@@ -1235,7 +1254,8 @@ streams.fixture = function(ctx, a)
   if not list then return false end
   sse_headers()
   for _, obj in ipairs(list) do
-    local text = cjson.encode(obj):gsub('"@@EMPTY@@"', "[]")   -- this cjson has no [] marker
+    local text = type(obj) == "string" and obj
+      or cjson.encode(obj):gsub('"@@EMPTY@@"', "[]")   -- this cjson has no [] marker
     if not emit(ctx, "data: " .. text .. "\n\n") then return ngx.exit(ngx.OK) end
   end
   emit(ctx, "data: [DONE]\n\n")
