@@ -502,6 +502,12 @@ describe("provider variations", function()
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindex"))
     assert.same({ '- a {"x":1}', '- b {"y":2}' }, calls_of("noindex2"))
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindexids"))
+    -- an entry with neither id nor name in the same chunk is more of the call before it
+    -- (Gemini's thought signature), not a call of its own
+    assert.same({ 'fc_1 get_weather {"city":"Oslo"}' }, calls_of("metaonly"))
+    local res = assert(c:chat(body("fixture:metaonly", "x", { stream = true })))
+    assert.same({ google = { thought_signature = "c2ln" } },
+      res.choices[1].message.tool_calls[1].extra_content)
   end)
 
   it("empty-string id, type and name in continuation deltas (DashScope) are absent", function()

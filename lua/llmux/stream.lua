@@ -275,7 +275,8 @@ end
 -- Folds a tool_calls delta into c.tools by index: id and type arrive once (or again), the name
 -- once (or in pieces, or again), the arguments in pieces. Without index (some
 -- OpenAI-compatible servers) a delta goes to the call with its id, else continues the previous
--- chunk's call when it has no id, else starts a new call; such calls get slots of their own
+-- chunk's call when it has no id (or the previous entry's, when it has no name either), else
+-- starts a new call; such calls get slots of their own
 -- (UNINDEXED up), apart from indexed ones, as does a call at an index another call (another
 -- id) already has. An empty id, type or name (DashScope repeats them as "" in every
 -- continuation delta) is no value.
@@ -311,8 +312,11 @@ local function merge_tools(s, c, deltas)
       else
         i = id and c.tool_ids and c.tool_ids[id]
         if not i then
-          local last = c.last_tool
-          if id == nil and last and not (fresh and fresh[last]) then
+          -- an entry with neither id nor name is more of the call before it, also in the
+          -- same chunk (Gemini may send a call's thought signature as an entry of its own)
+          local last, f = c.last_tool, d["function"]
+          local named = type(f) == "table" and nonempty(f.name)
+          if id == nil and last and not (named and fresh and fresh[last]) then
             i = last
           else
             c.unindexed = (c.unindexed or 0) + 1

@@ -1009,6 +1009,15 @@ local FIXTURES = {
       { type = "function", ["function"] = { name = "b", arguments = '{"y":2}' } } } }) },
     fx_chunk{ fx(0, {}, "tool_calls") },
   },
+  -- Gemini: a call without index, then its thought signature as an entry of its own in the
+  -- same chunk
+  metaonly = {
+    fx_chunk{ fx(0, { role = "assistant", tool_calls = {
+      { id = "fc_1", type = "function",
+        ["function"] = { name = "get_weather", arguments = '{"city":"Oslo"}' } },
+      { extra_content = { google = { thought_signature = "c2ln" } } } } }) },
+    fx_chunk{ fx(0, {}, "stop") },
+  },
   -- two calls without index, interleaved, each delta repeating its id
   noindexids = {
     fx_chunk{ fx(0, { role = "assistant", content = null }) },
