@@ -631,6 +631,11 @@ describe("provider variations", function()
     assert(c:chat(body("fixture:magistral", "x", { stream = true }),
       { on_delta = function(t) text[#text + 1] = t end }))
     assert.equals("Hello! How can I help?", table.concat(text))
+    -- parts whose members change type, and entries that are no parts, do not fail it
+    local res = assert(c:chat(body("fixture:partsmess", "x", { stream = true })))
+    assert.same({ { type = "thinking", thinking = { { type = "text", text = "c" } } },
+      "raw", 5, { text = "untyped" }, { type = "text", text = "TU" } },
+      res.choices[1].message.content)
   end)
 
   it("rejoins an emoji's surrogate halves split across events, whichever reader", function()

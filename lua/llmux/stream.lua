@@ -177,7 +177,8 @@ local function merge_parts(into, parts)
     if type(p) == "table" and type(last) == "table" and p.type ~= nil and p.type == last.type then
       for k, v in next, p do
         local old = last[k]
-        if type(v) == "table" and type(old) == "table" and is_list(v) and is_list(old) then
+        if type(v) == "table" and type(old) == "table" and getmetatable(old) ~= Text
+          and is_list(v) and is_list(old) then
           merge_parts(old, v)
         else
           merge_member(last, k, v)

@@ -1241,6 +1241,15 @@ local FIXTURES = {
       fx_chunk{ fx(0, {}, "stop") },
     }
   end)(),
+  -- typed parts whose members change type, and entries that are no parts
+  partsmess = {
+    fx_chunk{ fx(0, { role = "assistant", content = { { type = "thinking", thinking = "a" } } }) },
+    fx_chunk{ fx(0, { content = { { type = "thinking", thinking = "b" } } }) },
+    fx_chunk{ fx(0, { content = { { type = "thinking",
+      thinking = { { type = "text", text = "c" } } } } }) },
+    fx_chunk{ fx(0, { content = { "raw", 5, { text = "untyped" }, { type = "text", text = "T" } } }) },
+    fx_chunk{ fx(0, { content = "U" }, "stop") },
+  },
   -- Groq without stream_options: the usage only in x_groq, on the finish chunk
   groq = {
     fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
