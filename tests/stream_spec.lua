@@ -460,6 +460,10 @@ describe("provider variations", function()
     assert.same({ 1, "x", { index = "0", text = "a" }, { index = "0", text = "b" }, 2 },
       msg.reasoning_details)
     assert.equals("[]", llmux.json.encode(msg.citations))   -- an empty list stays a list
+    -- a list and an object do not merge: the latest stands, and the message can go back out
+    assert.same({ a = 1 }, msg.x_list)
+    assert.same({ 2, 3 }, msg.x_obj)
+    assert.is_string(llmux.json.encode(msg))
   end)
 
   it("keeps a tool call's extra_content (Gemini's thought signature) for the next turn",

@@ -139,8 +139,9 @@ merge_member = function(into, k, v)
     else
       old[#old + 1] = v
     end
-  elseif to == "table" and tv == "table" and getmetatable(old) ~= Text then
-    if is_list(old) and is_list(v) then merge_list(old, v) else merge_fields(old, v) end
+  elseif to == "table" and tv == "table" and getmetatable(old) ~= Text
+    and is_list(old) == is_list(v) then   -- a list and an object do not merge: the latest
+    if is_list(v) then merge_list(old, v) else merge_fields(old, v) end
   else
     into[k] = copy(v)
   end

@@ -1149,7 +1149,9 @@ local FIXTURES = {
     fx_chunk{ fx(0, { audio = { data = "AA" }, flag = "yes",
       annotations = { { type = "url_citation" } },
       reasoning_details = { { index = "0", text = "b" }, 2 } }) },
-    fx_chunk{ fx(0, { audio = "again", flag = { 1 } }) },
+    fx_chunk{ fx(0, { audio = "again", flag = { 1 }, x_list = "@@EMPTY@@",
+      x_obj = { a = 1 } }) },
+    fx_chunk{ fx(0, { x_list = { a = 1 }, x_obj = { 2, 3 } }) },   -- a list, then an object
     fx_chunk{ fx(0, {}, "stop") },
   },
   -- Gemini 3 (OpenAI compatibility): the call's thought signature in extra_content, which
