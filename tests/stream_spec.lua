@@ -684,6 +684,20 @@ describe("provider variations", function()
     check(assert(s:result()), "chunks")
   end)
 
+  it("takes the id and model from a later chunk when the first has none, whichever reader",
+    function()
+    each_reader("latemodel", function(res, how)
+      assert.equals("fx-model", res.model, how)
+      assert.equals("Hi", res.choices[1].message.content, how)
+    end)
+    -- and the id and model when the first text came with empty ones
+    each_reader("lateid:burst", function(res, how)
+      assert.equals("fx-model", res.model, how)
+      assert.equals("chatcmpl-fx", res.id, how)
+      assert.equals("Hi there!", res.choices[1].message.content, how)
+    end)
+  end)
+
   it("takes Groq's usage from x_groq when the chunk has none", function()
     local res, info = assert(c:chat(body("fixture:groq", "x", { stream = true })))
     assert.is_nil(info.usage_estimated)

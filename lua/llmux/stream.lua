@@ -673,10 +673,13 @@ local function advance(s, block, fast)
     local req = s.req
     local ok, data, event, id, model, created
     if fast then
-      ok, data, event, id, model, created = pop_delta(req, s.id == nil or s.id == "")
+      -- the id as absorb takes it (Azure's first chunk has id "" and model ""), the model
+      -- until one came
+      local no_id = s.id == nil or s.id == ""
+      ok, data, event, id, model, created = pop_delta(req, no_id or not s.model)
       if ok then   -- the hot path of deltas(): on_fast inlined
         s.events = s.events + 1
-        if id then s.id, s.created = id, created end
+        if id and no_id then s.id, s.created = id, created or s.created end
         if model and model ~= "" then s.model = model end
         -- a fast chunk is choice 0, even one without text or finish (the role chunk): it
         -- counts as a choice, as absorb counts it when chunks() reads the same event
@@ -773,9 +776,10 @@ function Stream:deltas()
   local s = self
   return function()
     -- the bulk of a stream (text, no finish) without a call into advance; the first text
-    -- (choice 0 and ttft not yet set up) and everything else go the general way
+    -- (choice 0 and ttft not yet set up), chunks while the id or model is not known (pop_text
+    -- reads neither) and everything else go the general way
     local c = s.c0
-    if c and s.ttft and not s.over and not s.held then
+    if c and s.ttft and s.model and s.id and s.id ~= "" and not s.over and not s.held then
       local text = pop_text(s.req)
       if text then
         s.events = s.events + 1

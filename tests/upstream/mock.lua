@@ -941,7 +941,8 @@ streams.seeded = function(ctx, a)
   return ngx.exit(ngx.OK)
 end
 
--- fixture:NAME          a fixed stream of provider variations (FIXTURES below), then [DONE]
+-- fixture:NAME[:burst]  a fixed stream of provider variations (FIXTURES below), then [DONE];
+--                       with burst, all of it in one write (the reader finds it all queued)
 local function fx_chunk(choices, extra)
   local o = { id = "chatcmpl-fx", object = "chat.completion.chunk", created = 1,
     model = "fx-model", choices = choices }
@@ -1252,6 +1253,19 @@ local FIXTURES = {
     fx_chunk{ fx(0, { content = { "raw", 5, { text = "untyped" }, { type = "text", text = "T" } } }) },
     fx_chunk{ fx(0, { content = "U" }, "stop") },
   },
+  -- a first chunk without model (read in Lua for its fingerprint), the rest with it
+  latemodel = {
+    { id = "chatcmpl-fx", object = "chat.completion.chunk", created = 1, system_fingerprint = "fp",
+      choices = { fx(0, { role = "assistant", content = "" }) } },
+    fx_chunk({ fx(0, { content = "Hi" }) }, { system_fingerprint = "fp" }),
+    fx_chunk({ fx(0, {}, "stop") }, { system_fingerprint = "fp" }),
+  },
+  -- the first text in a chunk with an empty id and model, then text only, and [DONE]
+  lateid = {
+    { id = "", object = "chat.completion.chunk", created = 0, model = "",
+      choices = { fx(0, { role = "assistant", content = "Hi" }) } },
+    fx_chunk{ fx(0, { content = " there" }) }, fx_chunk{ fx(0, { content = "!" }) },
+  },
   -- Groq without stream_options: the usage only in x_groq, on the finish chunk
   groq = {
     fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { x_groq = { id = "req_1" } }),
@@ -1272,6 +1286,7 @@ local FIXTURES = {
 streams.fixture = function(ctx, a)
   local list = FIXTURES[a[1] or ""]
   if not list then return false end
+  ctx.burst = a[2] == "burst"   -- fixture:NAME:burst: every event in one write
   sse_headers()
   for _, obj in ipairs(list) do
     local text = type(obj) == "string" and obj
