@@ -624,11 +624,11 @@ void lmx_json_open(lua_State *L) {
  * that shape without building a single Lua table, which is most of what decoding one costs.
  * It validates the whole text as strictly as json_decode does; anything it is not sure about
  * (other shapes, tool calls, usage, errors, escapes in keys, a lone surrogate in the text,
- * long or exponent numbers, deep nesting, invalid JSON) is answered "not simple", and the caller decodes the event fully, so
- * both paths agree by construction. Other members of the chunk and its choice (extras) are
- * collected raw into *extras, which the caller compares with the last chunk's; without an
- * extras buffer any non-null one is not simple. s[len] must be '\0' (the scanners stop on
- * it). */
+ * long or exponent numbers, deep nesting, invalid JSON) is answered "not simple", and the
+ * caller decodes the event fully, so both paths agree by construction. Other members of the
+ * chunk and its choice (extras) are collected raw into *extras, which the caller compares
+ * with the last chunk's; without an extras buffer any non-null one is not simple. s[len] must
+ * be '\0' (the scanners stop on it). */
 
 #define CHUNK_DEPTH 32
 

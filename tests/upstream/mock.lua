@@ -1179,7 +1179,8 @@ local FIXTURES = {
     return {
       { id = "", object = "", created = 0, model = "", choices = "@@EMPTY@@",
         prompt_filter_results = { { prompt_index = 0, content_filter_results = results } } },
-      fx_chunk{ fx(0, { role = "assistant", content = "" }, nil, { content_filter_results = {} }) },
+      fx_chunk{ fx(0, { role = "assistant", content = "" }, nil,
+        { content_filter_results = {} }) },
       fx_chunk{ fx(0, { content = "Hi" }, nil, { content_filter_results = results }) },
       fx_chunk{ fx(0, { content = "!" }, nil, { content_filter_results = results }) },
       fx_chunk{ fx(0, {}, "stop", { content_filter_results = {} }) },
@@ -1250,7 +1251,8 @@ local FIXTURES = {
     fx_chunk{ fx(0, { content = { { type = "thinking", thinking = "b" } } }) },
     fx_chunk{ fx(0, { content = { { type = "thinking",
       thinking = { { type = "text", text = "c" } } } } }) },
-    fx_chunk{ fx(0, { content = { "raw", 5, { text = "untyped" }, { type = "text", text = "T" } } }) },
+    fx_chunk{ fx(0, { content = { "raw", 5, { text = "untyped" },
+      { type = "text", text = "T" } } }) },
     fx_chunk{ fx(0, { content = "U" }, "stop") },
   },
   -- a first chunk without model (read in Lua for its fingerprint), the rest with it
