@@ -854,6 +854,12 @@ static int delta_member(Scan *S, const char *k, size_t kn, void *ud) {
     const char *v = r.off >= 0 ? S->scratch->p + r.off : r.p;
     return r.n == 9 && memcmp(v, "assistant", 9) == 0 ? 0 : -1;
   }
+  if (KEY(k, "tool_calls") && *S->p == '[') {   /* Groq sends [] in every delta: no calls */
+    const unsigned char *q = skip_ws(S->p + 1);
+    if (*q != ']') return -1;
+    S->p = q + 1;
+    return 0;
+  }
   return is_null(S) ? 0 : -1;   /* tool_calls, refusal, reasoning...: the full way */
 }
 

@@ -575,6 +575,15 @@ describe("client misuse", function()
     for k, v in pairs(c) do
       assert.is_falsy(contains({ k, v }, KEY))
     end
+    -- nor a credential given in headers (Azure's api-key), which still goes out, also when a
+    -- call adds headers of its own
+    local az = llmux.client{ base_url = u.http, api_key = "sk-az",
+      headers = { ["api-key"] = "az-secret-1" } }
+    assert.is_falsy(contains(az, "az-secret-1"))
+    local r = assert(az:chat(body("echoheaders"), { headers = { ["X-Extra"] = "1" } }))
+    local sent = r.choices[1].message.content
+    assert.truthy(sent:find('"api-key":"az-secret-1"', 1, true), sent)
+    assert.truthy(sent:find('"x-extra":"1"', 1, true), sent)
   end)
 
   it("never keeps the key in a stream or its call, whoever gave it", function()

@@ -23,6 +23,10 @@ describe("json_chunk", function()
     assert.is_true((chunk(c('{"content":"x","refusal":null}', "null",
       ',"usage":null,"native_finish_reason":null,"obfuscation":"a1B"'))))
     assert.is_true((chunk(' \n' .. c('{"content":"x"}') .. '\t ')))
+    -- Groq's empty tool_calls in every delta: no calls
+    local ok, text = chunk(c('{"content":"x","tool_calls":[ ]}'))
+    assert.is_true(ok)
+    assert.equals("x", text)
   end)
 
   it("hands over a chunk with members it does not read, unless they repeat the last ones",

@@ -480,6 +480,11 @@ describe("provider variations", function()
     assert.is_nil(res)
     assert.equals("provider", code)
     assert.matches("Provider disconnected", msg)
+    -- OpenRouter's upstream error (metadata.raw) is told, as for a non-streamed failure
+    res, msg, code = c:chat(body("fixture:inbandraw", "x", { stream = true }))
+    assert.is_nil(res)
+    assert.equals("provider", code)
+    assert.matches("Provider returned error (Anthropic: Overloaded)", msg, 1, true)
   end)
 
   it("a 2xx that is not a stream: a JSON error is provider, anything else decode", function()

@@ -159,7 +159,9 @@ function M.new(opts)
   local self = setmetatable({}, Client)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
-  self.api_key = nil
+  -- the key, and headers that may carry a credential, live beside the client, not in it:
+  -- dumping a client shows neither
+  self.api_key, self.headers = nil, nil
   local base = opts.base_url or env("LLMUX_BASE_URL") or env("OPENAI_BASE_URL")
     or "https://api.openai.com/v1"
   self.base_url = check_url(base, "llmux.client")
@@ -169,7 +171,8 @@ function M.new(opts)
     error("llmux.client: api_key (from the environment) contains a line break", 2)
   end
   secrets[self] = { key = key, headers = build_headers(key, opts.headers),
-    hide = hidden(key, opts.headers) }
+    hide = hidden(key, opts.headers), user_headers = {} }
+  for k, v in pairs(opts.headers or {}) do secrets[self].user_headers[k] = v end
   return self
 end
 
@@ -196,7 +199,7 @@ local function merged(self, opts, where)
     -- header names are case-insensitive: a per-call header replaces the client's of any case
     local h, over = {}, {}
     for k in pairs(opts.headers or {}) do over[lower(k)] = true end
-    for k, v in pairs(self.headers or {}) do
+    for k, v in pairs(secrets[self].user_headers or {}) do
       if not over[lower(k)] then h[k] = v end
     end
     for k, v in pairs(opts.headers or {}) do h[k] = v end

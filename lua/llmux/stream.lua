@@ -7,6 +7,7 @@
 -- before the first event are retried like any call (the client's retry hook).
 local sched = require "llmux.sched"
 local core = require "llmux.core"
+local errors = require "llmux.errors"
 
 local error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type =
   error, getmetatable, ipairs, next, pairs, setmetatable, tostring, type
@@ -550,9 +551,12 @@ end
 local function provider_error(s, data, obj)
   obj = obj or json_decode(data)
   local e = type(obj) == "table" and obj.error or obj
-  local msg = type(e) == "table" and e.message or (type(e) == "string" and e)
+  -- what a non-streamed failure's message would say (OpenRouter's "Provider returned error"
+  -- with the provider's own error from metadata.raw), on one line
+  local text = errors.message(e)
+  local msg = text and s.hooks.cut(s.call, (gsub(text, "%s+", " ")), 1000)
     or s.hooks.cut(s.call, data, 200)
-  stop(s, "provider error in stream: " .. tostring(msg), "provider",
+  stop(s, "provider error in stream: " .. msg, "provider",
     { body = type(e) == "table" and e or data })
 end
 

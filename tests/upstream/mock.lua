@@ -988,6 +988,13 @@ local FIXTURES = {
     fx_chunk{ fx(0, {}, "stop") },
   },
   -- OpenRouter: an error mid-stream, inside a chunk that still has choices
+  -- OpenRouter: the upstream's own error in metadata.raw, mid-stream
+  inbandraw = {
+    fx_chunk{ fx(0, { role = "assistant", content = "partial" }) },
+    fx_chunk({ fx(0, { content = "" }, "error") }, { error = { code = 502,
+      message = "Provider returned error", metadata = { provider_name = "Anthropic",
+        raw = '{"type":"error","error":{"type":"overloaded_error",\n"message":"Overloaded"}}' } } }),
+  },
   inbanderror = {
     fx_chunk{ fx(0, { role = "assistant", content = "partial" }) },
     fx_chunk({ fx(0, { content = "" }, "error") },
