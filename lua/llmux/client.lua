@@ -280,13 +280,17 @@ end
 -- vLLM's and Mistral's shape ({"object": "error", "message": ...}), or every choice's.
 local function answer_ok(status, head, body, call)
   local e
-  if body.object == "error" then
+  local object, choices = body.object, body.choices
+  if object == "error" then
     e = body
-  elseif body.object == nil and body.data == nil
-      and (body.choices == nil or next(body.choices) == nil) then
+  elseif object == nil and body.data == nil
+      and (type(choices) ~= "table" or next(choices) == nil) then
     e = body.error
   else
-    e = choices_error(body.choices)
+    -- the common answer: a first choice without an error, found without a call
+    local first = type(choices) == "table" and choices[1]
+    if type(first) ~= "table" or first.error == nil then return true end
+    e = choices_error(choices)
   end
   if not is_error(e) then return true end
   local text = errors.message(e) or "no message"

@@ -1431,6 +1431,9 @@ local REAL = {
   ["answer-with-error-200"] = {200, JSON, [[{"id":"x","object":"chat.completion","choices":[{
 "index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],
 "error":null}]]},
+  -- choices that are no list (a broken gateway)
+  ["oddchoices-error-200"] = {200, JSON, [[{"choices":"none","error":{"message":"broken"}}]]},
+  ["oddchoices-200"] = {200, JSON, [[{"choices":7}]]},
 }
 
 behaviours.real = function(_, a)
