@@ -377,15 +377,39 @@ static int axis_build(Axis *a, int sn, int dn) {
   return 0;
 }
 
+/* Adds wt times pixel p (ch channels, colour premultiplied by alpha) into col. */
+static void add_premul(double *col, const unsigned char *p, int ch, int alpha, float wt) {
+  float a = alpha >= 0 ? p[alpha] * (1.0f / 255) : 1.0f;
+  int c;
+  for (c = 0; c < ch; c++) col[c] += wt * (c == alpha ? p[c] : p[c] * a);
+}
+
+/* Writes col (premultiplied) to d as bytes, colour divided by the resulting alpha. */
+static void store_unpremul(unsigned char *d, const double *col, int ch, int alpha) {
+  float a = alpha >= 0 ? (float)col[alpha] * (1.0f / 255) : 1.0f;
+  int c;
+  for (c = 0; c < ch; c++) {
+    float v = c == alpha ? (float)col[c] : (a > 0 ? (float)col[c] / a : 0);
+    d[c] = v <= 0 ? 0 : v >= 255 ? 255 : (unsigned char)(v + 0.5f);
+  }
+}
+
+/* Two passes, one per axis, through a float image of the first pass's result. Width first
+ * makes it w x src->h, height first src->w x h: the smaller is taken, which is never more
+ * pixels than the larger of source and result (min(a, b) <= sqrt(ab)). One fixed order would
+ * turn 1 x 100000 -> 1024 x 1024 into a 1024 x 100000 intermediate (1.2 GB, seconds). */
 int lmx_img_resize(const lmx_Image *src, int w, int h, lmx_Image *out, lmx_ImgErr *e) {
   const int ch = src->ch, alpha = ch == 2 || ch == 4 ? ch - 1 : -1;
+  const int width_first = (uint64_t)w * src->h <= (uint64_t)src->w * h;
+  const int tw = width_first ? w : src->w, th = width_first ? src->h : h;   /* tmp's size */
   Axis ax = { 0, NULL, NULL, NULL }, ay = { 0, NULL, NULL, NULL };
-  float *tmp = NULL, *col = NULL;
+  float *tmp = NULL;
+  double *col = NULL;   /* one pixel's sums: a float's 24 bits lose the 1/n of n = 2^23 taps */
   int r, x, y, c, t;
   if (w < 1 || h < 1)
     return seterr(e, LMX_IMG_ARG, "llmux.image: bad resize target %dx%d", w, h);
   if ((r = lmx_img_alloc(out, w, h, ch, e))) return r;
-  tmp = malloc(sizeof *tmp * (size_t)w * src->h * ch);
+  tmp = malloc(sizeof *tmp * (size_t)tw * th * ch);
   col = malloc(sizeof *col * (size_t)ch);
   if (!tmp || !col || axis_build(&ax, src->w, w) || axis_build(&ay, src->h, h)) {
     free(tmp);
@@ -395,39 +419,48 @@ int lmx_img_resize(const lmx_Image *src, int w, int h, lmx_Image *out, lmx_ImgEr
     lmx_img_free(out);
     return nomem(e);
   }
-  /* Horizontal pass into floats, colour premultiplied by alpha. */
-  for (y = 0; y < src->h; y++) {
-    const unsigned char *srow = src->px + (size_t)y * src->w * ch;
-    float *trow = tmp + (size_t)y * w * ch;
-    for (x = 0; x < w; x++) {
-      const int *ix = ax.idx + (size_t)x * ax.k;
-      const float *wt = ax.wt + (size_t)x * ax.k;
+  /* First pass: source bytes into premultiplied floats, along one axis. */
+  for (y = 0; y < th; y++) {
+    float *trow = tmp + (size_t)y * tw * ch;
+    for (x = 0; x < tw; x++) {
       for (c = 0; c < ch; c++) col[c] = 0;
-      for (t = 0; t < ax.cnt[x]; t++) {
-        const unsigned char *p = srow + (size_t)ix[t] * ch;
-        float a = alpha >= 0 ? p[alpha] * (1.0f / 255) : 1.0f;
-        for (c = 0; c < ch; c++) col[c] += wt[t] * (c == alpha ? p[c] : p[c] * a);
+      if (width_first) {
+        const unsigned char *srow = src->px + (size_t)y * src->w * ch;
+        const int *ix = ax.idx + (size_t)x * ax.k;
+        const float *wt = ax.wt + (size_t)x * ax.k;
+        for (t = 0; t < ax.cnt[x]; t++) add_premul(col, srow + (size_t)ix[t] * ch, ch, alpha,
+                                                   wt[t]);
+      } else {
+        const int *iy = ay.idx + (size_t)y * ay.k;
+        const float *wt = ay.wt + (size_t)y * ay.k;
+        for (t = 0; t < ay.cnt[y]; t++)
+          add_premul(col, src->px + ((size_t)iy[t] * src->w + x) * ch, ch, alpha, wt[t]);
       }
-      memcpy(trow + (size_t)x * ch, col, sizeof *col * ch);
+      for (c = 0; c < ch; c++) trow[(size_t)x * ch + c] = (float)col[c];
     }
   }
-  /* Vertical pass back to bytes, colour divided by the resulting alpha. */
+  /* Second pass along the other axis, back to bytes. */
   for (y = 0; y < h; y++) {
-    const int *iy = ay.idx + (size_t)y * ay.k;
-    const float *wt = ay.wt + (size_t)y * ay.k;
     unsigned char *drow = out->px + (size_t)y * w * ch;
     for (x = 0; x < w; x++) {
-      float a;
       for (c = 0; c < ch; c++) col[c] = 0;
-      for (t = 0; t < ay.cnt[y]; t++) {
-        const float *p = tmp + ((size_t)iy[t] * w + x) * ch;
-        for (c = 0; c < ch; c++) col[c] += wt[t] * p[c];
+      if (width_first) {
+        const int *iy = ay.idx + (size_t)y * ay.k;
+        const float *wt = ay.wt + (size_t)y * ay.k;
+        for (t = 0; t < ay.cnt[y]; t++) {
+          const float *p = tmp + ((size_t)iy[t] * w + x) * ch;
+          for (c = 0; c < ch; c++) col[c] += wt[t] * p[c];
+        }
+      } else {
+        const int *ix = ax.idx + (size_t)x * ax.k;
+        const float *wt = ax.wt + (size_t)x * ax.k;
+        const float *trow = tmp + (size_t)y * tw * ch;
+        for (t = 0; t < ax.cnt[x]; t++) {
+          const float *p = trow + (size_t)ix[t] * ch;
+          for (c = 0; c < ch; c++) col[c] += wt[t] * p[c];
+        }
       }
-      a = alpha >= 0 ? col[alpha] * (1.0f / 255) : 1.0f;
-      for (c = 0; c < ch; c++) {
-        float v = c == alpha ? col[c] : (a > 0 ? col[c] / a : 0);
-        drow[(size_t)x * ch + c] = v <= 0 ? 0 : v >= 255 ? 255 : (unsigned char)(v + 0.5f);
-      }
+      store_unpremul(drow + (size_t)x * ch, col, ch, alpha);
     }
   }
   free(tmp);

@@ -56,7 +56,8 @@ int lmx_img_crop(const lmx_Image *src, int x, int y, int w, int h, lmx_Image *ou
                  lmx_ImgErr *e);
 
 /* Scales to w x h: area averaging along an axis that shrinks, bilinear along one that grows;
- * colour is weighted by alpha so transparent pixels do not bleed. */
+ * colour is weighted by alpha so transparent pixels do not bleed. Working memory is at most
+ * the larger of source and result (in floats), whatever their shapes. */
 int lmx_img_resize(const lmx_Image *src, int w, int h, lmx_Image *out, lmx_ImgErr *e);
 
 /* Adds borders. fill: LMX_FILL_EDGE repeats the outermost pixels, LMX_FILL_COLOR paints rgba

@@ -385,6 +385,21 @@ describe("image transforms", function()
     assert.equals(px(0, 0, 0, 0), image.new(2, 1, 4):resize(1, 1):pixels())
   end)
 
+  it("bounds its working memory by the source or the result, not their product", function()
+    -- Each pass works along one axis; done width first, 1 x 2^23 -> 2^23 x 1 needed a float
+    -- row of 2^23 for each of the 2^23 source rows (2^48 bytes: "not enough memory"). The
+    -- order is picked so the intermediate stays within the larger of the two images.
+    local tall = image.new(1, 1 << 23, 1, string.rep("\0\200", 1 << 22))
+    local wide = tall:resize(1 << 23, 1)
+    -- and the mean of 2^23 samples is summed in double: float sums made it 97, not 100
+    assert.equals(string.rep("\100", 1 << 23), wide:pixels())
+    tall:close()
+    wide:close()
+    -- both orders give the same pixels where both are cheap
+    local g = image.new(1, 4, 1, px(0, 40, 80, 120))
+    assert.equals(px(20, 20, 20, 100, 100, 100), g:resize(3, 2):pixels())
+  end)
+
   it("resizes a PngSuite image to the requested size", function()
     local img = assert(image.load(SUITE .. "/basn6a08.png"))
     for _, wh in ipairs{ { 1, 1 }, { 7, 50 }, { 64, 64 }, { 33, 5 } } do
