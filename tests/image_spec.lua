@@ -579,6 +579,27 @@ describe("data URIs and vision parts", function()
     end
   end)
 
+  it("sniffs the type and the size an image's header declares", function()
+    local png = readfile(SUITE .. "/basn3p08.png")
+    assert.same({ "image/png", 32, 32 }, { image.sniff(png) })
+    assert.same({ "image/png" }, { image.sniff(png:sub(1, 20)) })
+    -- JPEG: the first frame header, after any other segment (here APP1) and 0xFF fill
+    local sof2 = "\255\194\0\17\8\0\21\0\37\3\1\34\0\2\17\1\3\17\1"
+    local j = "\255\216\255\225\0\6Exif\255\255" .. sof2 .. "\255\218\0\2"
+    assert.same({ "image/jpeg", 37, 21 }, { image.sniff(j) })
+    assert.same({ "image/jpeg" }, { image.sniff(jpeg) })                 -- no frame header
+    assert.same({ "image/jpeg" }, { image.sniff(j:sub(1, 20)) })
+    assert.same({ "image/gif", 1, 1 }, { image.sniff(gif) })
+    -- WebP: lossless (VP8L), lossy (VP8) and extended (VP8X, its canvas)
+    assert.same({ "image/webp", 1, 1 }, { image.sniff(webp) })
+    local vp8 = "RIFFH\0\0\0WEBPVP8 <\0\0\0\48\3\0\157\1\42\37\0\21\0"
+    assert.same({ "image/webp", 37, 21 }, { image.sniff(vp8) })
+    local vp8x = "RIFFX\0\0\0WEBPVP8X\10\0\0\0\16\0\0\0\36\0\0\20\0\0"
+    assert.same({ "image/webp", 37, 21 }, { image.sniff(vp8x) })
+    assert.same({ "image/webp" }, { image.sniff(vp8x:sub(1, 29)) })
+    assert.is_nil(image.sniff("\0\1\2"))
+  end)
+
   it("reads paths and refuses what is not an image", function()
     local mime, bytes = payload(assert(image.data_uri(SUITE .. "/basn0g08.png")))
     assert.equals("image/png", mime)

@@ -66,8 +66,49 @@ describe("images_edit", function()
     assert.equals(0, server_count(k))
   end)
 
+  -- JPEG and WebP headers: SOI, APP0, SOF0 of 3 components; RIFF with a VP8L bitstream header
+  local function jpeg(w, h)
+    return "\255\216\255\224\0\16JFIF\0\1\1\0\0\1\0\1\0\0\255\192\0\17\8"
+      .. string.pack(">I2I2", h, w) .. "\3\1\34\0\2\17\1\3\17\1\255\218\0\2\255\217"
+  end
+  local function webp(w, h)
+    return "RIFF\26\0\0\0WEBPVP8L\13\0\0\0\47" .. string.pack("<I4", (w - 1) | (h - 1) << 14)
+      .. "\0\0\0\0\0\0\0\0\0"
+  end
+
+  it("sends JPEG and WebP images as they are, as GPT image models take them", function()
+    for _, case in ipairs{ { jpeg(8, 6), "image/jpeg", "image.jpg" },
+        { webp(8, 6), "image/webp", "image.webp" } } do
+      local res = assert(c:images_edit{ image = case[1], prompt = "x",
+        mask = image.mask(8, 6, "all") })
+      assert.equals(case[2], res.received.image_type)
+      assert.equals(case[3], res.received.image_filename)
+      assert.equals(case[1], llmux.base64.decode(res.data[1].b64_json))
+      -- their sizes are read from the header: a mask of another size is not sent
+      local _, msg, code = c:images_edit{ image = case[1], prompt = "x",
+        mask = image.mask(6, 8, "all") }
+      assert.equals("badrequest", code)
+      assert.matches("the mask is 6x8 but the image is 8x6", msg, 1, true)
+    end
+    -- a JPEG cut before its frame header has no size to check a mask against
+    local _, msg, code = c:images_edit{ image = jpeg(8, 6):sub(1, 22), prompt = "x" }
+    assert.equals("decode", code)
+    assert.matches("image is a truncated JPEG (22 bytes", msg, 1, true)
+    -- a GIF is none of them; a JPEG mask is no PNG; inpaint and outpaint send PNGs
+    _, msg, code = c:images_edit{ image = "GIF89a\8\0\6\0\0\0\0;", prompt = "x" }
+    assert.equals("badrequest", code)
+    assert.matches("image must be a PNG, JPEG or WebP, not image/gif", msg, 1, true)
+    _, msg, code = c:images_edit{ image = jpeg(8, 6), mask = jpeg(8, 6), prompt = "x" }
+    assert.equals("badrequest", code)
+    assert.matches("mask must be a PNG, not image/jpeg", msg, 1, true)
+    _, msg, code = c:inpaint{ image = jpeg(8, 6), mask = image.mask(8, 6, "all"), prompt = "x" }
+    assert.equals("badrequest", code)
+    assert.matches("inpaint: image must be a PNG, not image/jpeg", msg, 1, true)
+  end)
+
   it("reports bad image input clearly", function()
-    local _, msg, code = c:images_edit{ image = "\255\216\255\224 jpeg", prompt = "x" }
+    local _, msg, code = c:outpaint{ image = "\255\216\255\224 jpeg", prompt = "x",
+      direction = "left", pixels = 1 }
     assert.equals("badrequest", code)
     assert.matches("must be a PNG, not image/jpeg", msg)
     _, msg, code = c:images_edit{ image = "/nonexistent/llmux.png", prompt = "x" }
@@ -131,7 +172,8 @@ describe("images_edit", function()
     end,
       "llmux.Client:images_edit: unknown argument 'colour'")
     assert.has_error(function() c:images_edit{ image = 5, prompt = "x" } end,
-      "llmux.Client:images_edit: 'image' must be an llmux.Image, PNG bytes or a path")
+      "llmux.Client:images_edit: 'image' must be an llmux.Image, or the bytes or path of a "
+        .. "PNG, JPEG or WebP")
     assert.has_error(function() c:images_edit("x") end,
       "llmux.Client:images_edit: args must be a table")
   end)

@@ -668,23 +668,29 @@ end
 local image   -- llmux.image, loaded on first use (libpng work is not every client's)
 -- llmux.base64, not the core's functions: inside a task it codes large strings on a worker
 local base64 = require "llmux.base64"
-local PNG_SIG = "\137PNG\r\n\26\n"
 
--- PNG bytes, width, height of an image argument: an llmux.Image (encoded here), PNG bytes or
--- the path of a PNG | nil, message, code.
-local function png_of(v, what, where)
+-- The kinds of image bytes an argument may be, with their names for messages. OpenAI's
+-- /images/edits takes PNG, JPEG and WebP images (its GPT image models; dall-e-2 wants a PNG)
+-- and PNG masks only; the JSON inpaint and outpaint endpoints get PNGs.
+local PNG_ONLY = { ["image/png"] = true, names = "a PNG" }
+local EDIT_IMAGE = { ["image/png"] = true, ["image/jpeg"] = true, ["image/webp"] = true,
+  names = "a PNG, JPEG or WebP" }
+local KIND_NAME = { ["image/png"] = "PNG", ["image/jpeg"] = "JPEG", ["image/webp"] = "WebP",
+  ["image/gif"] = "GIF" }
+local FILENAME = { ["image/png"] = "png", ["image/jpeg"] = "jpg", ["image/webp"] = "webp" }
+
+-- Bytes, width, height and MIME type of an image argument: an llmux.Image (encoded as PNG
+-- here), or the bytes or the path of an image of a kind in accept | nil, message, code.
+local function image_of(v, what, where, accept)
   image = image or require "llmux.image"
-  if image.is_image(v) then return v:encode_png(), v:width(), v:height() end
+  if image.is_image(v) then return v:encode_png(), v:width(), v:height(), "image/png" end
   if type(v) ~= "string" then
-    misuse(format("%s: '%s' must be an llmux.Image, PNG bytes or a path", where, what))
+    misuse(format("%s: '%s' must be an llmux.Image, or the bytes or path of %s", where, what,
+      accept.names))
   end
   local bytes = v
-  if sub(v, 1, 8) ~= PNG_SIG then
-    local kind = image.sniff(v)
-    if kind then
-      return nil, format("%s: %s must be a PNG, not %s (image.decode it first? only PNG is "
-        .. "decoded here)", where, what, kind), "badrequest"
-    end
+  local kind, w, h = image.sniff(v)
+  if not kind then
     local f, err = io.open(v, "rb")
     if not f then return nil, format("%s: cannot read %s: %s", where, what, err), "io" end
     bytes, err = f:read("a")   -- a directory opens, then fails here
@@ -692,15 +698,20 @@ local function png_of(v, what, where)
     if not bytes then
       return nil, format("%s: cannot read %s %s: %s", where, what, v, tostring(err)), "io"
     end
-    if sub(bytes, 1, 8) ~= PNG_SIG then
-      return nil, format("%s: %s file %s is not a PNG", where, what, v), "decode"
+    kind, w, h = image.sniff(bytes)
+    if not kind then
+      return nil, format("%s: %s file %s is not %s", where, what, v, accept.names), "decode"
     end
   end
-  if #bytes < 24 or sub(bytes, 13, 16) ~= "IHDR" then
-    return nil, format("%s: %s is a truncated PNG (%d bytes)", where, what, #bytes), "decode"
+  if not accept[kind] then
+    return nil, format("%s: %s must be %s, not %s", where, what, accept.names, kind),
+      "badrequest"
   end
-  local w, h = string.unpack(">I4I4", bytes, 17)
-  return bytes, w, h
+  if not w then
+    return nil, format("%s: %s is a truncated %s (%d bytes, no size in its header)", where,
+      what, KIND_NAME[kind], #bytes), "decode"
+  end
+  return bytes, w, h, kind
 end
 
 -- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit, and refuses one
@@ -719,24 +730,26 @@ local function alpha_mask(v)
   return v
 end
 
--- image and mask of an edit call, checked to be the same size; with alpha, the mask in
--- OpenAI's form (alpha_mask).
+-- image and mask of an edit call, checked to be the same size, and the image's MIME type;
+-- with alpha (OpenAI's /images/edits), the mask in OpenAI's form (alpha_mask) and the image
+-- a PNG, JPEG or WebP, else a PNG.
 local function image_and_mask(args, where, mask_required, alpha)
-  local img, iw, ih = png_of(args.image, "image", where)
+  local img, iw, ih, kind = image_of(args.image, "image", where,
+    alpha and EDIT_IMAGE or PNG_ONLY)
   if not img then return nil, iw, ih end
   if args.mask == nil then
     if mask_required then misuse(where .. ": 'mask' is required") end
-    return img, iw, ih
+    return img, iw, ih, nil, kind
   end
   local m = alpha and alpha_mask(args.mask) or args.mask
-  local mask, mw, mh = png_of(m, "mask", where)
+  local mask, mw, mh = image_of(m, "mask", where, PNG_ONLY)
   if m ~= args.mask then m:close() end   -- ours: its pixels need not wait for the collector
   if not mask then return nil, mw, mh end
   if mw ~= iw or mh ~= ih then
     return nil, format("%s: the mask is %dx%d but the image is %dx%d; they must be the same "
       .. "size", where, mw, mh, iw, ih), "badrequest"
   end
-  return img, iw, ih, mask
+  return img, iw, ih, mask, kind
 end
 
 -- Checks args against allowed (name -> type) and the required names.
@@ -784,15 +797,16 @@ local EDIT_ARGS = { image = "any", mask = "any", prompt = "string", model = "str
 
 -- c:images_edit{image, prompt[, mask, model, n, size, response_format, decode]}[, opts]
 -- -> response, info | nil, message, code, detail. OpenAI's multipart POST /images/edits;
--- image and mask (an llmux.Image, PNG bytes or a path) go as PNG parts, a 1-channel mask
--- with alpha (alpha_mask).
+-- image (an llmux.Image, sent as PNG, or the bytes or path of a PNG, JPEG or WebP) and mask
+-- (an llmux.Image or a PNG; a 1-channel one with alpha, see alpha_mask) go as file parts.
 function Client:images_edit(args, opts)
   local where = "llmux.Client:images_edit"
   check_self(self, where)
   check_args(args, EDIT_ARGS, { "image", "prompt" }, where)
-  local img, iw, ih, mask = image_and_mask(args, where, false, true)
+  local img, iw, ih, mask, kind = image_and_mask(args, where, false, true)
   if not img then return nil, iw, ih, {} end
-  local form = { { name = "image", data = img, filename = "image.png", type = "image/png" } }
+  local form = { { name = "image", data = img, filename = "image." .. FILENAME[kind],
+    type = kind } }
   if mask then
     form[#form + 1] = { name = "mask", data = mask, filename = "mask.png", type = "image/png" }
   end
@@ -862,7 +876,7 @@ function Client:outpaint(args, opts)
   if mtype(args.pixels) ~= "integer" or args.pixels < 1 then
     error(where .. ": 'pixels' must be an integer >= 1", 2)
   end
-  local img, msg, code = png_of(args.image, "image", where)
+  local img, msg, code = image_of(args.image, "image", where, PNG_ONLY)
   if not img then return nil, msg, code, {} end
   local body = { image = base64.encode(img) }
   for k in pairs(OUTPAINT_ARGS) do

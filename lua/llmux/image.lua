@@ -13,7 +13,7 @@ local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error,
 local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
 local io_open, format, sub, find = io.open, string.format, string.sub, string.find
-local unpack = string.unpack
+local unpack, byte = string.unpack, string.byte
 local b64_encode = base64.encode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
@@ -403,14 +403,70 @@ end
 
 -- Data URIs and content parts ----------------------------------------------------------------
 
--- sniff(bytes) -> MIME type of a PNG, JPEG, GIF or WebP by its magic bytes, or nil.
+-- JPEG's start-of-frame markers (SOF0..15 but DHT, JPG and DAC), where its size is.
+local JPEG_SOF = {}
+for m = 0xC0, 0xCF do JPEG_SOF[m] = m ~= 0xC4 and m ~= 0xC8 and m ~= 0xCC or nil end
+
+-- Width, height of a JPEG from its first frame header, or nil. Each turn moves on by at least
+-- one byte; a marker without a length (RSTn, TEM, SOI) is two bytes, 0xFF fill one.
+local function jpeg_size(s)
+  local pos, n = 3, #s
+  while pos + 3 <= n do
+    if byte(s, pos) ~= 0xFF then return nil end
+    local m = byte(s, pos + 1)
+    if m == 0xFF then
+      pos = pos + 1
+    elseif m == 0x01 or (m >= 0xD0 and m <= 0xD8) then
+      pos = pos + 2
+    else
+      local len = unpack(">I2", s, pos + 2)
+      if JPEG_SOF[m] then
+        if pos + 8 > n then return nil end
+        local h, w = unpack(">I2I2", s, pos + 5)
+        if w == 0 or h == 0 then return nil end   -- a height in a later DNL: not read here
+        return w, h
+      end
+      if m == 0xDA or m == 0xD9 or len < 2 then return nil end   -- scan or end before a frame
+      pos = pos + 2 + len
+    end
+  end
+  return nil
+end
+
+-- Width, height of a WebP (simple lossy, lossless, or extended with its canvas), or nil.
+local function webp_size(s)
+  local kind = sub(s, 13, 16)
+  if kind == "VP8 " and #s >= 30 and sub(s, 24, 26) == "\157\1\42" then
+    local w, h = unpack("<I2I2", s, 27)
+    w, h = w & 0x3FFF, h & 0x3FFF
+    if w > 0 and h > 0 then return w, h end
+  elseif kind == "VP8L" and #s >= 25 and byte(s, 21) == 0x2F then
+    local v = unpack("<I4", s, 22)
+    return (v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1
+  elseif kind == "VP8X" and #s >= 30 then
+    local w, h = unpack("<I3I3", s, 25)
+    return w + 1, h + 1
+  end
+  return nil
+end
+
+-- sniff(bytes) -> MIME type of a PNG, JPEG, GIF or WebP by its magic bytes, or nil; then the
+-- width and height its header declares, when it can be read (nothing is decoded).
 function M.sniff(s)
   if type(s) ~= "string" then return nil end
-  if sub(s, 1, 8) == "\137PNG\r\n\26\n" then return "image/png" end
-  if sub(s, 1, 3) == "\255\216\255" then return "image/jpeg" end
+  if sub(s, 1, 8) == "\137PNG\r\n\26\n" then
+    local w, h
+    if #s >= 24 and sub(s, 13, 16) == "IHDR" then w, h = unpack(">I4I4", s, 17) end
+    return "image/png", w, h
+  end
+  if sub(s, 1, 3) == "\255\216\255" then return "image/jpeg", jpeg_size(s) end
   local g = sub(s, 1, 6)
-  if g == "GIF87a" or g == "GIF89a" then return "image/gif" end
-  if sub(s, 1, 4) == "RIFF" and sub(s, 9, 12) == "WEBP" then return "image/webp" end
+  if g == "GIF87a" or g == "GIF89a" then
+    local w, h
+    if #s >= 10 then w, h = unpack("<I2I2", s, 7) end
+    return "image/gif", w, h
+  end
+  if sub(s, 1, 4) == "RIFF" and sub(s, 9, 12) == "WEBP" then return "image/webp", webp_size(s) end
   return nil
 end
 

@@ -1568,7 +1568,10 @@ local function images_edits()
   local image, mask, prompt = parts.image, parts.mask, parts.prompt
   if not image then return bad_request("'image' is a required part", "image") end
   local w, h = png_size(image.data)
-  if not w then return bad_request("image is " .. h, "image") end
+  -- GPT image models take JPEG and WebP too (their sizes are not read here)
+  local other = image.data:sub(1, 3) == "\255\216\255"
+    or (image.data:sub(1, 4) == "RIFF" and image.data:sub(9, 12) == "WEBP")
+  if not w and not other then return bad_request("image is " .. h, "image") end
   if not prompt or prompt.data == "" then return bad_request("'prompt' is required", "prompt") end
   local received = {width = w, height = h, prompt = prompt.data, image_type = image.type,
     image_filename = image.filename, n = parts.n and parts.n.data,   -- the text as sent
@@ -1577,7 +1580,7 @@ local function images_edits()
   if mask then
     local mw, mh = png_size(mask.data)
     if not mw then return bad_request("mask is " .. mh, "mask") end
-    if mw ~= w or mh ~= h then
+    if w and (mw ~= w or mh ~= h) then
       return bad_request("Invalid mask: mask and image must have the same dimensions", "mask")
     end
     received.mask_width, received.mask_height = mw, mh
