@@ -153,9 +153,35 @@ describe("images_edit", function()
     res = assert(c:images_edit{ image = img, mask = own, prompt = "x" })
     sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
     assert.equals(own:pixels(), sent:pixels())
-    local bytes = image.mask(4, 2, "all"):encode_png()
+    local bytes = image.new(4, 2, 2, string.rep("\0\0\9\255", 4)):encode_png()
     res = assert(c:images_edit{ image = img, mask = bytes, prompt = "x" })
     assert.equals(bytes, llmux.base64.decode(res.received.mask_b64))
+    -- a PNG without alpha, bytes or a file (an llmux mask saved), would be refused as it is:
+    -- it goes as the llmux.Image it decodes to would; with tRNS, it has alpha
+    local saved = image.mask(4, 2, "left_half"):encode_png()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(saved)
+    f:close()
+    for _, m in ipairs{ saved, path } do
+      res = assert(c:images_edit{ image = img, mask = m, prompt = "x" })
+      sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+      assert.equals(string.rep("\255\0\255\0\0\255\0\255", 2), sent:pixels())
+    end
+    os.remove(path)
+    local tf = io.open((os.getenv("PNGSUITE") or "../shared/testdata/pngsuite")
+      .. "/tbbn3p08.png", "rb") or assert(io.open("/work/shared/testdata/pngsuite/tbbn3p08.png",
+      "rb"))
+    local tp = tf:read("a")   -- palette + tRNS
+    tf:close()
+    local big = assert(image.decode(tp))
+    res = assert(c:images_edit{ image = image.new(big:width(), big:height(), 3), mask = tp,
+      prompt = "x" })
+    assert.equals(tp, llmux.base64.decode(res.received.mask_b64))
+    -- a mask that is no PNG is named as the mask
+    local _, msg, code = c:images_edit{ image = img, mask = saved:sub(1, 40), prompt = "x" }
+    assert.equals("decode", code)
+    assert.matches("images_edit: mask: llmux.image: bad PNG", msg, 1, true)
     -- the JSON inpaint endpoint keeps white = paint
     mask = image.mask(4, 2, "left_half")
     res = assert(c:inpaint{ image = img, mask = mask, prompt = "x" })

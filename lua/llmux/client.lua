@@ -717,9 +717,28 @@ end
 -- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit, and refuses one
 -- without alpha. llmux's masks (image.mask, normalize_mask, outpaint_canvas) are 1 channel
 -- with 255 = paint, so such a mask goes as grey + alpha, alpha 255 - grey (the grey still says
--- white = paint); an RGB llmux.Image is read the same way, by its luma. Masks with alpha of
--- their own, PNG bytes and paths go as they are.
-local function alpha_mask(v)
+-- white = paint); an RGB one is read the same way, by its luma. A PNG (bytes or a path) is
+-- decoded when it has no alpha (no alpha channel, no tRNS) and goes the same way: it may be
+-- such a mask saved, and as it is it would be refused. Masks with alpha go as they are.
+-- Returns the mask to send (a new llmux.Image is the caller's to close) | nil, message, code.
+local function alpha_mask(v, where)
+  if type(v) == "string" then
+    local bytes, msg, code = image_of(v, "mask", where, PNG_ONLY)
+    if not bytes then return nil, msg, code end
+    local ctype = sub(bytes, 26, 26)
+    if ctype == "\4" or ctype == "\6" then return bytes end   -- grey or RGB with alpha
+    local img
+    img, msg, code = image.decode(bytes)
+    if not img then return nil, format("%s: mask: %s", where, msg), code end
+    local ch = img:channels()
+    if ch == 2 or ch == 4 then   -- tRNS
+      img:close()
+      return bytes
+    end
+    local out = alpha_mask(img, where)
+    img:close()
+    return out
+  end
   if not image.is_image(v) then return v end
   local ch = v:channels()
   if ch == 1 then return core.image_mask_alpha(v) end
@@ -741,9 +760,15 @@ local function image_and_mask(args, where, mask_required, alpha)
     if mask_required then misuse(where .. ": 'mask' is required") end
     return img, iw, ih, nil, kind
   end
-  local m = alpha and alpha_mask(args.mask) or args.mask
-  local mask, mw, mh = image_of(m, "mask", where, PNG_ONLY)
-  if m ~= args.mask then m:close() end   -- ours: its pixels need not wait for the collector
+  local m, mw, mh = args.mask, nil, nil
+  if alpha then
+    m, mw, mh = alpha_mask(m, where)
+    if not m then return nil, mw, mh end
+  end
+  local mask
+  mask, mw, mh = image_of(m, "mask", where, PNG_ONLY)
+  -- ours: its pixels need not wait for the collector
+  if m ~= args.mask and image.is_image(m) then m:close() end
   if not mask then return nil, mw, mh end
   if mw ~= iw or mh ~= ih then
     return nil, format("%s: the mask is %dx%d but the image is %dx%d; they must be the same "
