@@ -619,6 +619,44 @@ describe("data URIs and vision parts", function()
     assert.has_error(function() image.data_uri(jpeg, { max = 1 }) end)
   end)
 
+  it("reads no more of a file than it needs to tell it is no image or too large", function()
+    -- bytes this process has read, as the kernel counts them
+    local function rchar()
+      local f = assert(io.open("/proc/self/io", "rb"))
+      local n = tonumber(f:read("a"):match("rchar:%s*(%d+)"))
+      f:close()
+      return n
+    end
+    local path = os.tmpname()
+    local function sparse(head)   -- head, then zeros to 64 MiB that take no disk
+      local f = assert(io.open(path, "wb"))
+      f:write(head)
+      f:seek("set", (64 << 20) - 1)
+      f:write("\0")
+      f:close()
+    end
+    local function cost(fn)
+      local r0 = rchar()
+      local res, msg, code = fn()
+      return rchar() - r0, res, msg, code
+    end
+    sparse("\0\0\0\24ftypmp42")   -- a video, not an image
+    for _, fn in ipairs{ function() return image.part(path) end,
+        function() return image.load(path) end } do
+      local n, res, msg, code = cost(fn)
+      assert.is_nil(res)
+      assert.equals("decode", code, msg)
+      assert.is_true(n < 1 << 20, n .. " bytes read")
+    end
+    sparse(jpeg)
+    local n, res, msg, code = cost(function() return image.data_uri(path, { max_bytes = 1000 }) end)
+    assert.is_nil(res)
+    assert.equals("toolarge", code)
+    assert.matches("is over max_bytes 1000", msg, 1, true)
+    assert.is_true(n < 1 << 20, n .. " bytes read")
+    os.remove(path)
+  end)
+
   it("refuses images over max_bytes with toolarge, naming the size and fit", function()
     local uri, msg, code = image.data_uri(jpeg, { max_bytes = 10 })
     assert.is_nil(uri)

@@ -122,11 +122,16 @@ describe("images_edit", function()
     local res, msg, code = c:images_edit{ image = "/", prompt = "x" }
     assert.is_nil(res)
     assert.equals("io", code)
-    assert.matches("llmux.Client:images_edit: cannot read image /", msg, 1, true)
+    assert.matches("llmux.Client:images_edit: image: cannot read /", msg, 1, true)
     res, msg, code = c:inpaint{ image = picture(2, 2), mask = "/", prompt = "x" }
     assert.is_nil(res)
     assert.equals("io", code)
-    assert.matches("llmux.Client:inpaint: cannot read mask /", msg, 1, true)
+    assert.matches("llmux.Client:inpaint: mask: cannot read /", msg, 1, true)
+    -- a file of no image kind is not read past its first bytes: /dev/zero is no image
+    res, msg, code = c:images_edit{ image = "/dev/zero", prompt = "x" }
+    assert.is_nil(res)
+    assert.equals("decode", code)
+    assert.matches("image file /dev/zero is not a PNG, JPEG or WebP", msg, 1, true)
   end)
 
   it("sends llmux's 1-channel masks with alpha 0 where they paint (OpenAI's form)", function()

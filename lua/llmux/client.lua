@@ -690,18 +690,15 @@ local function image_of(v, what, where, accept)
   end
   local bytes = v
   local kind, w, h = image.sniff(v)
-  if not kind then
-    local f, err = io.open(v, "rb")
-    if not f then return nil, format("%s: cannot read %s: %s", where, what, err), "io" end
-    bytes, err = f:read("a")   -- a directory opens, then fails here
-    f:close()
-    if not bytes then
-      return nil, format("%s: cannot read %s %s: %s", where, what, v, tostring(err)), "io"
+  if not kind then   -- a path: a file of no image kind is not read past its first bytes
+    local err, code
+    bytes, err, code = image._read_file(v, image.sniff)
+    if code == "decode" then
+      return nil, format("%s: %s file %s is not %s", where, what, v, accept.names), code
+    elseif not bytes then
+      return nil, format("%s: %s: %s", where, what, err), code
     end
     kind, w, h = image.sniff(bytes)
-    if not kind then
-      return nil, format("%s: %s file %s is not %s", where, what, v, accept.names), "decode"
-    end
   end
   if not accept[kind] then
     return nil, format("%s: %s must be %s, not %s", where, what, accept.names, kind),

@@ -130,25 +130,47 @@ function M.decode(bytes, opts)
     M.max_pixels))
 end
 
--- Reads a whole file: bytes | nil, msg, "io".
-local function read_file(path)
+-- Reads a file: bytes | nil, msg, "io" (msg: "cannot open|read <path>: <why>"). The first 12
+-- bytes come alone: unless they are what ok(head) takes, reading stops there (nil, nil,
+-- "decode"), so a video or /dev/zero given for an image costs 12 bytes, not all of it or all
+-- memory. Then at most limit bytes (nil, nil, "toolarge" past them) when a limit is given,
+-- else the rest. llmux.client reads its image files with it too (M._read_file).
+local function read_file(path, ok, limit)
   local f, err = io_open(path, "rb")
-  if not f then return nil, "llmux.image: cannot open " .. err, "io" end
-  local s, rerr = f:read("a")
+  if not f then return nil, "cannot open " .. err, "io" end
+  local s, rerr = f:read(12)   -- nil at once for a directory (an error) or an empty file
+  if s and ok(s) then
+    local rest
+    if limit then
+      rest, rerr = "", nil
+      if #s <= limit then rest, rerr = f:read(limit + 1 - #s) end
+    else
+      rest, rerr = f:read("a")
+    end
+    s = rest and s .. rest
+  elseif s or not rerr then
+    f:close()
+    return nil, nil, "decode"
+  end
   f:close()
-  if not s then return nil, "llmux.image: cannot read " .. path .. ": " .. tostring(rerr), "io" end
+  if not s then return nil, "cannot read " .. path .. ": " .. tostring(rerr), "io" end
+  if limit and #s > limit then return nil, nil, "toolarge" end
   return s
 end
+M._read_file = read_file
+
+local function is_png(s) return sub(s, 1, 8) == "\137PNG\r\n\26\n" end
 
 -- load(path[, {max_pixels = n}]) -> Image | nil, msg, "io" | "decode" | "toolarge"
 function M.load(path, opts)
   if type(path) ~= "string" then argerr(1, "load", "string expected, got " .. type(path)) end
   opts = options(opts, 2, "load", DECODE)
   local max_pixels = int_opt(opts.max_pixels, 2, "load", "max_pixels", 1, nil, M.max_pixels)
-  local s, msg, code = read_file(path)
-  if not s then return nil, msg, code end
+  local s, msg, code = read_file(path, is_png)
+  if code == "decode" then msg, s = "llmux.image: not a PNG image (bad signature)", nil end
+  if not s and code == "io" then return nil, "llmux.image: " .. msg, code end
   local img
-  img, msg, code = decode(s, max_pixels)
+  if s then img, msg, code = decode(s, max_pixels) end
   if not img then return nil, msg .. " (" .. path .. ")", code end
   return img
 end
@@ -476,8 +498,9 @@ local function looks_like_path(s)
   return #s > 0 and #s < 4096 and not find(s, "[%c]")
 end
 
--- The bytes and MIME type of src (an Image, image bytes or a path) | nil, msg, code.
-local function bytes_of(src, fname)
+-- The bytes and MIME type of src (an Image, image bytes or a path) | nil, msg, code; a file
+-- is read up to limit bytes.
+local function bytes_of(src, fname, limit)
   if getmetatable(src) == IMAGE_MT then return src:encode_png(), "image/png" end
   if type(src) ~= "string" then
     argerr(1, fname, "llmux.Image, image bytes or a path expected, got " .. type(src))
@@ -488,19 +511,22 @@ local function bytes_of(src, fname)
     return nil, format("llmux.image: unknown image format (%d bytes that are not PNG, JPEG, "
       .. "GIF or WebP)", #src), "decode"
   end
-  local s, msg, code = read_file(src)
-  if not s then return nil, msg, code end
-  mime = M.sniff(s)
-  if not mime then
-    return nil, "llmux.image: " .. src .. " is not a PNG, JPEG, GIF or WebP image", "decode"
+  local s, msg, code = read_file(src, M.sniff, limit)
+  if code == "decode" then
+    return nil, "llmux.image: " .. src .. " is not a PNG, JPEG, GIF or WebP image", code
+  elseif code == "toolarge" then
+    return nil, format("llmux.image: %s is over max_bytes %d; shrink it first, e.g. "
+      .. "image.load(path):fit{max_side = 2048}", src, limit), code
+  elseif not s then
+    return nil, "llmux.image: " .. msg, code
   end
-  return s, mime
+  return s, M.sniff(s)
 end
 
 local DATA_URI = set("max_bytes")
 
 local function make_uri(src, limit, fname)
-  local bytes, mime, code = bytes_of(src, fname)
+  local bytes, mime, code = bytes_of(src, fname, limit)
   if not bytes then return nil, mime, code end
   if #bytes > limit then
     return nil, format("llmux.image: image is %d bytes, over max_bytes %d; shrink it first, "
