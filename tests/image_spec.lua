@@ -657,6 +657,39 @@ describe("data URIs and vision parts", function()
     os.remove(path)
   end)
 
+  it("takes data: URLs as image sources and passes http(s) URLs on in parts", function()
+    local png = readfile(SUITE .. "/basn0g01.png")
+    local uri = "data:image/png;base64," .. base64.encode(png)
+    assert.equals(uri, image.data_uri(uri))
+    -- the type is what the bytes are; base64 broken into lines is taken
+    local mime, bytes = payload(assert(image.data_uri("data:image/jpg;base64,"
+      .. base64.encode(jpeg))))
+    assert.same({ "image/jpeg", jpeg }, { mime, bytes })
+    assert.equals(uri, image.part("data:image/png;base64,"
+      .. base64.encode(png):gsub("(" .. ("."):rep(76) .. ")", "%1\r\n")).image_url.url)
+    -- what is no image, or too much of one, is named without echoing the payload
+    for _, c in ipairs{
+        { "data:image/png,%89PNG", "decode", "a data: URL of 21 bytes that is not base64" },
+        { "data:image/png;base64,abc", "decode", "payload: llmux.base64: missing padding" },
+        { "data:image/png;base64," .. base64.encode("text"), "decode",
+          "a data: URL of 4 bytes that are not PNG, JPEG, GIF or WebP" },
+        { uri, "toolarge", "is over max_bytes 100", { max_bytes = 100 } } } do
+      local res, msg, code = image.data_uri(c[1], c[4])
+      assert.is_nil(res)
+      assert.equals(c[2], code)
+      assert.matches(c[3], msg, 1, true)
+      assert.is_nil(msg:find(c[1], 1, true))
+    end
+    -- a URL is the provider's to fetch: part passes it on, data_uri cannot make one of it
+    local url = "https://example.com/cat.png"
+    assert.same({ type = "image_url", image_url = { url = url, detail = "low" } },
+      image.part(url, { detail = "low" }))
+    local res, msg, code = image.data_uri(url)
+    assert.is_nil(res)
+    assert.equals("io", code)
+    assert.matches("is a URL: llmux reads files, it does not fetch", msg, 1, true)
+  end)
+
   it("refuses images over max_bytes with toolarge, naming the size and fit", function()
     local uri, msg, code = image.data_uri(jpeg, { max_bytes = 10 })
     assert.is_nil(uri)

@@ -94,6 +94,10 @@ describe("images_edit", function()
     local _, msg, code = c:images_edit{ image = jpeg(8, 6):sub(1, 22), prompt = "x" }
     assert.equals("decode", code)
     assert.matches("image is a truncated JPEG (22 bytes", msg, 1, true)
+    -- a data: URL is its bytes
+    local res = assert(c:images_edit{ prompt = "x", mask = image.mask(8, 6, "all"),
+      image = "data:image/webp;base64," .. llmux.base64.encode(webp(8, 6)) })
+    assert.equals("image/webp", res.received.image_type)
     -- a GIF is none of them; a JPEG mask is no PNG; inpaint and outpaint send PNGs
     _, msg, code = c:images_edit{ image = "GIF89a\8\0\6\0\0\0\0;", prompt = "x" }
     assert.equals("badrequest", code)

@@ -680,7 +680,8 @@ local KIND_NAME = { ["image/png"] = "PNG", ["image/jpeg"] = "JPEG", ["image/webp
 local FILENAME = { ["image/png"] = "png", ["image/jpeg"] = "jpg", ["image/webp"] = "webp" }
 
 -- Bytes, width, height and MIME type of an image argument: an llmux.Image (encoded as PNG
--- here), or the bytes or the path of an image of a kind in accept | nil, message, code.
+-- here), or the bytes, a data: URL or the path of an image of a kind in accept | nil,
+-- message, code.
 local function image_of(v, what, where, accept)
   image = image or require "llmux.image"
   if image.is_image(v) then return v:encode_png(), v:width(), v:height(), "image/png" end
@@ -690,7 +691,12 @@ local function image_of(v, what, where, accept)
   end
   local bytes = v
   local kind, w, h = image.sniff(v)
-  if not kind then   -- a path: a file of no image kind is not read past its first bytes
+  if not kind and find(v, "^data:[^,]*,") then
+    local err, code
+    bytes, err, code = image._data_url(v)
+    if not bytes then return nil, format("%s: %s: %s", where, what, err), code end
+    kind, w, h = image.sniff(bytes)
+  elseif not kind then   -- a path: a file of no image kind is not read past its first bytes
     local err, code
     bytes, err, code = image._read_file(v, image.sniff)
     if code == "decode" then

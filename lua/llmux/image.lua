@@ -12,9 +12,10 @@ local errors = require "llmux.errors"
 local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
 local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
-local io_open, format, sub, find = io.open, string.format, string.sub, string.find
+local io_open, format, sub, find, match = io.open, string.format, string.sub, string.find,
+  string.match
 local unpack, byte = string.unpack, string.byte
-local b64_encode = base64.encode
+local b64_encode, b64_decode = base64.encode, base64.decode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
 local job_resize = core.job_image_resize
@@ -498,8 +499,34 @@ local function looks_like_path(s)
   return #s > 0 and #s < 4096 and not find(s, "[%c]")
 end
 
--- The bytes and MIME type of src (an Image, image bytes or a path) | nil, msg, code; a file
--- is read up to limit bytes.
+local WHITESPACE = { ignore_whitespace = true }
+
+-- The bytes and MIME type of a base64 data: URL's image | nil, msg, code. The type is what the
+-- bytes are ("image/jpg", a common slip, becomes image/jpeg); the payload is not decoded when
+-- it holds more than limit bytes (no limit: nil), nor echoed in messages (it may be megabytes).
+local function data_url(s, limit)
+  local head, at = match(s, "^data:([^,]*),()")
+  local n = #s - at + 1
+  if not find(head, ";base64$") then
+    return nil, format("llmux.image: a data: URL of %d bytes that is not base64", #s), "decode"
+  end
+  if limit and n // 4 * 3 - 2 > limit and not find(s, "%s", at) then
+    return nil, format("llmux.image: a data: URL of %d bytes (about %d image bytes) is over "
+      .. "max_bytes %d", #s, n // 4 * 3, limit), "toolarge"
+  end
+  local bytes, err = b64_decode(sub(s, at), WHITESPACE)
+  if not bytes then return nil, "llmux.image: a data: URL's payload: " .. err, "decode" end
+  local mime = M.sniff(bytes)
+  if not mime then
+    return nil, format("llmux.image: a data: URL of %d bytes that are not PNG, JPEG, GIF or "
+      .. "WebP", #bytes), "decode"
+  end
+  return bytes, mime
+end
+M._data_url = data_url   -- for llmux.client
+
+-- The bytes and MIME type of src (an Image, image bytes, a data: URL or a path) | nil, msg,
+-- code; a file is read up to limit bytes.
 local function bytes_of(src, fname, limit)
   if getmetatable(src) == IMAGE_MT then return src:encode_png(), "image/png" end
   if type(src) ~= "string" then
@@ -507,6 +534,11 @@ local function bytes_of(src, fname, limit)
   end
   local mime = M.sniff(src)
   if mime then return src, mime end
+  if find(src, "^data:[^,]*,") then return data_url(src, limit) end
+  if find(src, "^https?://") then
+    return nil, format("llmux.image: %s is a URL: llmux reads files, it does not fetch "
+      .. "(image.part passes URLs on as they are)", sub(src, 1, 200)), "io"
+  end
   if not looks_like_path(src) then
     return nil, format("llmux.image: unknown image format (%d bytes that are not PNG, JPEG, "
       .. "GIF or WebP)", #src), "decode"
@@ -554,6 +586,9 @@ function M.part(src, opts)
   local detail = opts.detail or "auto"
   if not DETAILS[detail] then argerr(2, "part", "detail must be \"low\", \"high\" or \"auto\"") end
   local limit = int_opt(opts.max_bytes, 2, "part", "max_bytes", 1, nil, M.max_bytes)
+  if type(src) == "string" and find(src, "^https?://%S+$") then   -- the provider fetches it
+    return { type = "image_url", image_url = { url = src, detail = detail } }
+  end
   local url, msg, code = make_uri(src, limit, "part")
   if not url then return nil, msg, code end
   return { type = "image_url", image_url = { url = url, detail = detail } }
