@@ -649,7 +649,9 @@ describe("data URIs and vision parts", function()
       assert.is_true(n < 1 << 20, n .. " bytes read")
     end
     sparse(jpeg)
-    local n, res, msg, code = cost(function() return image.data_uri(path, { max_bytes = 1000 }) end)
+    local n, res, msg, code = cost(function()
+      return image.data_uri(path, { max_bytes = 1000 })
+    end)
     assert.is_nil(res)
     assert.equals("toolarge", code)
     assert.matches("is over max_bytes 1000", msg, 1, true)
@@ -746,6 +748,18 @@ describe("image misuse", function()
       assert.is_false(ok, want)
       local at = "image_spec.lua:" .. debug.getinfo(f, "S").linedefined .. ": " .. want
       assert.truthy(err:find(at, 1, true), err)
+    end
+    -- a closed image, whichever function of image.lua it reaches
+    local closed = image.new(2, 2, 3)
+    closed:close()
+    for _, f in ipairs{ function() closed:encode_png() end,
+        function() closed:fit{ max_side = 1 } end, function() image.data_uri(closed) end, function() image.part(closed) end,
+        function() image.outpaint_canvas(closed, { pixels = 1 }) end,
+        function() image.normalize_mask(closed) end, function() closed:resize(1, 1) end } do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      local at = "image_spec.lua:" .. debug.getinfo(f, "S").linedefined .. ": "
+      assert.equals(at .. "attempt to use a closed llmux.Image", err:match("[^/]*$"))
     end
   end)
 

@@ -9,7 +9,8 @@ local core = require "llmux.core"
 local sched = require "llmux.sched"
 local base64 = require "llmux.base64"
 local errors = require "llmux.errors"
-local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
+local type, pairs, ipairs, error, tostring, select, pcall = type, pairs, ipairs, error, tostring,
+  select, pcall
 local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
 local io_open, format, sub, find, match = io.open, string.format, string.sub, string.find,
@@ -101,9 +102,15 @@ function M.is_image(v)
   return getmetatable(v) == IMAGE_MT
 end
 
+local c_width = Image.width   -- raises for a closed image
+
 local function check_image(v, n, fname)
   if getmetatable(v) ~= IMAGE_MT then
     argerr(n, fname, "llmux.Image expected, got " .. type(v))
+  end
+  -- the C methods would raise it too, blaming the line in here that called them
+  if not pcall(c_width, v) then
+    errors.raise_outside(SOURCE, "attempt to use a closed llmux.Image")
   end
   return v
 end
