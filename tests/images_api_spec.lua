@@ -211,6 +211,22 @@ describe("images_edit", function()
         .. "PNG, JPEG or WebP")
     assert.has_error(function() c:images_edit("x") end,
       "llmux.Client:images_edit: args must be a table")
+    -- a closed image or mask, blaming the caller's line
+    local closed = picture(2, 2)
+    closed:close()
+    for _, case in ipairs{
+        { function() c:images_edit{ image = closed, prompt = "x" } end, "images_edit: 'image'" },
+        { function() c:images_edit{ image = picture(2, 2), mask = closed, prompt = "x" } end,
+          "images_edit: 'mask'" },
+        { function() c:inpaint{ image = picture(2, 2), mask = closed, prompt = "x" } end,
+          "inpaint: 'mask'" },
+        { function() c:outpaint{ image = closed, prompt = "x", direction = "left", pixels = 1 }
+          end, "outpaint: 'image'" } } do
+      local ok, err = pcall(case[1])
+      assert.is_false(ok)
+      assert.matches("images_api_spec.lua:" .. debug.getinfo(case[1], "S").linedefined
+        .. ": llmux.Client:" .. case[2] .. " is a closed llmux.Image", err, 1, true)
+    end
   end)
 
   it("retries, maps errors, and leaves pooled handles clean", function()

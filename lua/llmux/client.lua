@@ -682,9 +682,18 @@ local FILENAME = { ["image/png"] = "png", ["image/jpeg"] = "jpg", ["image/webp"]
 -- Bytes, width, height and MIME type of an image argument: an llmux.Image (encoded as PNG
 -- here), or the bytes, a data: URL or the path of an image of a kind in accept | nil,
 -- message, code.
-local function image_of(v, what, where, accept)
+-- Raises (blaming the caller's line) for a closed llmux.Image; returns whether v is one.
+local function open_image(v, what, where)
   image = image or require "llmux.image"
-  if image.is_image(v) then return v:encode_png(), v:width(), v:height(), "image/png" end
+  if not image.is_image(v) then return false end
+  if not pcall(v.width, v) then
+    misuse(format("%s: '%s' is a closed llmux.Image", where, what))
+  end
+  return true
+end
+
+local function image_of(v, what, where, accept)
+  if open_image(v, what, where) then return v:encode_png(), v:width(), v:height(), "image/png" end
   if type(v) ~= "string" then
     misuse(format("%s: '%s' must be an llmux.Image, or the bytes or path of %s", where, what,
       accept.names))
@@ -764,7 +773,7 @@ local function image_and_mask(args, where, mask_required, alpha)
     return img, iw, ih, nil, kind
   end
   local m, mw, mh = args.mask, nil, nil
-  if alpha then
+  if alpha and (type(m) == "string" or open_image(m, "mask", where)) then
     m, mw, mh = alpha_mask(m, where)
     if not m then return nil, mw, mh end
   end
