@@ -38,6 +38,20 @@ describe("images_edit", function()
     assert.has_error(function() c:images_edit{ image = img, prompt = "x", n = 1.5 } end,
       "llmux.Client:images_edit: 'n' must be an integer >= 1")
     assert.equals("b64_json", got.response_format)
+    -- the GPT image models' fields
+    local gpt = assert(c:images_edit{ image = img, prompt = "x", output_format = "webp",
+      output_compression = 50.0, input_fidelity = "high", quality = "low",
+      background = "opaque" }).received
+    assert.same({ "webp", "50", "high", "low", "opaque" }, { gpt.output_format,
+      gpt.output_compression, gpt.input_fidelity, gpt.quality, gpt.background })
+    assert.has_error(function()
+      c:images_edit{ image = img, prompt = "x", output_compression = -1 }
+    end, "llmux.Client:images_edit: 'output_compression' must be an integer >= 0")
+    -- decode reads PNG only: asking for another format and decode fails before the images
+    -- are made, not after
+    assert.has_error(function()
+      c:images_edit{ image = img, prompt = "x", output_format = "jpeg", decode = true }
+    end, "llmux.Client:images_edit: 'decode' needs output_format \"png\" (llmux decodes PNG only)")
     local back = res.data[1].image
     assert.equals(8, back:width())
     assert.equals(img:pixels(), back:pixels())

@@ -830,9 +830,16 @@ end
 
 local EDIT_ARGS = { image = "any", mask = "any", prompt = "string", model = "string",
   n = "number", size = "string", response_format = "string", quality = "string",
-  background = "string", user = "string", decode = "boolean" }
+  background = "string", user = "string", output_format = "string",
+  output_compression = "number", input_fidelity = "string", decode = "boolean" }
+-- The form fields after image and mask, in this order; integers go as their digits (a form
+-- field is text: 2.0 must go as "2"), with the least each may be.
+local EDIT_FIELDS = { "prompt", "model", "n", "size", "response_format", "quality",
+  "background", "output_format", "output_compression", "input_fidelity", "user" }
+local EDIT_INTEGERS = { n = 1, output_compression = 0 }
 
--- c:images_edit{image, prompt[, mask, model, n, size, response_format, decode]}[, opts]
+-- c:images_edit{image, prompt[, mask, model, n, size, response_format, quality, background,
+-- output_format, output_compression, input_fidelity, user, decode]}[, opts]
 -- -> response, info | nil, message, code, detail. OpenAI's multipart POST /images/edits;
 -- image (an llmux.Image, sent as PNG, or the bytes or path of a PNG, JPEG or WebP) and mask
 -- (an llmux.Image or a PNG; a 1-channel one with alpha, see alpha_mask) go as file parts.
@@ -840,6 +847,22 @@ function Client:images_edit(args, opts)
   local where = "llmux.Client:images_edit"
   check_self(self, where)
   check_args(args, EDIT_ARGS, { "image", "prompt" }, where)
+  if args.decode and args.output_format ~= nil and args.output_format ~= "png" then
+    -- found out after the images are made (and paid for), the answer would be lost
+    misuse(where .. ": 'decode' needs output_format \"png\" (llmux decodes PNG only)")
+  end
+  local fields = {}
+  for _, k in ipairs(EDIT_FIELDS) do
+    local v, least = args[k], EDIT_INTEGERS[k]
+    if least and v ~= nil then
+      v = math.tointeger(v)
+      if not v or v < least then
+        misuse(format("%s: '%s' must be an integer >= %d", where, k, least))
+      end
+      v = format("%d", v)
+    end
+    if v ~= nil then fields[#fields + 1] = { name = k, data = v } end
+  end
   local img, iw, ih, mask, kind = image_and_mask(args, where, false, true)
   if not img then return nil, iw, ih, {} end
   local form = { { name = "image", data = img, filename = "image." .. FILENAME[kind],
@@ -847,16 +870,7 @@ function Client:images_edit(args, opts)
   if mask then
     form[#form + 1] = { name = "mask", data = mask, filename = "mask.png", type = "image/png" }
   end
-  for _, k in ipairs{ "prompt", "model", "n", "size", "response_format", "quality",
-      "background", "user" } do
-    local v = args[k]
-    if k == "n" and v ~= nil then   -- a form field is text: 2.0 must go as "2"
-      v = math.tointeger(v)
-      if not v or v < 1 then misuse(where .. ": 'n' must be an integer >= 1") end
-      v = format("%d", v)
-    end
-    if v ~= nil then form[#form + 1] = { name = k, data = v } end
-  end
+  for _, f in ipairs(fields) do form[#form + 1] = f end
   local res, info, code, detail = perform(new_call(self, opts, "POST", "/images/edits", nil,
     where, nil, form))
   if not res then return nil, info, code, detail end

@@ -1577,6 +1577,10 @@ local function images_edits()
     image_filename = image.filename, n = parts.n and parts.n.data,   -- the text as sent
     size = parts.size and parts.size.data, response_format = parts.response_format
       and parts.response_format.data}
+  for _, k in ipairs({"output_format", "output_compression", "input_fidelity", "quality",
+      "background"}) do
+    received[k] = parts[k] and parts[k].data
+  end
   if mask then
     local mw, mh = png_size(mask.data)
     if not mw then return bad_request("mask is " .. mh, "mask") end
