@@ -372,8 +372,12 @@ describe("inpaint and outpaint", function()
     -- the mock echoes the PNG it got; a corrupt one comes back corrupt
     local png = picture(4, 4):encode_png()
     local broken = png:sub(1, 40)
-    local _, msg, code = c:inpaint{ image = broken, mask = broken, prompt = "x", decode = true }
+    local _, msg, code, detail = c:inpaint{ image = broken, mask = broken, prompt = "x",
+      decode = true }
     assert.equals("decode", code)
     assert.matches("data%[1%]%.b64_json", msg)
+    -- the answer is not lost with the decode: its images were made (and paid for)
+    assert.equals(broken, llmux.base64.decode(detail.body.data[1].b64_json))
+    assert.equals(200, detail.status)
   end)
 end)

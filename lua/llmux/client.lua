@@ -818,9 +818,9 @@ local function decode_images(res, info, args, where)
       local bytes, err = base64.decode(item.b64_json, WHITESPACE)
       local img, msg, code
       if bytes then img, msg, code = image.decode(bytes) else msg, code = err, "decode" end
-      if not img then
+      if not img then   -- the answer stays in detail.body: its images are made and paid for
         return nil, format("%s: data[%d].b64_json: %s", where, i, tostring(msg)), code,
-          { status = info.status, attempts = info.attempts }
+          { status = info.status, attempts = info.attempts, headers = info.headers, body = res }
       end
       item.image = img
     end
