@@ -433,6 +433,19 @@ describe("image transforms", function()
     assert.has_error(function() img:fit{ side = 3 } end)
   end)
 
+  it("fits a long thin image in a few steps, not one per pixel too long", function()
+    local img = image.new(1 << 24, 1, 1)
+    local steps = 0
+    debug.sethook(function() steps = steps + 1 end, "", 1000)
+    local ok, r = pcall(img.fit, img, { max_pixels = 1 << 22 })
+    debug.sethook()
+    assert(ok, r)
+    assert.same({ 1 << 22, 1 }, { r:width(), r:height() })
+    assert.is_true(steps < 1000, steps .. " thousand instructions")   -- it was 88000
+    assert.same({ 3, 1 }, { img:fit{ max_pixels = 3, max_side = 5 }:width(), 1 })
+    assert.same({ 5, 1 }, { img:fit{ max_pixels = 30, max_side = 5 }:width(), 1 })
+  end)
+
   it("extends with a colour, the edge or transparency", function()
     local g = image.new(2, 1, 1, px(10, 20))
     local e = g:extend{ left = 1, right = 2, fill = "edge" }

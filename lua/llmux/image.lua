@@ -316,8 +316,15 @@ function Image:fit(opts)
   end
   local nw, nh = max(1, floor(w * s + 0.5)), max(1, floor(h * s + 0.5))
   if not fits(nw, nh) then nw, nh = max(1, floor(w * s)), max(1, floor(h * s)) end
-  while not fits(nw, nh) do   -- floating-point slack only: a step or two at most
-    if nw >= nh then nw = max(1, nw - 1) else nh = max(1, nh - 1) end
+  -- Floating-point slack, or a short side held at 1 pixel, which leaves the long one over
+  -- max_pixels (2^24 x 1 to 2^22 pixels: 2^22 too long): the long side takes what fits, at
+  -- once; a turn or two in all.
+  while not fits(nw, nh) do
+    if nw >= nh then
+      nw = max(1, min(nw - 1, side or nw, pixels and pixels // nh or nw))
+    else
+      nh = max(1, min(nh - 1, side or nh, pixels and pixels // nw or nh))
+    end
   end
   return self:resize(nw, nh)
 end
