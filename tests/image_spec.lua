@@ -720,6 +720,8 @@ describe("data URIs and vision parts", function()
     assert.equals("low", part.image_url.detail)
     assert.equals("data:image/jpeg;base64," .. base64.encode(jpeg), part.image_url.url)
     assert.equals("auto", image.part(image.new(1, 1, 3)).image_url.detail)
+    -- OpenAI's newer models take "original": the image as it is, not scaled down
+    assert.equals("original", image.part(jpeg, { detail = "original" }).image_url.detail)
     local p2, msg, code = image.part(jpeg, { max_bytes = 3 })
     assert.is_nil(p2)
     assert.equals("toolarge", code)

@@ -591,14 +591,17 @@ function M.data_uri(src, opts)
 end
 
 local PART = set("detail", "max_bytes")
-local DETAILS = set("low", "high", "auto")
+-- OpenAI's levels; "original" (no downscaling) is newer models'
+local DETAILS = set("low", "high", "auto", "original")
 
--- part(src[, {detail = "low"|"high"|"auto", max_bytes = n}]) -> OpenAI content part
--- {type = "image_url", image_url = {url = data_uri, detail = detail}} | nil, msg, code
+-- part(src[, {detail = "low"|"high"|"auto"|"original", max_bytes = n}]) -> OpenAI content
+-- part {type = "image_url", image_url = {url = data_uri, detail = detail}} | nil, msg, code
 function M.part(src, opts)
   opts = options(opts, 2, "part", PART)
   local detail = opts.detail or "auto"
-  if not DETAILS[detail] then argerr(2, "part", "detail must be \"low\", \"high\" or \"auto\"") end
+  if not DETAILS[detail] then
+    argerr(2, "part", "detail must be \"low\", \"high\", \"auto\" or \"original\"")
+  end
   local limit = int_opt(opts.max_bytes, 2, "part", "max_bytes", 1, nil, M.max_bytes)
   if type(src) == "string" and find(src, "^https?://%S+$") then   -- the provider fetches it
     return { type = "image_url", image_url = { url = src, detail = detail } }
