@@ -308,6 +308,13 @@ describe("inpaint and outpaint", function()
     assert.same({ "right", 64, 5, 3 }, { res.received.direction, res.received.pixels,
       res.received.width, res.received.height })
     assert.is_nil(res.data[1].image)   -- not decoded unless asked
+    -- an integral float is an integer (cjson decodes a config's 64 as 64.0)
+    res = assert(c:outpaint{ image = picture(5, 3), direction = "all", pixels = 64.0,
+      prompt = "x" })
+    assert.equals(64, res.received.pixels)
+    assert.has_error(function()
+      c:outpaint{ image = picture(2, 2), direction = "left", pixels = 1.5, prompt = "x" }
+    end, "llmux.Client:outpaint: 'pixels' must be an integer >= 1")
     assert.has_error(function()
       c:outpaint{ image = picture(2, 2), direction = "up", pixels = 1, prompt = "x" }
     end, "llmux.Client:outpaint: 'direction' must be left, right, top, bottom or all")

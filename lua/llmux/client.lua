@@ -924,14 +924,15 @@ function Client:outpaint(args, opts)
   if not DIRECTIONS[args.direction] then
     error(where .. ": 'direction' must be left, right, top, bottom or all", 2)
   end
-  if mtype(args.pixels) ~= "integer" or args.pixels < 1 then
+  local pixels = math.tointeger(args.pixels)   -- 64.0 too: cjson decodes every number so
+  if not pixels or pixels < 1 then
     error(where .. ": 'pixels' must be an integer >= 1", 2)
   end
   local img, msg, code = image_of(args.image, "image", where, PNG_ONLY)
   if not img then return nil, msg, code, {} end
-  local body = { image = base64.encode(img) }
+  local body = { image = base64.encode(img), pixels = pixels }
   for k in pairs(OUTPAINT_ARGS) do
-    if k ~= "image" and k ~= "path" and k ~= "decode" and args[k] ~= nil then
+    if body[k] == nil and k ~= "path" and k ~= "decode" and args[k] ~= nil then
       body[k] = args[k]
     end
   end
