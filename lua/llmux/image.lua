@@ -566,7 +566,7 @@ local function bytes_of(src, fname, limit)
   elseif not s then
     return nil, "llmux.image: " .. msg, code
   end
-  return s, M.sniff(s)
+  return s, (M.sniff(s))   -- the type alone: a third value would read as a code
 end
 
 local DATA_URI = set("max_bytes")
