@@ -492,6 +492,16 @@ describe("client misuse", function()
       "llmux.client: option 'timeout' must be a number > 0")
     assert.has_error(function() llmux.client{ max_retries = 1.5 } end,
       "llmux.client: option 'max_retries' must be an integer >= 0")
+    assert.has_error(function() llmux.client{ max_retries = "1" } end,
+      "llmux.client: option 'max_retries' must be an integer >= 0")
+    assert.has_error(function() llmux.client{ max_response_bytes = 0.0 } end,
+      "llmux.client: option 'max_response_bytes' must be an integer >= 1")
+    -- integral floats (Debian's lua-cjson reads a config's 2 as 2.0) are integers
+    local cf = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 1.0,
+      max_response_bytes = 65536.0 }
+    local _, _, code, detail = cf:chat(body("status:503"))
+    assert.equals("server", code)
+    assert.equals(2, detail.attempts)
     assert.has_error(function() llmux.client{ base_url = "ftp://x" } end)
     assert.has_error(function() llmux.client{ base_url = "not a url" } end)
     assert.has_error(function() llmux.client{ headers = { ["X-A"] = "a\r\nInjected: 1" } } end)

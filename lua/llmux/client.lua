@@ -10,7 +10,7 @@ local stream = require "llmux.stream"
 local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring,
   type = error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable,
   tostring, type
-local mtype, min = math.type, math.min
+local min, tointeger = math.min, math.tointeger
 local format, find, lower, match, sub = string.format, string.find, string.lower, string.match,
   string.sub
 local getenv = os.getenv
@@ -33,9 +33,12 @@ local OPTIONS = {
     return (type(v) ~= "string" or find(v, "[\r\n%z]")) and "a string without line breaks"
   end,
   timeout = positive, connect_timeout = positive, idle_timeout = positive, deadline = positive,
-  max_retries = function(v) return (mtype(v) ~= "integer" or v < 0) and "an integer >= 0" end,
+  -- an integral float counts (3.0: what Debian's lua-cjson makes of a config file's 3)
+  max_retries = function(v)
+    return (type(v) ~= "number" or tointeger(v) == nil or v < 0) and "an integer >= 0"
+  end,
   max_response_bytes = function(v)
-    return (mtype(v) ~= "integer" or v < 1) and "an integer >= 1"
+    return (type(v) ~= "number" or tointeger(v) == nil or v < 1) and "an integer >= 1"
   end,
   headers = function(v)
     if type(v) ~= "table" then return "a table of name = value strings" end
