@@ -15,6 +15,7 @@ local format, find, lower, match, sub = string.format, string.find, string.lower
   string.sub
 local getenv = os.getenv
 local now, parse_headers = core.now, core.parse_headers
+local json_encode = json.encode
 
 local M = { _VERSION = "0.1.0" }
 
@@ -173,8 +174,9 @@ function M.new(opts)
   if key and find(key, "[\r\n%z]") then
     error("llmux.client: api_key (from the environment) contains a line break", 2)
   end
+  -- specs: the request specs of calls with the client's own options (see new_call)
   secrets[self] = { key = key, headers = build_headers(key, opts.headers),
-    hide = hidden(key, opts.headers), user_headers = {} }
+    hide = hidden(key, opts.headers), user_headers = {}, specs = {} }
   for k, v in pairs(opts.headers or {}) do secrets[self].user_headers[k] = v end
   return self
 end
@@ -183,31 +185,31 @@ function Client:__tostring()
   return "llmux.Client (" .. self.base_url .. ")"
 end
 
--- Effective options of one call: the client's, overridden by opts. -> options, header lines,
--- secrets (hidden's).
-local function merged(self, opts, where)
-  if opts == nil then return self, secrets[self].headers end
+-- Effective options of one call: the client's (sec: its secrets entry), overridden by opts.
+-- -> options, header lines, secrets (hidden's).
+local function merged(self, sec, opts, where)
+  if opts == nil then return self, sec.headers end
   if type(opts) ~= "table" then misuse(where .. ": opts must be a table") end
-  if next(opts) == nil then return self, secrets[self].headers end
+  if next(opts) == nil then return self, sec.headers end
   check_options(opts, where)
   local o = setmetatable({}, { __index = self })
   for k, v in pairs(opts) do
     if k ~= "api_key" then o[k] = v end   -- the key stays out of anything a call holds
   end
   if opts.base_url then o.base_url = check_url(opts.base_url, where) end
-  local key = secrets[self].key
+  local key = sec.key
   if opts.api_key then key = opts.api_key ~= "" and opts.api_key or nil end   -- "": no key
-  local headers, hide = secrets[self].headers, secrets[self].hide
+  local headers, hide = sec.headers, sec.hide
   if opts.api_key or opts.headers then
     -- header names are case-insensitive: a per-call header replaces the client's of any case
     local h, over = {}, {}
     for k in pairs(opts.headers or {}) do over[lower(k)] = true end
-    for k, v in pairs(secrets[self].user_headers or {}) do
+    for k, v in pairs(sec.user_headers or {}) do
       if not over[lower(k)] then h[k] = v end
     end
     for k, v in pairs(opts.headers or {}) do h[k] = v end
     headers = build_headers(key, h)
-    hide = hidden(key or secrets[self].key, h)
+    hide = hidden(key or sec.key, h)
   end
   return o, headers, hide
 end
@@ -374,11 +376,6 @@ local function new_spec(o, url, method, headers, streaming)
   return spec
 end
 
--- Request specs of calls without per-call options, one per method, path and kind, kept by
--- the client: the core reads a spec only inside request(), so calls in flight can share it
--- as long as each sets body and timeout right before (start does).
-local shared_specs = setmetatable({}, { __mode = "k" })
-
 -- A header list for multipart bodies: the client's, without its JSON Content-Type (curl
 -- writes the multipart one, with its boundary).
 local form_headers = setmetatable({}, { __mode = "k" })
@@ -395,20 +392,20 @@ local function without_content_type(headers)
 end
 
 local function new_call(self, opts, method, path, payload, where, streaming, form)
-  local o, headers, hide = merged(self, opts, where)
-  hide = hide or secrets[self].hide
+  local sec = secrets[self]
+  local o, headers, hide = merged(self, sec, opts, where)
+  hide = hide or sec.hide
   local t0 = now()
   local spec
   if form then
     spec = new_spec(o, o.base_url .. path, method, without_content_type(headers))
     spec.form = form
   elseif o == self then
+    -- Request specs of calls without per-call options, one per method, path and kind, kept
+    -- by the client: the core reads a spec only inside request(), so calls in flight can
+    -- share it as long as each sets body and timeout right before (start does).
     -- specs[method][path], streams' under "S" .. method: no key string made per call
-    local specs = shared_specs[self]
-    if not specs then
-      specs = {}
-      shared_specs[self] = specs
-    end
+    local specs = sec.specs
     local m = streaming and "S" .. method or method
     local by_path = specs[m]
     if not by_path then
@@ -416,9 +413,9 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
       specs[m] = by_path
     end
     spec = by_path[path]
-    -- client fields changed since (base_url, timeouts, caps, CA): a fresh spec
-    if not spec or spec.base ~= o.base_url or spec_headers[spec] ~= headers
-        or spec.connect_timeout ~= o.connect_timeout
+    -- client fields changed since (base_url, timeouts, caps, CA): a fresh spec (its header
+    -- list is the client's own, made once with the client)
+    if not spec or spec.base ~= o.base_url or spec.connect_timeout ~= o.connect_timeout
         or spec.max_response_bytes ~= o.max_response_bytes or spec.ca_file ~= o.ca_file then
       spec = new_spec(o, o.base_url .. path, method, headers, streaming)
       spec.headers = headers
@@ -566,11 +563,16 @@ perform = function(call)
   end
 end
 
-local function encode_body(body, where)
-  if type(body) == "string" then return body end
-  local s, err = json.encode(body)
+-- A table body as JSON (misuse when it cannot be encoded).
+local function encode_table(body, where)
+  local s, err = json_encode(body)
   if not s then misuse(where .. ": body cannot be encoded as JSON: " .. tostring(err)) end
   return s
+end
+
+local function encode_body(body, where)
+  if type(body) == "string" then return body end
+  return encode_table(body, where)
 end
 
 -- Characters of the text in a chat body's messages: the base of a usage estimate when a
@@ -647,7 +649,7 @@ function Client:chat(body, opts)
     error("llmux.Client:chat: option 'on_delta' needs body.stream = true", 2)
   end
   return perform(new_call(self, opts, "POST", "/chat/completions",
-    encode_body(body, "llmux.Client:chat"), "llmux.Client:chat"))
+    encode_table(body, "llmux.Client:chat"), "llmux.Client:chat"))
 end
 
 -- c:chat_stream(body[, opts]) -> Stream | nil, message, code, detail. Returns once the status

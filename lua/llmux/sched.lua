@@ -96,6 +96,7 @@ end
 M.live_engine = live_engine
 
 function M.engine()
+  if engine and engine_forks == forks() then return engine end   -- the common case: no call
   if not live_engine() then engine, engine_forks = core.multi(engine_opts), forks() end
   return engine
 end
