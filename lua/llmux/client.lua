@@ -469,7 +469,7 @@ local function start(call)
     spec.body, spec.headers = nil, nil   -- read by now; the spec keeps no secret
   end
   if not spec.stream then
-    sched.await(req)
+    sched.await(req, true)
     return req
   end
   local w = sched.waiter(req)

@@ -223,13 +223,13 @@ local function joined(joiners)
   return false
 end
 
-local function finish(task, ok, ...)
+-- A task ended: ok (its function stored its results, see spawn), or it raised value.
+local function finish(task, ok, value)
   alive = alive - 1
   if ok then
-    task.state, task.results = "done", pack(...)
+    task.state = "done"
   else
     task.state = "failed"
-    local value = ...
     task.value, task.message = value, describe(value)
     task.err = debug.traceback(task.co, task.message)
     -- the dead coroutine's pending to-be-closed variables (a <close> stream, sem:with's
@@ -245,15 +245,16 @@ local function finish(task, ok, ...)
 end
 
 -- Classifies what a resume returned (no table per resume: this runs once per wake-up). A
--- task's function returns DONE before its results (see spawn) and a failed resume means the
--- coroutine died, so no coroutine.status call is needed (it costs a third of a resume).
-local function resumed(task, ok, a, ...)
-  if not ok then
+-- task's function returns DONE once it stored its results (see spawn) and a failed resume
+-- means the coroutine died, so no coroutine.status call is needed (it costs a third of a
+-- resume). Not a vararg function: those cost an adjustment per call.
+local function resumed(task, ok, a)
+  if a == WAIT and ok then   -- the common case first
+    task.state = "waiting"
+  elseif not ok then
     finish(task, false, a)
   elseif a == DONE then
-    finish(task, true, ...)
-  elseif a == WAIT then
-    task.state = "waiting"
+    finish(task, true)
   else
     -- a plain coroutine.yield() inside a task: a cooperative yield, run again next turn
     task.state = "ready"
@@ -281,9 +282,10 @@ local function run_ready()
   local stop = rq_tail   -- tasks made ready by these resumes run on the next pass
   ready_depth = ready_depth + 1
   while rq_head < stop do
-    local task, v = rq[rq_head], rq[rq_head + 1]
-    rq[rq_head], rq[rq_head + 1] = nil, nil
-    rq_head = rq_head + 2
+    local h = rq_head
+    local task, v = rq[h], rq[h + 1]
+    rq[h], rq[h + 1] = nil, nil
+    rq_head = h + 2
     resume(task, v)
   end
   ready_depth = ready_depth - 1
@@ -336,14 +338,15 @@ local function drain_jobs()
 end
 
 local function drain(m)
-  local req = m:next()
+  local next_req = m.next   -- looked up once, not per request
+  local req = next_req(m)
   while req do
     local w = waiting[req]
     if w then
       waiting[req] = nil
       wake(w, req)
     end
-    req = m:next()
+    req = next_req(m)
   end
 end
 
@@ -413,9 +416,10 @@ M.suspend = suspend
 ---------------------------------------------------------------------------------------------
 -- public API
 
--- await(req) -> req once the core Request is done (yields in a task, blocks outside).
-function M.await(req)
-  if req:done() then return req end
+-- await(req[, started]) -> req once the core Request is done (yields in a task, blocks
+-- outside). started: req was started just now, so it cannot be done yet (no need to ask).
+function M.await(req, started)
+  if not started and req:done() then return req end
   local task = current()
   if task then       -- the hot path: no closure
     waiting[req] = task
@@ -527,7 +531,10 @@ function M.spawn(fn, ...)
   if type(fn) ~= "function" then error("llmux.spawn: fn must be a function", 2) end
   local args = pack(...)
   local task = setmetatable({ state = "ready", joiners = {} }, Task)
-  task.co = co_create(function() return DONE, fn(unpack(args, 1, args.n)) end)
+  task.co = co_create(function()
+    task.results = pack(fn(unpack(args, 1, args.n)))
+    return DONE
+  end)
   tasks[task.co] = task
   alive = alive + 1
   push_ready(task, nil)
