@@ -7,20 +7,33 @@
 #include <strings.h>
 #include "llmux.h"
 
-static lmx_Request *checkrequest(lua_State *L, int i) {
-  lmx_Request *r = lmx_checkudata(L, i, LMX_REQUEST);
+static lmx_Request *notclosed(lua_State *L, lmx_Request *r) {
   if (r->state == LMX_R_CLOSED) luaL_error(L, "attempt to use a closed llmux.Request");
   return r;
+}
+
+static lmx_Request *checkrequest(lua_State *L, int i) {
+  return notclosed(L, lmx_checkudata(L, i, LMX_REQUEST));
 }
 
 /* For the methods that may call curl (cancel, and the pops, which resume a paused transfer):
  * in a forked child a transfer of the parent's Multi is not ours to touch. Methods that only
  * read what is already here (done, result, head, idle, stream_stats) work anywhere. */
-static lmx_Request *checklive(lua_State *L, int i) {
-  lmx_Request *r = checkrequest(L, i);
+static lmx_Request *live(lua_State *L, lmx_Request *r) {
   if (r->multi && LMX_FORKED(r->multi))
     luaL_error(L, "llmux.Request: its Multi was made before fork(); it cannot be driven here");
   return r;
+}
+
+static lmx_Request *checklive(lua_State *L, int i) {
+  return live(L, checkrequest(L, i));
+}
+
+/* The request of a body that guarded() runs (result, pop*): guarded has checked that
+ * argument 1 is one, and the body may run in a pcall, as a function without the class
+ * upvalue that makes lmx_checkudata cheap. */
+static lmx_Request *guarded_arg(lua_State *L) {
+  return notclosed(L, lua_touserdata(L, 1));
 }
 
 /* Event queue limits of a stream: over HIGH bytes unread by Lua the transfer pauses (the
@@ -591,7 +604,7 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
 }
 
 static int request_close(lua_State *L) {
-  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  lmx_Request *r = lmx_checkudata(L, 1, LMX_REQUEST);   /* r:close() is a method; __gc not */
   if (r->busy) {   /* a finalizer run by an allocation inside result/pop*: at their end */
     r->close_pending = 1;
     return 0;
@@ -609,7 +622,7 @@ static int request_close(lua_State *L) {
  * result only reads, so it may. */
 static void maybe_resume(lmx_Request *r);
 static int guarded(lua_State *L, lua_CFunction f, int reader_only) {
-  lmx_Request *r = luaL_checkudata(L, 1, LMX_REQUEST);
+  lmx_Request *r = lmx_checkudata(L, 1, LMX_REQUEST);
   if (r->state == LMX_R_CLOSED) return f(L);   /* raises "closed" (or has nothing to read) */
   if (r->busy) {
     if (!reader_only) return luaL_error(L, "llmux.Request: pop re-entered from a finalizer");
@@ -699,7 +712,7 @@ static int json_object(const lmx_Buf *b) {
 }
 
 static int request_result_body(lua_State *L) {
-  lmx_Request *r = checkrequest(L, 1);
+  lmx_Request *r = guarded_arg(L);
   int decoded = 0;
   if (r->state != LMX_R_DONE) return 0;
   lua_settop(L, 2);
@@ -826,7 +839,7 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
 /* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
  * the default type); nothing when none is queued (see peek_event). */
 static int request_pop_body(lua_State *L) {
-  lmx_Request *r = checklive(L, 1);
+  lmx_Request *r = live(L, guarded_arg(L));
   const char *data, *ev;
   uint32_t dl, el;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
@@ -862,7 +875,7 @@ static int fast_chunk(lmx_Request *r, const char *data, uint32_t dl, lmx_JChunk 
  * shape with content text and no finish_reason (the bulk of a stream); anything else stays
  * queued for pop/pop_delta. */
 static int request_pop_text_body(lua_State *L) {
-  lmx_Request *r = checklive(L, 1);
+  lmx_Request *r = live(L, guarded_arg(L));
   const char *data, *ev;
   uint32_t dl, el;
   lmx_JChunk c;
@@ -878,7 +891,7 @@ static int request_pop_text_body(lua_State *L) {
 static int request_pop_text(lua_State *L) { return guarded(L, request_pop_text_body, 0); }
 
 static int request_pop_delta_body(lua_State *L) {
-  lmx_Request *r = checklive(L, 1);
+  lmx_Request *r = live(L, guarded_arg(L));
   int ids = lua_toboolean(L, 2);
   const char *data, *ev;
   uint32_t dl, el;
