@@ -49,6 +49,8 @@ struct lmx_Request {
   int queued;                 /* in the completion queue */
   int toolarge, cancelled, closed_by_multi;
   int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
+  uint64_t conf;              /* the serial of the Template whose options its handle has, 0:
+                                 none (see lmx_multi_easy) */
   struct curl_slist *hdrs;
   curl_mime *mime;            /* multipart body (spec.form), freed when the transfer ends */
   /* streams (spec.stream): events parsed in the write callback queue here for Lua to pop */
@@ -96,6 +98,7 @@ struct lmx_Multi {
   lmx_Request *attached;      /* running and queued requests */
   lmx_Request *qhead, *qtail; /* completion queue */
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
+  uint64_t free_conf[LMX_FREE_EASY];  /* each one's Template serial (see lmx_multi_easy) */
   int nfree;
   uint64_t done, connects, ctls;   /* counters for stats() (ctls: epoll_ctl on curl's sockets) */
   int env_proxy;              /* the environment named a proxy when m was made */
@@ -119,8 +122,8 @@ const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
 
 /* multi.c */
 void lmx_multi_open(lua_State *L);
-CURL *lmx_multi_easy(lmx_Multi *m);
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held);
+CURL *lmx_multi_easy(lmx_Multi *m, uint64_t *conf);
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held, uint64_t conf);
 void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex);
 void lmx_multi_attach(lmx_Multi *m, lmx_Request *r);
 void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);

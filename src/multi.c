@@ -196,25 +196,34 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
 
 /* An easy handle for a new transfer, its shared options set. Pooled handles keep every option
  * of their last transfer (a reset costs more than the setup itself), so lmx_request_start sets
- * each per-transfer option every time. */
-CURL *lmx_multi_easy(lmx_Multi *m) {
-  if (m->nfree > 0) return m->free_easy[--m->nfree];
+ * each per-transfer option every time; *conf is the serial of the Template whose own options
+ * (URL, headers, ...) the handle still has from that transfer, 0 when none. */
+CURL *lmx_multi_easy(lmx_Multi *m, uint64_t *conf) {
+  *conf = 0;
+  if (m->nfree > 0) {
+    m->nfree--;
+    *conf = m->free_conf[m->nfree];
+    return m->free_easy[m->nfree];
+  }
   CURL *e = curl_easy_init();
   if (e) easy_setup(m, e);
   return e;
 }
 
-/* Takes ownership of an easy handle that is no longer in the multi. A dirty handle (a CA file
- * or a custom method was set, or curl kept state of its transfer) is reset, so none of that
- * can leak into a later transfer. A held one (its transfer ended paused) is never pooled:
- * curl may still hold body bytes in it (see lmx_request_finish). */
-void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held) {
+/* Takes ownership of an easy handle that is no longer in the multi; conf: the serial of the
+ * Template whose options it has (0: none). A dirty handle (a CA file or a custom method was
+ * set, or curl kept state of its transfer) is reset, so none of that can leak into a later
+ * transfer. A held one (its transfer ended paused) is never pooled: curl may still hold body
+ * bytes in it (see lmx_request_finish). */
+void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held, uint64_t conf) {
   if (!m->closed && !held && m->nfree < LMX_FREE_EASY) {
     if (dirty) {
       curl_easy_reset(easy);
       easy_setup(m, easy);
+      conf = 0;
     }
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);   /* no pointer into a freed request */
+    m->free_conf[m->nfree] = conf;
     m->free_easy[m->nfree++] = easy;
   } else {
     curl_easy_cleanup(easy);

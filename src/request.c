@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 #include "llmux.h"
@@ -188,6 +189,7 @@ typedef struct Plan {
   int stream;
   struct curl_slist *hdrs;      /* the list to send (a Request's own, or its Template's) */
   int form;                     /* stack index of spec.form, 0: none */
+  uint64_t conf;                /* its Template's serial, unique in the process; 0: none */
 } Plan;
 
 /* Appends line to *hl, a list some userdata owns (its __gc frees it, even after a raise). */
@@ -304,7 +306,8 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     lua_setiuservalue(L, ri, 3);
   }
 
-  CURL *e = lmx_multi_easy(m);
+  uint64_t had;
+  CURL *e = lmx_multi_easy(m, &had);
   if (!e) luaL_error(L, "llmux.request: out of memory");
   if (P->form) {
     /* curl copies each part's data; the parts' strings need not outlive this call */
@@ -329,7 +332,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     }
     if (!ok) {
       curl_mime_free(mime);
-      lmx_multi_release_easy(m, e, 1, 0);
+      lmx_multi_release_easy(m, e, 1, 0, 0);
       luaL_error(L, "llmux.request: out of memory");
     }
     r->mime = mime;
@@ -341,24 +344,31 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   r->want = P->stream;
   lmx_sse_init(&r->parser, (size_t)P->maxev);
   r->last_event = lmx_now();
-  /* every option a previous transfer may have set is set again (pooled handles keep them) */
-  curl_easy_setopt(e, CURLOPT_URL, P->url);
+  /* every option a previous transfer may have set is set again (pooled handles keep them),
+   * except those of a Template when the handle's last transfer was of the same one: its own
+   * options (its URL above all, which curl copies) are still there. Not when the request has
+   * a header list of its own (see above): the handle then points at a list freed with it. */
+  r->conf = r->hdrs ? 0 : P->conf;
+  if (!r->conf || had != r->conf) {
+    curl_easy_setopt(e, CURLOPT_URL, P->url);
+    /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c.
+     * Waiting for a connection to multiplex on (PIPEWAIT) only where HTTP/2 can come: on
+     * plain HTTP it queued transfers behind the first connection, and curl 7.88 lets its
+     * queue out one per finished transfer, so a batch could run one at a time on a single
+     * connection. (A pooled handle is its Multi's: m->http2 is the same for it.) */
+    int h2 = m->http2 && strncasecmp(P->url, "https:", 6) == 0;
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                     h2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)h2);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, P->ctimeout > 0 ? ms(P->ctimeout) : 0L);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)P->maxb);
+  }
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c. Waiting
-   * for a connection to multiplex on (PIPEWAIT) only where HTTP/2 can come: on plain HTTP it
-   * queued transfers behind the first connection, and curl 7.88 lets its queue out one per
-   * finished transfer, so a batch could run one at a time on a single connection. */
-  int h2 = m->http2 && strncasecmp(P->url, "https:", 6) == 0;
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                   h2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)h2);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, P->timeout > 0 ? ms(P->timeout) : 0L);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, P->ctimeout > 0 ? ms(P->ctimeout) : 0L);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)P->maxb);
   if (P->ca) {
     curl_easy_setopt(e, CURLOPT_CAINFO, P->ca);
     r->dirty = 1;
@@ -385,7 +395,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
     curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
-    lmx_multi_release_easy(m, e, 1, 0);
+    lmx_multi_release_easy(m, e, 1, 0, 0);
     curl_mime_free(r->mime);
     r->mime = NULL;
     luaL_error(L, "llmux.request: cannot add the transfer");
@@ -419,6 +429,9 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
 #define LMX_TEMPLATE "llmux.Template"
 typedef struct Template { Plan P; } Template;   /* P.hdrs is the Template's own list */
 
+/* Templates made so far, in every Lua state of the process: the next one's serial (P.conf). */
+static atomic_uint_fast64_t templates;
+
 /* core.template(spec) -> Template: spec as for m:request, without body and form (they are
  * per request: m:request(template, body[, timeout])). */
 static int template_new(lua_State *L) {
@@ -433,6 +446,7 @@ static int template_new(lua_State *L) {
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, LMX_TEMPLATE);
   plan_read(L, 1, &t->P, 0, &t->P.hdrs);   /* the list is t's from its first line */
+  t->P.conf = (uint64_t)atomic_fetch_add(&templates, 1) + 1;
   lua_createtable(L, 3, 0);           /* the strings the plan points into */
   specfield(L, 1, "url");
   lua_rawseti(L, -2, 1);
@@ -527,7 +541,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
    * a connection, but it may as well reuse another cached one (nconn stays 0): curl marks every
    * retry with a redirect time (Curl_follow, FOLLOW_RETRY). Steady keep-alive traffic makes no
    * connections and no retries, so this costs little. */
-  lmx_multi_release_easy(m, e, r->dirty || nconn > 0 || t_retry > 0, held);
+  lmx_multi_release_easy(m, e, r->dirty || nconn > 0 || t_retry > 0, held, r->conf);
   r->easy = NULL;
   curl_slist_free_all(r->hdrs);
   r->hdrs = NULL;

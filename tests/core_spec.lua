@@ -671,6 +671,35 @@ describe("llmux.core.template", function()
     m:close()
   end)
 
+  -- A pooled handle keeps a Template's options from one transfer to the next: each request
+  -- must still go out with its own template's (or spec's) headers and caps.
+  it("gives a reused handle each request's own headers and caps, template after template",
+    function()
+      local m = core.multi()
+      local function headers(tag)
+        return { "Authorization: Bearer sk-core", "Content-Type: application/json",
+          "X-Tpl: " .. tag }
+      end
+      local a = core.template(tspec{ headers = headers("a") })
+      local b = core.template(tspec{ headers = headers("b"), max_response_bytes = 100000 })
+      local capped = core.template(tspec{ headers = headers("c"), max_response_bytes = 100 })
+      local plain = tspec{ headers = headers("spec"), body = chat_body("echoheaders") }
+      local function ask(which)
+        local t = ({ a = a, b = b, c = capped })[which]
+        local r = t and m:request(t, chat_body("echoheaders")) or m:request(plain)
+        drain(m)
+        return r
+      end
+      -- one connection, so one pooled handle after another (none is reset for a new one)
+      for _, which in ipairs{ "a", "a", "b", "a", "spec", "a", "b", "b", "spec", "spec", "a" } do
+        assert.equals(which, core.json_decode(content(ask(which)))["x-tpl"])
+      end
+      assert.equals(1, m:stats().connects)
+      assert.equals("toolarge", ask("c"):result().code)   -- c's cap: the echo is longer
+      assert.equals("a", core.json_decode(content(ask("a")))["x-tpl"])
+      m:close()
+    end)
+
   it("refuses per-request fields and bad values when made, and bad arguments per request",
     function()
       assert.has_error(function() core.template(tspec{ body = "x" }) end,
