@@ -71,11 +71,12 @@ static int core_isatty(lua_State *L) {
   return 1;
 }
 
-/* Registers metatable name with meta's metamethods and methods as its __index. The methods
- * get the metatable as upvalue 1, for lmx_checkudata. */
+/* Registers metatable name with meta's metamethods and methods as its __index. Both get the
+ * metatable as upvalue 1, for lmx_checkudata (a Request's __gc runs once per request). */
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
   luaL_newmetatable(L, name);
-  luaL_setfuncs(L, meta, 0);
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, meta, 1);
   lua_newtable(L);
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, methods, 1);
