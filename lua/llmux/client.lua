@@ -185,10 +185,10 @@ function Client:__tostring()
   return "llmux.Client (" .. self.base_url .. ")"
 end
 
--- Effective options of one call: the client's (sec: its secrets entry), overridden by opts.
--- -> options, header lines, secrets (hidden's).
+-- Effective options of one call: the client's (sec: its secrets entry), overridden by opts
+-- (not nil: new_call takes the client's own without a call). -> options, header lines,
+-- secrets (hidden's).
 local function merged(self, sec, opts, where)
-  if opts == nil then return self, sec.headers end
   if type(opts) ~= "table" then misuse(where .. ": opts must be a table") end
   if next(opts) == nil then return self, sec.headers end
   check_options(opts, where)
@@ -393,8 +393,8 @@ end
 
 local function new_call(self, opts, method, path, payload, where, streaming, form)
   local sec = secrets[self]
-  local o, headers, hide = merged(self, sec, opts, where)
-  hide = hide or sec.hide
+  local o, headers, hide = self, sec.headers, nil
+  if opts ~= nil then o, headers, hide = merged(self, sec, opts, where) end
   local t0 = now()
   local spec
   if form then
@@ -433,7 +433,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
   }
   -- a call with the client's own options finds the key through the client (o == self), so
   -- the common call adds nothing to the weak table, whose entries only a collection clears
-  if o ~= self then call_keys[call] = hide or false end   -- o has no secrets entry
+  if o ~= self then call_keys[call] = hide or sec.hide or false end   -- o: no secrets entry
   return call
 end
 

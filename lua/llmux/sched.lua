@@ -153,7 +153,8 @@ local Waiter = { __name = "llmux.Waiter" }
 -- Waiter (v is its request when the engine has news, nil when its timer fired).
 function wake(w, v)
   if w.co then          -- only Tasks have a coroutine (a field test: getmetatable costs more)
-    push_ready(w, v)
+    rq_tail = rq_tail + 2   -- push_ready(w, v), inline: this runs once per wake-up
+    rq[rq_tail - 1], rq[rq_tail] = w, v
   elseif w.req then     -- only Waiters have a request
     if v == nil then
       w.armed = false
@@ -420,7 +421,8 @@ M.suspend = suspend
 -- outside). started: req was started just now, so it cannot be done yet (no need to ask).
 function M.await(req, started)
   if not started and req:done() then return req end
-  local task = current()
+  local co = yieldable()   -- current(), inline: this runs once per request
+  local task = co and tasks[co]
   if task then       -- the hot path: no closure
     waiting[req] = task
     return co_yield(WAIT)
