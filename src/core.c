@@ -115,8 +115,8 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   }
   lmx_pool_init();
   lua_newtable(L);
+  lmx_request_open(L);   /* before the Multi: m:request holds the Request and Template classes */
   lmx_multi_open(L);
-  lmx_request_open(L);
   lmx_json_open(L);
   lmx_json_encode_open(L);
   lmx_sse_open(L);

@@ -26,6 +26,7 @@
 
 #define LMX_MULTI "llmux.Multi"
 #define LMX_REQUEST "llmux.Request"
+#define LMX_TEMPLATE "llmux.Template"
 
 /* Easy handles kept for reuse by a Multi, so steady load allocates little. */
 #define LMX_FREE_EASY 128
@@ -130,7 +131,8 @@ void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);
 
 /* request.c */
 void lmx_request_open(lua_State *L);
-lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec);
+lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec, int reqmt,
+                               int tplmt);
 void lmx_request_finish(lmx_Request *r, CURLcode cc);
 void lmx_request_orphan(lmx_Request *r);
 /* curl's callbacks of every transfer, set once per easy handle (multi.c's easy_setup) */

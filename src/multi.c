@@ -364,11 +364,12 @@ static int multi_new(lua_State *L) {
 }
 
 /* m:request(spec) or m:request(template, body[, timeout]) -> Request: starts a transfer (see
- * request.c for spec and core.template) */
+ * request.c for spec and core.template). Upvalues: the Multi, Request and Template
+ * metatables (lmx_multi_open). */
 static int multi_request(lua_State *L) {
   lmx_Multi *m = checkmulti(L, 1);
   if (m->stepping) return luaL_error(L, "llmux.Multi: request() during step()");
-  lmx_request_start(L, m, 1, 2);
+  lmx_request_start(L, m, 1, 2, lua_upvalueindex(2), lua_upvalueindex(3));
   return 1;
 }
 
@@ -606,6 +607,17 @@ void lmx_multi_open(lua_State *L) {
     {NULL, NULL}
   };
   lmx_newclass(L, LMX_MULTI, meta, methods);
+  /* m:request makes Requests, many from Templates: their metatables ride along as its
+   * upvalues 2 and 3, after the Multi's own (request.c made them: lmx_request_open runs
+   * first) */
+  luaL_getmetatable(L, LMX_MULTI);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -2);
+  luaL_getmetatable(L, LMX_REQUEST);
+  luaL_getmetatable(L, LMX_TEMPLATE);
+  lua_pushcclosure(L, multi_request, 3);
+  lua_setfield(L, -2, "request");
+  lua_pop(L, 2);
   lua_pushcfunction(L, multi_new);
   lua_setfield(L, -2, "multi");
 }

@@ -278,13 +278,14 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
 }
 
 /* A new Request userdata on the stack, closed: a raise before it runs leaves only memory its
- * __gc frees. */
-static lmx_Request *newrequest(lua_State *L) {
+ * __gc frees. reqmt: the index of its metatable. */
+static lmx_Request *newrequest(lua_State *L, int reqmt) {
   lmx_Request *r = lua_newuserdatauv(L, sizeof *r, 3);
   memset(r, 0, sizeof *r);
   r->ref = LUA_NOREF;
   r->state = LMX_R_CLOSED;
-  luaL_setmetatable(L, LMX_REQUEST);
+  lua_pushvalue(L, reqmt);
+  lua_setmetatable(L, -2);
   return r;
 }
 
@@ -426,7 +427,6 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
 /* A Template: the parts of a spec that many requests share (URL, method, headers, timeouts,
  * caps, CA file, stream), read and checked once and the header list built once. Its strings
  * are held in its uservalue, so the Plan's pointers stay valid whatever the spec table does. */
-#define LMX_TEMPLATE "llmux.Template"
 typedef struct Template { Plan P; } Template;   /* P.hdrs is the Template's own list */
 
 /* Templates made so far, in every Lua state of the process: the next one's serial (P.conf). */
@@ -473,10 +473,17 @@ static int template_gc(lua_State *L) {
   return 0;
 }
 
-/* m:request(spec) or m:request(template, body[, timeout]): pushes the new Request. */
-lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec) {
+/* m:request(spec) or m:request(template, body[, timeout]): pushes the new Request. reqmt
+ * and tplmt are the indexes of the Request and Template metatables (m:request's upvalues: no
+ * lookup by name per request). */
+lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec, int reqmt,
+                               int tplmt) {
   Plan P;
-  Template *t = lua_type(L, spec) == LUA_TUSERDATA ? luaL_testudata(L, spec, LMX_TEMPLATE) : NULL;
+  Template *t = NULL;
+  if (lua_type(L, spec) == LUA_TUSERDATA && lua_getmetatable(L, spec)) {
+    if (lua_rawequal(L, -1, tplmt)) t = lua_touserdata(L, spec);
+    lua_pop(L, 1);
+  }
   if (t) {
     P = t->P;                         /* no body nor form: plan_read left them zero */
     if (!lua_isnoneornil(L, spec + 1)) P.body = luaL_checklstring(L, spec + 1, &P.bodylen);
@@ -484,11 +491,11 @@ lmx_Request *lmx_request_start(lua_State *L, lmx_Multi *m, int mindex, int spec)
       P.timeout = luaL_checknumber(L, spec + 2);
       luaL_argcheck(L, P.timeout >= 0, spec + 2, "timeout must not be negative");
     }
-    lmx_Request *r = newrequest(L);
+    lmx_Request *r = newrequest(L, reqmt);
     return start(L, m, mindex, r, lua_gettop(L), &P, spec + 1, spec);
   }
   luaL_checktype(L, spec, LUA_TTABLE);
-  lmx_Request *r = newrequest(L);
+  lmx_Request *r = newrequest(L, reqmt);
   int ri = lua_gettop(L);
   plan_read(L, spec, &P, 1, &r->hdrs);
   int bodyidx = 0;
