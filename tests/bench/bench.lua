@@ -1,7 +1,8 @@
 -- llmux benchmark: client CPU per request of llmux against the floor, a minimal C client on
 -- libcurl multi (tests/bench/floor.c), on the loopback upstream. Both send the same kind of
--- non-streaming chat request and check every answer, one after the other on the same
--- upstream; what is compared is the client's own CPU (user+sys) per request.
+-- non-streaming chat request, with the same header lines, and check every answer, one after
+-- the other on the same upstream; what is compared is the client's own CPU (user+sys) per
+-- request.
 --
 --   make bench                                        (from the repo root)
 --   BENCH_N=2000 BENCH_CONC=16 BENCH_ROUNDS=1 lua5.4 tests/bench/bench.lua

@@ -111,8 +111,12 @@ int main(int argc, char **argv) {
   CURLM *cm = curl_multi_init();
   if (!cm) return 2;
 
-  struct curl_slist *hdrs = curl_slist_append(NULL, "Authorization: Bearer sk-bench-floor");
+  /* The header lines llmux's client sends: the bench's key, JSON, and a User-Agent as long as
+   * llmux's ("llmux/0.1.0"). curl 7.88 writes a request's headers byte by byte through its
+   * printf, so each byte fewer would be work the floor skips and llmux does not. */
+  struct curl_slist *hdrs = curl_slist_append(NULL, "Authorization: Bearer sk-bench");
   hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+  hdrs = curl_slist_append(hdrs, "User-Agent: llmux-floor");
   Slot *slots = calloc((size_t)conc, sizeof *slots);
   if (!hdrs || !slots) return 2;
   /* Options are set once: a handle keeps them across remove/add, only the body size changes. */
