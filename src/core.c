@@ -86,10 +86,11 @@ void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const lu
 
 /* luaL_checkudata without its registry lookup by name (a string hash per call) when the
  * calling function carries the class's metatable as upvalue 1, as methods of lmx_newclass do;
- * anything else takes luaL_checkudata's path and its error message. */
+ * anything else takes luaL_checkudata's path and its error message. (A function without
+ * upvalues needs no test of its own: lua_rawequal finds no valid value to compare there.) */
 void *lmx_checkudata(lua_State *L, int i, const char *name) {
   void *p = lua_touserdata(L, i);
-  if (p && lua_type(L, lua_upvalueindex(1)) == LUA_TTABLE && lua_getmetatable(L, i)) {
+  if (p && lua_getmetatable(L, i)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (same) return p;
