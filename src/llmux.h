@@ -46,7 +46,7 @@ struct lmx_Request {
   lmx_Multi *multi;           /* set while attached (running or queued), cleared both ways */
   lmx_Request *prev, *next;   /* the Multi's list of attached requests */
   lmx_Request *qnext;         /* completion queue link */
-  int ref;                    /* the Multi's reference (luaL_ref in its uservalue) or LUA_NOREF */
+  int ref;                    /* its key in the Multi's uservalue (lmx_multi_ref) or LUA_NOREF */
   int queued;                 /* in the completion queue */
   int toolarge, cancelled, closed_by_multi;
   int dirty;                  /* set options a reused handle must not keep (CA, custom method) */
@@ -97,6 +97,8 @@ struct lmx_Multi {
   double next_due;            /* the earliest due of its running requests (-1: none); see
                                  expire() in multi.c */
   lmx_Request *attached;      /* running and queued requests */
+  int *free_refs;             /* keys of the uservalue's array free for reuse (lmx_multi_ref) */
+  int nfree_refs, cap_refs, max_ref;
   lmx_Request *qhead, *qtail; /* completion queue */
   CURL *free_easy[LMX_FREE_EASY];  /* reusable handles, their fixed options already set */
   uint64_t free_conf[LMX_FREE_EASY];  /* each one's Template serial (see lmx_multi_easy) */
@@ -127,6 +129,7 @@ CURL *lmx_multi_easy(lmx_Multi *m, uint64_t *conf);
 void lmx_multi_release_easy(lmx_Multi *m, CURL *easy, int dirty, int held, uint64_t conf);
 void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex);
 void lmx_multi_attach(lmx_Multi *m, lmx_Request *r);
+int lmx_multi_ref(lua_State *L, lmx_Multi *m, int mindex, int vi);
 void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r);
 
 /* request.c */

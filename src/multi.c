@@ -251,6 +251,44 @@ void lmx_multi_enqueue(lmx_Multi *m, lmx_Request *r) {
   r->queued = 1;
 }
 
+/* m's uservalue 1 holds its attached requests (so that one in flight is never collected) at
+ * integer keys: an array, with no hashing and no rehash churn. The keys are handed out here,
+ * freed ones first, as luaL_ref would, but without its free list kept inside the table (a
+ * dozen API calls per request). Stores the value at vi (an absolute index) in the uservalue of
+ * m (at mindex) and returns its key. */
+int lmx_multi_ref(lua_State *L, lmx_Multi *m, int mindex, int vi) {
+  int ref = m->nfree_refs > 0 ? m->free_refs[--m->nfree_refs] : ++m->max_ref;
+  lua_getiuservalue(L, mindex, 1);
+  lua_pushvalue(L, vi);
+  lua_rawseti(L, -2, ref);
+  lua_pop(L, 1);
+  return ref;
+}
+
+/* Clears key ref of m's uservalue (at mindex) and keeps the key for reuse; without the memory
+ * to keep it, it is just never used again. */
+static void unref(lua_State *L, lmx_Multi *m, int mindex, int ref) {
+  lua_getiuservalue(L, mindex, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, ref);
+  lua_pop(L, 1);
+  if (m->nfree_refs == m->cap_refs) {
+    int cap = m->cap_refs ? 2 * m->cap_refs : 64;
+    int *p = realloc(m->free_refs, (size_t)cap * sizeof *p);
+    if (!p) return;
+    m->free_refs = p;
+    m->cap_refs = cap;
+  }
+  m->free_refs[m->nfree_refs++] = ref;
+}
+
+/* The uservalue was replaced by an empty table (close): no key is in use. */
+static void forget_refs(lmx_Multi *m) {
+  free(m->free_refs);
+  m->free_refs = NULL;
+  m->nfree_refs = m->cap_refs = m->max_ref = 0;
+}
+
 /* Unlinks r from m: list, queue and the strong reference in m's uservalue (when m's userdata is
  * at mindex; 0 skips that, for callers inside finalizers). Clears r->multi. */
 void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex) {
@@ -259,11 +297,7 @@ void lmx_multi_detach(lua_State *L, lmx_Multi *m, lmx_Request *r, int mindex) {
   if (r->next) r->next->prev = r->prev;
   r->prev = r->next = NULL;
   r->multi = NULL;
-  if (mindex && r->ref != LUA_NOREF) {
-    lua_getiuservalue(L, mindex, 1);
-    luaL_unref(L, -1, r->ref);
-    lua_pop(L, 1);
-  }
+  if (mindex && r->ref != LUA_NOREF) unref(L, m, mindex, r->ref);
   r->ref = LUA_NOREF;
 }
 
@@ -327,7 +361,7 @@ static int multi_new(lua_State *L) {
   m->closed = 1;
   m->epfd = m->wfd = -1;
   luaL_setmetatable(L, LMX_MULTI);
-  lua_newtable(L);              /* requests in flight or queued: luaL_ref references */
+  lua_newtable(L);              /* requests in flight or queued (lmx_multi_ref) */
   lua_setiuservalue(L, -2, 1);
 
   m->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -562,6 +596,7 @@ static int multi_close(lua_State *L) {
     m->parked_n = 0;
     lua_newtable(L);
     lua_setiuservalue(L, 1, 1);
+    forget_refs(m);
     return 0;
   }
   while (m->attached) {
@@ -586,6 +621,7 @@ static int multi_close(lua_State *L) {
   m->parked_n = 0;
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1);
+  forget_refs(m);
   return 0;
 }
 

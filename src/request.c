@@ -414,10 +414,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     if (m->next_due < 0 || r->due < m->next_due) m->next_due = r->due;
   }
   lmx_multi_attach(m, r);
-  lua_getiuservalue(L, mindex, 1);   /* the Multi holds the request while attached */
-  lua_pushvalue(L, ri);
-  r->ref = luaL_ref(L, -2);          /* an array slot: no hashing, no rehash churn */
-  lua_pop(L, 1);
+  r->ref = lmx_multi_ref(L, m, mindex, ri);   /* the Multi holds the request while attached */
   lua_pushvalue(L, mindex);          /* and the request its Multi */
   lua_setiuservalue(L, ri, 2);
   lua_settop(L, ri);                 /* the request on top (a form table may sit above it) */
@@ -625,7 +622,7 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
 }
 
 static int request_close(lua_State *L) {
-  lmx_Request *r = lmx_checkudata(L, 1, LMX_REQUEST);   /* r:close() is a method; __gc not */
+  lmx_Request *r = lmx_checkudata(L, 1, LMX_REQUEST);
   if (r->busy) {   /* a finalizer run by an allocation inside result/pop*: at their end */
     r->close_pending = 1;
     return 0;
