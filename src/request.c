@@ -621,15 +621,19 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
   lua_setiuservalue(L, ri, 2);
 }
 
-static int request_close(lua_State *L) {
-  lmx_Request *r = lmx_checkudata(L, 1, LMX_REQUEST);
+/* Closes r (at index 1) as r:close() asks, leaving the stack as it found it. */
+static void close_asked(lua_State *L, lmx_Request *r) {
   if (r->busy) {   /* a finalizer run by an allocation inside result/pop*: at their end */
     r->close_pending = 1;
-    return 0;
+    return;
   }
   if (r->multi && r->state != LMX_R_CLOSED && r->multi->stepping)
-    return luaL_error(L, "llmux.Request: close() during step()");
+    luaL_error(L, "llmux.Request: close() during step()");
   close_request(L, 1, r);
+}
+
+static int request_close(lua_State *L) {
+  close_asked(L, lmx_checkudata(L, 1, LMX_REQUEST));
   return 0;
 }
 
@@ -715,13 +719,14 @@ static int core_parse_headers(lua_State *L) {
   return 1;
 }
 
-/* r:result([decode]) -> table[, value] | nil (while running). Fields: status, head (the raw
- * header block of the last response: core.parse_headers makes the table, only when someone
- * needs it), body, http_version (1.0, 1.1, 2, 3), reused, local_port, time_total,
+/* r:result([decode[, close]]) -> table[, value] | nil (while running). Fields: status, head
+ * (the raw header block of the last response: core.parse_headers makes the table, only when
+ * someone needs it), body, http_version (1.0, 1.1, 2, 3), reused, local_port, time_total,
  * time_connect, time_starttransfer (s); on failure also code (llmux code), error (curl's
  * message), curl_code. With decode, a 2xx body holding a JSON object is returned decoded as
  * the second value and the table has no body; any other body (an array too: decoded, [] and {}
- * would look alike) stays a string. */
+ * would look alike) stays a string. With close, r is closed once read, as by r:close() right
+ * after (a call fewer for the caller that is done with it). */
 /* Whether b's first byte past JSON whitespace opens an object. */
 static int json_object(const lmx_Buf *b) {
   size_t i = 0;
@@ -793,7 +798,12 @@ static int request_result_body(lua_State *L) {
   return 2;
 }
 
-static int request_result(lua_State *L) { return guarded(L, request_result_body, 1); }
+static int request_result(lua_State *L) {
+  int close = lua_toboolean(L, 3);
+  int n = guarded(L, request_result_body, 1);   /* r stays at index 1 */
+  if (close) close_asked(L, lua_touserdata(L, 1));
+  return n;
+}
 
 /* r:head() -> status, raw header block, sse | nothing while the headers are not all in.
  * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). */

@@ -547,8 +547,7 @@ perform = function(call)
         end,
       })
     end
-    local res, decoded = req:result(true)   -- a 2xx JSON body comes decoded
-    req:close()
+    local res, decoded = req:result(true, true)   -- a 2xx JSON body comes decoded; closes req
     local ok, a, code, detail
     if not decoded and no_body(call, res) then decoded = {} end
     if decoded then

@@ -466,9 +466,7 @@ end
 function M.fetch(spec)
   local req = M.engine():request(spec)
   M.await(req)
-  local res = req:result()
-  req:close()
-  return res
+  return (req:result(false, true))
 end
 
 -- waiter([req]) -> Waiter for wait(): the way a stream waits on its request. Without req
