@@ -706,17 +706,41 @@ static void pushheaders(lua_State *L, const char *p, size_t n) {
   }
 }
 
-static void setnum(lua_State *L, const char *k, double v) {
-  lua_pushnumber(L, v);
-  lua_setfield(L, -2, k);
-}
-
 /* core.parse_headers(raw) -> {lower-case name = value} */
 static int core_parse_headers(lua_State *L) {
   size_t n;
   const char *p = luaL_checklstring(L, 1, &n);
   pushheaders(L, p, n);
   return 1;
+}
+
+/* Whether b's first byte past JSON whitespace opens an object. */
+static int json_object(const lmx_Buf *b) {
+  size_t i = 0;
+  while (i < b->n && b->p[i] && strchr(" \t\r\n", b->p[i])) i++;
+  return i < b->n && b->p[i] == '{';
+}
+
+/* The field names of r:result's table, interned once in an array in the registry (at
+ * &result_keys): the table is filled with lua_rawset, without the string lookup per field
+ * that lua_setfield makes. */
+enum { K_STATUS = 1, K_HEAD, K_BODY, K_HTTPVER, K_REUSED, K_PORT, K_TOTAL, K_CONNECT, K_START,
+       K_CODE, K_CURLCODE, K_ERROR };
+static const char *const result_keys[] = { "status", "head", "body", "http_version", "reused",
+  "local_port", "time_total", "time_connect", "time_starttransfer", "code", "curl_code",
+  "error", NULL };
+
+/* t[key k] = v: t at index 3, the keys at 4 (request_result_body's stack) */
+static void setnum(lua_State *L, int k, double v) {
+  lua_rawgeti(L, 4, k);
+  lua_pushnumber(L, v);
+  lua_rawset(L, 3);
+}
+
+static void setint(lua_State *L, int k, lua_Integer v) {
+  lua_rawgeti(L, 4, k);
+  lua_pushinteger(L, v);
+  lua_rawset(L, 3);
 }
 
 /* r:result([decode[, close]]) -> table[, value] | nil (while running). Fields: status, head
@@ -727,23 +751,17 @@ static int core_parse_headers(lua_State *L) {
  * the second value and the table has no body; any other body (an array too: decoded, [] and {}
  * would look alike) stays a string. With close, r is closed once read, as by r:close() right
  * after (a call fewer for the caller that is done with it). */
-/* Whether b's first byte past JSON whitespace opens an object. */
-static int json_object(const lmx_Buf *b) {
-  size_t i = 0;
-  while (i < b->n && b->p[i] && strchr(" \t\r\n", b->p[i])) i++;
-  return i < b->n && b->p[i] == '{';
-}
-
 static int request_result_body(lua_State *L) {
   lmx_Request *r = guarded_arg(L);
   int decoded = 0;
   if (r->state != LMX_R_DONE) return 0;
   lua_settop(L, 2);
-  lua_createtable(L, 0, 16);
-  lua_pushinteger(L, r->status);
-  lua_setfield(L, -2, "status");
+  lua_createtable(L, 0, 16);   /* 3: the result */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, result_keys);   /* 4: its keys */
+  setint(L, K_STATUS, r->status);
+  lua_rawgeti(L, 4, K_HEAD);
   lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
-  lua_setfield(L, -2, "head");
+  lua_rawset(L, 3);
   /* decode: a 2xx body that is a JSON object comes back decoded, straight from the buffer,
    * instead of as a string (the decoder wants a NUL after the bytes) */
   if (lua_toboolean(L, 2) && r->status / 100 == 2 && r->cc == CURLE_OK && json_object(&r->body)
@@ -757,31 +775,33 @@ static int request_result_body(lua_State *L) {
     }
   }
   if (!decoded) {
+    lua_rawgeti(L, 4, K_BODY);
     lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.n);
-    lua_setfield(L, -2, "body");
+    lua_rawset(L, 3);
   }
   switch (r->httpver) {
-    case CURL_HTTP_VERSION_1_0: setnum(L, "http_version", 1.0); break;
-    case CURL_HTTP_VERSION_1_1: setnum(L, "http_version", 1.1); break;
-    case CURL_HTTP_VERSION_2_0: lua_pushinteger(L, 2); lua_setfield(L, -2, "http_version"); break;
-    case CURL_HTTP_VERSION_3: lua_pushinteger(L, 3); lua_setfield(L, -2, "http_version"); break;
+    case CURL_HTTP_VERSION_1_0: setnum(L, K_HTTPVER, 1.0); break;
+    case CURL_HTTP_VERSION_1_1: setnum(L, K_HTTPVER, 1.1); break;
+    case CURL_HTTP_VERSION_2_0: setint(L, K_HTTPVER, 2); break;
+    case CURL_HTTP_VERSION_3: setint(L, K_HTTPVER, 3); break;
     default: break;
   }
+  lua_rawgeti(L, 4, K_REUSED);
   lua_pushboolean(L, r->reused);
-  lua_setfield(L, -2, "reused");
-  lua_pushinteger(L, r->conn_id);
-  lua_setfield(L, -2, "local_port");
-  setnum(L, "time_total", (double)r->t_total / 1e6);
-  setnum(L, "time_connect", (double)r->t_connect / 1e6);
-  setnum(L, "time_starttransfer", (double)r->t_start / 1e6);
+  lua_rawset(L, 3);
+  setint(L, K_PORT, r->conn_id);
+  setnum(L, K_TOTAL, (double)r->t_total / 1e6);
+  setnum(L, K_CONNECT, (double)r->t_connect / 1e6);
+  setnum(L, K_START, (double)r->t_start / 1e6);
   const char *code = r->closed_by_multi ? "closed"
                                         : lmx_curl_code(r->cc, r->toolarge, r->cancelled);
   if (!code && r->cc != CURLE_OK) code = "connect";
   if (code) {
+    lua_rawgeti(L, 4, K_CODE);
     lua_pushstring(L, code);
-    lua_setfield(L, -2, "code");
-    lua_pushinteger(L, r->cc);
-    lua_setfield(L, -2, "curl_code");
+    lua_rawset(L, 3);
+    setint(L, K_CURLCODE, r->cc);
+    lua_rawgeti(L, 4, K_ERROR);
     if (r->closed_by_multi) lua_pushliteral(L, "the llmux.Multi was closed");
     else if (r->cancelled) lua_pushliteral(L, "cancelled");
     else if (r->why) lua_pushstring(L, r->why);
@@ -791,8 +811,9 @@ static int request_result_body(lua_State *L) {
                       (lua_Integer)r->max_bytes);
     else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
     else lua_pushstring(L, curl_easy_strerror(r->cc));
-    lua_setfield(L, -2, "error");
+    lua_rawset(L, 3);
   }
+  lua_settop(L, 3);
   if (!decoded) return 1;
   lua_pushvalue(L, 2);
   return 2;
@@ -992,6 +1013,12 @@ void lmx_request_open(lua_State *L) {
     {NULL, NULL}
   };
   lmx_newclass(L, LMX_REQUEST, meta, methods);
+  lua_createtable(L, (int)(sizeof result_keys / sizeof *result_keys) - 1, 0);
+  for (int i = 0; result_keys[i]; i++) {
+    lua_pushstring(L, result_keys[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, result_keys);
   lua_pushcfunction(L, core_parse_headers);
   lua_setfield(L, -2, "parse_headers");
   luaL_newmetatable(L, LMX_TEMPLATE);
