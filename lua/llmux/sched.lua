@@ -245,11 +245,19 @@ local function finish(task, ok, value)
   task.joiners = {}
 end
 
--- Classifies what a resume returned (no table per resume: this runs once per wake-up). A
--- task's function returns DONE once it stored its results (see spawn) and a failed resume
--- means the coroutine died, so no coroutine.status call is needed (it costs a third of a
--- resume). Not a vararg function: those cost an adjustment per call.
-local function resumed(task, ok, a)
+local resuming = 0   -- task resumes in progress: run() inside one waits for its own fn only
+local function resume(task, v)
+  -- only a task suspended by a yield is resumed: a stale wake-up finds it running (blocked
+  -- where it cannot yield, driving the loop) or ended
+  local state = task.state
+  if state ~= "waiting" and state ~= "ready" then return end
+  task.state = "running"
+  resuming = resuming + 1
+  -- What the resume returned, classified without a table (this runs once per wake-up). A
+  -- task's function returns DONE once it stored its results (see spawn) and a failed resume
+  -- means the coroutine died, so no coroutine.status call is needed (it costs a third of a
+  -- resume).
+  local ok, a = co_resume(task.co, v)
   if a == WAIT and ok then   -- the common case first
     task.state = "waiting"
   elseif not ok then
@@ -261,17 +269,6 @@ local function resumed(task, ok, a)
     task.state = "ready"
     push_ready(task, nil)
   end
-end
-
-local resuming = 0   -- task resumes in progress: run() inside one waits for its own fn only
-local function resume(task, v)
-  -- only a task suspended by a yield is resumed: a stale wake-up finds it running (blocked
-  -- where it cannot yield, driving the loop) or ended
-  local state = task.state
-  if state ~= "waiting" and state ~= "ready" then return end
-  task.state = "running"
-  resuming = resuming + 1
-  resumed(task, co_resume(task.co, v))
   resuming = resuming - 1
 end
 
@@ -752,22 +749,20 @@ function M.map(items, fn, opts)
   local nexti, ndone, nfailed = 0, 0, 0
   -- the progress function failed (perr: what it raised, maybe nil): no worker takes a new item
   local pfailed, perr = false, nil
-  local function record(i, ok, r1, r2, r3, r4)
-    if not ok then
-      failures[#failures + 1] = { index = i, message = describe(r1) }
-    elseif r1 == nil and r2 ~= nil then
-      failures[#failures + 1] = { index = i, message = describe(r2), code = r3, detail = r4 }
-    else
-      results[i] = r1
-      return
-    end
-    nfailed = nfailed + 1
-  end
   local function worker()
     while nexti < n and not pfailed do
       nexti = nexti + 1
       local i = nexti
-      record(i, pcall(fn, items[i], i))
+      local ok, r1, r2, r3, r4 = pcall(fn, items[i], i)
+      if not ok then
+        failures[#failures + 1] = { index = i, message = describe(r1) }
+        nfailed = nfailed + 1
+      elseif r1 == nil and r2 ~= nil then
+        failures[#failures + 1] = { index = i, message = describe(r2), code = r3, detail = r4 }
+        nfailed = nfailed + 1
+      else
+        results[i] = r1
+      end
       ndone = ndone + 1
       if progress and not pfailed then
         local ok, err = pcall(progress, ndone, n, nfailed)
