@@ -220,12 +220,13 @@ static int has_string_key(lua_State *L, int idx, const char *s, size_t n, int *s
   return found;
 }
 
+/* The table at idx as an object; its first key and value (from lua_next) are on the stack, so
+ * the traversal goes on from there. */
 static int encode_object(Enc *E, int idx, int depth) {
   lua_State *L = E->L;
   int first = 1, strkeys = -1;
   if (put1(E, '{') < 0) return -1;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  do {
     int k = lua_gettop(L) - 1, r;
     if (!first && put1(E, ',') < 0) return -1;
     first = 0;
@@ -249,7 +250,7 @@ static int encode_object(Enc *E, int idx, int depth) {
       return -1;
     }
     lua_pop(L, 1);
-  }
+  } while (lua_next(L, idx));
   return put1(E, '}');
 }
 
@@ -263,30 +264,34 @@ static int marked_array(lua_State *L, int idx) {
 }
 
 /* A table whose keys are all positive integers (and at least one) is an array of max slots;
- * so is a marked one (marked_array), even empty, and any other key in it is refused. */
+ * so is a marked one (marked_array), even empty, and any other key in it is refused. An
+ * object's traversal goes on from the key that told it is one (the usual object, whose first
+ * key is a string, is traversed once). */
 static int encode_table(Enc *E, int idx, int depth) {
   lua_State *L = E->L;
   lua_Integer max = 0, count = 0;
-  int array = 1;
   if (depth > ENC_MAXDEPTH) return fail(E, "nesting deeper than 1000 (a cycle?)", NULL);
   if (!lua_checkstack(L, 4)) return fail(E, "nesting too deep for the Lua stack", NULL);
   int marked = marked_array(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    lua_pop(L, 1);
     lua_Integer k;
-    if (!lua_isinteger(L, -1) || (k = lua_tointeger(L, -1)) < 1) {
-      lua_pop(L, 1);
-      array = 0;
-      break;
+    if (!lua_isinteger(L, -2) || (k = lua_tointeger(L, -2)) < 1) {   /* an object */
+      if (marked)
+        return fail(E, "a table marked as an array (llmux.json.array) has a key that is not "
+                    "a positive integer", NULL);
+      if (count > 0) {   /* number keys came first: the object starts over from the first */
+        lua_pop(L, 2);
+        lua_pushnil(L);
+        lua_next(L, idx);
+      }
+      return encode_object(E, idx, depth);
     }
+    lua_pop(L, 1);
     if (k > max) max = k;
     count++;
   }
-  if (marked && !array)
-    return fail(E, "a table marked as an array (llmux.json.array) has a key that is not "
-                "a positive integer", NULL);
-  if (!array || (count == 0 && !marked)) return encode_object(E, idx, depth);
+  if (count == 0 && !marked) return put(E, "{}", 2);
   if (max > count * ENC_SPARSE_RATIO && max > ENC_SPARSE_SAFE)
     return fail(E, "excessively sparse array (set the holes or use string keys)", NULL);
   return encode_array(E, idx, max, depth);
