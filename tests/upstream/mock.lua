@@ -461,6 +461,9 @@ end
 --   bytewise             every byte of the stream in its own write
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
+--   replay               the stream the request carries: body.mock_writes, a list of strings
+--                        written (and flushed) one by one, as they are (the property spec's
+--                        random chunk sequences; the body ends after the last)
 --   emptyonce:KEY        the first request for KEY: 200 and an empty event stream (a KEY
 --                        starting "pauseMS" ends it MS ms after its comment)
 --   twocut               two choices, only one finishes, clean end: cut
@@ -1447,6 +1450,18 @@ end
 behaviours.error200 = function()
   return send(200, '{"error":{"message":"bad key (mock)","type":"invalid_request_error"}}',
     "application/json")
+end
+
+streams.replay = function(ctx)
+  local writes = ctx.req.mock_writes
+  if type(writes) ~= "table" then return false end
+  if not sse_headers() then return ngx.exit(ngx.OK) end
+  for _, w in ipairs(writes) do
+    if type(w) ~= "string" then break end
+    ngx.print(w)
+    if not ngx.flush(true) then return ngx.exit(ngx.OK) end
+  end
+  return ngx.exit(ngx.OK)
 end
 
 streams.jsonbody = function(ctx)
