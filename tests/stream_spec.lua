@@ -703,6 +703,31 @@ describe("provider variations", function()
     end)
   end)
 
+  it("keeps the first model's name when a later chunk names another, whichever reader",
+    function()
+    -- deltas(), read() and result() read the later chunks in C, without their model: the
+    -- answer's model was the first one for them and the last one for chunks() and on_delta
+    local function check(how, res, info)
+      assert.truthy(res, how)
+      assert.equals("fx-model", res.model, how)
+      assert.equals("fx-model", info.model, how)
+      assert.equals("Hi there", res.choices[1].message.content, how)
+    end
+    local b = body("fixture:modelmoves", "x")
+    local s = assert(c:chat_stream(b))
+    for _ in s:chunks() do end
+    check("chunks", s:result())
+    check("on_delta", c:chat(body("fixture:modelmoves", "x", { stream = true }),
+      { on_delta = function() end }))
+    s = assert(c:chat_stream(b))
+    for _ in s:deltas() do end
+    check("deltas", s:result())
+    s = assert(c:chat_stream(b))
+    while s:read() do llmux.sleep(0.001) end
+    check("read", s:result())
+    check("result", assert(c:chat_stream(b)):result())
+  end)
+
   it("takes Groq's usage from x_groq when the chunk has none", function()
     local res, info = assert(c:chat(body("fixture:groq", "x", { stream = true })))
     assert.is_nil(info.usage_estimated)

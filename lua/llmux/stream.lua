@@ -438,10 +438,13 @@ end
 
 -- Takes one decoded chunk into the assembled state.
 local function absorb(s, obj)
-  -- Azure's first chunk has id "" and model "": the later chunks' values count
+  -- Azure's first chunk has id "" and model "": the later chunks' values count. The first
+  -- model named is the answer's, as the first id is (OpenAI's SDK keeps both from the first
+  -- chunk): a later chunk naming another (a gateway's fallback) must not make the model
+  -- depend on the reader, and the C fast path reads no model once one came.
   if s.id == nil or s.id == "" then s.id, s.created = obj.id, obj.created or s.created end
   s.created = s.created or obj.created
-  if obj.model and obj.model ~= "" then s.model = obj.model end
+  if not s.model and obj.model and obj.model ~= "" then s.model = obj.model end
   local usage = obj.usage
   if usage == nil and type(obj.x_groq) == "table" then
     usage = obj.x_groq.usage   -- Groq without stream_options sends it there only
@@ -698,7 +701,7 @@ local function advance(s, block, fast)
       if ok then   -- the hot path of deltas(): on_fast inlined
         s.events = s.events + 1
         if id and no_id then s.id, s.created = id, created or s.created end
-        if model and model ~= "" then s.model = model end
+        if model and model ~= "" and not s.model then s.model = model end
         -- a fast chunk is choice 0, even one without text or finish (the role chunk): it
         -- counts as a choice, as absorb counts it when chunks() reads the same event
         local c = s.c0

@@ -1272,6 +1272,13 @@ local FIXTURES = {
     fx_chunk({ fx(0, { content = "Hi" }) }, { system_fingerprint = "fp" }),
     fx_chunk({ fx(0, {}, "stop") }, { system_fingerprint = "fp" }),
   },
+  -- the model's name changes mid-stream (a gateway's fallback): the first one is the answer's
+  modelmoves = {
+    fx_chunk{ fx(0, { role = "assistant", content = "" }) },
+    fx_chunk{ fx(0, { content = "Hi" }) },
+    fx_chunk({ fx(0, { content = " there" }) }, { model = "fx-model-2" }),
+    fx_chunk({ fx(0, {}, "stop") }, { model = "fx-model-2" }),
+  },
   -- the first text in a chunk with an empty id and model, then text only, and [DONE]
   lateid = {
     { id = "", object = "chat.completion.chunk", created = 0, model = "",
