@@ -886,12 +886,16 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
 }
 
 /* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
- * the default type); nothing when none is queued (see peek_event). */
+ * the default type); nothing when none is queued (see peek_event). Lua decodes it whole, so
+ * the extras the fast path compares with are no longer the last ones Lua has seen (a reader
+ * may change between chunks() and deltas(): a chunk repeating the extras before this one's
+ * must be decoded again). */
 static int request_pop_body(lua_State *L) {
   lmx_Request *r = live(L, guarded_arg(L));
   const char *data, *ev;
   uint32_t dl, el;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
+  lmx_buf_reset(&r->last_extras);
   lua_pushlstring(L, data, dl);
   if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
   drop_event(r, dl, el);

@@ -703,6 +703,18 @@ describe("provider variations", function()
     end)
   end)
 
+  it("keeps the latest chunk members when the reader changes between chunks() and deltas()",
+    function()
+    -- deltas() reads a chunk in C when its members are those of the last chunk it had Lua
+    -- decode; one that chunks() decoded in between must count as the last one
+    local s = assert(c:chat_stream(body("fixture:fpflip", "x")))
+    assert.equals("1", s:deltas()())            -- fp_a, decoded in Lua
+    assert.equals("fp_b", s:chunks()().system_fingerprint)
+    local res = assert(s:result())              -- "3" and the finish: fp_a again
+    assert.equals("123", res.choices[1].message.content)
+    assert.equals("fp_a", res.system_fingerprint)
+  end)
+
   it("keeps the first model's name when a later chunk names another, whichever reader",
     function()
     -- deltas(), read() and result() read the later chunks in C, without their model: the

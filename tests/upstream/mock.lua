@@ -1272,6 +1272,14 @@ local FIXTURES = {
     fx_chunk({ fx(0, { content = "Hi" }) }, { system_fingerprint = "fp" }),
     fx_chunk({ fx(0, {}, "stop") }, { system_fingerprint = "fp" }),
   },
+  -- a fingerprint that changes and changes back (two backends): the last one is the answer's
+  fpflip = {
+    fx_chunk({ fx(0, { role = "assistant", content = "" }) }, { system_fingerprint = "fp_a" }),
+    fx_chunk({ fx(0, { content = "1" }) }, { system_fingerprint = "fp_a" }),
+    fx_chunk({ fx(0, { content = "2" }) }, { system_fingerprint = "fp_b" }),
+    fx_chunk({ fx(0, { content = "3" }) }, { system_fingerprint = "fp_a" }),
+    fx_chunk({ fx(0, {}, "stop") }, { system_fingerprint = "fp_a" }),
+  },
   -- the model's name changes mid-stream (a gateway's fallback): the first one is the answer's
   modelmoves = {
     fx_chunk{ fx(0, { role = "assistant", content = "" }) },
