@@ -55,7 +55,8 @@
 --   * The bytes: LF, CRLF or CR line ends, "data:" with or without its space, now and then an
 --     id:, retry: or event: message line, comments, blank lines, empty data events, a BOM, a
 --     chunk's JSON over two data lines; escapes as a JSON library writes them (ESC below);
---     written event by event, in random slices, all at once, or byte by byte.
+--     written event by event, in random slices, all at once, or byte by byte. One stream in
+--     100 is big (0.1 to 1 MiB: the transfer pauses while a reader's queue is full).
 local llmux = require "llmux"
 local stream = require "llmux.stream"
 local B = require "helpers.bed"
@@ -112,6 +113,10 @@ local ASTRAL = { 0x1F600, 0x1F914, 0x1F680, 0x10000, 0x10FFFF, 0x1F1FA }
 -- every chunk of plain text has the common shape.
 local SPLITS = false
 
+-- A few streams are big (BIG: one in 100, their pieces often long; some 100 KiB to 1 MiB), so
+-- a reader's queue outgrows what llmux buffers (~256 KiB) and the transfer pauses.
+local BIG = false
+
 -- A piece of text for field state st (st.lo: a low half the next piece may start with).
 local function gen_piece(r, st)
   local out = {}
@@ -120,7 +125,7 @@ local function gen_piece(r, st)
     st.lo = nil
   end
   local len = r(4) == 0 and r(40) or r(8)
-  if r(300) == 0 then len = 1000 + r(20000) end   -- a long one now and then
+  if r(300) == 0 or BIG and r(2) == 0 then len = 1000 + r(20000) end   -- a long one
   for _ = 1, len do
     local p = r(30)
     if p == 0 then
@@ -497,7 +502,7 @@ local function gen_choice(r, k, ci, reasoning_name, simple)
   end
   -- a simple choice is only content (as most of what providers send)
   local function maybe(n) return not simple and r(n) == 0 end
-  local content = text_queue(r(100) == 0 and 150 + r(150)
+  local content = text_queue(BIG and 40 + r(40) or r(100) == 0 and 150 + r(150)
     or (simple or r(4) == 0) and r(30) or r(8))
   if maybe(10) then   -- typed parts (Mistral): some pieces as text or thinking parts
     local st = {}
@@ -736,6 +741,7 @@ local function gen(k)
   local r = seeded.rng((SEED * 7919 + k * 104729) % 2147483647)
   for _ = 1, 3 do r(2) end
   SPLITS = r(2) == 0
+  BIG = r(100) == 0
   local n = r(6) == 0 and 2 or 1
   local id = "chatcmpl-prop-" .. k
   local created = 1700000000 + k
