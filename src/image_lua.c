@@ -207,6 +207,17 @@ static int image_channels(lua_State *L) {
   return 1;
 }
 
+/* img:opaque() -> boolean: no alpha channel, or every pixel's alpha is 255 */
+static int image_opaque(lua_State *L) {
+  lmx_Image *im = checkimage(L, 1);
+  size_t n = (size_t)im->w * im->h, i;
+  int ch = im->ch, opaque = 1;
+  if (ch == 2 || ch == 4)
+    for (i = 0; i < n && opaque; i++) opaque = im->px[i * ch + ch - 1] == 255;
+  lua_pushboolean(L, opaque);
+  return 1;
+}
+
 /* img:pixels() -> string: 8-bit interleaved rows, top to bottom */
 static int image_pixels(lua_State *L) {
   lmx_Image *im = checkimage(L, 1);
@@ -286,6 +297,7 @@ void lmx_image_open(lua_State *L) {
     { NULL, NULL } };
   static const luaL_Reg methods[] = {
     { "width", image_width }, { "height", image_height }, { "channels", image_channels },
+    { "opaque", image_opaque },
     { "pixels", image_pixels }, { "to_gray", image_to_gray }, { "to_rgb", image_to_rgb },
     { "to_rgba", image_to_rgba }, { "crop", image_crop }, { "resize", image_resize },
     { "coverage", image_coverage }, { "close", image_close }, { NULL, NULL } };

@@ -171,8 +171,19 @@ describe("images_edit", function()
     sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
     assert.equals(2, sent:channels())
     assert.equals(string.rep("\255\0\0\255", 4), sent:pixels())
+    -- so is one whose alpha is all opaque (drawn in colour, saved as RGBA), and its PNG
+    local drawn = image.new(4, 2, 4, string.rep("\255\255\255\255\0\0\0\255", 4))
+    for _, m in ipairs{ drawn, drawn:encode_png() } do
+      res = assert(c:images_edit{ image = img, mask = m, prompt = "x" })
+      sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
+      assert.equals(2, sent:channels())
+      assert.equals(string.rep("\255\0\0\255", 4), sent:pixels())
+    end
+    assert.is_true(drawn:opaque())
+    assert.is_true(rgb:opaque())
     -- a mask with alpha of its own, and PNG bytes, go as they are
     local own = image.new(4, 2, 4, string.rep("\0\0\0\0\9\9\9\255", 4))
+    assert.is_false(own:opaque())
     res = assert(c:images_edit{ image = img, mask = own, prompt = "x" })
     sent = assert(image.decode(assert(llmux.base64.decode(res.received.mask_b64))))
     assert.equals(own:pixels(), sent:pixels())

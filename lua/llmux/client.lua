@@ -733,21 +733,20 @@ end
 -- OpenAI's /images/edits reads a mask by its alpha: 0 marks what to edit, and refuses one
 -- without alpha. llmux's masks (image.mask, normalize_mask, outpaint_canvas) are 1 channel
 -- with 255 = paint, so such a mask goes as grey + alpha, alpha 255 - grey (the grey still says
--- white = paint); an RGB one is read the same way, by its luma. A PNG (bytes or a path) is
--- decoded when it has no alpha (no alpha channel, no tRNS) and goes the same way: it may be
--- such a mask saved, and as it is it would be refused. Masks with alpha go as they are.
+-- white = paint); an RGB one is read the same way, by its luma, and so is one whose alpha is
+-- all opaque (a mask drawn in colour and saved as RGBA: OpenAI would find nothing to edit). A
+-- PNG (bytes or a path) is decoded and goes the same way: it may be such a mask saved, and as
+-- it is it would be refused. Masks with alpha that marks something go as they are.
 -- Returns the mask to send (a new llmux.Image is the caller's to close) | nil, message, code.
 local function alpha_mask(v, where)
   if type(v) == "string" then
     local bytes, msg, code = image_of(v, "mask", where, PNG_ONLY)
     if not bytes then return nil, msg, code end
-    local ctype = sub(bytes, 26, 26)
-    if ctype == "\4" or ctype == "\6" then return bytes end   -- grey or RGB with alpha
     local img
     img, msg, code = image.decode(bytes)
     if not img then return nil, format("%s: mask: %s", where, msg), code end
     local ch = img:channels()
-    if ch == 2 or ch == 4 then   -- tRNS
+    if (ch == 2 or ch == 4) and not img:opaque() then   -- alpha of its own (maybe by tRNS)
       img:close()
       return bytes
     end
@@ -758,11 +757,11 @@ local function alpha_mask(v, where)
   if not image.is_image(v) then return v end
   local ch = v:channels()
   if ch == 1 then return core.image_mask_alpha(v) end
-  if ch == 3 then
-    local grey <close> = v:to_gray()
-    return core.image_mask_alpha(grey)
-  end
-  return v
+  -- alpha of its own goes as it is; without (or all opaque: a mask drawn in colour and saved
+  -- as RGBA, in which OpenAI would find nothing to edit) it is read by its luma
+  if (ch == 2 or ch == 4) and not v:opaque() then return v end
+  local grey <close> = v:to_gray()
+  return core.image_mask_alpha(grey)
 end
 
 -- image and mask of an edit call, checked to be the same size, and the image's MIME type;
