@@ -890,16 +890,22 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
  * the extras the fast path compares with are no longer the last ones Lua has seen (a reader
  * may change between chunks() and deltas(): a chunk repeating the extras before this one's
  * must be decoded again). */
+/* Pushes the oldest event whole (data, event) and drops it from the queue. */
+static int push_whole(lua_State *L, lmx_Request *r, const char *data, uint32_t dl,
+                      const char *ev, uint32_t el) {
+  lua_pushlstring(L, data, dl);
+  if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
+  drop_event(r, dl, el);
+  return 2;
+}
+
 static int request_pop_body(lua_State *L) {
   lmx_Request *r = live(L, guarded_arg(L));
   const char *data, *ev;
   uint32_t dl, el;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
   lmx_buf_reset(&r->last_extras);
-  lua_pushlstring(L, data, dl);
-  if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
-  drop_event(r, dl, el);
-  return 2;
+  return push_whole(L, r, data, dl, ev, el);
 }
 
 static int request_pop(lua_State *L) { return guarded(L, request_pop_body, 0); }
@@ -919,11 +925,6 @@ static int fast_chunk(lmx_Request *r, const char *data, uint32_t dl, lmx_JChunk 
     && memcmp(r->extras.p, r->last_extras.p, r->extras.n) == 0 ? 1 : 2;
 }
 
-/* r:pop_delta([ids]) -> true, text, finish[, id, model, created]
- *                     | false, data, event | nothing
- * Like pop, but an event of the common chat-chunk shape is read in C (lmx_json_chunk) and
- * only its content text and finish_reason come back (nil when absent or empty); with ids also
- * its id, model and created. Any other event comes back whole, for a full decode. */
 /* r:pop_text() -> text | nothing: pops the oldest event only when it is the simple chunk
  * shape with content text and no finish_reason (the bulk of a stream); anything else stays
  * queued for pop/pop_delta. */
@@ -943,6 +944,11 @@ static int request_pop_text_body(lua_State *L) {
 
 static int request_pop_text(lua_State *L) { return guarded(L, request_pop_text_body, 0); }
 
+/* r:pop_delta([ids]) -> true, text, finish[, id, model, created]
+ *                     | false, data, event | nothing
+ * Like pop, but an event of the common chat-chunk shape is read in C (lmx_json_chunk) and
+ * only its content text and finish_reason come back (nil when absent or empty); with ids also
+ * its id, model and created. Any other event comes back whole, for a full decode. */
 static int request_pop_delta_body(lua_State *L) {
   lmx_Request *r = live(L, guarded_arg(L));
   int ids = lua_toboolean(L, 2);
@@ -973,10 +979,7 @@ static int request_pop_delta_body(lua_State *L) {
     lmx_buf_reset(&r->last_extras);
   }
   lua_pushboolean(L, 0);
-  lua_pushlstring(L, data, dl);
-  if (el) lua_pushlstring(L, ev, el); else lua_pushnil(L);
-  drop_event(r, dl, el);
-  return 3;
+  return 1 + push_whole(L, r, data, dl, ev, el);
 }
 
 static int request_pop_delta(lua_State *L) { return guarded(L, request_pop_delta_body, 0); }

@@ -174,10 +174,11 @@ function M.new(opts)
   if key and find(key, "[\r\n%z]") then
     error("llmux.client: api_key (from the environment) contains a line break", 2)
   end
+  local user = {}   -- the caller's headers, a copy (a later change to theirs changes nothing)
+  for k, v in pairs(opts.headers or {}) do user[k] = v end
   -- specs: the request specs of calls with the client's own options (see new_call)
-  secrets[self] = { key = key, headers = build_headers(key, opts.headers),
-    hide = hidden(key, opts.headers), user_headers = {}, specs = {} }
-  for k, v in pairs(opts.headers or {}) do secrets[self].user_headers[k] = v end
+  secrets[self] = { key = key, headers = build_headers(key, user), hide = hidden(key, user),
+    user_headers = user, specs = {} }
   return self
 end
 
@@ -204,7 +205,7 @@ local function merged(self, sec, opts, where)
     -- header names are case-insensitive: a per-call header replaces the client's of any case
     local h, over = {}, {}
     for k in pairs(opts.headers or {}) do over[lower(k)] = true end
-    for k, v in pairs(sec.user_headers or {}) do
+    for k, v in pairs(sec.user_headers) do
       if not over[lower(k)] then h[k] = v end
     end
     for k, v in pairs(opts.headers or {}) do h[k] = v end
