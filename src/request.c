@@ -885,11 +885,6 @@ static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
   maybe_resume(r);
 }
 
-/* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
- * the default type); nothing when none is queued (see peek_event). Lua decodes it whole, so
- * the extras the fast path compares with are no longer the last ones Lua has seen (a reader
- * may change between chunks() and deltas(): a chunk repeating the extras before this one's
- * must be decoded again). */
 /* Pushes the oldest event whole (data, event) and drops it from the queue. */
 static int push_whole(lua_State *L, lmx_Request *r, const char *data, uint32_t dl,
                       const char *ev, uint32_t el) {
@@ -899,6 +894,11 @@ static int push_whole(lua_State *L, lmx_Request *r, const char *data, uint32_t d
   return 2;
 }
 
+/* r:pop() -> data, event | nothing: the oldest queued event of a stream (event is nil for
+ * the default type); nothing when none is queued (see peek_event). Lua decodes it whole, so
+ * the extras the fast path compares with are no longer the last ones Lua has seen (a reader
+ * may change between chunks() and deltas(): a chunk repeating the extras before this one's
+ * must be decoded again). */
 static int request_pop_body(lua_State *L) {
   lmx_Request *r = live(L, guarded_arg(L));
   const char *data, *ev;
