@@ -124,6 +124,61 @@ describe("images_edit", function()
     assert.matches("inpaint: image must be a PNG, not image/jpeg", msg, 1, true)
   end)
 
+  it("sends a list of images as image[] parts, the mask checked against the first", function()
+    local k = key("several")
+    local a, b = picture(8, 6), picture(3, 3)
+    local res = assert(c:images_edit{ image = { a, jpeg(5, 7), b:encode_png(),
+        "data:image/webp;base64," .. llmux.base64.encode(webp(2, 9)) },
+      mask = image.mask(8, 6, "all"), prompt = "a room with these", model = "count:" .. k })
+    local got = res.received
+    assert.is_true(got.image_list)
+    assert.same({ { 8, 6, "image/png", "image.png" }, { nil, nil, "image/jpeg", "image2.jpg" },
+      { 3, 3, "image/png", "image3.png" }, { nil, nil, "image/webp", "image4.webp" } },
+      (function()
+        local t = {}
+        for i, im in ipairs(got.images) do
+          t[i] = { im.width, im.height, im.type, im.filename }
+        end
+        return t
+      end)())
+    assert.same({ 8, 6 }, { got.mask_width, got.mask_height })
+    assert.equals(a:pixels(), image.decode(llmux.base64.decode(res.data[1].b64_json)):pixels())
+    -- a list of one is a list too (image[]), as OpenAI's SDKs send it
+    res = assert(c:images_edit{ image = { b }, prompt = "x" })
+    assert.is_true(res.received.image_list)
+    assert.equals(1, #res.received.images)
+    -- one image alone stays "image"
+    assert.is_false(assert(c:images_edit{ image = b, prompt = "x" }).received.image_list)
+    -- the mask must fit the first image; any bad entry is named; nothing is sent
+    local _, msg, code = c:images_edit{ image = { b, a }, mask = image.mask(8, 6, "all"),
+      prompt = "x", model = "count:" .. k }
+    assert.equals("badrequest", code)
+    assert.matches("the mask is 8x6 but the image is 3x3", msg, 1, true)
+    _, msg, code = c:images_edit{ image = { a, "GIF89a\8\0\6\0\0\0\0;" }, prompt = "x",
+      model = "count:" .. k }
+    assert.equals("badrequest", code)
+    assert.matches("images_edit: image[2] must be a PNG, JPEG or WebP, not image/gif", msg, 1,
+      true)
+    _, msg, code = c:images_edit{ image = { a, "/nonexistent/llmux.png" }, prompt = "x" }
+    assert.equals("io", code)
+    assert.matches("image[2]: ", msg, 1, true)
+    assert.equals(1, server_count(k))
+    assert.has_error(function() c:images_edit{ image = {}, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image' is an empty list")
+    local holes = { a, b, b }
+    holes[2] = nil
+    assert.has_error(function() c:images_edit{ image = holes, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image' is a list with holes (nil entries)")
+    assert.has_error(function() c:images_edit{ image = { a, x = b }, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image' as a table must be a list of images (key x)")
+    assert.has_error(function() c:images_edit{ image = { a, 5 }, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image[2]' must be an llmux.Image, or the bytes or path of a "
+      .. "PNG, JPEG or WebP")
+    a:close()
+    assert.has_error(function() c:images_edit{ image = { b, a }, prompt = "x" } end,
+      "llmux.Client:images_edit: 'image[2]' is a closed llmux.Image")
+  end)
+
   it("reports bad image input clearly", function()
     local _, msg, code = c:outpaint{ image = "\255\216\255\224 jpeg", prompt = "x",
       direction = "left", pixels = 1 }

@@ -767,9 +767,9 @@ end
 
 -- image and mask of an edit call, checked to be the same size, and the image's MIME type;
 -- with alpha (OpenAI's /images/edits), the mask in OpenAI's form (alpha_mask) and the image
--- a PNG, JPEG or WebP, else a PNG.
-local function image_and_mask(args, where, mask_required, alpha)
-  local img, iw, ih, kind = image_of(args.image, "image", where,
+-- a PNG, JPEG or WebP, else a PNG. The image is args.image, or v named what when given.
+local function image_and_mask(args, where, mask_required, alpha, v, what)
+  local img, iw, ih, kind = image_of(v or args.image, what or "image", where,
     alpha and EDIT_IMAGE or PNG_ONLY)
   if not img then return nil, iw, ih end
   if args.mask == nil then
@@ -842,11 +842,32 @@ local EDIT_FIELDS = { "prompt", "model", "n", "size", "response_format", "qualit
   "background", "output_format", "output_compression", "input_fidelity", "user" }
 local EDIT_INTEGERS = { n = 1, output_compression = 0 }
 
+-- args.image of images_edit as a list: {v} for one image; for a list of them (GPT image models
+-- edit several together, a mask applying to the first) the list itself, with name "image[]":
+-- each goes as a part of that name, as OpenAI's SDKs send a list.
+local function edit_images(v, where)
+  if type(v) ~= "table" or getmetatable(v) ~= nil then return { v } end
+  local n, count = #v, 0
+  if n == 0 and next(v) == nil then misuse(where .. ": 'image' is an empty list") end
+  for k in pairs(v) do
+    count = count + 1
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      misuse(format("%s: 'image' as a table must be a list of images (key %s)", where,
+        tostring(k)))
+    end
+  end
+  if count ~= n then misuse(where .. ": 'image' is a list with holes (nil entries)") end
+  local list = table.move(v, 1, n, 1, {})
+  list.name = "image[]"
+  return list
+end
+
 -- c:images_edit{image, prompt[, mask, model, n, size, response_format, quality, background,
 -- output_format, output_compression, input_fidelity, user, decode]}[, opts]
 -- -> response, info | nil, message, code, detail. OpenAI's multipart POST /images/edits;
--- image (an llmux.Image, sent as PNG, or the bytes or path of a PNG, JPEG or WebP) and mask
--- (an llmux.Image or a PNG; a 1-channel one with alpha, see alpha_mask) go as file parts.
+-- image (an llmux.Image, sent as PNG, or the bytes or path of a PNG, JPEG or WebP; or a list
+-- of such, see edit_images) and mask (an llmux.Image or a PNG; a 1-channel one with alpha,
+-- see alpha_mask) go as file parts.
 function Client:images_edit(args, opts)
   local where = "llmux.Client:images_edit"
   check_self(self, where)
@@ -867,10 +888,20 @@ function Client:images_edit(args, opts)
     end
     if v ~= nil then fields[#fields + 1] = { name = k, data = v } end
   end
-  local img, iw, ih, mask, kind = image_and_mask(args, where, false, true)
+  local list = edit_images(args.image, where)
+  local img, iw, ih, mask, kind = image_and_mask(args, where, false, true, list[1],
+    list.name and "image[1]")
   if not img then return nil, iw, ih, {} end
-  local form = { { name = "image", data = img, filename = "image." .. FILENAME[kind],
+  local name = list.name or "image"
+  local form = { { name = name, data = img, filename = "image." .. FILENAME[kind],
     type = kind } }
+  for i = 2, #list do
+    local what = format("image[%d]", i)
+    local more, msg, code, k = image_of(list[i], what, where, EDIT_IMAGE)
+    if not more then return nil, msg, code, {} end
+    form[i] = { name = name, data = more, filename = format("image%d.%s", i, FILENAME[k]),
+      type = k }
+  end
   if mask then
     form[#form + 1] = { name = "mask", data = mask, filename = "mask.png", type = "image/png" }
   end

@@ -1559,7 +1559,8 @@ local function png_size(s)
   return u32(17), u32(21)
 end
 
--- Parts of a multipart/form-data body: name -> {data =, filename =, type =}.
+-- Parts of a multipart/form-data body: name -> {data =, filename =, type =}; a name ending in
+-- "[]" (a list, as OpenAI's SDKs send one) -> the list of its parts.
 local function multipart(body)
   local ct = ngx.var.content_type or ""
   local boundary = ct:match('boundary="([^"]+)"') or ct:match("boundary=([^;%s]+)")
@@ -1576,9 +1577,15 @@ local function multipart(body)
     if not nextp then return nil end
     local name = head:match('name="([^"]*)"')
     if name then
-      parts[name] = {data = body:sub(hend + 4, nextp - 1),
+      local part = {data = body:sub(hend + 4, nextp - 1),
         filename = head:match('filename="([^"]*)"'),
         type = head:match("[Cc]ontent%-[Tt]ype:%s*([^\r\n]+)")}
+      if name:sub(-2) == "[]" then
+        parts[name] = parts[name] or {}
+        table.insert(parts[name], part)
+      else
+        parts[name] = part
+      end
     end
     pos = nextp + 2
   end
@@ -1595,16 +1602,26 @@ end
 local function images_edits()
   local parts = multipart(read_body())
   if not parts then return bad_request("mock: expected multipart/form-data") end
-  local image, mask, prompt = parts.image, parts.mask, parts.prompt
+  -- one image, or a list (GPT image models: up to 16, the mask applying to the first)
+  local list = parts["image[]"]
+  if list and parts.image then return bad_request("both 'image' and 'image[]' sent", "image") end
+  if list and #list > 16 then return bad_request("at most 16 images", "image") end
+  local image, mask, prompt = list and list[1] or parts.image, parts.mask, parts.prompt
   if not image then return bad_request("'image' is a required part", "image") end
-  local w, h = png_size(image.data)
-  -- GPT image models take JPEG and WebP too (their sizes are not read here)
-  local other = image.data:sub(1, 3) == "\255\216\255"
-    or (image.data:sub(1, 4) == "RIFF" and image.data:sub(9, 12) == "WEBP")
-  if not w and not other then return bad_request("image is " .. h, "image") end
+  local images = {}
+  for i, im in ipairs(list or {image}) do
+    local iw, ih = png_size(im.data)
+    -- GPT image models take JPEG and WebP too (their sizes are not read here)
+    local other = im.data:sub(1, 3) == "\255\216\255"
+      or (im.data:sub(1, 4) == "RIFF" and im.data:sub(9, 12) == "WEBP")
+    if not iw and not other then return bad_request("image is " .. ih, "image") end
+    images[i] = {width = iw, height = iw and ih, type = im.type, filename = im.filename}
+  end
+  local w, h = images[1].width, images[1].height
   if not prompt or prompt.data == "" then return bad_request("'prompt' is required", "prompt") end
   local received = {width = w, height = h, prompt = prompt.data, image_type = image.type,
     image_filename = image.filename, n = parts.n and parts.n.data,   -- the text as sent
+    images = list and images, image_list = list ~= nil,
     size = parts.size and parts.size.data, response_format = parts.response_format
       and parts.response_format.data}
   for _, k in ipairs({"output_format", "output_compression", "input_fidelity", "quality",
