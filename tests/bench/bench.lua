@@ -11,7 +11,8 @@
 -- BENCH_ROUNDS floor + llmux rounds (5), BENCH_STRICT=1 also fails the run when the CPU
 -- target is missed. Several rounds because a small shared VM drifts by tens of percent
 -- between runs: each round runs the two back to back, and the verdict is the median of the
--- per-round ratios, which a slow spell hitting one round cannot swing.
+-- per-round ratios, which a slow spell hitting one round cannot swing (and which of the two
+-- goes first alternates between rounds).
 --
 -- Then, when valgrind is there, the same comparison in instructions (callgrind), which no
 -- noisy neighbour moves: each client runs 1000 and 4000 requests, and the difference over
@@ -289,8 +290,15 @@ local function main(u)
 
   local floors, mines, ratios, failed = {}, {}, {}, false
   for i = 1, ROUNDS do
-    floors[i] = run_floor(bin, u.http, N, CONC)
-    mines[i] = run_llmux(client, N, CONC)
+    -- which goes first alternates, so a machine speeding up or slowing down over the run
+    -- does not favour one of them
+    if i % 2 == 1 then
+      floors[i] = run_floor(bin, u.http, N, CONC)
+      mines[i] = run_llmux(client, N, CONC)
+    else
+      mines[i] = run_llmux(client, N, CONC)
+      floors[i] = run_floor(bin, u.http, N, CONC)
+    end
     ratios[i] = mines[i].cpu_us / floors[i].cpu_us
     failed = failed or floors[i].failures > 0 or mines[i].failures > 0
   end
