@@ -218,6 +218,28 @@ describe("errors.retry_after", function()
     assert.is_nil(errors.retry_after{ ["retry-after"] = "soon, 3" })
   end)
 
+  it("reads only digits (and a fraction) as a wait: what else Lua reads as a number is garbage",
+    function()
+    -- RFC 9110's delay-seconds is digits; OpenAI's SDK also takes a fraction. tonumber alone
+    -- made hex and exponents waits ("0x10" = 16 s), and a date's fields were never checked
+    for _, v in ipairs{ "0x10", "0X3c", "1e3", "1E1", "0x1p4", "5 s", "+5", "1.2.3", "", " " } do
+      assert.is_nil(errors.retry_after{ ["retry-after"] = v }, v)
+      assert.is_nil(errors.retry_after{ ["retry-after-ms"] = v }, v)
+    end
+    assert.equals(3, errors.retry_after{ ["retry-after-ms"] = "0x10", ["retry-after"] = "3" })
+    assert.equals(0.5, errors.retry_after{ ["retry-after"] = ".5" })
+    assert.equals(2, errors.retry_after{ ["retry-after"] = " 2. " })
+    assert.equals(0.25, errors.retry_after{ ["retry-after-ms"] = "250.0" })
+    local now = errors.parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT")
+    for _, v in ipairs{ "Wed, 21 Oct 2015 99:28:00 GMT", "Wed, 21 Oct 2015 07:60:00 GMT",
+      "Wed, 21 Oct 2015 07:28:61 GMT", "Wed, 32 Oct 2015 07:28:00 GMT",
+      "Wed, 00 Oct 2015 07:28:00 GMT", "Wed Oct 99 07:28:00 2015" } do
+      assert.is_nil(errors.parse_http_date(v), v)
+      assert.is_nil(errors.retry_after({ ["retry-after"] = v }, now), v)
+    end
+    assert.equals(1445412480 + 60, errors.parse_http_date("Wed, 21 Oct 2015 07:28:60 GMT"))
+  end)
+
   it("parses the three HTTP date forms", function()
     local t = 784111777
     assert.equals(t, errors.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"))

@@ -233,6 +233,7 @@ local function utc_epoch(y, mo, d, h, mi, s)
 end
 
 -- parse_http_date(s) -> epoch seconds | nil. IMF-fixdate, RFC 850 and asctime (RFC 9110 5.6.7).
+-- Fields out of range (hour 99) make no date: summed as they are they would name one.
 function M.parse_http_date(s)
   local d, mon, y, h, mi, sec =
     match(s, "^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
@@ -245,24 +246,30 @@ function M.parse_http_date(s)
   end
   local m = mon and MONTHS[lower(mon)]
   if not m then return nil end
-  return utc_epoch(tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(sec))
+  d, h, mi, sec = tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+  if d < 1 or d > 31 or h > 23 or mi > 59 or sec > 60 then return nil end   -- 60: a leap second
+  return utc_epoch(tonumber(y), m, d, h, mi, sec)
 end
 
 -- retry_after(headers[, now_epoch]) -> seconds | nil: retry-after-ms, then Retry-After in
 -- seconds or as an HTTP date. A date in the past gives 0.
 -- A header sent twice arrives joined ("1, 1"): the number before the first comma counts.
+-- A number is digits with maybe a fraction (RFC 9110's delay-seconds are digits; OpenAI's SDK
+-- takes "1.5" too); tonumber alone would read "0x10" as 16 s and "1e3" as 1000.
 local function first_number(v)
-  return v and tonumber(match(v, "^%s*([^,]*[^,%s])%s*,") or v)
+  if not v then return nil end
+  v = match(v, "^%s*([^,]*[^,%s])%s*,") or v
+  return tonumber(match(v, "^%s*(%d+%.?%d*)%s*$") or match(v, "^%s*(%.%d+)%s*$"))
 end
 
 function M.retry_after(headers, now_epoch)
   if type(headers) ~= "table" then return nil end
   local v = first_number(headers["retry-after-ms"])
-  if v and v >= 0 then return v / 1000 end
+  if v then return v / 1000 end
   local ra = headers["retry-after"]
   if not ra then return nil end
   v = first_number(ra)
-  if v then return v >= 0 and v or nil end
+  if v then return v end
   local t = M.parse_http_date(ra) or M.parse_http_date(sub(ra, 1, 29))   -- IMF-fixdate: 29
   if not t then return nil end
   local d = t - (now_epoch or os_time())
