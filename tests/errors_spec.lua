@@ -262,6 +262,34 @@ describe("errors.backoff", function()
   end)
 end)
 
+describe("errors.backoff's jitter", function()
+  -- math.random's extremes, by a copy of the module that reads a stub: the factor is in
+  -- (0.75, 1], so no wait is ever longer than the schedule's, nor a quarter shorter (at the
+  -- largest random() below 1 the factor rounds to 0.75 itself: a double holds no nearer one)
+  local function with_random(r, fn)
+    local saved, loaded = math.random, package.loaded["llmux.errors"]
+    math.random = function() return r end
+    package.loaded["llmux.errors"] = nil
+    local ok, e = pcall(require, "llmux.errors")
+    math.random, package.loaded["llmux.errors"] = saved, loaded
+    assert(ok, e)
+    fn(e)
+  end
+
+  it("stays within [0.75, 1] of the schedule at random()'s extremes", function()
+    with_random(0, function(e)
+      for n = 0, 6 do assert.equals(math.min(0.5 * 2 ^ n, 8), e.backoff(n)) end
+    end)
+    with_random(1 - 2 ^ -53, function(e)
+      for n = 0, 6 do
+        local cap = math.min(0.5 * 2 ^ n, 8)
+        local d = e.backoff(n)
+        assert.is_true(d >= 0.75 * cap and d < 0.75 * cap + 1e-9, n .. ": " .. d)
+      end
+    end)
+  end)
+end)
+
 describe("errors.scrub", function()
   it("removes a secret from strings and nested tables", function()
     local k = "sk-secret-xyz"
