@@ -3,12 +3,16 @@ LUA_VERSION ?= 5.4
 LUA         ?= lua$(LUA_VERSION)
 PKG_CONFIG  ?= pkg-config
 PKGS        := lua$(LUA_VERSION) libcurl libpng
-LUA_INCDIR  ?= $(shell $(PKG_CONFIG) --variable=includedir lua$(LUA_VERSION) 2>/dev/null)/lua$(LUA_VERSION)
+# Without pkg-config (no dependency of Debian's -dev packages; `luarocks make` needs none) the
+# Debian paths: a module linked without -lcurl -lpng would build and then fail in require.
+PC_INCDIR    = $(shell $(PKG_CONFIG) --variable=includedir lua$(LUA_VERSION) 2>/dev/null)
+LUA_INCDIR  ?= $(or $(PC_INCDIR),/usr/include)/lua$(LUA_VERSION)
 CC          ?= cc
 CFLAGS      ?= -O2 -g
 WARN        := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
 DEPCFLAGS   := $(shell $(PKG_CONFIG) --cflags libcurl libpng 2>/dev/null)
-DEPLIBS     := $(shell $(PKG_CONFIG) --libs libcurl libpng 2>/dev/null) -lpthread -ldl
+PC_LIBS     := $(shell $(PKG_CONFIG) --libs libcurl libpng 2>/dev/null)
+DEPLIBS     := $(or $(PC_LIBS),-lcurl -lpng) -lpthread -ldl
 LIBFLAG     ?= -shared
 PREFIX      ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)

@@ -30,6 +30,19 @@ describe("installation", function()
     assert.equals("0.1.0 " .. d .. "/opt/x/lib/lua/5.4/llmux/core.so http://127.0.0.1:1/v1", out)
   end)
 
+  it("builds a loadable module without pkg-config", function()
+    -- pkg-config is no dependency of Debian's -dev packages: without it the link lacked
+    -- -lcurl -lpng, and a shared object links with symbols missing, so the build passed and
+    -- require failed ("undefined symbol: png_set_longjmp_fn")
+    local d = tmpdir()
+    local ok, out = sh("make -s all PKG_CONFIG=false BUILD=" .. d)
+    local _, root = sh("pwd")
+    if ok then ok, out = probe(root:gsub("%s+$", "") .. "/lua", d) end
+    sh("rm -rf " .. d)
+    assert.is_true(ok, out)
+    assert.matches("^0%.1%.0 " .. d:gsub("%p", "%%%0") .. "/llmux/core%.so", out)
+  end)
+
   it("the rockspec builds offline with luarocks make", function()
     local d = tmpdir()
     local ok, out = sh("luarocks --lua-version=5.4 --tree=" .. d
