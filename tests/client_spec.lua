@@ -465,6 +465,213 @@ describe("client deadline", function()
   end)
 end)
 
+-- The server's waits as servers send them, odd ones included (the mock's headers:STATUS:N:KEY
+-- answers with the headers the request carries). What the client waits is seen through
+-- sched.sleep, which the retry loop calls for its pauses: recorded, not slept, so no test
+-- reads the clock (BACKOFF_BASE is 0.01 on the bed: retry n's own wait is 0.01 x 2^n x jitter).
+describe("client retries, as servers send their waits", function()
+  local sched = require "llmux.sched"
+
+  -- -> the waits the call asked for, and the call's results
+  local function recorded(fn)
+    local waits, real = {}, sched.sleep
+    sched.sleep = function(s) waits[#waits + 1] = s; return real(0) end
+    local ok, r, m, code, detail = pcall(fn)
+    sched.sleep = real
+    assert(ok, r)
+    return waits, r, m, code, detail
+  end
+
+  -- -> the waits, results and request count of a call answered status with headers h the
+  -- first `times` requests (default: every one)
+  local function answered(status, h, opts, times)
+    local k = key("h")
+    local b = body(("headers:%d:%d:%s"):format(status, times or 99, k))
+    b.mock_headers = h
+    local waits, r, m, code, detail = recorded(function() return c:chat(b, opts) end)
+    return waits, r, m, code, detail, server_count(k)
+  end
+
+  local function backoff(waits, from)
+    for i = from or 1, #waits do
+      local cap = 0.01 * 2 ^ (i - 1)
+      assert.is_true(waits[i] >= 0.75 * cap and waits[i] <= cap, i .. ": " .. waits[i])
+    end
+  end
+
+  local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
+
+  it("takes no wait from a Retry-After that is garbage, negative or a date gone by", function()
+    for _, v in ipairs{ "soon", "-5", "0x10", "1e3", "", http_date(os.time() - 3600),
+      "Wed, 21 Oct 2015 99:28:00 GMT" } do
+      local waits, r, _, code, detail, n = answered(429, { ["Retry-After"] = v })
+      assert.is_nil(r, v)
+      assert.equals("ratelimit", code, v)
+      assert.equals(3, detail.attempts, v)
+      assert.equals(3, n, v)
+      assert.equals(2, #waits, v)
+      backoff(waits)
+    end
+  end)
+
+  it("waits what the server asks, up to 60 s, fractions too", function()
+    for _, case in ipairs{
+      { { ["Retry-After"] = "0.25" }, 0.25 },
+      { { ["Retry-After"] = " 60 " }, 60 },
+      { { ["retry-after-ms"] = "300", ["Retry-After"] = "5" }, 0.3 },
+      { { ["retry-after-ms"] = "-1", ["Retry-After"] = "0.2" }, 0.2 },
+      { { ["retry-after-ms"] = "soon", ["Retry-After"] = "0.2" }, 0.2 },
+      { { ["retry-after-ms"] = "60000" }, 60 },
+      { { ["Retry-After"] = { "0.5", "9" } }, 0.5 },   -- sent twice: the first counts
+    } do
+      local waits, r, _, code, detail, n = answered(429, case[1], { max_retries = 1 })
+      local what = require("llmux.json").encode(case[1])
+      assert.is_nil(r, what)
+      assert.equals("ratelimit", code, what)
+      assert.equals(2, detail.attempts, what)
+      assert.equals(2, n, what)
+      assert.same({ case[2] }, waits, what)
+      assert.equals(case[2], detail.retry_after, what)
+    end
+    -- an HTTP date: its second's resolution and the clock's turn make it (0, 30]
+    local waits, _, _, _, detail = answered(503, { ["Retry-After"] = http_date(os.time() + 30) },
+      { max_retries = 1 })
+    assert.equals(1, #waits)
+    assert.is_true(waits[1] > 0 and waits[1] <= 30, waits[1])
+    assert.equals(waits[1], detail.retry_after)
+  end)
+
+  it("answers ratelimit at once for a wait over 60 s, however far, on a 429 or a 5xx", function()
+    for _, case in ipairs{
+      { 429, { ["Retry-After"] = "61" }, 61 },
+      { 503, { ["Retry-After"] = "99999999999" }, 99999999999 },
+      { 429, { ["retry-after-ms"] = "60001", ["Retry-After"] = "1" }, 60.001 },
+      { 503, { ["Retry-After"] = http_date(os.time() + 86400 * 365) } },
+      { 429, { ["Retry-After"] = "Fri, 31 Dec 9999 23:59:59 GMT" } },
+    } do
+      local waits, r, msg, code, detail, n = answered(case[1], case[2])
+      local what = case[1] .. " " .. require("llmux.json").encode(case[2])
+      assert.is_nil(r, what)
+      assert.equals("ratelimit", code, what)
+      assert.equals(case[1], detail.status, what)
+      assert.equals(1, detail.attempts, what)
+      assert.equals(1, n, what)
+      assert.same({}, waits, what)
+      if case[3] then assert.equals(case[3], detail.retry_after, what) end
+      assert.is_true(detail.retry_after > 60, what)
+      assert.matches("server asks to wait %d+ s", msg)
+    end
+  end)
+
+  it("obeys x-should-retry over the status, and tells the wait it did not take", function()
+    local waits, r, _, code, detail, n = answered(500,
+      { ["x-should-retry"] = "false", ["Retry-After"] = "1" })
+    assert.is_nil(r)
+    assert.equals("server", code)
+    assert.same({ 1, 1, 1 }, { detail.attempts, n, detail.retry_after })
+    assert.same({}, waits)
+    -- false wins over a wait over the cap too: the code stays the status's
+    _, r, _, code, detail = answered(503,
+      { ["x-should-retry"] = "false", ["Retry-After"] = "120" })
+    assert.equals("server", code)
+    assert.equals(120, detail.retry_after)
+    local info
+    waits, r, info, _, _, n = answered(400, { ["x-should-retry"] = "true" }, nil, 1)
+    assert.equals("echo: hi", r.choices[1].message.content)
+    assert.same({ 2, 2 }, { info.attempts, n })
+    backoff(waits)
+    waits, r, _, code, detail, n = answered(401, { ["x-should-retry"] = "true" })
+    assert.equals("auth", code)
+    assert.same({ 3, 3, 2 }, { detail.attempts, n, #waits })
+  end)
+
+  it("answers at once when the deadline comes before the server's wait ends", function()
+    for _, h in ipairs{ { ["Retry-After"] = "30" }, { ["retry-after-ms"] = "20000" },
+      { ["Retry-After"] = http_date(os.time() + 40) } } do
+      local t0 = llmux.now()
+      local waits, r, _, code, detail, n = answered(429, h, { deadline = 5 })
+      assert.is_nil(r)
+      assert.equals("ratelimit", code)
+      assert.is_true(detail.deadline)
+      assert.same({ 1, 1 }, { detail.attempts, n })
+      assert.same({}, waits)
+      assert.is_true(detail.retry_after > 5)
+      assert.is_true(llmux.now() - t0 < 4)   -- a guard: it slept none of it
+    end
+    -- a wait that fits is taken, and the next attempt gets what is left
+    local waits, r, info = answered(429, { ["Retry-After"] = "0.05" }, { deadline = 5 }, 1)
+    assert.truthy(r)
+    assert.equals(2, info.attempts)
+    assert.same({ 0.05 }, waits)
+  end)
+
+  it("takes max_retries per call, either way round", function()
+    local waits, _, _, code, detail, n = answered(503, {}, { max_retries = 0 })
+    assert.equals("server", code)
+    assert.same({ 1, 1, 0 }, { detail.attempts, n, #waits })
+    local c0 = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+    local k = key("mr")
+    local res, info = c0:chat(body("fail:2:500:" .. k), { max_retries = 2 })
+    assert.truthy(res)
+    assert.same({ 3, 3 }, { info.attempts, server_count(k) })
+    local _, _, _, d = c0:chat(body("fail:9:500:" .. key("mr")))
+    assert.equals(1, d.attempts)
+  end)
+
+  it("bounds each attempt by timeout and all of them by deadline", function()
+    local res, msg, code, detail = c:chat(body("slow:3"), { timeout = 0.2, deadline = 30 })
+    assert.is_nil(res)
+    assert.equals("timeout", code, msg)
+    assert.equals(3, detail.attempts)
+    assert.is_nil(detail.deadline)
+    local t0 = llmux.now()
+    res, msg, code, detail = c:chat(body("slow:3"), { timeout = 30, deadline = 0.3 })
+    assert.is_nil(res)
+    assert.equals("timeout", code, msg)
+    assert.equals(1, detail.attempts)
+    assert.is_true(detail.deadline)
+    assert.is_true(llmux.now() - t0 < 2.5)   -- a guard: the deadline, not the timeout, ended it
+  end)
+
+  it("retries a stream before its first byte by the same rules", function()
+    local function opened(status, h, opts, times)
+      local k = key("hs")
+      local b = body(("headers:%d:%d:%s"):format(status, times or 99, k))
+      b.mock_headers = h
+      local s, m, code, detail = c:chat_stream(b, opts)
+      return s, m, code, detail, server_count(k)
+    end
+    local s, info, _, _, n = opened(429, { ["retry-after-ms"] = "50", ["Retry-After"] = "9" },
+      nil, 2)
+    assert.truthy(s, info)
+    local final
+    final, info = s:result()
+    assert.equals("echo: hi", final.choices[1].message.content)
+    assert.same({ 3, 3 }, { info.attempts, n })
+    local _, _, code, detail
+    s, _, code, detail, n = opened(503, { ["x-should-retry"] = "false" })
+    assert.is_nil(s)
+    assert.equals("server", code)
+    assert.same({ 1, 1 }, { detail.attempts, n })
+    s, info, _, _, n = opened(400, { ["x-should-retry"] = "true" }, nil, 1)
+    final, info = s:result()
+    assert.truthy(final)
+    assert.same({ 2, 2 }, { info.attempts, n })
+    s, _, code, detail, n = opened(429, { ["Retry-After"] = "120" })
+    assert.equals("ratelimit", code)
+    assert.same({ 1, 1, 120 }, { detail.attempts, n, detail.retry_after })
+    local t0 = llmux.now()
+    s, _, code, detail, n = opened(429, { ["Retry-After"] = "30" }, { deadline = 5 })
+    assert.equals("ratelimit", code)
+    assert.is_true(detail.deadline)
+    assert.same({ 1, 1, 30 }, { detail.attempts, n, detail.retry_after })
+    assert.is_true(llmux.now() - t0 < 4)   -- a guard: it slept none of it
+    s, _, code, detail, n = opened(500, {}, { max_retries = 0 })
+    assert.equals("server", code)
+    assert.same({ 1, 1 }, { detail.attempts, n })
+  end)
+end)
+
 describe("client misuse", function()
   it("says so when a method is called with a dot (c.chat instead of c:chat)", function()
     local b = body("m")

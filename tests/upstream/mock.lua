@@ -301,6 +301,20 @@ behaviours.forceretry = function(ctx, a)
   return answer(ctx)
 end
 
+-- headers:STATUS:N:KEY  the first N requests for KEY: STATUS with the headers the request
+--                       carries (body.mock_headers, name = value; a value that is a list
+--                       sends the header once per item); later ones: a normal answer
+--                       (streamed when asked). For Retry-After and x-should-retry as
+--                       servers send them, odd ones included
+behaviours.headers = function(ctx, a)
+  local n, times = status_arg(a[1]), tonumber(a[2])
+  local key = table.concat(a, ":", 3)
+  local h = ctx.req.mock_headers
+  if not n or not times or key == "" or type(h) ~= "table" then return false end
+  if count(key) <= times then return send_status(n, h) end
+  return answer(ctx)
+end
+
 behaviours.fail = function(ctx, a)
   local times, n = tonumber(a[1]), status_arg(a[2])
   local key = table.concat(a, ":", 3)
