@@ -43,6 +43,20 @@ describe("installation", function()
     assert.matches("^0%.1%.0 " .. d:gsub("%p", "%%%0") .. "/llmux/core%.so", out)
   end)
 
+  it("the rockspec names a source LuaRocks can clone", function()
+    -- scm-1 builds the development head: luarocks install --dev clones source.url (git over
+    -- https: GitHub serves no git://), which must be a real place, not a placeholder
+    local spec = {}
+    assert(loadfile("rockspec/llmux-scm-1.rockspec", "t", spec))()
+    assert.equals("scm-1", spec.version)
+    assert.matches("^git%+https://[%w.-]+/[%w._-]+/[%w._-]+%.git$", spec.source.url)
+    assert.is_nil(spec.source.url:find(".invalid", 1, true))
+    assert.equals("main", spec.source.branch)
+    assert.matches("^https://", spec.description.homepage)
+    local ok, out = sh("luarocks lint rockspec/llmux-scm-1.rockspec")
+    assert.is_true(ok, out)
+  end)
+
   it("the rockspec builds offline with luarocks make", function()
     local d = tmpdir()
     local ok, out = sh("luarocks --lua-version=5.4 --tree=" .. d
