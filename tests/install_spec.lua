@@ -11,12 +11,19 @@ local function tmpdir()
   return (out:gsub("%s+$", ""))
 end
 
--- Loads llmux from the given paths only (not the repo) and reports what it found.
-local function probe(luadir, libdir)
+-- Loads llmux from another directory with the paths a shell command sets (setup) and reports
+-- what it found.
+local function probe_with(setup)
   local code = "local l = require 'llmux'; io.write(l._VERSION, ' ', "
-    .. "package.searchpath('llmux.core', package.cpath), ' ', l.client{base_url='http://127.0.0.1:1/v1'}.base_url)"
-  return sh(string.format("cd /tmp && LUA_PATH='%s/?.lua;;' LUA_CPATH='%s/?.so;;' lua5.4 -e %q",
-    luadir, libdir, code))
+    .. "package.searchpath('llmux.core', package.cpath), ' ', "
+    .. "l.client{base_url='http://127.0.0.1:1/v1'}.base_url)"
+  return sh(string.format("cd /tmp && %s && lua5.4 -e %q", setup, code))
+end
+
+-- Loads llmux from the given paths only (not the repo), as the README tells.
+local function probe(luadir, libdir)
+  return probe_with(string.format("export LUA_PATH='%s/?.lua;;' LUA_CPATH='%s/?.so;;'",
+    luadir, libdir))
 end
 
 describe("installation", function()
@@ -28,6 +35,18 @@ describe("installation", function()
     sh("rm -rf " .. d)
     assert.is_true(ok, out)
     assert.equals("0.1.0 " .. d .. "/opt/x/lib/lua/5.4/llmux/core.so http://127.0.0.1:1/v1", out)
+  end)
+
+  it("make install PREFIX=dir, as the README says to use it", function()
+    local d = tmpdir()
+    local ok, out = sh("make -s install PREFIX=" .. d)
+    assert.is_true(ok, out)
+    ok, out = probe(d .. "/share/lua/5.4", d .. "/lib/lua/5.4")
+    local _, files = sh("cd " .. d .. " && find . -type f | sort")
+    sh("rm -rf " .. d)
+    assert.is_true(ok, out)
+    assert.equals("0.1.0 " .. d .. "/lib/lua/5.4/llmux/core.so http://127.0.0.1:1/v1", out)
+    assert.matches("^./lib/lua/5.4/llmux/core.so\n./share/lua/5.4/llmux.lua\n", files)
   end)
 
   it("builds a loadable module without pkg-config", function()
@@ -62,10 +81,12 @@ describe("installation", function()
     local ok, out = sh("luarocks --lua-version=5.4 --tree=" .. d
       .. " make --deps-mode=none rockspec/llmux-scm-1.rockspec")
     assert.is_true(ok, out)
-    ok, out = probe(d .. "/share/lua/5.4", d .. "/lib/lua/5.4")
+    -- the README's way to use the tree
+    ok, out = probe_with("unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4 && eval \"$("
+      .. "luarocks --lua-version=5.4 --tree " .. d .. " path)\"")
     sh("rm -rf " .. d)
     assert.is_true(ok, out)
-    assert.matches("^0%.1%.0 .*core.so", out)
+    assert.equals("0.1.0 " .. d .. "/lib/lua/5.4/llmux/core.so http://127.0.0.1:1/v1", out)
   end)
 
   it("luarocks make for another Lua never installs the Lua 5.4 build", function()
