@@ -618,19 +618,33 @@ describe("client retries, as servers send their waits", function()
     assert.equals(1, d.attempts)
   end)
 
-  it("bounds each attempt by timeout and all of them by deadline", function()
-    local res, msg, code, detail = c:chat(body("slow:3"), { timeout = 0.2, deadline = 30 })
-    assert.is_nil(res)
-    assert.equals("timeout", code, msg)
-    assert.equals(3, detail.attempts)
-    assert.is_nil(detail.deadline)
-    local t0 = llmux.now()
-    res, msg, code, detail = c:chat(body("slow:3"), { timeout = 30, deadline = 0.3 })
-    assert.is_nil(res)
-    assert.equals("timeout", code, msg)
-    assert.equals(1, detail.attempts)
-    assert.is_true(detail.deadline)
-    assert.is_true(llmux.now() - t0 < 2.5)   -- a guard: the deadline, not the timeout, ended it
+  it("bounds each attempt by timeout and all of them by deadline, and says which ended it",
+    function()
+    -- detail.deadline tells the caller's own deadline from a provider too slow for the timeout,
+    -- with or without a retry left, and in a stream's body too
+    for _, case in ipairs{
+      { { timeout = 0.2, deadline = 30 }, 3 },
+      { { timeout = 0.2, deadline = 30, max_retries = 0 }, 1 },
+      { { timeout = 30, deadline = 0.3 }, 1, true },
+      { { timeout = 30, deadline = 0.3, max_retries = 0 }, 1, true },
+      { { timeout = 0.4, deadline = 30 }, 1, nil, true },
+      { { timeout = 30, deadline = 0.4 }, 1, true, true },
+    } do
+      local o, stream = case[1], case[4]
+      local what = require("llmux.json").encode(o) .. (stream and " stream" or "")
+      local t0 = llmux.now()
+      local res, msg, code, detail
+      if stream then
+        res, msg, code, detail = assert(c:chat_stream(body("chunks:40:50"), o)):result()
+      else
+        res, msg, code, detail = c:chat(body("slow:3"), o)
+      end
+      assert.is_nil(res, what)
+      assert.equals("timeout", code, what .. ": " .. msg)
+      assert.equals(case[2], detail.attempts, what)
+      assert.equals(case[3], detail.deadline, what)
+      assert.is_true(llmux.now() - t0 < 2.5, what)   -- a guard: none waited out slow:3
+    end
   end)
 
   it("retries a stream before its first byte by the same rules", function()

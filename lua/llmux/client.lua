@@ -440,6 +440,11 @@ end
 
 local function call_fail(call, why, code, detail)
   local spec = call.spec
+  -- a transfer timed out as the deadline came (its timeout was what the deadline left): the
+  -- deadline ended it, with or without a retry left, in a stream's body too. The slack is for
+  -- curl's clock, which may be the raw monotonic one
+  local due = call.deadline_at
+  if code == "timeout" and due and now() >= due - 0.01 then detail.deadline = true end
   return fail(key_of(call), spec.method, spec.url, why, code, detail)
 end
 
