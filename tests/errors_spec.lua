@@ -182,6 +182,11 @@ describe("errors.retry_after", function()
     assert.is_nil(errors.retry_after{ ["retry-after"] = "soon" })
     assert.is_nil(errors.retry_after{ ["retry-after"] = "-3" })
     assert.is_nil(errors.retry_after{})
+    -- hundreds of digits read as inf: no wait (detail.retry_after = inf would make the detail
+    -- unencodable), so llmux's own backoff applies; a large finite wait stays what it is
+    assert.is_nil(errors.retry_after{ ["retry-after"] = ("9"):rep(400) })
+    assert.is_nil(errors.retry_after{ ["retry-after-ms"] = ("9"):rep(400) })
+    assert.equals(1e20, errors.retry_after{ ["retry-after"] = "100000000000000000000" })
   end)
 
   it("reads the wait an error's words ask for, when no header does", function()
@@ -201,6 +206,7 @@ describe("errors.retry_after", function()
     assert.is_nil(errors.retry_after_body("Too Many Requests"))
     assert.equals(7, errors.retry_after_body("Too many requests, try again in 7 seconds"))
     assert.is_nil(errors.retry_after_body(nil))
+    assert.is_nil(said("Please try again in " .. ("9"):rep(400) .. "s."))
     -- Gemini: RetryInfo in details wins over the words
     assert.equals(95, errors.retry_after_body{ code = 429, status = "RESOURCE_EXHAUSTED",
       message = "Please retry in 95.5s.", details = {

@@ -256,10 +256,17 @@ end
 -- A header sent twice arrives joined ("1, 1"): the number before the first comma counts.
 -- A number is digits with maybe a fraction (RFC 9110's delay-seconds are digits; OpenAI's SDK
 -- takes "1.5" too); tonumber alone would read "0x10" as 16 s and "1e3" as 1000.
+-- Hundreds of digits read as inf: no wait a server meant (and detail.retry_after = inf would
+-- make the detail table unencodable as JSON), so no number.
+local function finite(v)
+  if v and v < math.huge then return v end
+  return nil
+end
+
 local function first_number(v)
   if not v then return nil end
   v = match(v, "^%s*([^,]*[^,%s])%s*,") or v
-  return tonumber(match(v, "^%s*(%d+%.?%d*)%s*$") or match(v, "^%s*(%.%d+)%s*$"))
+  return finite(tonumber(match(v, "^%s*(%d+%.?%d*)%s*$") or match(v, "^%s*(%.%d+)%s*$")))
 end
 
 function M.retry_after(headers, now_epoch)
@@ -287,7 +294,7 @@ local function duration(s)
   while true do
     local _, e, num, unit = find(s, "^ ?(%d+%.?%d*) ?(%a*)", pos)
     local f = num and UNITS[lower(unit)]
-    if not f then return total end
+    if not f then return finite(total) end
     total = (total or 0) + (f == 0.001 and tonumber(num) / 1000 or tonumber(num) * f)
     pos = e + 1
   end
