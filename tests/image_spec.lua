@@ -486,6 +486,14 @@ describe("masks", function()
     assert.equals(0.5, image.mask(4, 4, "left_half"):coverage())
     assert.equals(1, image.mask(2, 2, "all"):coverage())
     assert.equals(0, image.mask(2, 2, {}):coverage())
+    -- a rectangle with names is the same rectangle, alone or in a list; other keys raise
+    assert.equals(px(0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0),
+      image.mask(4, 3, { x = 1, y = 1, w = 2, h = 1 }):pixels())
+    assert.equals(px(255, 0, 255),
+      image.mask(3, 1, { { x = 0, y = 0, w = 1, h = 1 }, { 2, 0, 5, 5 } }):pixels())
+    assert.has_error(function() image.mask(2, 2, { x = 0, y = 0, width = 1, height = 1 }) end,
+      "bad argument #3 to 'image.mask' (a rectangle is {x, y, w, h} or {x = , y = , w = , h = } with "
+      .. "integers)")
     assert.has_error(function() image.mask(2, 2, "middle") end)
     assert.has_error(function() image.mask(2, 2, { 0, 0, -1, 1 }) end)
     assert.has_error(function() image.mask(2, 2, { 0, "a", 1, 1 }) end)

@@ -331,11 +331,16 @@ end
 
 -- Masks -----------------------------------------------------------------------------------
 
+local RECT_KEYS = { "x", "y", "w", "h" }
+
+-- A rectangle's {x, y, w, h}, given so or with those names.
 local function rect_of(r, n, fname)
-  local v = {}
+  local v, named = {}, r[1] == nil
   for i = 1, 4 do
-    v[i] = tointeger(r[i])
-    if not v[i] then argerr(n, fname, "a rectangle is {x, y, w, h} with integers") end
+    v[i] = tointeger(r[named and RECT_KEYS[i] or i])
+    if not v[i] then
+      argerr(n, fname, "a rectangle is {x, y, w, h} or {x = , y = , w = , h = } with integers")
+    end
   end
   if v[3] < 0 or v[4] < 0 then argerr(n, fname, "rectangle width and height must be >= 0") end
   return v
@@ -350,7 +355,8 @@ local function halves(w, h)
 end
 
 -- mask(w, h, region) -> Image: 1 channel, 255 where the model should paint, 0 elsewhere.
--- region: {x, y, w, h} (0-based, clipped to the image), a list of such rectangles, or one of
+-- region: {x, y, w, h} (0-based, clipped to the image; or {x = , y = , w = , h = }), a list
+-- of such rectangles, or one of
 -- "all" "left_half" "right_half" "top_half" "bottom_half" (an odd middle row or column
 -- belongs to both halves).
 function M.mask(w, h, region)
@@ -366,7 +372,10 @@ function M.mask(w, h, region)
     end
     flat = r
   elseif type(region) == "table" then
-    local list = (region[1] == nil or type(region[1]) == "table") and region or { region }
+    -- one rectangle ({x, y, w, h} or with names), or a list of them ({} paints nothing)
+    local one = region[1] ~= nil and type(region[1]) ~= "table" or next(region) ~= nil
+      and region[1] == nil
+    local list = one and { region } or region
     for _, r in ipairs(list) do
       if type(r) ~= "table" then argerr(3, "mask", "a list of rectangles expected") end
       local v = rect_of(r, 3, "mask")
