@@ -1,9 +1,13 @@
 -- `make demo`: runs examples/quickstart.lua against LLMUX_BASE_URL when it is set, otherwise
 -- against the loopback mock upstream, which it starts and stops around the run.
 local base = os.getenv("LLMUX_BASE_URL")
+-- The interpreter running this script (make demo's $(LUA)) runs the example too.
+local LUA = arg and arg[-1] or "lua5.4"
+
 -- -> exit status of the example
 local function run(env)
-  local _, _, code = os.execute(env .. "lua5.4 examples/quickstart.lua")
+  local lua = "'" .. LUA:gsub("'", "'\\''") .. "'"
+  local _, _, code = os.execute(env .. lua .. " examples/quickstart.lua")
   return code
 end
 
