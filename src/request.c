@@ -289,6 +289,29 @@ static lmx_Request *newrequest(lua_State *L, int reqmt) {
   return r;
 }
 
+/* Undoes what start() did to a transfer that cannot start (its caller raises): the handle goes
+ * back reset (it may hold r's form or a half-set option), then what curl would have read is
+ * freed. */
+static void unstarted(lmx_Multi *m, lmx_Request *r, CURL *e) {
+  curl_slist_free_all(r->hdrs);
+  r->hdrs = NULL;
+  lmx_multi_release_easy(m, e, 1, 0, 0);
+  curl_mime_free(r->mime);   /* after the handle let go of it */
+  r->mime = NULL;
+}
+
+/* Sets string option opt (spec field what) of r's handle e. curl refuses one over
+ * CURL_MAX_INPUT_LENGTH (8 MiB) and drops the value the handle had: a method that long went
+ * out as POST, a CA file left curl's default trust store in charge. So the request raises. */
+static void setstr(lua_State *L, lmx_Multi *m, lmx_Request *r, CURL *e, CURLoption opt,
+                   const char *v, const char *what) {
+  CURLcode cc = curl_easy_setopt(e, opt, v);
+  if (cc != CURLE_OK) {
+    unstarted(m, r, e);
+    luaL_error(L, "llmux.request: curl refused '%s' (%s)", what, curl_easy_strerror(cc));
+  }
+}
+
 /* Starts r (the new Request at ri) doing P and adds it to m (at mindex); the value at bodyidx
  * (0: none) is the body string, tplidx (0: none) a Template the Request keeps alive. Raises
  * on misuse and memory; r stays closed until the transfer is added. Leaves r on top. */
@@ -313,7 +336,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   if (P->form) {
     /* curl copies each part's data; the parts' strings need not outlive this call */
     int form = P->form;
-    curl_mime *mime = curl_mime_init(e);
+    curl_mime *mime = r->mime = curl_mime_init(e);
     int ok = mime != NULL;
     lua_Integer n = luaL_len(L, form);
     for (lua_Integer i = 1; ok && i <= n; i++) {
@@ -332,11 +355,9 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
       lua_pop(L, 5);
     }
     if (!ok) {
-      curl_mime_free(mime);
-      lmx_multi_release_easy(m, e, 1, 0, 0);
+      unstarted(m, r, e);
       luaL_error(L, "llmux.request: out of memory");
     }
-    r->mime = mime;
     curl_easy_setopt(e, CURLOPT_MIMEPOST, mime);
     r->dirty = 1;   /* a pooled handle must not keep the MIMEPOST */
   }
@@ -351,7 +372,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
    * a header list of its own (see above): the handle then points at a list freed with it. */
   r->conf = r->hdrs ? 0 : P->conf;
   if (!r->conf || had != r->conf) {
-    curl_easy_setopt(e, CURLOPT_URL, P->url);
+    setstr(L, m, r, e, CURLOPT_URL, P->url, "url");
     /* HTTP/2 only when TLS negotiates it: this libcurl breaks on reused cleartext h2c.
      * Waiting for a connection to multiplex on (PIPEWAIT) only where HTTP/2 can come: on
      * plain HTTP it queued transfers behind the first connection, and curl 7.88 lets its
@@ -371,7 +392,7 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, P->timeout > 0 ? ms(P->timeout) : 0L);
   if (P->ca) {
-    curl_easy_setopt(e, CURLOPT_CAINFO, P->ca);
+    setstr(L, m, r, e, CURLOPT_CAINFO, P->ca, "ca_file");
     r->dirty = 1;
   }
   const char *method = P->method;
@@ -390,15 +411,11 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   if (!plain) {
     r->dirty = 1;
     if (strcmp(method, "HEAD") == 0) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    else curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    else setstr(L, m, r, e, CURLOPT_CUSTOMREQUEST, method, "method");
   }
   r->errbuf[0] = '\0';
   if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
-    curl_slist_free_all(r->hdrs);
-    r->hdrs = NULL;
-    lmx_multi_release_easy(m, e, 1, 0, 0);
-    curl_mime_free(r->mime);
-    r->mime = NULL;
+    unstarted(m, r, e);
     luaL_error(L, "llmux.request: cannot add the transfer");
   }
   r->easy = e;

@@ -62,6 +62,17 @@ local function drain(m, limit)
   return out
 end
 
+-- A function running one request of spec s on m to its end: returns its result, closed.
+local function fetcher(m)
+  return function(s)
+    local r = m:request(s)
+    drain(m)
+    local res = r:result()
+    r:close()
+    return res
+  end
+end
+
 describe("llmux.core Multi", function()
   it("runs transfers and reports status, headers, body, version and timings", function()
     local m = core.multi()
@@ -232,13 +243,7 @@ describe("llmux.core Multi", function()
   it("a pooled handle carries nothing into the next transfer", function()
     local m = core.multi()
     local auth = { "Authorization: Bearer sk-core" }
-    local function one(s)
-      local r = m:request(s)
-      drain(m)
-      local res = r:result()
-      r:close()
-      return res
-    end
+    local one = fetcher(m)
     -- a CA file must not stay trusted for the next request that names none
     assert.equals(200, one{ url = u.https .. "/models", headers = auth, ca_file = u.ca_file }.status)
     assert.equals("tls", one{ url = u.https .. "/models", headers = auth }.code)
@@ -255,6 +260,33 @@ describe("llmux.core Multi", function()
     local s = spec("slow:0.3")   -- timeouts must not stick
     s.timeout = nil
     assert.equals(200, one(s).status)
+    m:close()
+  end)
+
+  -- curl 7.88 refuses a string option over 8 MiB (CURL_MAX_INPUT_LENGTH) and drops the value
+  -- the handle had: a method that long went out as POST, a CA file that long left curl's
+  -- default trust store in charge, a URL that long ended as "No URL set".
+  it("raises when curl refuses an option, and gives the handle back clean", function()
+    local m = core.multi()
+    local echo = "http://127.0.0.1:" .. u.port .. "/open/echo"
+    local one = fetcher(m)
+    assert.equals(200, one{ url = echo, method = "PUT", body = "x" }.status)   -- one pooled
+    local long = ("X"):rep(8 * 1024 * 1024 + 1)
+    local function refused(what)
+      return "llmux.request: curl refused '" .. what
+        .. "' (A libcurl function was given a bad argument)"
+    end
+    assert.has_error(function() m:request{ url = echo .. "?" .. long } end, refused("url"))
+    assert.has_error(function() m:request{ url = echo, method = long, body = "x" } end,
+      refused("method"))
+    assert.has_error(function() m:request{ url = echo, ca_file = long } end, refused("ca_file"))
+    local t = core.template{ url = echo .. "?" .. long }
+    assert.has_error(function() m:request(t) end, refused("url"))
+    assert.is_true(m:empty())
+    assert.equals(1, m:stats().free_easy)   -- the handle went back, reset
+    local sent = core.json_decode(one{ url = echo, headers = { "X-A: 1" } }.body)
+    assert.same({ method = "GET", body = "", a = "1" },
+      { method = sent.method, body = sent.body, a = sent.headers["x-a"] })
     m:close()
   end)
 

@@ -1730,6 +1730,14 @@ local routes = {
   ["/open/headers"] = {GET = function() return send(200, shown_headers(), "application/json") end},
 }
 
+-- /open/echo, any method: what arrived ({method, headers, body}), for the specs that check a
+-- reused easy handle sends what a fresh one would
+local function echo_request()
+  local body = ngx.req.get_method() == "HEAD" and "" or read_body()
+  return send(200, cjson.encode({method = ngx.req.get_method(),
+    headers = cjson.decode(shown_headers()), body = body}), "application/json")
+end
+
 function M.handle()
   local uri, method = ngx.var.uri, ngx.req.get_method()
   if uri == "/health" then
@@ -1739,6 +1747,7 @@ function M.handle()
     return send_error(401, "Incorrect API key provided",
       "invalid_request_error", "invalid_api_key")
   end
+  if uri == "/open/echo" then return echo_request() end
   local route = routes[uri]
   if not route then
     return send_error(404, "Unknown request URL: " .. method .. " " .. uri,
