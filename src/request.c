@@ -239,7 +239,7 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   /* header list: validated before any curl resource is taken */
   if (specfield(L, t, "headers") != LUA_TNIL) {
     if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
-    lua_Integer n = luaL_len(L, -1);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
         luaL_error(L, "llmux.request: headers[%d] must be a string", (int)i);
@@ -252,7 +252,9 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   if (!per_request) return;
 
   /* form: an array of parts {name =, data =[, filename =][, type =]}, checked before any
-   * curl resource is taken */
+   * curl resource is taken. Read raw, as the spec is, here and in start(): a metamethod run
+   * there (after the check, with a pooled handle taken) could raise and leak the handle, hand
+   * over other values than those checked, or close the Multi. */
   if (specfield(L, t, "form") == LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -260,12 +262,12 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   if (!lua_istable(L, -1) || P->body)
     luaL_error(L, "llmux.request: 'form' must be a table of parts, and not with 'body'");
   P->form = lua_gettop(L);
-  lua_Integer n = luaL_len(L, P->form);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, P->form);
   for (lua_Integer i = 1; i <= n; i++) {
     int ok = lua_rawgeti(L, P->form, i) == LUA_TTABLE;
     if (ok) {
-      int tn = lua_getfield(L, -1, "name"), td = lua_getfield(L, -2, "data");
-      int tf = lua_getfield(L, -3, "filename"), tt = lua_getfield(L, -4, "type");
+      int tn = specfield(L, -1, "name"), td = specfield(L, -2, "data");
+      int tf = specfield(L, -3, "filename"), tt = specfield(L, -4, "type");
       ok = tn == LUA_TSTRING && td == LUA_TSTRING && (tf == LUA_TNIL || tf == LUA_TSTRING)
            && (tt == LUA_TNIL || tt == LUA_TSTRING);
       lua_pop(L, 4);
@@ -338,14 +340,14 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     int form = P->form;
     curl_mime *mime = r->mime = curl_mime_init(e);
     int ok = mime != NULL;
-    lua_Integer n = luaL_len(L, form);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, form);
     for (lua_Integer i = 1; ok && i <= n; i++) {
       size_t dl;
       lua_rawgeti(L, form, i);
-      lua_getfield(L, -1, "name");
-      lua_getfield(L, -2, "data");
-      lua_getfield(L, -3, "filename");
-      lua_getfield(L, -4, "type");
+      specfield(L, -1, "name");
+      specfield(L, -2, "data");
+      specfield(L, -3, "filename");
+      specfield(L, -4, "type");
       const char *data = lua_tolstring(L, -3, &dl);
       curl_mimepart *part = curl_mime_addpart(mime);
       ok = part && curl_mime_name(part, lua_tostring(L, -4)) == CURLE_OK

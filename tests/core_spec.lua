@@ -905,6 +905,36 @@ describe("llmux.core lifetime", function()
     assert(n and n >= 1000, out)
   end)
 
+  -- The form and the header list are read raw, as the spec is: a part's __index ran again
+  -- while m:request held a pooled handle, and one that raised there (having answered the
+  -- check before) lost the handle; a __len could close the Multi under it.
+  it("reads form parts and header lists raw: no metamethod runs inside m:request", function()
+    local m = core.multi()
+    local one = fetcher(m)
+    local echo = "http://127.0.0.1:" .. u.port .. "/open/echo"
+    assert.equals(200, one{ url = echo }.status)
+    assert.equals(1, m:stats().free_easy)
+    local reads = 0
+    local part = setmetatable({ name = "a" }, { __index = function(_, k)
+      if k ~= "data" then return nil end
+      reads = reads + 1
+      if reads > 1 then error("read twice") end
+      return "d"
+    end })
+    assert.has_error(function() m:request{ url = echo, form = { part } } end,
+      "llmux.request: form[1] must be {name = s, data = s[, filename = s][, type = s]}")
+    assert.equals(0, reads)
+    assert.equals(1, m:stats().free_easy)   -- the handle is still there
+    local closes = { __len = function() m:close(); return 0 end }
+    local sent = core.json_decode(one{ url = echo,
+      headers = setmetatable({ "X-A: 1" }, closes),
+      form = setmetatable({ { name = "n", data = "form-data" } }, closes) }.body)
+    assert.equals("1", sent.headers["x-a"])
+    assert.equals("POST", sent.method)
+    assert.matches("form%-data", sent.body)
+    m:close()
+  end)
+
   it("close is idempotent and a closed object raises on use", function()
     local m = core.multi()
     local r = m:request(spec("m"))
