@@ -418,6 +418,27 @@ behaviours.garbage = function()
   return ngx.exit(ngx.OK)
 end
 
+-- rawheaders:N:LEN    200 whose header block holds N lines "X-Pad-K: " and LEN bytes each
+--                       (written raw, so nothing in nginx caps it), then a short JSON body
+behaviours.rawheaders = function(_, a)
+  local n, len = tonumber(a[1]), tonumber(a[2])
+  if not n or not len then return false end
+  local sock = ngx.req.socket(true)
+  if not sock then return close() end
+  local pad = string.rep("p", len)
+  if not sock:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n") then return end
+  local lines = {}
+  for k = 1, n do
+    lines[#lines + 1] = "X-Pad-" .. k .. ": " .. pad .. "\r\n"
+    if #lines == 256 or k == n then
+      if not sock:send(table.concat(lines)) then return end
+      lines = {}
+    end
+  end
+  sock:send("Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+  return ngx.exit(ngx.OK)
+end
+
 behaviours.empty200 = function()
   return send(200, "", "application/json")
 end
