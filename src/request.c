@@ -110,7 +110,13 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
     r->toolarge = 1;
     return 0;
   }
-  return lmx_buf_append(&r->body, p, n) == 0 ? n : 0;
+  if (lmx_buf_append(&r->body, p, n) == 0) return n;
+  /* A body that does not fit in memory is too large to take; the part read goes, or result()
+   * would run out of memory pushing it. */
+  lmx_buf_free(&r->body);
+  r->toolarge = 1;
+  r->why = "out of memory for the response body";
+  return 0;
 }
 
 static int contains_nocase(const char *s, const char *word) {

@@ -164,6 +164,27 @@ describe("llmux.core Multi", function()
     m:close()
   end)
 
+  -- A body that outgrew memory failed "Failure writing output to destination" ("connect":
+  -- retried), and kept the part read, so result() itself then ran out of memory pushing it.
+  it("ends a response body that does not fit in memory as toolarge, dropping the part read",
+    function()
+      if (os.getenv("LD_PRELOAD") or ""):find("asan") then
+        return pending("ulimit -v and ASan's shadow memory do not mix")
+      end
+      local out = run_script([[
+        local core = require "llmux.core"
+        local m = core.multi()
+        local r = m:request{ url = arg[1] .. "/chat/completions", method = "POST", timeout = 30,
+          headers = { "Authorization: Bearer sk-core" },
+          body = '{"model":"huge:200000000","messages":[{"role":"user","content":"x"}]}' }
+        local t0 = core.now()
+        while not r:done() and core.now() - t0 < 30 do m:step(0.05) end
+        local res = r:result()
+        io.write(tostring(res.code), "|", tostring(res.error), "|", #res.body)
+      ]], u.http, "ulimit -v 80000;")
+      assert.equals("toolarge|out of memory for the response body|0", out)
+    end)
+
   -- Idle keep-alive sockets stay in the epoll set (a new transfer on one costs one syscall,
   -- not two); when the server closes them they leave it, so step() does not spin on them.
   it("lets go of idle connections the server closed, without spinning", function()
