@@ -432,8 +432,10 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     else setstr(L, m, r, e, CURLOPT_CUSTOMREQUEST, method, "method");
   }
   r->errbuf[0] = '\0';
-  if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {
+  if (curl_multi_add_handle(m->cm, e) != CURLM_OK) {   /* m->cm NULL: BAD_HANDLE */
     unstarted(m, r, e);
+    /* a finalizer run by an allocation above (a wrapper's __gc) may have closed m */
+    if (m->closed) luaL_error(L, "attempt to use a closed llmux.Multi");
     luaL_error(L, "llmux.request: cannot add the transfer");
   }
   r->easy = e;

@@ -981,6 +981,38 @@ describe("llmux.core lifetime", function()
     m:close()
   end)
 
+  -- A finalizer (a wrapper's __gc) may close the Multi while m:request runs, inside one of its
+  -- allocations: the request then failed "cannot add the transfer".
+  it("a Multi closed by a finalizer inside m:request raises the closed-object error", function()
+    local outcomes = {}
+    local ok, err = pcall(function()
+      local settings = { { 100, 100 }, { 50, 400 }, { 10, 1000 }, { 100, 1000 }, { 200, 100 } }
+      for _, set in ipairs(settings) do   -- pause, step multiplier
+        collectgarbage("incremental", set[1], set[2])
+        for i = 1, 200 do
+          local m = core.multi()
+          for _ = 1, i % 7 do setmetatable({}, { __gc = function() m:close() end }) end
+          for j = 1, 20 do
+            local junk = {}
+            for k = 1, (i * j) % 13 do junk[k] = { k } end
+            local started, e = pcall(m.request, m, { url = u.http .. "/models",
+              headers = { "A: b", "C: d" } })
+            local what = started and (e:done() and e:result().code or "running") or e
+            outcomes[what] = (outcomes[what] or 0) + 1
+            if not started then break end
+          end
+          m:close()
+        end
+      end
+    end)
+    collectgarbage("generational")
+    assert(ok, err)
+    outcomes.running = nil
+    outcomes.closed = nil   -- closed right after it started: its result says so
+    outcomes["attempt to use a closed llmux.Multi"] = nil
+    assert.same({}, outcomes)
+  end)
+
   it("close is idempotent and a closed object raises on use", function()
     local m = core.multi()
     local r = m:request(spec("m"))
