@@ -208,6 +208,18 @@ typedef struct Plan {
   uint64_t conf;                /* its Template's serial, unique in the process; 0: none */
 } Plan;
 
+/* The string field k (or NULL when nil), raising when it holds a byte of bad: curl takes C
+ * strings, so a NUL cut the value short unseen (a URL with "\0/elsewhere" went to the part
+ * before), and a CR or LF in a header line or the method would split the request. */
+static const char *cleanstring(lua_State *L, int t, const char *k, const char *bad,
+                               const char *what) {
+  size_t len;
+  const char *s = optstring(L, t, k, &len);
+  if (s && (strlen(s) != len || strpbrk(s, bad)))
+    luaL_error(L, "llmux.request: '%s' must not contain %s", k, what);
+  return s;
+}
+
 /* Appends line to *hl, a list some userdata owns (its __gc frees it, even after a raise). */
 static void append(lua_State *L, struct curl_slist **hl, const char *line) {
   struct curl_slist *nl = curl_slist_append(*hl, line);
@@ -220,9 +232,9 @@ static void append(lua_State *L, struct curl_slist **hl, const char *line) {
  * body and form are read only when per_request (a Template has neither). */
 static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl_slist **owned) {
   memset(P, 0, sizeof *P);
-  P->url = optstring(L, t, "url", NULL);
-  P->method = optstring(L, t, "method", NULL);
-  P->ca = optstring(L, t, "ca_file", NULL);
+  P->url = cleanstring(L, t, "url", "\r\n", "NUL, CR or LF bytes");
+  P->method = cleanstring(L, t, "method", " \t\r\n", "NUL bytes, blanks or line breaks");
+  P->ca = cleanstring(L, t, "ca_file", "", "NUL bytes");
   P->timeout = optseconds(L, t, "timeout");
   P->ctimeout = optseconds(L, t, "connect_timeout");
   if (!P->url) luaL_error(L, "llmux.request: 'url' is required");
@@ -257,9 +269,14 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
     if (!lua_istable(L, -1)) luaL_error(L, "llmux.request: 'headers' must be a table");
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
+      size_t len;
+      const char *line;
       if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
         luaL_error(L, "llmux.request: headers[%d] must be a string", (int)i);
-      append(L, owned, lua_tostring(L, -1));
+      line = lua_tolstring(L, -1, &len);
+      if (strlen(line) != len || strpbrk(line, "\r\n"))
+        luaL_error(L, "llmux.request: headers[%d] must not contain NUL, CR or LF bytes", (int)i);
+      append(L, owned, line);
       lua_pop(L, 1);
     }
   }

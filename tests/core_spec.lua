@@ -1085,6 +1085,36 @@ describe("llmux.core lifetime", function()
     m:close()
   end)
 
+  it("refuses NUL bytes (curl would cut the value there) and line breaks that split a request",
+    function()
+    local m = core.multi()
+    local bad = {
+      { { url = "http://127.0.0.1:1/v1\0/elsewhere" }, "'url' must not contain NUL, CR or LF" },
+      { { url = "http://127.0.0.1:1/v1\r\nX: y" }, "'url' must not contain NUL, CR or LF" },
+      { { url = "http://x", method = "GET\0X" }, "'method' must not contain NUL bytes, blanks" },
+      { { url = "http://x", method = "GET / HTTP/1.1\r\nX:" }, "'method' must not contain" },
+      { { url = "http://x", method = "DELETE /other" }, "'method' must not contain" },
+      { { url = "http://x", ca_file = "/etc/ssl/ca.pem\0.evil" }, "'ca_file' must not contain" },
+      { { url = "http://x", headers = { "A: b", "X-Id: 1\r\nX-Admin: 1" } },
+        "headers[2] must not contain NUL, CR or LF bytes" },
+      { { url = "http://x", headers = { "X-Id: 1\0" } }, "headers[1] must not contain" },
+    }
+    for _, case in ipairs(bad) do
+      local ok, err = pcall(m.request, m, case[1])
+      assert.is_false(ok)
+      assert.matches("llmux.request: " .. case[2], err, 1, true)
+      ok, err = pcall(core.template, case[1])   -- a Template reads them the same way
+      assert.is_false(ok)
+      assert.matches("llmux.request: " .. case[2], err, 1, true)
+    end
+    -- what stays allowed: a CA path with blanks, a custom method, header values with tabs
+    local r = m:request{ url = "http://127.0.0.1:1/", method = "PROPFIND",
+      ca_file = "/tmp/my certs/ca.pem", headers = { "X-A: b\tc" }, connect_timeout = 1 }
+    r:close()
+    assert.is_true(m:empty())
+    m:close()
+  end)
+
   it("refuses non-HTTP schemes", function()
     local m = core.multi()
     for _, url in ipairs{ "file:///etc/passwd", "ftp://127.0.0.1/", "gopher://x", "/v1" } do
