@@ -316,6 +316,37 @@ describe("waits in awkward places", function()
     sem:release()
   end)
 
+  it("run returns once its tasks end, not when a finished wait's timer comes due", function()
+    -- A wait that ends early leaves its timer in the heap (a stream's stall timer once the
+    -- stream ended, a task's step(t) once the turn came sooner). When the last task ended at
+    -- the start of a turn, that turn still waited for such a timer: a run joining a task
+    -- took the idle timeout of a stream read long before, or the t of an old step(t).
+    local t0 = llmux.now()
+    llmux.run(function()
+      llmux.spawn(function() llmux.sleep(0.01) end)
+      llmux.step(30)   -- back after 0.01 s; its 30 s timer stays behind
+      llmux.spawn(function() llmux.sleep(0.01) end):join()
+    end)
+    assert.is_true(llmux.now() - t0 < 10, "run took " .. (llmux.now() - t0) .. " s")
+    local sc = llmux.client{ base_url = u.http, api_key = "sk-sched", idle_timeout = 30 }
+    t0 = llmux.now()
+    assert.equals("echo: streamed", llmux.run(function()
+      return llmux.spawn(function()
+        local s = assert(sc:chat_stream{ model = "m", messages = { { role = "user", content = "streamed" } } })
+        local out = {}
+        for d in s:deltas() do out[#out + 1] = d end
+        return table.concat(out)
+      end):join()
+    end))
+    assert.equals("echo: after", llmux.run(function()
+      return llmux.spawn(function()
+        local res = assert(sc:chat{ model = "m", messages = { { role = "user", content = "after" } } })
+        return res.choices[1].message.content
+      end):join()
+    end))
+    assert.is_true(llmux.now() - t0 < 10, "the runs took " .. (llmux.now() - t0) .. " s")
+  end)
+
   it("a nested run raises its function's error, as at the top", function()
     local ok, err = pcall(llmux.run, function()
       llmux.run(function() error("inner boom") end)

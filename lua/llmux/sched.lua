@@ -348,12 +348,18 @@ local function drain(m)
   end
 end
 
+-- run's box (see turn): done once no task is alive
+local EVERY = {}
+
 -- One turn of the loop: run ready tasks, wait at most max_wait for transfers or timers, wake
 -- and run what became ready. Never raises for a task's error (tasks fail on their own).
+-- box: what a blocked caller waits for; once done, the turn does not wait for unrelated
+-- timers. Nor does run's once its last task ended here: the heap's next entry may be a wait
+-- that ended early (a finished stream's stall timer), and that wait was the idle timeout.
 local function turn(max_wait, box)
   run_ready()
   fire_timers()
-  if box and box.done then return end   -- a blocked caller does not wait for unrelated timers
+  if box and (box.done or (box == EVERY and alive == 0)) then return end
   local stepping = steppers   -- tasks in step(): woken once this turn has waited
   if #stepping > 0 then steppers = {} end
   local wait = max_wait
@@ -616,7 +622,7 @@ function M.run(fn, ...)
       alive = 0
       error(msg, 2)
     end
-    turn(huge)
+    turn(huge, EVERY)
   end
   observe(main)
   for t in pairs(unobserved) do
