@@ -347,6 +347,32 @@ describe("waits in awkward places", function()
     assert.is_true(llmux.now() - t0 < 10, "the runs took " .. (llmux.now() - t0) .. " s")
   end)
 
+  it("a task joining itself where it cannot yield raises at once", function()
+    -- from a plain coroutine or a sort comparator inside the task, join blocks by driving
+    -- the loop, and the task can only end after that returns: it waited until nothing else
+    -- was due (forever beside a task that never ends, as a game's) and then raised deadlock
+    local beats, stop = 0, false
+    local t
+    local got = llmux.run(function()
+      llmux.spawn(function()
+        while not stop and beats < 500 do beats = beats + 1; llmux.sleep(0.01) end
+      end)
+      t = llmux.spawn(function()
+        local errs = {}
+        errs[1] = select(2, pcall(coroutine.wrap(function() return t:join() end)))
+        errs[2] = select(2, pcall(table.sort, { 2, 1 }, function(a, b) t:join(); return a < b end))
+        errs[3] = select(2, pcall(t.join, t))
+        stop = true
+        return errs
+      end)
+      return t:join()
+    end)
+    for i = 1, 3 do
+      assert.matches("llmux.Task: a task cannot join itself", got[i], 1, true)
+    end
+    assert.is_true(beats < 250, "the joins waited for the other task: " .. beats .. " beats")
+  end)
+
   it("a nested run raises its function's error, as at the top", function()
     local ok, err = pcall(llmux.run, function()
       llmux.run(function() error("inner boom") end)

@@ -546,8 +546,17 @@ end
 
 -- t:join() -> the task's results, or nil, message when it raised.
 function Task:join()
-  if self.state ~= "done" and self.state ~= "failed" then
-    if current() == self then error("llmux.Task: a task cannot join itself", 2) end
+  local state = self.state
+  if state ~= "done" and state ~= "failed" then
+    -- A running task is this caller, or one below it on the stack (it waits where it cannot
+    -- yield, driving the loop, and this call runs inside that): unless another task joins
+    -- it by yielding, it could only end after this join returned
+    if state == "running" then
+      local task = current()
+      if task == nil or task == self then
+        error("llmux.Task: a task cannot join itself (the join runs inside the task)", 2)
+      end
+    end
     suspend(function(w) self.joiners[#self.joiners + 1] = w end, "a task")
   end
   if self.state == "failed" then
