@@ -436,6 +436,32 @@ describe("semaphore", function()
     assert.has_error(function() llmux.semaphore(0) end)
   end)
 
+  it("does not grow while it never runs out of waiters", function()
+    -- the queue was reset only once empty: under constant contention it kept an entry for
+    -- every acquire (a long-running game's semaphore grew without bound)
+    local sem, kib = llmux.semaphore(1), {}
+    local order = {}
+    llmux.run(function()
+      for w = 1, 3 do
+        llmux.spawn(function()
+          for i = 1, 20000 do
+            sem:with(function()
+              if w == 1 and (i == 2000 or i == 20000) then
+                collectgarbage(); collectgarbage()
+                kib[#kib + 1] = collectgarbage("count")
+              end
+              if i <= 3 then order[#order + 1] = w end
+              coroutine.yield()
+            end)
+          end
+        end)
+      end
+    end)
+    assert.same({ 1, 2, 3, 1, 2, 3, 1, 2, 3 }, order)   -- still first come, first served
+    assert.is_true(kib[2] - kib[1] < 200, ("grew %.0f KiB"):format(kib[2] - kib[1]))
+    assert.equals("llmux.Semaphore (1/1 free)", tostring(sem))
+  end)
+
   it("sem:with(fn) names a fn that is not callable before it waits for a permit", function()
     local sem = llmux.semaphore(1)
     sem:acquire()   -- none free: the check used to come after a blocking acquire (a deadlock)

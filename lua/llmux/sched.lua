@@ -674,7 +674,12 @@ function Sem:release()
     local w = q[self.qh]
     q[self.qh] = false
     self.qh = self.qh + 1
-    if self.qh > #q then self.queue, self.qh = {}, 1 end
+    if self.qh > #q then
+      self.queue, self.qh = {}, 1
+    elseif self.qh > 64 and self.qh * 2 > #q then
+      -- mostly taken: the rest moves down, as the queue may never empty (constant contention)
+      self.queue, self.qh = table.move(q, self.qh, #q, 1, {}), 1
+    end
     wake(w, true)   -- the permit passes straight to the waiter
   elseif self.permits < self.size then
     self.permits = self.permits + 1
