@@ -186,6 +186,22 @@ describe("waits in awkward places", function()
     end)
   end)
 
+  it("step(math.huge) inside a task comes back at the next turn and leaves no timer", function()
+    -- it armed a timer at infinity: alone it napped an hour per step, and beside other work
+    -- its entry stayed in the heap for good, so a later step(math.huge) with nothing to do
+    -- napped an hour too (a subprocess, so that the old hang is cut short)
+    local out = run_script([[
+      local llmux = require "llmux"
+      io.stdout:write("alone ", tostring(llmux.run(function() return llmux.step(math.huge) end)), "\n")
+      llmux.run(function()
+        llmux.spawn(function() llmux.sleep(0.01) end)
+        llmux.step(math.huge)
+      end)
+      io.stdout:write("after ", tostring(llmux.step(math.huge)), "\n")
+    ]], nil, "timeout 20")
+    assert.matches("alone true\nafter false\n", out)
+  end)
+
   it("a blocked caller wakes when its task is done, not at the next unrelated timer", function()
     local slow = llmux.spawn(function() llmux.sleep(2) end)
     local quick = llmux.spawn(function() return "quick" end)

@@ -382,7 +382,8 @@ end
 
 local function idle()
   local m = live_engine()
-  return rq_tail < rq_head and timers == 0 and jobs == 0 and (m == nil or m:empty())
+  return rq_tail < rq_head and timers == 0 and jobs == 0 and #steppers == 0
+    and (m == nil or m:empty())
 end
 
 -- Blocks the caller (outside any task) until box.done, driving the loop. On a deadlock the
@@ -582,7 +583,10 @@ function M.step(t)
   if current() then
     local w = M.waiter()
     steppers[#steppers + 1] = w
-    M.wait(w, (t and t > 0) and t or 0)   -- not NaN: the timer heap compares dues
+    -- not NaN: the timer heap compares dues; none for math.huge, whose entry would never
+    -- leave the heap (idle() counts steppers, so the turn comes all the same)
+    local wait = (t and t > 0) and t or 0
+    M.wait(w, wait < huge and wait or nil)
   else
     turn(t or 0)
   end
