@@ -560,6 +560,9 @@ describe("map", function()
     assert.has_error(function() llmux.map(nil, print) end)
     assert.has_error(function() llmux.map({}, print, { concurrency = 0 }) end)
     assert.has_error(function() llmux.map({}, print, { concurrency = 1.5 }) end)
+    -- false is not "no option": it was taken as the default 16
+    assert.has_error(function() llmux.map({ 1 }, print, { concurrency = false }) end,
+      "llmux.map: concurrency must be an integer >= 1")
     assert.has_error(function() llmux.map({}, print, { nope = 1 }) end)
     assert.same({ { 1, 2 }, {} }, { llmux.map({ 1, 2 }, function(x) return x end,
       { concurrency = 1e6 }) })

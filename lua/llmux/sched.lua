@@ -753,7 +753,8 @@ function M.map(items, fn, opts)
       error("llmux.map: unknown option '" .. tostring(k) .. "'", 2)
     end
   end
-  local conc = opts.concurrency or 16
+  local conc = opts.concurrency
+  if conc == nil then conc = 16 end   -- false is no count
   conc = type(conc) == "number" and math.tointeger(conc)   -- 1e6 is fine
   if not conc or conc < 1 then
     error("llmux.map: concurrency must be an integer >= 1", 2)
