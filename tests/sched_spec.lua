@@ -450,6 +450,17 @@ describe("semaphore", function()
     sem:release()
     assert.has_error(function() sem:release() end)
     assert.has_error(function() llmux.semaphore(0) end)
+    -- a permit given back by hand inside sem:with: the second release, at with's end, named
+    -- a line of sched.lua (its to-be-closed guard) rather than the caller's
+    for _, f in ipairs{
+      function() sem:release() end,
+      function() sem:with(function() sem:release() end) end,
+    } do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux%.Semaphore: release%(%) without acquire%(%)$", err)
+    end
+    assert.equals("llmux.Semaphore (1/1 free)", tostring(sem))
   end)
 
   it("does not grow while it never runs out of waiters", function()

@@ -688,7 +688,8 @@ function Sem:release()
   elseif self.permits < self.size then
     self.permits = self.permits + 1
   else
-    error("llmux.Semaphore: release() without acquire()", 2)
+    -- blamed outside this file: from sem:with's guard, level 2 named the guard's line
+    errors.raise_outside(SOURCE, "llmux.Semaphore: release() without acquire()")
   end
 end
 
