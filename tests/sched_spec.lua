@@ -211,6 +211,23 @@ describe("waits in awkward places", function()
     slow:join()
   end)
 
+  it("timers due at the same time fire in the order they were set; odd sleeps return", function()
+    local order = {}
+    llmux.run(function()
+      -- -math.huge: every due is the same (-inf), so only the order set tells them apart
+      for i = 1, 50 do llmux.spawn(function() llmux.sleep(-math.huge); order[#order + 1] = i end) end
+    end)
+    for i = 1, 50 do assert.equals(i, order[i]) end
+    for _, s in ipairs{ 0, -1, -math.huge, 1e-9, math.mininteger } do
+      llmux.sleep(s)
+      assert.is_nil(llmux.run(function() llmux.sleep(s) end))
+    end
+    for _, s in ipairs{ "1", true, {}, print } do
+      assert.has_error(function() llmux.sleep(s) end, "llmux.sleep: seconds must be a number")
+    end
+    assert.has_error(function() llmux.sleep() end, "llmux.sleep: seconds must be a number")
+  end)
+
   it("sleep and step refuse NaN", function()
     assert.has_error(function() llmux.sleep(0 / 0) end, "llmux.sleep: seconds must be a number")
     assert.has_error(function() llmux.step(0 / 0) end, "llmux.step: timeout must be a number")
@@ -567,6 +584,31 @@ describe("map", function()
     assert.matches("0 failed", out)
   end)
 
+  it("edge cases: no items, more workers than items, holes, odd returns", function()
+    assert.same({ {}, {} }, { llmux.map({}, error, { concurrency = 4, progress = error }) })
+    local calls = 0
+    local r, f = llmux.map({ "a", "b" }, function(x) calls = calls + 1; return x .. "!" end,
+      { concurrency = 100 })
+    assert.same({ { "a!", "b!" }, {} }, { r, f })
+    assert.equals(2, calls)
+    -- a hole inside the list's length is an item: fn gets nil for it
+    r, f = llmux.map({ 1, nil, 3 }, function(x, i) return x or ("hole " .. i) end)
+    assert.same({ 1, "hole 2", 3 }, r)
+    -- only the first value is kept; nil without a message is a result (nil), not a failure;
+    -- an error that is not a string is described
+    r, f = llmux.map({ 1, 2, 3, 4 }, function(x)
+      if x == 1 then return "one", "extra", 3 end
+      if x == 2 then return nil end
+      if x == 3 then return nil, "no", "badrequest", { status = 400 } end
+      error({ code = "table" })
+    end)
+    assert.same({ [1] = "one" }, r)
+    assert.equals(2, #f)
+    assert.same({ index = 3, message = "no", code = "badrequest", detail = { status = 400 } }, f[1])
+    assert.equals(4, f[2].index)
+    assert.matches("^table: ", f[2].message)
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() llmux.map(nil, print) end)
     assert.has_error(function() llmux.map({}, print, { concurrency = 0 }) end)
@@ -648,6 +690,34 @@ describe("frame loop", function()
     end
     assert.equals(32, done)
     assert.is_true(worst < 0.02, "worst step(0) took " .. worst)
+  end)
+
+  it("step(0) calls alone finish 200 requests, and keep no task that ended", function()
+    local ok, bad = 0, {}
+    local ended = setmetatable({}, { __mode = "k" })
+    for i = 1, 200 do
+      ended[llmux.spawn(function()
+        local text
+        if i % 4 == 0 then
+          local s = assert(c:chat_stream{ model = "m", messages = { { role = "user", content = "s" .. i } } })
+          local out = {}
+          for d in s:deltas() do out[#out + 1] = d end
+          text = table.concat(out)
+        else
+          text = ask("g" .. i)
+        end
+        if text == "echo: " .. (i % 4 == 0 and "s" or "g") .. i then ok = ok + 1 else bad[#bad + 1] = text end
+      end)] = true
+    end
+    local frames, t0 = 0, llmux.now()
+    while ok + #bad < 200 and frames < 200000 and llmux.now() - t0 < 30 do
+      llmux.step(0)
+      frames = frames + 1
+    end
+    assert.equals(200, ok, tostring(bad[1]))
+    assert.is_false(llmux.step(0))
+    collectgarbage(); collectgarbage()
+    assert.is_nil(next(ended), "an ended task is still referenced")
   end)
 
   it("step(t) waits at most t", function()
