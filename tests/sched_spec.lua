@@ -202,6 +202,24 @@ describe("waits in awkward places", function()
     assert.matches("alone true\nafter false\n", out)
   end)
 
+  it("a stream with idle_timeout = math.huge leaves no timer behind", function()
+    -- its waits armed a stall timer at infinity, which stayed in the heap for good once the
+    -- stream ended (one per stream), and a later step(math.huge) with nothing to do napped
+    -- an hour (a subprocess, so that the old hang is cut short)
+    local out = run_script([[
+      local llmux = require "llmux"
+      local c = llmux.client{ base_url = arg[1], api_key = "sk-sched", idle_timeout = math.huge }
+      io.stdout:write(llmux.run(function()
+        local s = assert(c:chat_stream{ model = "chunks:3:30", messages = { { role = "user", content = "x" } } })
+        local out = {}
+        for d in s:deltas() do out[#out + 1] = d end
+        return table.concat(out)
+      end), "\n")
+      io.stdout:write("after ", tostring(llmux.step(math.huge)), "\n")
+    ]], u.http, "timeout 20")
+    assert.matches("t1 t2 t3 \nafter false\n", out)
+  end)
+
   it("a blocked caller wakes when its task is done, not at the next unrelated timer", function()
     local slow = llmux.spawn(function() llmux.sleep(2) end)
     local quick = llmux.spawn(function() return "quick" end)

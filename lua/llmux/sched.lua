@@ -481,14 +481,16 @@ function M.waiter(req)
 end
 
 -- wait(w[, timeout]) -> true when the engine handed back w's request (news or the end),
--- false after timeout seconds without. Yields in a task, blocks outside.
+-- false after timeout seconds without. Yields in a task, blocks outside. A timeout of
+-- math.huge (a stream's idle_timeout, a task's step) arms no timer: one due at infinity never
+-- fires, so its entry would stay in the heap for good once the wait ended.
 function M.wait(w, timeout)
   local req = w.req
   if w.who then error("llmux.Stream: another task is already waiting on this stream", 3) end
   local v = suspend(function(who)
     w.who = who
     waiting[req] = w
-    if timeout then
+    if timeout and timeout < huge then
       local due = now() + timeout
       if not w.armed or due < w.due then
         if w.armed then timers = timers - 1 end   -- the older entry goes stale
@@ -583,10 +585,9 @@ function M.step(t)
   if current() then
     local w = M.waiter()
     steppers[#steppers + 1] = w
-    -- not NaN: the timer heap compares dues; none for math.huge, whose entry would never
-    -- leave the heap (idle() counts steppers, so the turn comes all the same)
-    local wait = (t and t > 0) and t or 0
-    M.wait(w, wait < huge and wait or nil)
+    -- not NaN: the timer heap compares dues. math.huge arms none (see wait), and idle()
+    -- counts steppers, so the turn comes all the same
+    M.wait(w, (t and t > 0) and t or 0)
   else
     turn(t or 0)
   end
