@@ -220,6 +220,25 @@ describe("waits in awkward places", function()
     assert.matches("t1 t2 t3 \nafter false\n", out)
   end)
 
+  it("a second reader of a stream is blamed on its own line, not on one in stream.lua", function()
+    -- wait() raised at a fixed level, which named the reader's frame inside stream.lua
+    -- (result(), the deltas() iterator) wherever the misuse was
+    local errs = llmux.run(function()
+      local s = assert(c:chat_stream{ model = "chunks:3:100", messages = { { role = "user", content = "x" } } })
+      local first = llmux.spawn(function() return s:result() end)
+      llmux.sleep(0.02)
+      local got = {}
+      got[1] = select(2, pcall(function() s:result() end))
+      got[2] = select(2, pcall(function() for _ in s:deltas() do end end))
+      got[3] = select(2, pcall(function() for _ in s:chunks() do end end))
+      assert(first:join())
+      return got
+    end)
+    for i = 1, 3 do
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux%.Stream: another task is already waiting", errs[i])
+    end
+  end)
+
   it("a blocked caller wakes when its task is done, not at the next unrelated timer", function()
     local slow = llmux.spawn(function() llmux.sleep(2) end)
     local quick = llmux.spawn(function() return "quick" end)

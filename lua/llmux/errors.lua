@@ -53,12 +53,13 @@ local function has_any(s, list)
 end
 
 -- raise_outside(source, msg): raises msg blaming the first frame outside the file whose
--- debug source is source (a module's own), however deep in that module the check ran.
+-- debug source is source (a module's own), however deep in that module the check ran; or
+-- outside every file whose source starts with it (a folder's: llmux's modules).
 function M.raise_outside(source, msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if not info or info.source ~= source then break end
+    if not info or sub(info.source, 1, #source) ~= source then break end
     level = level + 1
   end
   error(msg, level)

@@ -390,6 +390,7 @@ end
 -- box is marked cancelled, so whatever it was registered with skips it (a semaphore would
 -- otherwise hand its next permit to a caller that is gone).
 local SOURCE = debug.getinfo(1, "S").source
+local MODULES = SOURCE:match("^(.*[/\\])") or SOURCE   -- the folder of llmux's modules
 local function drive(box, what)
   while not box.done do
     if idle() then
@@ -486,7 +487,10 @@ end
 -- fires, so its entry would stay in the heap for good once the wait ended.
 function M.wait(w, timeout)
   local req = w.req
-  if w.who then error("llmux.Stream: another task is already waiting on this stream", 3) end
+  if w.who then
+    -- blamed outside llmux: how deep in stream.lua the reader waits depends on the reader
+    errors.raise_outside(MODULES, "llmux.Stream: another task is already waiting on this stream")
+  end
   local v = suspend(function(who)
     w.who = who
     waiting[req] = w
