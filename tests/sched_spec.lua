@@ -443,6 +443,18 @@ describe("waits in awkward places", function()
     assert.is_true(beats < 250, "the joins waited for the other task: " .. beats .. " beats")
   end)
 
+  it("step(math.huge) with nothing to do returns, though a finished wait's timer is left", function()
+    -- a stale heap entry (here a task's step(30) that came back sooner; as often a finished
+    -- stream's stall timer) bounded the wait as if it were due: the step slept until then
+    llmux.run(function()
+      llmux.spawn(function() llmux.sleep(0.01) end)
+      llmux.step(30)
+    end)
+    local t0 = llmux.now()
+    assert.is_false(llmux.step(math.huge))
+    assert.is_true(llmux.now() - t0 < 10, "step took " .. (llmux.now() - t0) .. " s")
+  end)
+
   it("a nested run raises its function's error, as at the top", function()
     local ok, err = pcall(llmux.run, function()
       llmux.run(function() error("inner boom") end)

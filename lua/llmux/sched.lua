@@ -109,7 +109,7 @@ local alive = 0                                  -- tasks not yet finished
 local rq, rq_head, rq_tail = {}, 1, 0            -- ready ring: task, value pairs
 local heap, heap_n, seq = {}, 0, 0               -- timers: {due, seq, task}
 -- heap entries that still mean something: a stream's timer re-armed earlier, or disarmed when
--- the stream ended, stays in the heap until due but no longer keeps the loop busy
+-- the stream ended, stays in the heap until due or on top, but no longer keeps the loop busy
 local timers = 0
 -- Failed tasks nobody joined (yet). Weak: a frame loop never reaches run's report, so a task
 -- that failed unjoined is reported when it is collected instead (its sentinel's __gc), and
@@ -290,16 +290,21 @@ local function run_ready()
   if ready_depth == 0 and rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
 end
 
+-- Whether heap entry e still means something: a Waiter re-armed for an earlier time, or
+-- disarmed, leaves its entry behind until due.
+local function live(e)
+  local w = e[3]
+  return getmetatable(w) ~= Waiter or (w.armed and w.due == e[1])
+end
+
 local function fire_timers()
   if heap_n == 0 then return end
   local t = now()
   while heap_n > 0 and heap[1][1] <= t do
     local e = heap_pop()
-    local w = e[3]
-    -- a Waiter re-armed for an earlier time, or disarmed, leaves its entry behind: skip it
-    if getmetatable(w) ~= Waiter or (w.armed and w.due == e[1]) then
+    if live(e) then
       timers = timers - 1
-      wake(w, nil)
+      wake(e[3], nil)
     end
   end
 end
@@ -364,6 +369,8 @@ local function turn(max_wait, box)
   if #stepping > 0 then steppers = {} end
   local wait = max_wait
   if rq_tail >= rq_head then wait = 0 end
+  -- the next live timer bounds the wait: a stale one on top is dropped, not waited for
+  while heap_n > 0 and not live(heap[1]) do heap_pop() end
   if heap_n > 0 then wait = min(wait, heap[1][1] - now()) end
   if wait < 0 then wait = 0 end
   local m = live_engine()
