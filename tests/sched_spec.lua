@@ -465,6 +465,89 @@ describe("waits in awkward places", function()
   end)
 end)
 
+describe("random task programs", function()
+  -- Each task runs a few random steps: sleeps, yields, step(0), spawns, joins of tasks made
+  -- after it (so no cycle), semaphores (some raising inside with), waits and joins inside a
+  -- sort comparator or a plain coroutine (where no yield is possible), nested maps, failures.
+  -- Driven by run or by a frame loop of step(0), every program ends: every task done, every
+  -- permit back, the loop idle; a blocking join of a task below it on the stack is refused.
+  local function program(rand)
+    local sems = { llmux.semaphore(1), llmux.semaphore(2), llmux.semaphore(3) }
+    local all, inside = {}, { 0, 0, 0 }
+    local function hold(k, fail)
+      sems[k]:with(function()
+        inside[k] = inside[k] + 1
+        assert(inside[k] <= sems[k].size, "more holders than permits")
+        if rand() < 0.5 then llmux.sleep(0.0005) end
+        inside[k] = inside[k] - 1
+        if fail then error("raised holding a permit") end
+      end)
+    end
+    local body
+    function body(depth, me)
+      for _ = 1, rand(8) do
+        local op, i = rand(12), rand(#all)
+        if op == 1 then llmux.sleep(rand() * 0.002)
+        elseif op == 2 then llmux.sleep(0)
+        elseif op == 3 then coroutine.yield()
+        elseif op == 4 then llmux.step(0)
+        elseif op == 5 and depth < 3 then all[#all + 1] = llmux.spawn(body, depth + 1, #all + 1)
+        elseif op == 6 and i > me then all[i]:join()
+        elseif op == 7 then hold(rand(3), rand() < 0.1)
+        elseif op == 8 then
+          table.sort({ 3, 1, 2 }, function(a, b)
+            if rand() < 0.3 then llmux.sleep(0.0005) end
+            if i > me and rand() < 0.3 then
+              local ok, err = pcall(all[i].join, all[i])
+              assert(ok or err:find("cannot join itself", 1, true), err)
+            end
+            return a < b
+          end)
+        elseif op == 9 then
+          local r = llmux.map({ 1, 2, 3 }, function(x)
+            if rand() < 0.3 then llmux.sleep(0.0005) end
+            return x
+          end, { concurrency = rand(4) })
+          assert(r[3] == 3)
+        elseif op == 10 then
+          local gen = coroutine.wrap(function() hold(rand(3)); coroutine.yield("g") end)
+          assert(gen() == "g")
+        elseif op == 11 and rand() < 0.3 then error("random failure")
+        end
+      end
+    end
+    local function main()
+      for _ = 1, 20 do all[#all + 1] = llmux.spawn(body, 0, #all + 1) end
+      local i = 1
+      while i <= #all do   -- those spawned meanwhile too: no failure goes unjoined
+        all[i]:join()
+        i = i + 1
+      end
+    end
+    return main, function()
+      for _, t in ipairs(all) do assert.is_true(t:done()) end
+      for k = 1, 3 do assert.equals(sems[k].size, sems[k].permits) end
+      assert.is_false(llmux.step(0))
+    end
+  end
+
+  it("end under run and under a frame loop (60 programs, fixed seeds)", function()
+    for seed = 1, 60 do
+      math.randomseed(seed)
+      local main, check = program(math.random)
+      if seed % 2 == 0 then
+        llmux.run(main)
+      else
+        llmux.spawn(main)
+        local frames = 0
+        while llmux.step(0) and frames < 100000 do frames = frames + 1 end
+      end
+      check()
+    end
+    math.randomseed()   -- others' draws (retry jitter) random again
+  end)
+end)
+
 describe("tasks nobody joins, in a frame loop", function()
   it("report their error when collected, and do not pile up", function()
     local script = [[
