@@ -727,18 +727,29 @@ describe("map", function()
     r, f = llmux.map({ 1, nil, 3 }, function(x, i) return x or ("hole " .. i) end)
     assert.same({ 1, "hole 2", 3 }, r)
     -- only the first value is kept; nil without a message is a result (nil), not a failure;
-    -- an error that is not a string is described
-    r, f = llmux.map({ 1, 2, 3, 4 }, function(x)
+    -- an error that is not a string is kept whole as error, its message and code fields read
+    local raised = { code = "table", message = "raised as a table", why = 7 }
+    local plain = setmetatable({}, { __tostring = function() return "plain error" end })
+    r, f = llmux.map({ 1, 2, 3, 4, 5, 6, 7 }, function(x)
       if x == 1 then return "one", "extra", 3 end
       if x == 2 then return nil end
       if x == 3 then return nil, "no", "badrequest", { status = 400 } end
-      error({ code = "table" })
+      if x == 4 then error(raised) end
+      if x == 5 then error(plain) end
+      if x == 6 then error({ message = 5, code = false }) end
+      error(42)
     end)
     assert.same({ [1] = "one" }, r)
-    assert.equals(2, #f)
+    assert.equals(5, #f)
     assert.same({ index = 3, message = "no", code = "badrequest", detail = { status = 400 } }, f[1])
-    assert.equals(4, f[2].index)
-    assert.matches("^table: ", f[2].message)
+    assert.same({ 4, "raised as a table", "table" }, { f[2].index, f[2].message, f[2].code })
+    assert.equals(raised, f[2].error)
+    assert.same({ 5, "plain error" }, { f[3].index, f[3].message })
+    assert.equals(plain, f[3].error)
+    assert.is_nil(f[3].code)
+    assert.matches("^table: ", f[4].message)   -- fields that are no strings are not taken
+    assert.is_nil(f[4].code)
+    assert.same({ 7, "42", 42 }, { f[5].index, f[5].message, f[5].error })
   end)
 
   it("rejects bad arguments", function()

@@ -725,6 +725,20 @@ end
 ---------------------------------------------------------------------------------------------
 -- map
 
+-- The failure of item i whose fn raised v: a string is its message; any other value is kept
+-- whole as error (an error table the caller may inspect), its message and code fields taken
+-- when they are strings, tostring(v) otherwise.
+local function raised(i, v)
+  if type(v) == "string" then return { index = i, message = v } end
+  local f = { index = i, message = describe(v), error = v }
+  if type(v) == "table" then
+    local m, c = rawget(v, "message"), rawget(v, "code")
+    if type(m) == "string" then f.message = m end
+    if type(c) == "string" then f.code = c end
+  end
+  return f
+end
+
 local function fmt_time(s)
   if s ~= s or s == huge then return "?" end
   s = floor(s + 0.5)
@@ -793,7 +807,7 @@ function M.map(items, fn, opts)
       local i = nexti
       local ok, r1, r2, r3, r4 = pcall(fn, items[i], i)
       if not ok then
-        failures[#failures + 1] = { index = i, message = describe(r1) }
+        failures[#failures + 1] = raised(i, r1)
         nfailed = nfailed + 1
       elseif r1 == nil and r2 ~= nil then
         failures[#failures + 1] = { index = i, message = describe(r2), code = r3, detail = r4 }
