@@ -850,6 +850,13 @@ static int request_result_body(lua_State *L) {
   const char *code = r->closed_by_multi ? "closed"
                                         : lmx_curl_code(r->cc, r->toolarge, r->cancelled);
   if (!code && r->cc != CURLE_OK) code = "connect";
+  /* cut after the response began (a status came): "truncated" whatever the protocol. HTTP/1.1
+   * closing before its Content-Length is CURLE_PARTIAL_FILE already; a reset mid-body, or an
+   * HTTP/2 stream not closed cleanly, read as a broken connection */
+  if (r->status >= 200 && (r->cc == CURLE_RECV_ERROR || r->cc == CURLE_HTTP2
+                           || r->cc == CURLE_HTTP2_STREAM) && code && code[0] == 'c'
+      && strcmp(code, "connect") == 0)
+    code = "truncated";
   if (code) {
     lua_rawgeti(L, 4, K_CODE);
     lua_pushstring(L, code);

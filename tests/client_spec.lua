@@ -252,6 +252,14 @@ describe("client error codes", function()
     assert.matches("response larger than max_response_bytes %(50000%)", msg)
     _, msg, code = c:chat(body("truncbody"), { max_retries = 0 })
     assert.equals("truncated", code)
+    -- the same cut over HTTP/2 (curl: the stream was not closed cleanly) reads the same
+    local h2 = llmux.client{ base_url = u.https, api_key = KEY, max_retries = 0,
+      ca_file = u.ca_file }
+    local res, info = h2:chat(body("m"))
+    assert.truthy(res, info)
+    assert.equals(2, info.http_version)
+    _, msg, code = h2:chat(body("truncbody"))
+    assert.equals("truncated", code, msg)
   end)
 
   it("changes to a client's fields apply to its next calls", function()
