@@ -853,9 +853,8 @@ static int request_result_body(lua_State *L) {
   /* cut after the response began (a status came): "truncated" whatever the protocol. HTTP/1.1
    * closing before its Content-Length is CURLE_PARTIAL_FILE already; a reset mid-body, or an
    * HTTP/2 stream not closed cleanly, read as a broken connection */
-  if (r->status >= 200 && (r->cc == CURLE_RECV_ERROR || r->cc == CURLE_HTTP2
-                           || r->cc == CURLE_HTTP2_STREAM) && code && code[0] == 'c'
-      && strcmp(code, "connect") == 0)
+  if (r->status >= 200 && code && strcmp(code, "connect") == 0
+      && (r->cc == CURLE_RECV_ERROR || r->cc == CURLE_HTTP2 || r->cc == CURLE_HTTP2_STREAM))
     code = "truncated";
   if (code) {
     lua_rawgeti(L, 4, K_CODE);
