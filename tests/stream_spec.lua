@@ -1147,4 +1147,66 @@ describe("stream flow", function()
     assert.is_true(worst < 0.05, "a frame took " .. worst .. " s")
     assert.is_truthy(s:result())
   end)
+
+  -- read() from a frame loop (no task) on a stream whose first attempt ends before any event
+  -- (a 200 with an empty event stream, then a retry): the backoff and the new attempt's
+  -- headers are waited for in a task of the stream's own, not inside read(). A ticker task
+  -- that yields every turn shows whether a read() drove the loop: its count moves only in
+  -- the frame's own step().
+  local function frame_read(model, opts)
+    local ticks, stop = 0, false
+    local ticker = llmux.spawn(function()
+      for _ = 1, 1e7 do
+        if stop then return true end
+        ticks = ticks + 1
+        coroutine.yield()
+      end
+    end)
+    local s = assert(c:chat_stream(body(model, "frames"), opts))
+    local got, empty, blocked = {}, 0, 0
+    for _ = 1, 1e6 do
+      llmux.step(0.001)
+      local before = ticks
+      local text = s:read()
+      if ticks ~= before then blocked = blocked + 1 end
+      if text == nil then break end
+      if text == "" then empty = empty + 1 else got[#got + 1] = text end
+    end
+    stop = true
+    llmux.run(function() assert(ticker:join()) end)
+    return table.concat(got), blocked, empty, s
+  end
+
+  it("read() in a frame loop waits out a retry's backoff in a task, never in the frame", function()
+    local text, blocked, empty, s = frame_read("emptyonce:" .. key("frameretry"))
+    assert.equals(0, blocked)
+    assert.is_true(empty > 0)
+    assert.equals("echo: frames", text)
+    local res, info = s:result()
+    assert.equals("echo: frames", res.choices[1].message.content)
+    assert.equals(2, info.attempts)
+    -- no retry left: the failure comes out of read() and result() as ever
+    local _, blocked0, _, s0 = frame_read("emptyonce:" .. key("frameretry0"), { max_retries = 0 })
+    assert.equals(0, blocked0)
+    local r0, _, code0 = s0:result()
+    assert.is_nil(r0)
+    assert.equals("truncated", code0)
+  end)
+
+  it("a stream closed while its retry waits in the background ends cancelled", function()
+    local s = assert(c:chat_stream(body("emptyonce:" .. key("frameclose"), "x")))
+    local text
+    for _ = 1, 1e6 do
+      llmux.step(0.001)
+      text = s:read()
+      if text == nil or s.retrying then break end
+    end
+    assert.truthy(s.retrying)   -- the first attempt ended and its retry is under way
+    s:close()
+    assert.is_nil(s:read())
+    local res, _, code = s:result()
+    assert.is_nil(res)
+    assert.equals("cancelled", code)
+    llmux.run(function() end)   -- the retry's task ends without a word on stderr
+  end)
 end)

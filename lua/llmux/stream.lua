@@ -540,16 +540,11 @@ local function stop(s, why, code, detail)
   drop(s)
 end
 
--- Before the first event a failure is retried like any other call (the hook sees the
--- response's status and headers: x-should-retry counts); the stream then goes on with the
--- new request. Returns true when it did.
-local function retried(s, why, code, detail)
-  if s.events > 0 then return false end
-  detail = described(s, detail)
-  s.req:close()
-  s.dropped = true
-  sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
+-- The retry of retried: the backoff, the new attempt up to its headers, then the stream goes
+-- on with the new request (or ends with the failure).
+local function reopen(s, why, code, detail)
   local ns, m, c, d = s.hooks.retry(why, code, detail)
+  s.retrying = nil
   if s.over then   -- closed meanwhile (in the backoff, or while the new attempt started)
     if ns then ns:close() end
     return true
@@ -562,6 +557,25 @@ local function retried(s, why, code, detail)
   attach(s, ns.req, ns.w)
   ns.req, ns.w, ns.over = nil, nil, true   -- the new shell must not close what s now owns
   return true
+end
+
+-- Before the first event a failure is retried like any other call (the hook sees the
+-- response's status and headers: x-should-retry counts); the stream then goes on with the
+-- new request. Returns true when it did. read() outside any task (a frame loop) must not
+-- wait out the backoff and the new headers, as a blocking wait there would: the retry runs
+-- in a task of its own (s.retrying), which the frame's step() drives, and read() gives ""
+-- until it is done.
+local function retried(s, why, code, detail)
+  if s.events > 0 then return false end
+  detail = described(s, detail)
+  s.req:close()
+  s.dropped = true
+  sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
+  if s.nowait and not sched.current() then
+    s.retrying = sched.spawn(reopen, s, why, code, detail)
+    return true
+  end
+  return reopen(s, why, code, detail)
 end
 
 -- The event-stream error message: {"error": {"message": ...}} or plain text.
@@ -691,6 +705,16 @@ end
 -- common chunk shape is read in C: its text comes back without a chunk table.
 local function advance(s, block, fast)
   while not s.over do
+    local retrying = s.retrying
+    if retrying then   -- a retry under way in its own task (see retried)
+      if not block and not retrying:done() then return nil end
+      local _, err = retrying:join()
+      if err then
+        s.retrying = nil
+        error(err, 0)
+      end
+      if s.over then break end
+    end
     local req = s.req
     local ok, data, event, id, model, created
     if fast then
@@ -820,10 +844,12 @@ end
 
 -- s:read() -> text | nil: does not wait for events (for frame loops). The content that arrived
 -- since the last read ("" when none), or nil once the stream is over (s:result() tells how).
--- Only a retry before the first event (its backoff and new headers) makes it wait.
+-- Inside a task, a retry before the first event (its backoff and new headers) makes it wait;
+-- outside one, the retry goes on in a task of its own (see retried) and read() gives "".
 function Stream:read()
   if self.over then return nil end
   local out, n = {}, 0
+  self.nowait = true
   while true do
     local text = advance(self, false, true)
     if text == nil then break end
@@ -832,6 +858,7 @@ function Stream:read()
       out[n] = text
     end
   end
+  self.nowait = false
   if n == 0 and self.over then return nil end
   return concat(out, "", 1, n)
 end
