@@ -762,6 +762,90 @@ streams.tools = function(ctx)
   }, {finish = "tool_calls"})
 end
 
+-- agent                 a tool-calling turn as OpenAI answers it: while the last message is
+--                       not a tool's, two calls (get_weather {"city":"Paris"}, get_time
+--                       {"tz":"CET"}; non-streamed with content, refusal and logprobs null
+--                       and annotations []); after the tools answered, "tools said: " and
+--                       their contents (streamed when asked). The conversation is checked as
+--                       OpenAI does: 400 when a tool message answers no call of the assistant
+--                       message before it, a call is left unanswered, arguments are no
+--                       string, or tools or tool_calls went out as an object
+local function agent_check(ctx)
+  if ctx.body:find('"tools":{}', 1, true) or ctx.body:find('"tool_calls":{}', 1, true) then
+    return "Invalid type: expected an array, but got an object instead."
+  end
+  local open   -- ids of the calls of the last assistant message not answered yet
+  for i, m in ipairs(ctx.req.messages) do
+    if type(m) ~= "table" then return "messages[" .. (i - 1) .. "] is not an object" end
+    if m.role == "tool" then
+      if not open or not open[m.tool_call_id] then
+        return "messages with role 'tool' must be a response to a preceeding message with "
+          .. "'tool_calls'."
+      end
+      open[m.tool_call_id] = nil
+    else
+      if open and next(open) then
+        return "An assistant message with 'tool_calls' must be followed by tool messages "
+          .. "responding to each 'tool_call_id'."
+      end
+      open = nil
+      if m.role == "assistant" and m.tool_calls ~= nil and m.tool_calls ~= null then
+        open = {}
+        for _, call in ipairs(m.tool_calls) do
+          local f = type(call) == "table" and call["function"]
+          if type(call.id) ~= "string" or call.type ~= "function" or type(f) ~= "table"
+              or type(f.name) ~= "string" or type(f.arguments) ~= "string" then
+            return "Invalid tool call in messages[" .. (i - 1) .. "]"
+          end
+          open[call.id] = true
+        end
+      end
+    end
+  end
+  if open and next(open) then
+    return "An assistant message with 'tool_calls' must be followed by tool messages "
+      .. "responding to each 'tool_call_id'."
+  end
+end
+
+behaviours.agent = function(ctx)
+  local bad = agent_check(ctx)
+  if bad then return bad_request(bad, "messages") end
+  local msgs = ctx.req.messages
+  if msgs[#msgs].role == "tool" then
+    local said = {}
+    for _, m in ipairs(msgs) do
+      if m.role == "tool" then said[#said + 1] = text_of(m.content) end
+    end
+    local content = "tools said: " .. table.concat(said, "; ")
+    if ctx.req.stream == true then return stream(ctx, pieces_of(content), {}) end
+    return answer(ctx, content)
+  end
+  local calls = {
+    {id = "call_a", type = "function",
+      ["function"] = {name = "get_weather", arguments = '{"city":"Paris"}'}},
+    {id = "call_b", type = "function",
+      ["function"] = {name = "get_time", arguments = '{"tz":"CET"}'}},
+  }
+  if ctx.req.stream == true then
+    local function part(index, c, args)
+      return {tool_calls = {{index = index, id = c and c.id, type = c and "function",
+        ["function"] = {name = c and c["function"].name, arguments = args}}}}
+    end
+    return stream(ctx, {part(0, calls[1], ""), part(0, nil, '{"city":'),
+      part(0, nil, '"Paris"}'), part(1, calls[2], '{"tz"'), part(1, nil, ':"CET"}')},
+      {finish = "tool_calls"})
+  end
+  local obj = chat_object(ctx, "", 20)
+  local choice = obj.choices[1]
+  choice.message = {role = "assistant", content = null, refusal = null,
+    annotations = "@@EMPTY@@", tool_calls = calls}
+  choice.logprobs, choice.finish_reason = null, "tool_calls"
+  -- this cjson has no empty-array marker
+  local body = cjson.encode(obj):gsub('"@@EMPTY@@"', "[]")
+  return send(200, body, "application/json")
+end
+
 streams.hugestream = function(ctx, a)
   local bytes = int_arg(a[1], 1)
   if not bytes then return false end
