@@ -222,7 +222,29 @@ describe("client error codes", function()
     assert.equals("auth", code)
     assert.equals("invalid_api_key", detail.body.code)
     assert.matches("Incorrect API key", msg)
+    assert.falsy(msg:find("no API key", 1, true))
   end)
+
+  it("a refusal of a call that sent no key says so (a variable not set, a typo in its name)",
+    function()
+      local keyless = llmux.client{ base_url = u.http, api_key = "" }
+      local _, msg, code = keyless:chat(body("m"))
+      assert.equals("auth", code)
+      assert.matches("Incorrect API key provided (no API key was sent: set api_key, "
+        .. "LLMUX_API_KEY or OPENAI_API_KEY) (auth)", msg, 1, true)
+      local _, smsg = keyless:chat_stream(body("m"))
+      assert.matches("(no API key was sent", smsg, 1, true)
+      -- a key given per call, or a credential header of the caller's own, is a key sent
+      _, msg = keyless:chat(body("m"), { api_key = "sk-bad-per-call" })
+      assert.falsy(msg:find("no API key", 1, true))
+      local azure = llmux.client{ base_url = u.http, api_key = "",
+        headers = { ["api-key"] = "azure-key" } }
+      _, msg = azure:chat(body("m"))
+      assert.falsy(msg:find("no API key", 1, true))
+      -- other failures of a keyless call (a local server that wants none) say nothing of it
+      _, msg = keyless:chat(body("badreq"), { api_key = "sk-ok" })
+      assert.falsy(msg:find("no API key", 1, true))
+    end)
 
   it("provider error bodies are kept in detail.body", function()
     local _, _, _, detail = c:chat(body("context"))

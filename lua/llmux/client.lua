@@ -351,6 +351,11 @@ local function judge(res, call)
     local reason = match(res.head or "", "^HTTP/[%d.]+ %d+ +([^\r\n]*%S)")
     if reason then why = why .. " " .. reason end
   end
+  -- a refused call that carried no credential at all: most often a variable not set (a
+  -- provider's "Incorrect API key" reads like a wrong one)
+  if code == "auth" and key == nil then
+    why = why .. " (no API key was sent: set api_key, LLMUX_API_KEY or OPENAI_API_KEY)"
+  end
   return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj,
     quota = errors.quota(status, eobj) or nil }
 end
