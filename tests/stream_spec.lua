@@ -381,6 +381,25 @@ describe("provider variations", function()
     assert.equals("!", lps[2].token)
   end)
 
+  it("assembles logprobs lists that stayed empty as [], as a non-streamed answer has them",
+    function()
+      local function chunk(delta, lp, finish)
+        return "data: " .. llmux.json.encode{ id = "a", object = "chat.completion.chunk",
+          created = 1, model = "m", choices = { { index = 0, delta = delta,
+            logprobs = lp, finish_reason = finish } } } .. "\n\n"
+      end
+      local empty = llmux.json.empty_array
+      local writes = {
+        chunk({ role = "assistant", tool_calls = { { index = 0, id = "c1", type = "function",
+          ["function"] = { name = "f", arguments = "{}" } } } }, { content = empty }),
+        chunk({}, { content = empty, refusal = empty }, "tool_calls"),
+        "data: [DONE]\n\n" }
+      local res = assert(c:chat(body("replay", "x", { stream = true, mock_writes = writes })))
+      local text = llmux.json.encode(res.choices[1].logprobs)
+      assert.truthy(text == '{"content":[],"refusal":[]}'
+        or text == '{"refusal":[],"content":[]}', text)
+    end)
+
   it("keeps the thinking of providers that call it reasoning", function()
     local res, info = assert(c:chat(body("fixture:reasoning", "x", { stream = true })))
     local msg = res.choices[1].message

@@ -18,6 +18,7 @@ local byte, find, format, gsub, sub = string.byte, string.find, string.format, s
 local mtype = math.type
 local utf8_char = utf8.char
 local now, json_decode, parse_headers = core.now, core.json_decode, core.parse_headers
+local array_mt = core.json_array_mt
 
 local M = { _VERSION = "0.1.0" }
 
@@ -494,7 +495,8 @@ local function absorb(s, obj)
         c.logprobs = c.logprobs or {}
         for key, list in pairs(lp) do
           if type(list) == "table" then
-            local into = c.logprobs[key] or {}
+            -- marked: a list that stays empty goes out as [], as the answer's did
+            local into = c.logprobs[key] or setmetatable({}, array_mt)
             c.logprobs[key] = into
             table.move(list, 1, #list, #into + 1, into)
           end
