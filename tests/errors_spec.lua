@@ -308,4 +308,22 @@ describe("errors.scrub", function()
     assert.same({ m = "[redacted]" }, errors.scrub({ m = "hdr-b" }, { "hdr-b" }))
     assert.equals("x", errors.scrub("x", {}))
   end)
+
+  -- a provider's JSON that does not decode is shown as text: the key may be spelled there
+  it("removes a secret that JSON escapes spell", function()
+    local k = 'sk-a/b"c'
+    for text, want in pairs{
+      ["\\u0073k-a\\/b\\u0022c!"] = "[redacted]!",
+      ["x \\u0073\\u006B\\u002D\\u0061/b\\\"c y"] = "x [redacted] y",
+      ['sk-a/b"c and \\ sk-a\\/b\\"c'] = "[redacted] and \\ [redacted]",
+      ["\\u0073k-a\\/b"] = "\\u0073k-a\\/b",           -- the secret's head only
+      ["\\u0073\\u006bx-a"] = "\\u0073\\u006bx-a",
+    } do
+      assert.equals(want, errors.scrub(text, k), text)
+    end
+    -- a first byte that is a pattern's class letter or magic character
+    assert.equals("\\ [redacted]", errors.scrub("\\ s1", "s1"))
+    assert.equals("\\ x [redacted]", errors.scrub("\\ x %a", "%a"))
+    assert.equals("\\ [redacted]", errors.scrub("\\ \\u005dx", "]x"))
+  end)
 end)

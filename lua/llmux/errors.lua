@@ -5,8 +5,8 @@ local json = require "llmux.json"
 local type, tonumber, tostring, pairs, ipairs = type, tonumber, tostring, pairs, ipairs
 local concat = table.concat
 local floor, min, random = math.floor, math.min, math.random
-local lower, find, match, format, sub, gsub = string.lower, string.find, string.match,
-  string.format, string.sub, string.gsub
+local byte, lower, find, match, format, sub, gsub = string.byte, string.lower, string.find,
+  string.match, string.format, string.sub, string.gsub
 local os_time = os.time
 local getinfo = debug.getinfo
 
@@ -333,8 +333,36 @@ function M.backoff(n)
   return min(M.BACKOFF_BASE * 2 ^ n, M.BACKOFF_MAX) * (1 - 0.25 * random())
 end
 
--- Replaces every occurrence of secret in strings of v (deeply, tables copied) by "[redacted]".
--- secret may be a list of them.
+-- The end of secret spelled in v from i, as it is or as a JSON string may escape it (any byte
+-- as \u00XX, '"', '/' and '\' after a backslash), or nil. A provider that echoes the key in
+-- JSON that does not decode (cut short, or quoted in a text) shows it so: \u0073k-... or a
+-- base64 key's "/" as \/.
+local function spelled(v, i, secret)
+  for k = 1, #secret do
+    local c, b = byte(secret, k), byte(v, i)
+    if b ~= 92 then
+      if b ~= c then return nil end
+      i = i + 1
+    else
+      local n = byte(v, i + 1)
+      if n == c and (c == 34 or c == 47 or c == 92) then
+        i = i + 2
+      elseif n == 117 and find(v, "^%x%x%x%x", i + 2) and tonumber(sub(v, i + 2, i + 5), 16) == c
+      then
+        i = i + 6
+      elseif c == 92 then   -- a backslash of the secret's, as it is
+        i = i + 1
+      else
+        return nil
+      end
+    end
+  end
+  return i - 1
+end
+
+-- Replaces every occurrence of secret in strings of v (deeply, tables copied) by "[redacted]",
+-- also spelled with JSON escapes (in a string with a backslash: see spelled). secret may be a
+-- list of them.
 function M.scrub(v, secret)
   if type(secret) == "table" then
     for i = 1, #secret do v = M.scrub(v, secret[i]) end
@@ -344,15 +372,31 @@ function M.scrub(v, secret)
   local tv = type(v)
   if tv == "string" then
     local out, i = {}, 1
-    while true do
-      local a, b = find(v, secret, i, true)
-      if not a then break end
-      out[#out + 1] = v:sub(i, a - 1) .. "[redacted]"
-      i = b + 1
+    if not find(v, "\\", 1, true) then
+      while true do
+        local a, b = find(v, secret, i, true)
+        if not a then break end
+        out[#out + 1] = sub(v, i, a - 1) .. "[redacted]"
+        i = b + 1
+      end
+    else
+      -- where the secret's first byte or an escape starts, the secret may be spelled
+      local first = sub(secret, 1, 1)
+      local starts, at = "[" .. (find(first, "^%w") and first or "%" .. first) .. "\\]", 1
+      while true do
+        local a = find(v, starts, at)
+        if not a then break end
+        local b = spelled(v, a, secret)
+        if b then
+          out[#out + 1] = sub(v, i, a - 1) .. "[redacted]"
+          i = b + 1
+        end
+        at = b and b + 1 or a + 1
+      end
     end
     if i == 1 then return v end
-    out[#out + 1] = v:sub(i)
-    return table.concat(out)
+    out[#out + 1] = sub(v, i)
+    return concat(out)
   elseif tv == "table" then
     local c = {}
     for k, x in pairs(v) do c[M.scrub(k, secret)] = M.scrub(x, secret) end

@@ -459,6 +459,38 @@ behaviours.leakheader = function(_, a)
   return send_error(401, "Invalid credential '" .. v .. "'", "invalid_request_error", "leaked")
 end
 
+-- keyecho:MODE         a provider that echoes the caller's key (the Bearer token, else the
+--                       header mock_key_header names) in another form: MODE uescaped (a 400
+--                       whose JSON, cut short, spells every byte \u00XX), slashes (the same
+--                       with "/" written "\/"), uescaped200 (a 200 body so), header (a 200
+--                       answer with the key in a header), html (a 502 HTML page)
+local function echoed_key(ctx)
+  local name = ctx.req.mock_key_header
+  if type(name) == "string" then return ngx.req.get_headers()[name] or "" end
+  local auth = ngx.var.http_authorization or ""
+  return auth:match("^Bearer%s+(.+)$") or auth
+end
+
+behaviours.keyecho = function(ctx, a)
+  local key, mode = echoed_key(ctx), a[1]
+  local spelled = key:gsub(".", function(c) return string.format("\\u%04x", c:byte()) end)
+  if mode == "uescaped" or mode == "uescaped200" then
+    return send(mode == "uescaped" and 400 or 200,
+      '{"error": {"message": "bad key ' .. spelled .. '", "type": "invalid_request_error"',
+      "application/json")
+  elseif mode == "slashes" then
+    return send(401, '{"error": {"message": "bad key ' .. key:gsub("/", "\\/") .. '"',
+      "application/json")
+  elseif mode == "header" then
+    ngx.header["X-Echo-Key"] = key
+    return answer(ctx)
+  elseif mode == "html" then
+    return send(502, "<html><head><title>502 for " .. key .. "</title></head><body><h1>"
+      .. key .. "</h1></body></html>", "text/html")
+  end
+  return false
+end
+
 behaviours.echobody = function(ctx)
   return answer(ctx, ctx.body)
 end

@@ -1,0 +1,77 @@
+-- The client against a hostile or careless upstream: the key (and credentials given in headers)
+-- never shows in a message, a detail, an info table or a tostring, however the provider echoes
+-- it; redirects, TLS, proxies, encodings, slow servers and odd files end as clear failures.
+local llmux = require "llmux"
+local B = require "helpers.bed"
+
+local KEY = "sk-test-SECRET-0123456789abcdef"
+local bed = B.start(setup, teardown, { api_key = KEY, timeout = 10, max_retries = 0 })
+local u, c
+setup(function() u, c = bed.u, bed.c end)
+
+local function body(model, extra)
+  local b = { model = model, messages = { { role = "user", content = "hi" } } }
+  for k, v in pairs(extra or {}) do b[k] = v end
+  return b
+end
+
+-- A string as a JSON string's escapes would read: \uXXXX (ASCII) and \x as x.
+local function unescaped(s)
+  s = s:gsub("\\u00(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  return (s:gsub("\\(.)", "%1"))
+end
+
+-- Whether secret is anywhere in v (keys, values, nested tables), as it is or JSON-escaped.
+local function leaks(v, secret, seen)
+  seen = seen or {}
+  if type(v) == "string" then
+    return v:find(secret, 1, true) ~= nil or unescaped(v):find(secret, 1, true) ~= nil
+  end
+  if type(v) ~= "table" or seen[v] then return false end
+  seen[v] = true
+  for k, x in pairs(v) do
+    if leaks(k, secret, seen) or leaks(x, secret, seen) then return true end
+  end
+  return false
+end
+
+-- Every failure value of a call (message and detail) and whether the key shows in any.
+local function failed(secret, res, msg, code, detail)
+  assert.is_nil(res, msg)
+  assert.is_string(code)
+  assert.is_falsy(leaks({ msg, detail }, secret), msg)
+  return msg, code, detail
+end
+
+describe("the key echoed by the provider", function()
+  it("is scrubbed when JSON escapes spell it in a body that does not decode", function()
+    for _, case in ipairs{ { "uescaped", "badrequest" }, { "uescaped200", "decode" } } do
+      local msg, code, detail = failed(KEY, c:chat(body("keyecho:" .. case[1])))
+      assert.equals(case[2], code)
+      assert.matches("%[redacted%]", detail.body)
+      if code == "badrequest" then assert.matches("%[redacted%]", msg) end
+    end
+    failed(KEY, c:chat(body("keyecho:html")))   -- in a gateway's page: as it is
+    -- a base64 key's "/" written \/; a key in a header of the caller's, spelled \u00XX
+    local slashed = "sk-a/b+c/SECRET/9=="
+    failed(slashed, c:chat(body("keyecho:slashes"), { api_key = slashed }))
+    local hk = "hdr-SECRET-azure-0123"
+    failed(hk, c:chat(body("keyecho:uescaped", { mock_key_header = "api-key" }),
+      { headers = { ["api-key"] = hk } }))
+  end)
+
+  it("is scrubbed from a stream's error event whose JSON escapes spell it", function()
+    local spelled = KEY:gsub(".", function(ch) return ("\\u%04x"):format(ch:byte()) end)
+    for _, data in ipairs{
+      '{"error": {"message": "bad key ' .. spelled .. '"',            -- cut short: not JSON
+      '{"error": {"message": "bad key ' .. KEY:gsub("-", "\\u002d") .. '"}}',   -- JSON
+    } do
+      local s = assert(c:chat_stream(body("replay", { mock_writes = {
+        'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n',
+        "event: error\ndata: " .. data .. "\n\n" } })))
+      local msg, code = failed(KEY, s:result())
+      assert.equals("provider", code)
+      assert.matches("%[redacted%]", msg)
+    end
+  end)
+end)
