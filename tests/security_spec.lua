@@ -75,3 +75,24 @@ describe("the key echoed by the provider", function()
     end
   end)
 end)
+
+describe("the key in an answer's headers", function()
+  it("is kept out of info, of a call and of a stream, also mid-stream", function()
+    local hk = "hdr-SECRET-x-api-key-42"
+    for _, case in ipairs{ { KEY }, { hk, { mock_key_header = "x-api-key" },
+        { headers = { ["x-api-key"] = hk } } } } do
+      local secret, extra, opts = case[1], case[2], case[3]
+      local res, info = assert(c:chat(body("keyecho:header", extra), opts))
+      assert.equals("echo: hi", res.choices[1].message.content)
+      assert.equals("[redacted]", info.headers["x-echo-key"])
+      assert.is_falsy(leaks(info, secret))
+      local s = assert(c:chat_stream(body("keyecho:header", extra), opts))
+      assert.is_falsy(leaks(s:info(), secret))
+      local final, sinfo = assert(s:result())
+      assert.equals("echo: hi", final.choices[1].message.content)
+      assert.equals("[redacted]", sinfo.headers["x-echo-key"])
+      assert.is_falsy(leaks(sinfo, secret))
+      assert.is_falsy(tostring(s):find(secret, 1, true))
+    end
+  end)
+end)

@@ -362,9 +362,12 @@ end
 
 -- The info table of a finished call: the transfer's result table itself (status, head,
 -- http_version, reused, local_port, time_*), less its body, plus the call's fields. One table
--- per call instead of two; headers are parsed on first access.
+-- per call instead of two; headers are parsed on first access. The key is scrubbed from the
+-- header block: a provider may echo it in a header of its answer.
 local function make_info(call, res, body)
   res.body = nil
+  local hide = key_of(call)
+  if hide then res.head = errors.scrub(res.head, hide) end
   res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.url
   if body then res.usage, res.model = body.usage, body.model end
   return setmetatable(res, Info)
