@@ -789,7 +789,8 @@ describe("client misuse", function()
     for _, url in ipairs{ "http://127.0.0.1:70000/v1", "http://h:0", "http://h:x/v1",
         "http://h:/v1", "http://[::1]:99999", "http://[::1]x/v1", "http://u:p@h:99999/v1" } do
       assert.has_error(function() llmux.client{ base_url = url } end,
-        "llmux.client: bad base_url '" .. url .. "' (want http(s)://host[:port]/path)")
+        "llmux.client: bad base_url '" .. url:gsub(":p@", ":[redacted]@")
+        .. "' (want http(s)://host[:port]/path)")
     end
     for _, url in ipairs{ "http://h:1", "https://h:65535/v1", "http://[::1]:8080/v1",
         "http://[::1]/v1", "http://h/v1", "http://u:p@h:8080/v1", "http://u@h/v1" } do

@@ -96,3 +96,29 @@ describe("the key in an answer's headers", function()
     end
   end)
 end)
+
+describe("a base_url with a password", function()
+  it("shows it redacted in tostring, info.url, messages and misuse errors", function()
+    local pw = "pw-SECRET-9"
+    local base = "http://user:" .. pw .. "@127.0.0.1:" .. u.port .. "/v1"
+    local h = llmux.client{ base_url = base, api_key = KEY, max_retries = 0 }
+    assert.equals("llmux.Client (http://user:[redacted]@127.0.0.1:" .. u.port .. "/v1)",
+      tostring(h))
+    local _, info = assert(h:chat(body("m")))
+    assert.equals("http://user:[redacted]@127.0.0.1:" .. u.port .. "/v1/chat/completions",
+      info.url)
+    local s = assert(h:chat_stream(body("m"), { timeout = 5 }))   -- per-call options too
+    local _, sinfo = assert(s:result())
+    assert.is_falsy(leaks({ sinfo, tostring(s) }, pw))
+    local msg = failed(pw, h:chat(body("status:400")))
+    assert.matches("user:%[redacted%]@127", msg)
+    -- an "@" of the password's own (which curl refuses unencoded): up to the last one
+    local at = "pw@SECRET"
+    h = llmux.client{ base_url = "http://user:" .. at .. "@127.0.0.1:1/v1", api_key = KEY }
+    assert.equals("llmux.Client (http://user:[redacted]@127.0.0.1:1/v1)", tostring(h))
+    failed(at, h:chat(body("m"), { max_retries = 0 }))
+    local ok, err = pcall(llmux.client, { base_url = "http://user:" .. pw .. "@h:99999/v1" })
+    assert.is_false(ok)
+    assert.matches("bad base_url 'http://user:%[redacted%]@h:99999/v1'", err)
+  end)
+end)

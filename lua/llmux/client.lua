@@ -89,12 +89,20 @@ local function port_of(authority)
   return hostport:match(":(.*)$")
 end
 
+-- A URL as messages, info.url and tostring show it: the password of its userinfo
+-- (http://user:password@host) as [redacted], up to the authority's last "@" (a password may
+-- have one).
+local function shown(u)
+  if not find(u, "@", 1, true) then return u end
+  return (u:gsub("^(%a+://[^/@:]*:)[^/]*@", "%1[redacted]@"))
+end
+
 local function check_url(u, where)
   local authority = u:match("^https?://([^/%s?#]+)[^%s?#]*$")
   local port = authority and port_of(authority)
   local n = port and find(port, "^%d+$") and tonumber(port)
   if not authority or port == false or (port and not (n and n >= 1 and n <= 65535)) then
-    misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, u))
+    misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, shown(u)))
   end
   return (u:gsub("/+$", ""))
 end
@@ -183,7 +191,7 @@ function M.new(opts)
 end
 
 function Client:__tostring()
-  return "llmux.Client (" .. self.base_url .. ")"
+  return "llmux.Client (" .. shown(self.base_url) .. ")"
 end
 
 -- Effective options of one call: the client's (sec: its secrets entry), overridden by opts
@@ -250,9 +258,8 @@ local function cut(call, s, n)
 end
 
 -- Failure -> nil, message, code, detail; the key is scrubbed from message and detail, and the
--- password of a base_url's userinfo (http://user:password@host) from the URL shown.
+-- password of a base_url's userinfo from the URL (as shown).
 local function fail(key, method, url, why, code, detail)
-  url = url:gsub("^(%a+://[^/@:]*:)[^/@]*@", "%1[redacted]@")
   local msg = format("llmux: %s %s: %s (%s)", method, url, why, code)
   detail.code = code
   return nil, errors.scrub(msg, key), code, errors.scrub(detail, key)
@@ -368,7 +375,7 @@ local function make_info(call, res, body)
   res.body = nil
   local hide = key_of(call)
   if hide then res.head = errors.scrub(res.head, hide) end
-  res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.url
+  res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.shown
   if body then res.usage, res.model = body.usage, body.model end
   return setmetatable(res, Info)
 end
@@ -377,7 +384,7 @@ end
 -- One logical call (all its attempts): effective options, key, URL, spec, attempt count.
 local function new_spec(o, url, method, headers, streaming)
   local spec = {
-    base = o.base_url, url = url, method = method, stream = streaming,
+    base = o.base_url, url = url, shown = shown(url), method = method, stream = streaming,
     connect_timeout = o.connect_timeout, max_response_bytes = o.max_response_bytes,
     ca_file = o.ca_file,
   }
@@ -453,7 +460,7 @@ local function call_fail(call, why, code, detail)
   -- curl's clock, which may be the raw monotonic one
   local due = call.deadline_at
   if code == "timeout" and due and now() >= due - 0.01 then detail.deadline = true end
-  return fail(key_of(call), spec.method, spec.url, why, code, detail)
+  return fail(key_of(call), spec.method, spec.shown, why, code, detail)
 end
 
 -- Starts the next attempt and waits for its end; a stream waits only for its headers.
