@@ -1,5 +1,7 @@
 /* luaopen_llmux_core: builds the classes and module functions of llmux.core. */
 #include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "llmux.h"
@@ -71,6 +73,34 @@ static int core_isatty(lua_State *L) {
   return 1;
 }
 
+/* What path names, links followed: "file", "directory", "FIFO", "socket", "character device",
+ * "block device" or "special file"; NULL when stat fails (errno says why). Files llmux reads
+ * by path (a CA file, images) must be regular: opening a FIFO blocks until a writer comes, and
+ * a device may never end. */
+const char *lmx_file_kind(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return NULL;
+  if (S_ISREG(st.st_mode)) return "file";
+  if (S_ISDIR(st.st_mode)) return "directory";
+  if (S_ISFIFO(st.st_mode)) return "FIFO";
+  if (S_ISSOCK(st.st_mode)) return "socket";
+  if (S_ISCHR(st.st_mode)) return "character device";
+  if (S_ISBLK(st.st_mode)) return "block device";
+  return "special file";
+}
+
+/* core.file_kind(path) -> kind | nil, message (see lmx_file_kind) */
+static int core_file_kind(lua_State *L) {
+  const char *kind = lmx_file_kind(luaL_checkstring(L, 1));
+  if (!kind) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushstring(L, kind);
+  return 1;
+}
+
 /* Registers metatable name with meta's metamethods and methods as its __index. Both get the
  * metatable as upvalue 1, for lmx_checkudata (a Request's __gc runs once per request). */
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
@@ -134,6 +164,8 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lua_setfield(L, -2, "yieldable");
   lua_pushcfunction(L, core_isatty);
   lua_setfield(L, -2, "isatty");
+  lua_pushcfunction(L, core_file_kind);
+  lua_setfield(L, -2, "file_kind");
   lua_pushliteral(L, LMX_VERSION);
   lua_setfield(L, -2, "_VERSION");
   lua_pushstring(L, curl_version());

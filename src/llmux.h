@@ -122,6 +122,7 @@ double lmx_now(void);
 void lmx_newclass(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
 void *lmx_checkudata(lua_State *L, int i, const char *name);
 const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled);
+const char *lmx_file_kind(const char *path);
 
 /* multi.c */
 void lmx_multi_open(lua_State *L);

@@ -235,6 +235,11 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   P->url = cleanstring(L, t, "url", "\r\n", "NUL, CR or LF bytes");
   P->method = cleanstring(L, t, "method", " \t\r\n", "NUL bytes, blanks or line breaks");
   P->ca = cleanstring(L, t, "ca_file", "", "NUL bytes");
+  if (P->ca) {   /* curl opens it as it is: a FIFO blocked step() until a writer came */
+    const char *kind = lmx_file_kind(P->ca);
+    if (kind && strcmp(kind, "file") != 0)
+      luaL_error(L, "llmux.request: 'ca_file' %s is a %s, not a regular file", P->ca, kind);
+  }
   P->timeout = optseconds(L, t, "timeout");
   P->ctimeout = optseconds(L, t, "connect_timeout");
   if (!P->url) luaL_error(L, "llmux.request: 'url' is required");

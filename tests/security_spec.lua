@@ -122,3 +122,50 @@ describe("a base_url with a password", function()
     assert.matches("bad base_url 'http://user:%[redacted%]@h:99999/v1'", err)
   end)
 end)
+
+describe("files read by path", function()
+  -- Run in a process of its own under timeout: opening a FIFO blocked until a writer came.
+  it("refuse a FIFO, a device and a directory instead of reading them", function()
+    local run_script = require "helpers.script"
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. dir .. " && mkfifo " .. dir .. "/fifo"))
+    local out, status = run_script([[
+      local llmux, core = require "llmux", require "llmux.core"
+      local image = require "llmux.image"
+      local base = ...
+      for _, path in ipairs{ "]] .. dir .. [[/fifo", "/dev/zero", "]] .. dir .. [[" } do
+        print((select(2, pcall(llmux.client, { ca_file = path }))))
+        local c = llmux.client{ base_url = base, api_key = "sk-x", max_retries = 0 }
+        print((select(2, pcall(c.chat, c, { model = "m" }, { ca_file = path }))))
+        local m = core.multi()
+        print((select(2, pcall(m.request, m, { url = base .. "/models", ca_file = path }))))
+        print((select(2, image.load(path))))
+        print((select(2, image.data_uri(path))))
+        print((select(2, c:images_edit{ image = path, prompt = "p" })))
+      end
+    ]], u.http, "timeout 30")
+    os.execute("rm -rf " .. dir)
+    assert.equals(0, status, out)
+    local want = {}
+    for _, case in ipairs{ { dir .. "/fifo", "FIFO" }, { "/dev/zero", "character device" },
+        { dir, "directory" } } do
+      local path, kind = case[1], case[2]
+      for _, line in ipairs{
+        "llmux.client: option 'ca_file' must be a regular file (" .. path .. " is a " .. kind .. ")",
+        "llmux.Client:chat: option 'ca_file' must be a regular file (" .. path .. " is a "
+          .. kind .. ")",
+        "llmux.request: 'ca_file' " .. path .. " is a " .. kind .. ", not a regular file",
+        "llmux.image: cannot read " .. path .. ": it is a " .. kind .. ", not a regular file",
+        "llmux.image: cannot read " .. path .. ": it is a " .. kind .. ", not a regular file",
+        "llmux.Client:images_edit: image: cannot read " .. path .. ": it is a " .. kind
+          .. ", not a regular file",
+      } do
+        want[#want + 1] = line
+      end
+    end
+    local got = {}
+    for line in out:gmatch("[^\n]+") do got[#got + 1] = (line:gsub("^[^:]*:%d+: ", "")) end
+    assert.same(want, got)
+  end)
+end)

@@ -28,7 +28,14 @@ local function number_ge0(v) return (type(v) ~= "number" or not (v >= 0)) and "a
 local function positive(v) return (type(v) ~= "number" or not (v > 0)) and "a number > 0" end
 local function string_(v) return type(v) ~= "string" and "a string" end
 local OPTIONS = {
-  base_url = string_, ca_file = string_,
+  base_url = string_,
+  -- a FIFO would block the first connection's open of it until a writer came (the core
+  -- refuses one too, as it may be made after the client)
+  ca_file = function(v)
+    if type(v) ~= "string" then return "a string" end
+    local kind = core.file_kind(v)
+    if kind and kind ~= "file" then return format("a regular file (%s is a %s)", v, kind) end
+  end,
   -- it becomes a header line: a line break would let it add headers of its own
   api_key = function(v)
     return (type(v) ~= "string" or find(v, "[\r\n%z]")) and "a string without line breaks"

@@ -19,7 +19,7 @@ local unpack, byte = string.unpack, string.byte
 local b64_encode, b64_decode = base64.encode, base64.decode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
-local job_resize = core.job_image_resize
+local job_resize, file_kind = core.job_image_resize, core.file_kind
 local can_offload, offload = sched.can_offload, sched.offload
 local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.image_mask_from
 
@@ -144,6 +144,11 @@ end
 -- memory. Then at most limit bytes (nil, nil, "toolarge" past them) when a limit is given,
 -- else the rest. llmux.client reads its image files with it too (M._read_file).
 local function read_file(path, ok, limit)
+  -- a FIFO would block the open until a writer came, a device may never end
+  local kind = file_kind(path)
+  if kind and kind ~= "file" then
+    return nil, format("cannot read %s: it is a %s, not a regular file", path, kind), "io"
+  end
   local f, err = io_open(path, "rb")
   if not f then return nil, "cannot open " .. err, "io" end
   local s, rerr = f:read(12)   -- nil at once for a directory (an error) or an empty file
