@@ -169,3 +169,25 @@ describe("files read by path", function()
     assert.same(want, got)
   end)
 end)
+
+describe("a provider's text in a message", function()
+  -- escape sequences (clear the screen, set the title), a NUL, a line that looks like a log's
+  local evil = "bad\27[2J\27]0;pwned\7\0 done\r\n2026-01-01 INFO all is well"
+  local spelled = evil:gsub("%c", function(ch) return ("\\u%04x"):format(ch:byte()) end)
+
+  it("is one line with its control characters written \\xHH", function()
+    local json = '{"error": {"message": "' .. spelled .. '"}}'
+    local streamed = assert(c:chat_stream(body("replay", { mock_writes = {
+      "event: error\ndata: " .. evil:gsub("[\r\n]", "") .. "\ndata: 2026 INFO fake\n\n" } })))
+    for _, case in ipairs{
+      { c:chat(body("body:400", { mock_body = evil })) },
+      { c:chat(body("body:400", { mock_body = json, mock_type = "application/json" })) },
+      { c:chat(body("body:200", { mock_body = json, mock_type = "application/json" })) },
+      { streamed:result() },
+    } do
+      local msg = failed(KEY, table.unpack(case, 1, 4))
+      assert.is_falsy(msg:find("%c"), msg)
+      assert.matches("bad\\x1B[2J\\x1B]0;pwned\\x07\\x00 done", msg, 1, true)
+    end
+  end)
+end)

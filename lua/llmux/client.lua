@@ -11,8 +11,8 @@ local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetata
   type = error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable,
   tostring, type
 local min, tointeger = math.min, math.tointeger
-local format, find, lower, match, sub = string.format, string.find, string.lower, string.match,
-  string.sub
+local byte, format, find, lower, match, sub = string.byte, string.format, string.find,
+  string.lower, string.match, string.sub
 local getenv = os.getenv
 local now, parse_headers = core.now, core.parse_headers
 local json_encode = json.encode
@@ -251,17 +251,22 @@ local function short(s, n, key)
   return s
 end
 
+local function hex(c) return format("\\x%02X", byte(c)) end
+
 -- A provider's text as one line of a message: the key scrubbed first (as short), runs of
--- blanks and line breaks squeezed to one space, cut to n bytes.
+-- blanks and line breaks squeezed to one space, other control characters written \xHH (a
+-- terminal showing the message would run the provider's escape sequences, a log would take
+-- its NUL bytes), cut to n bytes.
 local function line(s, n, key)
-  s = errors.scrub(s, key):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  s = errors.scrub(s, key):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", ""):gsub("%c", hex)
   if #s > n then return sub(s, 1, n) .. "..." end
   return s
 end
 
--- A call's text cut to n bytes for a message, its key scrubbed first (stream.lua's hook).
+-- A call's text as one line of a message, cut to n bytes, its key scrubbed first (stream.lua's
+-- hook, for an error event's text: it may hold line breaks of its own).
 local function cut(call, s, n)
-  return short(s, n, key_of(call))
+  return line(s, n, key_of(call))
 end
 
 -- Failure -> nil, message, code, detail; the key is scrubbed from message and detail, and the
@@ -363,7 +368,7 @@ local function judge(res, call)
     why = why .. ": " .. text
   else   -- nothing said (an empty body): the status line's reason phrase, when HTTP/1 sent one
     local reason = match(res.head or "", "^HTTP/[%d.]+ %d+ +([^\r\n]*%S)")
-    if reason then why = why .. " " .. reason end
+    if reason then why = why .. " " .. line(reason, 200, key) end
   end
   -- a refused call that carried no credential at all: most often a variable not set (a
   -- provider's "Incorrect API key" reads like a wrong one)

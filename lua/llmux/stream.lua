@@ -47,7 +47,8 @@ end
 
 -- stream.new(call, req, waiter, hooks) -> Stream for a request whose 2xx headers are in.
 -- hooks: info(call, res, body), judge(res, call), fail(call, why, code, detail),
--- cut(call, text, n) (text cut to n bytes, the key scrubbed first), retry(why, code, detail)
+-- cut(call, text, n) (text as one line of a message, cut to n bytes, the key scrubbed first),
+-- retry(why, code, detail)
 -- -> Stream | nil, msg, code, detail.
 function M.new(call, req, w, hooks)
   local s = setmetatable({

@@ -491,6 +491,15 @@ behaviours.keyecho = function(ctx, a)
   return false
 end
 
+-- body:STATUS          STATUS with body.mock_body as it is (Content-Type body.mock_type, else
+--                       text/plain): a provider's text chosen byte by byte
+behaviours.body = function(ctx, a)
+  local n, b = status_arg(a[1]), ctx.req.mock_body
+  if not n or type(b) ~= "string" then return false end
+  local t = ctx.req.mock_type
+  return send(n, b, type(t) == "string" and t or "text/plain")
+end
+
 behaviours.echobody = function(ctx)
   return answer(ctx, ctx.body)
 end
