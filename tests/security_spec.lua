@@ -191,3 +191,24 @@ describe("a provider's text in a message", function()
     end
   end)
 end)
+
+describe("a compressed answer llmux did not ask for", function()
+  it("fails saying so, with the bytes kept in detail.body", function()
+    local open = llmux.client{ base_url = "http://127.0.0.1:" .. u.port, api_key = KEY }
+    local seen = assert(open:request("GET", "/open/echo"))
+    assert.is_nil(seen.headers["accept-encoding"])   -- no encoding asked for
+    for _, case in ipairs{ { 200, "decode", "response is not a JSON object: " },
+        { 400, "badrequest", "HTTP 400: " }, { 500, "server", "HTTP 500: " } } do
+      local _, msg, code, detail = c:chat(body("gzipped:" .. case[1]))
+      assert.equals(case[2], code)
+      assert.matches(case[3] .. "a body in Content-Encoding gzip, which llmux did not ask for",
+        msg, 1, true)
+      assert.equals("\31\139", detail.body:sub(1, 2))
+      assert.equals("gzip", detail.headers["content-encoding"])
+    end
+    local s = assert(c:chat_stream(body("gzipped:200")))   -- a JSON answer, not a stream
+    local _, msg, code = s:result()
+    assert.equals("decode", code)
+    assert.matches("Content-Encoding gzip", msg, 1, true)
+  end)
+end)

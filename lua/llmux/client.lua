@@ -324,6 +324,16 @@ local function answer_ok(status, head, body, call)
     { status = status, headers = parse_headers(head), body = e }
 end
 
+-- What a body that is not JSON came in, as a message says it: llmux asks for no
+-- Content-Encoding (it sends no Accept-Encoding), so curl decodes none, and a server that
+-- compresses all the same sends bytes no decoder can read; nil for an unencoded body.
+local function encoding(headers)
+  local enc = headers["content-encoding"]
+  if enc and lower(enc) ~= "identity" then
+    return "a body in Content-Encoding " .. line(enc, 100) .. ", which llmux did not ask for"
+  end
+end
+
 -- Judges one finished transfer. Returns true, decoded body, or false, why, code, detail.
 local function judge(res, call)
   local status = res.status
@@ -334,10 +344,10 @@ local function judge(res, call)
   local body, derr = json.decode(res.body)
   if status >= 200 and status < 300 then
     if body == nil or type(body) ~= "table" or not find(res.body, "^[ \t\r\n]*{") then
-      local key = key_of(call)
-      return false, "response is not a JSON object: " .. line(derr or res.body, 200, key),
-        "decode", { status = status, headers = parse_headers(res.head),
-          body = short(res.body, 4096, key) }
+      local key, headers = key_of(call), parse_headers(res.head)
+      return false, "response is not a JSON object: "
+        .. (body == nil and encoding(headers) or line(derr or res.body, 200, key)),
+        "decode", { status = status, headers = headers, body = short(res.body, 4096, key) }
     end
     local ok, why, code, detail = answer_ok(status, res.head, body, call)
     if not ok then return false, why, code, detail end
@@ -355,9 +365,11 @@ local function judge(res, call)
   elseif type(body) ~= "string" then
     eobj = nil
   end
+  local headers = parse_headers(res.head)
   if eobj == nil then
     eobj = short(res.body, 4096, key)
-    text = line(errors.brief(short(res.body, 16384, key)), 200, key)
+    text = body == nil and encoding(headers)
+      or line(errors.brief(short(res.body, 16384, key)), 200, key)
   else
     text = errors.message(eobj)
     text = text and line(text, 1000, key)
@@ -375,7 +387,7 @@ local function judge(res, call)
   if code == "auth" and key == nil then
     why = why .. " (no API key was sent: set api_key, LLMUX_API_KEY or OPENAI_API_KEY)"
   end
-  return false, why, code, { status = status, headers = parse_headers(res.head), body = eobj,
+  return false, why, code, { status = status, headers = headers, body = eobj,
     quota = errors.quota(status, eobj) or nil }
 end
 

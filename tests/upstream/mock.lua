@@ -500,6 +500,17 @@ behaviours.body = function(ctx, a)
   return send(n, b, type(t) == "string" and t or "text/plain")
 end
 
+-- gzipped:STATUS        STATUS with Content-Encoding: gzip and a gzip body (of a JSON error
+--                       object), whether or not the request asked for it (llmux does not)
+local GZIPPED = "\31\139\8\0\0\0\0\0\2\255\171\86\74\45\42\202\47\82\178\170\86\202\77"
+  .. "\45\46\78\76\79\85\178\82\74\175\202\44\40\72\77\81\170\173\5\0\95\119\193\149"
+  .. "\31\0\0\0"
+behaviours.gzipped = function(_, a)
+  local n = status_arg(a[1])
+  if not n then return false end
+  return send(n, GZIPPED, "application/json", {["Content-Encoding"] = "gzip"})
+end
+
 behaviours.echobody = function(ctx)
   return answer(ctx, ctx.body)
 end
