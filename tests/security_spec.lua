@@ -212,3 +212,31 @@ describe("a compressed answer llmux did not ask for", function()
     assert.matches("Content-Encoding gzip", msg, 1, true)
   end)
 end)
+
+describe("a redirect", function()
+  -- followed, each would end in another answer: the echo (a 200), or nginx's 400 for plain
+  -- HTTP sent to its TLS port
+  it("is never followed, and fails naming where it leads", function()
+    for _, target in ipairs{ "http://127.0.0.1:" .. u.port .. "/open/echo",
+        "http://127.0.0.1:" .. u.tls_port .. "/v1/chat/completions",
+        "https://localhost:" .. u.tls_port .. "/v1/chat/completions" } do
+      for _, status in ipairs{ 301, 302, 303, 307, 308 } do
+        local k = B.key("redirect")
+        local _, msg, code, detail = c:chat(body("headers:" .. status .. ":1:" .. k,
+          { mock_headers = { Location = target } }))
+        assert.equals("http", code, msg)
+        assert.equals(status, detail.status)
+        assert.equals(target, detail.headers.location)
+        assert.matches("HTTP " .. status .. " redirect to " .. target
+          .. ", not followed (llmux follows no redirects: check base_url)", msg, 1, true)
+        assert.equals(1, B.server_count(c, k))
+      end
+    end
+    -- a stream's too, before it opens
+    local s, msg, code = c:chat_stream(body("headers:307:1:" .. B.key("redirect"),
+      { mock_headers = { Location = "http://127.0.0.1:" .. u.port .. "/open/echo" } }))
+    assert.is_nil(s)
+    assert.equals("http", code)
+    assert.matches("not followed", msg, 1, true)
+  end)
+end)

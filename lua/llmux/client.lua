@@ -376,7 +376,13 @@ local function judge(res, call)
   end
   local code = errors.classify(status, eobj)
   local why = "HTTP " .. status
-  if text and text ~= "" then
+  local location = status >= 300 and status < 400 and headers.location
+  if location then
+    -- llmux follows no redirect (the key would go where it leads): where it leads is the
+    -- news, often a base_url of http:// or without its /v1
+    why = why .. " redirect to " .. line(location, 300, key)
+      .. ", not followed (llmux follows no redirects: check base_url)"
+  elseif text and text ~= "" then
     why = why .. ": " .. text
   else   -- nothing said (an empty body): the status line's reason phrase, when HTTP/1 sent one
     local reason = match(res.head or "", "^HTTP/[%d.]+ %d+ +([^\r\n]*%S)")
