@@ -240,3 +240,165 @@ describe("a redirect", function()
     assert.matches("not followed", msg, 1, true)
   end)
 end)
+
+describe("a slow-loris server", function()
+  -- one byte every 0.1 s for 30 s: each call must end long before (generous guards only)
+  it("is bounded by timeout for a call and by idle_timeout for a stream's events", function()
+    local now = require("llmux.core").now
+    for _, part in ipairs{ "head", "body" } do
+      local t0 = now()
+      local _, msg, code = c:chat(body("trickle:" .. part .. ":30"), { timeout = 1 })
+      assert.equals("timeout", code, msg)
+      assert.is_true(now() - t0 < 15, part)
+      -- a stream waits for its headers (and a body that is no event stream) as long as
+      -- timeout allows
+      t0 = now()
+      local s
+      s, msg, code = c:chat_stream(body("trickle:" .. part .. ":30"), { timeout = 1 })
+      if s then _, msg, code = s:result() end
+      assert.equals("timeout", code, msg)
+      assert.is_true(now() - t0 < 15, part)
+    end
+    local t0 = now()
+    local s = assert(c:chat_stream(body("trickle:event:30"), { idle_timeout = 1 }))
+    local _, msg, code = s:result()
+    assert.equals("stalled", code, msg)
+    assert.is_true(now() - t0 < 15)
+  end)
+end)
+
+-- A helper on loopback, run under timeout: python3 prog.py DIR, which writes its port to
+-- DIR/port. Returns the port, DIR and a function that stops it and removes DIR.
+local function helper(prog)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  local f = assert(io.open(dir .. "/prog.py", "w"))
+  f:write(prog)
+  f:close()
+  local p = assert(io.popen("timeout 60 python3 " .. dir .. "/prog.py " .. dir
+    .. " >/dev/null 2>&1 & echo $!"))
+  local pid = assert(tonumber(p:read("a"):match("%d+")))
+  p:close()
+  local function stop()
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    os.execute("rm -rf " .. dir)
+  end
+  for _ = 1, 100 do
+    local pf = io.open(dir .. "/port")
+    local port = pf and tonumber(pf:read("a"))
+    if pf then pf:close() end
+    if port then return port, dir, stop end
+    os.execute("sleep 0.1")
+  end
+  stop()
+  error("helper did not start")
+end
+
+-- Accepts connections, appends each request's head to DIR/capture, answers 403.
+local PROXY = [[
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+open(sys.argv[1] + "/port.tmp", "w").write(str(s.getsockname()[1]))
+os.rename(sys.argv[1] + "/port.tmp", sys.argv[1] + "/port")
+out = open(sys.argv[1] + "/capture", "ab")
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+    except OSError:
+        pass
+    out.write(data + b"\n--\n")
+    out.flush()
+    c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    c.close()
+]]
+
+describe("a proxy from the environment", function()
+  it("gets a CONNECT without the key or the caller's headers for https", function()
+    local run_script = require "helpers.script"
+    local port, dir, stop = helper(PROXY)
+    local out = run_script([[
+      local llmux = require "llmux"
+      local c = llmux.client{ base_url = "https://localhost:1/v1", api_key = "]] .. KEY .. [[",
+        max_retries = 0, timeout = 10, headers = { ["x-api-key"] = "hdr-SECRET-proxy" } }
+      local _, msg, code = c:chat{ model = "m", messages = { { role = "user", content = "hi" } } }
+      print(code, msg)
+    ]], nil, "env -u http_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY -u no_proxy "
+      .. "-u NO_PROXY https_proxy=http://127.0.0.1:" .. port .. " timeout 30")
+    local f = io.open(dir .. "/capture", "rb")
+    local seen = f and f:read("a") or ""
+    if f then f:close() end
+    stop()
+    assert.matches("^connect\t", out)
+    assert.matches("CONNECT tunnel failed, response 403", out, 1, true)
+    assert.matches("^CONNECT localhost:1 HTTP/1.1\r\n", seen)
+    assert.is_falsy(seen:find("SECRET", 1, true), seen)
+    assert.is_falsy(out:find(KEY, 1, true), out)
+  end)
+end)
+
+-- A TLS server whose certificate (its own CA, trusted through ca_file) names another host:
+-- the chain verifies, the name does not.
+local WRONG_NAME = [[
+import os, ssl, socket, subprocess, sys
+d = sys.argv[1]
+open(d + "/x.cnf", "w").write("""[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = ext
+[dn]
+CN = wrong.invalid
+[ext]
+basicConstraints = critical,CA:TRUE
+subjectAltName = DNS:wrong.invalid
+""")
+subprocess.run(["openssl", "req", "-x509", "-config", d + "/x.cnf", "-newkey", "ec",
+    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-keyout", d + "/key.pem",
+    "-out", d + "/cert.pem"], check=True, capture_output=True)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+open(d + "/port.tmp", "w").write(str(s.getsockname()[1]))
+os.rename(d + "/port.tmp", d + "/port")
+while True:
+    c, _ = s.accept()
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+        t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        t.close()
+    except (OSError, ssl.SSLError):
+        c.close()
+]]
+
+describe("TLS", function()
+  it("checks the host name, whatever the CA file trusts, and never falls back", function()
+    local port, dir, stop = helper(WRONG_NAME)
+    local results = {}
+    for _, host in ipairs{ "localhost", "127.0.0.1" } do
+      local h = llmux.client{ base_url = "https://" .. host .. ":" .. port .. "/v1",
+        api_key = KEY, ca_file = dir .. "/cert.pem", max_retries = 2 }
+      results[#results + 1] = { "no alternative certificate subject name matches target host "
+        .. "name '" .. host .. "'", h:models() }
+      results[#results + 1] = { "certificate problem", h:models{ ca_file = u.ca_file } }
+    end
+    stop()
+    for _, r in ipairs(results) do
+      local why, res, msg, code, detail = table.unpack(r, 1, 5)
+      assert.is_nil(res, why)
+      assert.equals("tls", code, msg)
+      assert.equals(1, detail.attempts)   -- never tried again, insecurely or at all
+      assert.matches(why, msg, 1, true)
+    end
+  end)
+end)

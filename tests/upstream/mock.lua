@@ -511,6 +511,32 @@ behaviours.gzipped = function(_, a)
   return send(n, GZIPPED, "application/json", {["Content-Encoding"] = "gzip"})
 end
 
+-- trickle:PART:S        a slow-loris server: one byte every 0.1 s for S seconds, then the
+--                       connection closes. PART head (the status line and headers never
+--                       end), body (a 200 whose JSON body never ends) or event (a 200 event
+--                       stream whose first event never ends)
+behaviours.trickle = function(_, a)
+  local part, secs = a[1], tonumber(a[2])
+  local head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+  if part == "body" then
+    head = head .. "\r\n{"
+  elseif part == "event" then
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: x"
+  elseif part ~= "head" then
+    return false
+  end
+  if not secs then return false end
+  local sock = ngx.req.socket(true)
+  if not sock then return close() end
+  if not sock:send(head) then return end
+  local filler = part == "head" and "X" or " "
+  for _ = 1, math.floor(secs * 10) do
+    ngx.sleep(0.1)
+    if not sock:send(filler) then return end
+  end
+  return ngx.exit(ngx.OK)
+end
+
 behaviours.echobody = function(ctx)
   return answer(ctx, ctx.body)
 end
