@@ -40,6 +40,19 @@ typedef enum { LMX_R_RUNNING, LMX_R_DONE, LMX_R_CLOSED } lmx_RState;
  * ends the ones it times out first, with its own message. */
 #define LMX_DUE_GRACE 0.05
 
+/* What only a stream (spec.stream) needs, malloc'd when it starts and freed when it is
+ * closed: kept out of lmx_Request, the common non-streamed request's userdata is some 360
+ * bytes smaller, which is less to clear and less for the collector, whose pace counts bytes. */
+typedef struct lmx_Stream {
+  lmx_SSE parser;
+  lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data, NUL} */
+  size_t evq_off;             /* read position in evq */
+  lmx_Buf scratch;            /* unescaped strings of the chunk fast path */
+  lmx_Buf extras, last_extras;  /* a chunk's members the fast path does not read, and those
+                                 of the last chunk Lua decoded fully (see fast_chunk) */
+  uint64_t stream_bytes;      /* bytes of the event stream */
+} lmx_Stream;
+
 struct lmx_Request {
   lmx_RState state;
   CURL *easy;                 /* owned while running; back to the Multi's free list after */
@@ -64,16 +77,10 @@ struct lmx_Request {
   int busy;                   /* result/pop* is reading r's buffers: a close() from a finalizer
                                  that runs meanwhile is deferred to their end (close_pending) */
   int close_pending;
-  lmx_SSE parser;
-  lmx_Buf evq;                /* queued events: {u32 data_len, u32 event_len, event, data, NUL} */
-  lmx_Buf scratch;            /* unescaped strings of the chunk fast path */
-  lmx_Buf extras, last_extras;  /* a chunk's members the fast path does not read, and those
-                                 of the last chunk Lua decoded fully (see fast_chunk) */
-  size_t evq_off;             /* read position in evq */
+  lmx_Stream *st;             /* a stream's parser and queue; NULL for other requests */
   double last_event;          /* monotonic time of the last real event (or of the start) */
   double due;                 /* monotonic time its timeout ends (spec.timeout), 0: none */
   long timeout_ms;
-  uint64_t stream_bytes;      /* bytes of the event stream */
   const char *why;            /* static message for a failure llmux itself caused */
   lmx_Buf body;               /* response body (for streams: only a non-event-stream body) */
   lmx_Buf head;               /* raw header lines of the last response only */

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include "llmux.h"
@@ -55,18 +56,18 @@ static void notify(lmx_Request *r) {
  * sentinel the JSON scanners stop on). Nonzero (stop) only when memory runs out; the queue is
  * then left as it was. */
 static int on_event(void *ud, const lmx_SSEEvent *ev) {
-  lmx_Request *r = ud;
+  lmx_Buf *q = &((lmx_Request *)ud)->st->evq;
   uint32_t h[2] = { (uint32_t)ev->data_len, (uint32_t)ev->event_len };
-  size_t n0 = r->evq.n;
+  size_t n0 = q->n;
   /* An event without data ("data:" alone, a named keep-alive) carries nothing: like a comment
    * it neither queues nor counts as activity for the stall timer. Only "error" may be empty. */
   if (ev->data_len == 0 && !(ev->event_len == 5 && memcmp(ev->event, "error", 5) == 0))
     return 0;
-  if (lmx_buf_append(&r->evq, h, sizeof h) != 0
-      || (ev->event_len && lmx_buf_append(&r->evq, ev->event, ev->event_len) != 0)
-      || (ev->data_len && lmx_buf_append(&r->evq, ev->data, ev->data_len) != 0)
-      || lmx_buf_append(&r->evq, "", 1) != 0) {
-    r->evq.n = n0;
+  if (lmx_buf_append(q, h, sizeof h) != 0
+      || (ev->event_len && lmx_buf_append(q, ev->event, ev->event_len) != 0)
+      || (ev->data_len && lmx_buf_append(q, ev->data, ev->data_len) != 0)
+      || lmx_buf_append(q, "", 1) != 0) {
+    q->n = n0;
     return 1;
   }
   return 0;
@@ -81,26 +82,27 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
   lmx_Request *r = ud;
   size_t n = size * nmemb;
   if (r->discard) return n;   /* see lmx_request_finish */
-  if (r->sse) {
+  if (r->sse) {   /* only a stream's answer is one: r->st is there */
+    lmx_Stream *st = r->st;
     /* busy: a pop is reading the queue and a finalizer stepped the Multi; appending could
      * move the bytes it reads. Hold the bytes back until it is done (guarded resumes). */
-    if (r->busy || r->evq.n - r->evq_off > EVQ_HIGH) {
+    if (r->busy || st->evq.n - st->evq_off > EVQ_HIGH) {
       r->paused = 1;
       return CURL_WRITEFUNC_PAUSE;   /* curl keeps these bytes and hands them back later */
     }
-    if (r->max_bytes && n > r->max_bytes - r->stream_bytes) {   /* stream_bytes <= max_bytes */
+    if (r->max_bytes && n > r->max_bytes - st->stream_bytes) {   /* stream_bytes <= max_bytes */
       r->toolarge = 1;
       return 0;
     }
-    size_t before = r->evq.n;
-    int st = lmx_sse_feed(&r->parser, p, n, NULL, on_event, r);
-    r->stream_bytes += n;
-    if (st != LMX_SSE_OK) {
-      if (st == LMX_SSE_TOOLARGE) r->toolarge = 1;
-      r->why = st == LMX_SSE_STOPPED ? "out of memory" : lmx_sse_error(&r->parser);
+    size_t before = st->evq.n;
+    int rc = lmx_sse_feed(&st->parser, p, n, NULL, on_event, r);
+    st->stream_bytes += n;
+    if (rc != LMX_SSE_OK) {
+      if (rc == LMX_SSE_TOOLARGE) r->toolarge = 1;
+      r->why = rc == LMX_SSE_STOPPED ? "out of memory" : lmx_sse_error(&st->parser);
       return 0;
     }
-    if (r->evq.n != before) {
+    if (st->evq.n != before) {
       r->last_event = lmx_now();
       notify(r);
     }
@@ -365,6 +367,11 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
     P->hdrs = r->hdrs;
   }
   struct curl_slist *hl = P->hdrs;
+  if (P->stream) {                  /* before the handle is taken: a raise leaks nothing */
+    if (!(r->st = malloc(sizeof *r->st))) luaL_error(L, "llmux.request: out of memory");
+    memset(r->st, 0, sizeof *r->st);
+    lmx_sse_init(&r->st->parser, (size_t)P->maxev);
+  }
   if (tplidx) {                     /* the Template's strings and list, read by curl */
     lua_pushvalue(L, tplidx);
     lua_setiuservalue(L, ri, 3);
@@ -404,7 +411,6 @@ static lmx_Request *start(lua_State *L, lmx_Multi *m, int mindex, lmx_Request *r
   r->max_bytes = (size_t)P->maxb;
   r->stream = P->stream;
   r->want = P->stream;
-  lmx_sse_init(&r->parser, (size_t)P->maxev);
   r->last_event = lmx_now();
   /* every option a previous transfer may have set is set again (pooled handles keep them),
    * except those of a Template when the handle's last transfer was of the same one: its own
@@ -610,7 +616,7 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   r->hdrs = NULL;
   curl_mime_free(r->mime);   /* after the handle let go of it (release resets a dirty one) */
   r->mime = NULL;
-  lmx_sse_free(&r->parser);   /* no more bytes will come; queued events stay */
+  if (r->st) lmx_sse_free(&r->st->parser);   /* no more bytes will come; queued events stay */
   m->running--;
   r->state = LMX_R_DONE;
   lmx_multi_enqueue(m, r);
@@ -626,7 +632,7 @@ void lmx_request_orphan(lmx_Request *r) {
   r->hdrs = NULL;
   curl_mime_free(r->mime);
   r->mime = NULL;
-  lmx_sse_free(&r->parser);
+  if (r->st) lmx_sse_free(&r->st->parser);
   r->multi->running--;
   r->state = LMX_R_DONE;
 }
@@ -643,6 +649,19 @@ static int request_cancel(lua_State *L) {
   return 0;
 }
 
+/* Frees r's stream state (none: a no-op); the transfer no longer writes to it. */
+static void free_stream(lmx_Request *r) {
+  lmx_Stream *st = r->st;
+  if (!st) return;
+  lmx_buf_free(&st->evq);
+  lmx_buf_free(&st->scratch);
+  lmx_buf_free(&st->extras);
+  lmx_buf_free(&st->last_extras);
+  lmx_sse_free(&st->parser);
+  free(st);
+  r->st = NULL;
+}
+
 /* r:close() / __gc / __close: cancels if running, leaves the Multi, frees buffers.
  * Idempotent. In __gc a running request's Multi is garbage too (it held the request), but its
  * memory is intact until every finalizer of the cycle ran, and its own __gc clears r->multi. */
@@ -652,6 +671,7 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
   if (r->state == LMX_R_CLOSED) {   /* never started: a raise left its list behind */
     curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
+    free_stream(r);
     return;
   }
   lmx_Multi *m = r->multi;
@@ -668,11 +688,7 @@ static void close_request(lua_State *L, int ri, lmx_Request *r) {
   }
   lmx_buf_free(&r->body);
   lmx_buf_free(&r->head);
-  lmx_buf_free(&r->evq);
-  lmx_buf_free(&r->scratch);
-  lmx_buf_free(&r->extras);
-  lmx_buf_free(&r->last_extras);
-  lmx_sse_free(&r->parser);
+  free_stream(r);
   r->state = LMX_R_CLOSED;
   lua_pushnil(L);
   lua_setiuservalue(L, ri, 1);
@@ -905,7 +921,7 @@ static int request_head(lua_State *L) {
 /* Resumes a paused stream once Lua has drained its queue below the low mark. curl may hand
  * back the bytes it kept right here, through the write callback (which only queues). */
 static void maybe_resume(lmx_Request *r) {
-  if (r->paused && r->state == LMX_R_RUNNING && r->evq.n - r->evq_off < EVQ_LOW) {
+  if (r->paused && r->state == LMX_R_RUNNING && r->st->evq.n - r->st->evq_off < EVQ_LOW) {
     r->paused = 0;
     r->last_event = lmx_now();   /* the time spent paused was the reader's, not the server's */
     CURLcode rc = curl_easy_pause(r->easy, CURLPAUSE_CONT);
@@ -915,37 +931,41 @@ static void maybe_resume(lmx_Request *r) {
   }
 }
 
-/* The oldest queued event: *data (NUL-terminated), *dl, *ev, *el. 0 when the queue is empty:
- * then it is reset and the notification armed (the next header block, event or end of the
- * transfer queues r in its Multi again). */
+/* The oldest queued event: *data (NUL-terminated), *dl, *ev, *el. 0 when the queue is empty
+ * (always, for a request that is no stream): then it is reset and the notification armed (the
+ * next header block, event or end of the transfer queues r in its Multi again). */
 static int peek_event(lmx_Request *r, const char **data, uint32_t *dl, const char **ev,
                       uint32_t *el) {
-  if (r->evq_off >= r->evq.n) {
-    r->evq_off = 0;
-    if (r->evq.cap > EVQ_LOW) lmx_buf_free(&r->evq); else lmx_buf_reset(&r->evq);
+  lmx_Stream *st = r->st;
+  if (!st || st->evq_off >= st->evq.n) {
+    if (st) {
+      st->evq_off = 0;
+      if (st->evq.cap > EVQ_LOW) lmx_buf_free(&st->evq); else lmx_buf_reset(&st->evq);
+    }
     r->want = 1;
     maybe_resume(r);
     return 0;
   }
   uint32_t h[2];
-  memcpy(h, r->evq.p + r->evq_off, sizeof h);
+  memcpy(h, st->evq.p + st->evq_off, sizeof h);
   *dl = h[0];
   *el = h[1];
-  *ev = r->evq.p + r->evq_off + sizeof h;
+  *ev = st->evq.p + st->evq_off + sizeof h;
   *data = *ev + h[1];
   return 1;
 }
 
 /* Drops the event peek_event returned (its bytes must not be used after). */
 static void drop_event(lmx_Request *r, uint32_t dl, uint32_t el) {
-  r->evq_off += 2 * sizeof(uint32_t) + dl + el + 1;
-  if (r->evq_off == r->evq.n) {
-    r->evq_off = 0;
-    lmx_buf_reset(&r->evq);
-  } else if (r->evq_off > EVQ_LOW && r->evq_off * 2 > r->evq.n) {
-    memmove(r->evq.p, r->evq.p + r->evq_off, r->evq.n - r->evq_off);
-    r->evq.n -= r->evq_off;
-    r->evq_off = 0;
+  lmx_Stream *st = r->st;
+  st->evq_off += 2 * sizeof(uint32_t) + dl + el + 1;
+  if (st->evq_off == st->evq.n) {
+    st->evq_off = 0;
+    lmx_buf_reset(&st->evq);
+  } else if (st->evq_off > EVQ_LOW && st->evq_off * 2 > st->evq.n) {
+    memmove(st->evq.p, st->evq.p + st->evq_off, st->evq.n - st->evq_off);
+    st->evq.n -= st->evq_off;
+    st->evq_off = 0;
   }
   maybe_resume(r);
 }
@@ -969,7 +989,7 @@ static int request_pop_body(lua_State *L) {
   const char *data, *ev;
   uint32_t dl, el;
   if (!peek_event(r, &data, &dl, &ev, &el)) return 0;
-  lmx_buf_reset(&r->last_extras);
+  lmx_buf_reset(&r->st->last_extras);
   return push_whole(L, r, data, dl, ev, el);
 }
 
@@ -984,10 +1004,11 @@ static void pushspan(lua_State *L, const char *p, size_t n) {
  * chunk Lua decoded fully, whose values Lua keeps); 2 when it is that shape but brings new
  * extras; 0 when it is not that shape. */
 static int fast_chunk(lmx_Request *r, const char *data, uint32_t dl, lmx_JChunk *c) {
-  if (!lmx_json_chunk(data, dl, &r->scratch, &r->extras, c)) return 0;
-  if (r->extras.n == 0) return 1;
-  return r->extras.n == r->last_extras.n
-    && memcmp(r->extras.p, r->last_extras.p, r->extras.n) == 0 ? 1 : 2;
+  lmx_Stream *st = r->st;
+  if (!lmx_json_chunk(data, dl, &st->scratch, &st->extras, c)) return 0;
+  if (st->extras.n == 0) return 1;
+  return st->extras.n == st->last_extras.n
+    && memcmp(st->extras.p, st->last_extras.p, st->extras.n) == 0 ? 1 : 2;
 }
 
 /* r:pop_text() -> text | nothing: pops the oldest event only when it is the simple chunk
@@ -1037,11 +1058,11 @@ static int request_pop_delta_body(lua_State *L) {
   /* Lua decodes this one: its extras are the last ones Lua has seen, or (not the simple
    * shape, extras unread) none are known, so the next chunk with any goes the full way too */
   if (fast == 2) {
-    lmx_Buf t = r->last_extras;
-    r->last_extras = r->extras;
-    r->extras = t;
+    lmx_Buf t = r->st->last_extras;
+    r->st->last_extras = r->st->extras;
+    r->st->extras = t;
   } else {
-    lmx_buf_reset(&r->last_extras);
+    lmx_buf_reset(&r->st->last_extras);
   }
   lua_pushboolean(L, 0);
   return 1 + push_whole(L, r, data, dl, ev, el);
@@ -1059,9 +1080,10 @@ static int request_idle(lua_State *L) {
 /* r:stream_stats() -> events, comments, bytes, paused: what the event stream carried */
 static int request_stream_stats(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
-  lua_pushinteger(L, (lua_Integer)r->parser.dispatched);
-  lua_pushinteger(L, (lua_Integer)r->parser.comments);
-  lua_pushinteger(L, (lua_Integer)r->stream_bytes);
+  const lmx_Stream *st = r->st;
+  lua_pushinteger(L, st ? (lua_Integer)st->parser.dispatched : 0);
+  lua_pushinteger(L, st ? (lua_Integer)st->parser.comments : 0);
+  lua_pushinteger(L, st ? (lua_Integer)st->stream_bytes : 0);
   lua_pushboolean(L, r->paused);
   return 4;
 }
