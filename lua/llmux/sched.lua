@@ -246,31 +246,6 @@ local function finish(task, ok, value)
 end
 
 local resuming = 0   -- task resumes in progress: run() inside one waits for its own fn only
-local function resume(task, v)
-  -- only a task suspended by a yield is resumed: a stale wake-up finds it running (blocked
-  -- where it cannot yield, driving the loop) or ended
-  local state = task.state
-  if state ~= "waiting" and state ~= "ready" then return end
-  task.state = "running"
-  resuming = resuming + 1
-  -- What the resume returned, classified without a table (this runs once per wake-up). A
-  -- task's function returns DONE once it stored its results (see spawn) and a failed resume
-  -- means the coroutine died, so no coroutine.status call is needed (it costs a third of a
-  -- resume).
-  local ok, a = co_resume(task.co, v)
-  if a == WAIT and ok then   -- the common case first
-    task.state = "waiting"
-  elseif not ok then
-    finish(task, false, a)
-  elseif a == DONE then
-    finish(task, true)
-  else
-    -- a plain coroutine.yield() inside a task: a cooperative yield, run again next turn
-    task.state = "ready"
-    push_ready(task, nil)
-  end
-  resuming = resuming - 1
-end
 
 -- Re-entrant: a task that blocks where it cannot yield (or a plain coroutine inside a task)
 -- drives the loop from inside a resume, so run_ready can run inside run_ready. The ring is
@@ -284,7 +259,30 @@ local function run_ready()
     local task, v = rq[h], rq[h + 1]
     rq[h], rq[h + 1] = nil, nil
     rq_head = h + 2
-    resume(task, v)
+    -- The resume, written here rather than as a function (this runs once per wake-up). Only
+    -- a task suspended by a yield is resumed: a stale wake-up finds it running (blocked where
+    -- it cannot yield, driving the loop) or ended.
+    local state = task.state
+    if state == "waiting" or state == "ready" then
+      task.state = "running"
+      resuming = resuming + 1
+      -- What the resume returned, classified without a table. A task's function returns
+      -- DONE once it stored its results (see spawn) and a failed resume means the coroutine
+      -- died, so no coroutine.status call is needed (it costs a third of a resume).
+      local ok, a = co_resume(task.co, v)
+      if a == WAIT and ok then   -- the common case first
+        task.state = "waiting"
+      elseif not ok then
+        finish(task, false, a)
+      elseif a == DONE then
+        finish(task, true)
+      else
+        -- a plain coroutine.yield() inside a task: a cooperative yield, run again next turn
+        task.state = "ready"
+        push_ready(task, nil)
+      end
+      resuming = resuming - 1
+    end
   end
   ready_depth = ready_depth - 1
   if ready_depth == 0 and rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
@@ -347,7 +345,12 @@ local function drain(m)
     local w = waiting[req]
     if w then
       waiting[req] = nil
-      wake(w, req)
+      if w.co then   -- a Task: wake(w, req), inline (this runs once per request)
+        rq_tail = rq_tail + 2
+        rq[rq_tail - 1], rq[rq_tail] = w, req
+      else
+        wake(w, req)
+      end
     end
     req = next_req(m)
   end
