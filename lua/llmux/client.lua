@@ -403,8 +403,13 @@ end
 -- header block: a provider may echo it in a header of its answer.
 local function make_info(call, res, body)
   res.body = nil
-  local hide = key_of(call)
-  if hide then res.head = errors.scrub(res.head, hide) end
+  local hide, head = key_of(call), res.head
+  -- plain searches first: a header block with no backslash (an escaped spelling) and without
+  -- the key, as nearly every one is, needs no scrub (a call per request otherwise)
+  if hide and (type(hide) ~= "string" or find(head, hide, 1, true) or find(head, "\\", 1, true))
+  then
+    res.head = errors.scrub(head, hide)
+  end
   res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.shown
   if body then res.usage, res.model = body.usage, body.model end
   return setmetatable(res, Info)

@@ -371,11 +371,12 @@ function M.scrub(v, secret)
   if not secret or secret == "" then return v end
   local tv = type(v)
   if tv == "string" then
-    local out, i = {}, 1
-    if not find(v, "\\", 1, true) then
+    local out, i = nil, 1   -- out made at the first match: most strings (every answer's
+    if not find(v, "\\", 1, true) then   -- header block, see make_info) have none
       while true do
         local a, b = find(v, secret, i, true)
         if not a then break end
+        out = out or {}
         out[#out + 1] = sub(v, i, a - 1) .. "[redacted]"
         i = b + 1
       end
@@ -388,6 +389,7 @@ function M.scrub(v, secret)
         if not a then break end
         local b = spelled(v, a, secret)
         if b then
+          out = out or {}
           out[#out + 1] = sub(v, i, a - 1) .. "[redacted]"
           i = b + 1
         end
