@@ -908,10 +908,12 @@ static int request_result(lua_State *L) {
 }
 
 /* r:head() -> status, raw header block, sse | nothing while the headers are not all in.
- * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). */
+ * sse: the body goes to the event parser (a stream's 2xx text/event-stream answer). A stream
+ * whose headers never ended (its transfer failed first: a timeout, a reset) has none, even
+ * done: its status line alone would open a Stream on a failed transfer. */
 static int request_head(lua_State *L) {
   lmx_Request *r = checkrequest(L, 1);
-  if (!r->hdr_done && r->state != LMX_R_DONE) return 0;
+  if (!r->hdr_done && (r->stream || r->state != LMX_R_DONE)) return 0;
   lua_pushinteger(L, r->status);
   lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.n);
   lua_pushboolean(L, r->sse);
