@@ -105,6 +105,12 @@ describe("streaming chat", function()
     assert.is_nil(ch.message.content)
   end)
 
+  it("chat_stream says where on_delta belongs", function()
+    assert.has_error(function() c:chat_stream(body("m"), { on_delta = print }) end,
+      "llmux.Client:chat_stream: unknown option 'on_delta' (c:chat{..., stream = true} takes "
+      .. "it; a Stream's deltas() hands out the same text)")
+  end)
+
   it("chat with stream = true calls on_delta and returns the assembled answer", function()
     local seen = {}
     local res, info = c:chat(body("m", "on delta", { stream = true }), {

@@ -75,7 +75,11 @@ local function misuse(msg) errors.raise_outside(SOURCE, msg) end
 local function check_options(opts, where)
   for k, v in pairs(opts) do
     local check = OPTIONS[k]
-    if not check then misuse(format("%s: unknown option '%s'", where, tostring(k))) end
+    if not check then
+      misuse(format("%s: unknown option '%s'%s", where, tostring(k), k == "on_delta"
+        and " (c:chat{..., stream = true} takes it; a Stream's deltas() hands out the same text)"
+        or ""))
+    end
     local want = check(v)
     if want then misuse(format("%s: option '%s' must be %s", where, k, want)) end
   end
