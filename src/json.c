@@ -316,8 +316,9 @@ static int parse_number(Parser *P) {
     p++;
     if (*p == '+' || *p == '-') eneg = *p == '-', p++;
     if (!isdig(*p)) return fail(P, E_CHAR, p);
-    do {
+    do {   /* a longer exponent saturates: strtod reads the text itself (big) */
       if (ex < 100000) ex = ex * 10 + (*p - '0');
+      else big = 1;
       p++;
     } while (isdig(*p));
     if (eneg) ex = -ex;

@@ -211,6 +211,10 @@ describe("json_decode errors", function()
     { "1e400", "number out of range at byte 1" },
     { "[-1e400]", "number out of range at byte 2" },
     { "1" .. string.rep("0", 400), "number out of range at byte 1" },
+    -- an exponent past six digits stops growing: strtod reads it then, or a fraction's
+    -- 100000 leading zeros cancelled the cut exponent and 10^900000 read as 1
+    { "0." .. string.rep("0", 99999) .. "1e1000000", "number out of range at byte 1" },
+    { "[0." .. string.rep("0", 99999) .. "15E+1000000]", "number out of range at byte 2" },
     { "tru", "unexpected end of input at byte 4" },
     { "trUe", "unexpected character 'U' at byte 3" },
     { "True", "unexpected character 'T' at byte 1" },
