@@ -911,7 +911,8 @@ static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
     *n = (size_t)(S->p - q - 2);
     return 0;
   }
-  if (KEY(k, "created")) return scan_number(S, &c->created);
+  /* a fraction or a negative one (-1 stands for none) goes the full way, which keeps it */
+  if (KEY(k, "created")) return scan_number(S, &c->created) < 0 || c->created < 0 ? -1 : 0;
   if (KEY(k, "usage") || KEY(k, "error")) return is_null(S) ? 0 : -1;
   /* OpenAI's obfuscation is random padding, different in every chunk: nothing to keep */
   if (KEY(k, "object") || KEY(k, "obfuscation")) return scan_value(S, 2);

@@ -1049,8 +1049,8 @@ static int request_pop_delta_body(lua_State *L) {
     lua_pushboolean(L, 1);
     pushspan(L, c.text.p, c.text.n);
     pushspan(L, c.finish.p, c.finish.n);
-    if (ids) {
-      pushspan(L, c.id, c.id_len);
+    if (ids) {   /* an empty id is "" (Azure's first chunks), an absent one nil, as decoded */
+      if (c.id) lua_pushlstring(L, c.id, c.id_len); else lua_pushnil(L);
       pushspan(L, c.model, c.model_len);
       if (c.created >= 0) lua_pushinteger(L, (lua_Integer)c.created); else lua_pushnil(L);
     }

@@ -84,6 +84,9 @@ describe("json_chunk", function()
         .. '"finish_reason":null}]}',
       '{"ch\\u006fices":[{"index":0,"delta":{"content":"x"}}]}',
       '{"created":1e9,"choices":[{"index":0,"delta":{"content":"x"}}]}',
+      -- a created that is no count of seconds: the full decoder keeps it as it came
+      '{"created":1.5,"choices":[{"index":0,"delta":{"content":"x"}}]}',
+      '{"created":-2,"choices":[{"index":0,"delta":{"content":"x"}}]}',
       '[1]', '"s"', "", "{", c('{"content":"x"}') .. "x", c('{"content":"x\1"}'),
       c('{"content":"\\q"}'),
       -- a lone surrogate (half of a pair a gateway split across events): stream.lua rejoins
@@ -116,7 +119,7 @@ describe("json_chunk", function()
         elseif r == 2 then s = s:sub(1, p - 1) .. ch .. s:sub(p)
         else s = s:sub(1, p - 1) .. ch .. s:sub(p + 1) end
       end
-      local ok, text, finish, id, model = chunk(s)
+      local ok, text, finish, id, model, created = chunk(s)
       if ok then
         simple = simple + 1
         local v = decode(s)
@@ -127,6 +130,7 @@ describe("json_chunk", function()
         assert.equals(ch0.finish_reason, finish, s)
         assert.equals(v.id, id, s)
         assert.equals(v.model, model, s)
+        assert.equals(v.created, created, s)
         -- simple without extras given: the chunk has nothing else the fast path would drop
         assert.equals(0, unknown_keys(v) + unknown_keys(ch0), s)
         checked = checked + 1

@@ -449,6 +449,37 @@ describe("provider variations", function()
     assert.equals("Anthropic", res.provider)
   end)
 
+  -- deltas() reads these chunks in C (req:pop_delta), chunks() decodes them: id and created
+  -- must come out the same, as absorb takes them (the id chunk's created, else the first)
+  it("takes id and created as chunks() does whichever reader: no id, id \"\", created late",
+    function()
+    local function ev(id, created, finish)
+      return ('data: {%s%s"model":"m","choices":[{"index":0,"delta":{"content":"a"},'
+        .. '"finish_reason":%s}]}\n\n'):format(id and ('"id":"%s",'):format(id) or "",
+        created and ('"created":%s,'):format(created) or "", finish or "null")
+    end
+    local cases = {
+      { { ev(nil, 1700), ev(nil, 1701, '"stop"') }, nil, 1701 },   -- a server without ids
+      { { ev("", 1700), ev("", 1700, '"stop"') }, "", 1700 },
+      { { ev("x"), ev("x", 5), ev("x", 6, '"stop"') }, "x", 5 },   -- created only later
+      { { ev("x", 1.5), ev("x", 5, '"stop"') }, "x", 1.5 },        -- no integer: kept as sent
+      { { ev("x", -2), ev("x", 5, '"stop"') }, "x", -2 },
+    }
+    for i, case in ipairs(cases) do
+      local writes = { table.unpack(case[1]) }
+      writes[#writes + 1] = "data: [DONE]\n\n"
+      for _, reader in ipairs{ "deltas", "chunks" } do
+        local s = assert(c:chat_stream(body("replay", "x", { mock_writes = writes })))
+        for _ in s[reader](s) do end
+        local res = assert(s:result())
+        assert.equals(case[2], res.id, i .. " " .. reader)
+        assert.equals(case[3], res.created, i .. " " .. reader)
+        assert.equals(math.type(case[3]), math.type(res.created), i .. " " .. reader)
+        assert.equals(#case[1] == 3 and "aaa" or "aa", res.choices[1].message.content)
+      end
+    end
+  end)
+
   it("merges other delta members as deltas: audio, function_call, annotations, "
     .. "reasoning_details", function()
     local res = assert(c:chat(body("fixture:deltamore", "x", { stream = true })))

@@ -721,13 +721,15 @@ local function advance(s, block, fast)
     local req = s.req
     local ok, data, event, id, model, created
     if fast then
-      -- the id as absorb takes it (Azure's first chunk has id "" and model ""), the model
-      -- until one came
+      -- id, created and model as absorb takes them (Azure's first chunk has id "" and model
+      -- ""; some servers send no id, or created only later), asked for until they came
       local no_id = s.id == nil or s.id == ""
-      ok, data, event, id, model, created = pop_delta(req, no_id or not s.model)
+      ok, data, event, id, model, created =
+        pop_delta(req, no_id or not s.model or not s.created)
       if ok then   -- the hot path of deltas(): on_fast inlined
         s.events = s.events + 1
-        if id and no_id then s.id, s.created = id, created or s.created end
+        if no_id then s.id, s.created = id, created or s.created
+        elseif not s.created then s.created = created end
         if model and model ~= "" and not s.model then s.model = model end
         -- a fast chunk is choice 0, even one without text or finish (the role chunk): it
         -- counts as a choice, as absorb counts it when chunks() reads the same event
@@ -822,12 +824,12 @@ end
 -- common chunk shape is read in C without building its table (chunks() gives the tables).
 function Stream:deltas()
   local s = self
+  local c   -- choice 0, once ttft, id, model and created are known (none changes after)
   return function()
     -- the bulk of a stream (text, no finish) without a call into advance; the first text
-    -- (choice 0 and ttft not yet set up), chunks while the id or model is not known (pop_text
-    -- reads neither) and everything else go the general way
-    local c = s.c0
-    if c and s.ttft and s.model and s.id and s.id ~= "" and not s.over and not s.held then
+    -- (choice 0 and ttft not yet set up), chunks while the id, model or created is not known
+    -- (pop_text reads none of them) and everything else go the general way
+    if c and not s.over and not s.held then
       local text = pop_text(s.req)
       if text then
         s.events = s.events + 1
@@ -839,6 +841,7 @@ function Stream:deltas()
     end
     while true do
       local text = advance(self, true, true)
+      if not c and s.ttft and s.model and s.created and s.id and s.id ~= "" then c = s.c0 end
       if text then return text end
       if text == nil then return nil end
     end

@@ -15,10 +15,10 @@
  * fail alike.
  *
  * The chat-chunk fast path (lmx_json_chunk) reads the same input too: whenever it calls it a
- * simple chunk, json_decode must have accepted it, with the same content and finish_reason,
- * and it must report extras whenever the decoded chunk or its choice has members the fast
- * path does not read (without an extras buffer such a chunk is never simple): nothing a fast
- * chunk carries goes unnoticed.
+ * simple chunk, json_decode must have accepted it, with the same content, finish_reason, id,
+ * model and created, and it must report extras whenever the decoded chunk or its choice has
+ * members the fast path does not read (without an extras buffer such a chunk is never
+ * simple): nothing a fast chunk carries goes unnoticed.
  *
  * Every decoded tree then goes through core.json_encode (src/json_encode.c): it must encode,
  * the text must decode again, and encoding that gives text of the same length (the same keys
@@ -109,6 +109,15 @@ static int decoded_extras(int idx) {
   return n;
 }
 
+/* The member key of the table at idx is the string s[0..n), or absent when s is NULL. */
+static void check_span(int idx, const char *key, const char *s, size_t n) {
+  size_t vn;
+  lua_getfield(L, idx, key);
+  const char *v = lua_tolstring(L, -1, &vn);
+  if (s ? (!v || vn != n || memcmp(v, s, n) != 0) : !lua_isnil(L, -1)) abort();
+  lua_pop(L, 1);
+}
+
 /* Compares the fast path's view of the input with json_decode's value at idx. */
 static void check_chunk(const uint8_t *data, size_t size, int idx) {
   char *s = malloc(size + 1);
@@ -132,6 +141,13 @@ static void check_chunk(const uint8_t *data, size_t size, int idx) {
     if (c.finish.p ? (!v || n != c.finish.n || memcmp(v, c.finish.p, n) != 0) : v != NULL)
       abort();
     lua_pop(L, 3);
+    check_span(idx, "id", c.id, c.id_len);
+    check_span(idx, "model", c.model, c.model_len);
+    lua_getfield(L, idx, "created");
+    if (c.created >= 0 ? !lua_isinteger(L, -1) || lua_tointeger(L, -1) != c.created
+                       : !lua_isnil(L, -1))
+      abort();
+    lua_pop(L, 1);
     if (decoded_extras(idx) != 0) abort();   /* simple without an extras buffer: none */
   }
   lmx_JChunk c2;
