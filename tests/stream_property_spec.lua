@@ -1162,3 +1162,116 @@ describe("streamed chat assembly (property)", function()
       concat(failed, "\n")))
   end)
 end)
+
+-- The C fast path (req:pop_delta, pop_text) against the full decoder: random events of the
+-- common chunk shape and its neighbours (members left out, reordered, null or empty, an empty
+-- id or model, a created that is no integer, extras, escapes, blanks) must assemble the same
+-- result() and hand out the same text through deltas() and read() (C) as through chunks()
+-- (every event decoded in Lua).
+describe("the chunk fast path (property)", function()
+  local r = seeded.rng(SEED + 1)
+  local function pick(t) return t[r(#t) + 1] end
+  local function ws() return pick{ "", "", "", " ", "\n", "\t " } end
+  local PIECES = { "a", "\u{E9}", "\\n", '\\"', "\\u00e9", "\\ud83d\\ude00", "\\u0000", "\\/",
+    "x y", "\\\\", "\u{1F600}" }
+  local function str()
+    local t = {}
+    for i = 1, r(5) do t[i] = pick(PIECES) end
+    return '"' .. concat(t) .. '"'
+  end
+  local function val()
+    return pick{ str(), pick{ "0", "1", "1.5", "-2", "1e3" }, "null", "true", "[]", "{}",
+      '{"a":' .. str() .. "}" }
+  end
+  local function obj(members)   -- members: { key, JSON text } in a random order
+    for i = #members, 2, -1 do
+      local j = r(i) + 1
+      members[i], members[j] = members[j], members[i]
+    end
+    local t = {}
+    for i, m in ipairs(members) do
+      t[i] = ws() .. '"' .. m[1] .. '"' .. ws() .. ":" .. ws() .. m[2] .. ws()
+    end
+    return "{" .. concat(t, ",") .. "}"
+  end
+  local function event(last)
+    local delta, choice, top = {}, {}, {}
+    local function maybe(t, k, v, odds) if r(odds) == 0 then t[#t + 1] = { k, v } end end
+    maybe(delta, "content", r(8) == 0 and "null" or str(), 1)
+    maybe(delta, "role", '"assistant"', 5)
+    maybe(delta, "tool_calls", "[ ]", 6)
+    maybe(delta, pick{ "refusal", "reasoning" }, r(2) == 0 and "null" or str(), 8)
+    if r(6) > 0 then choice[#choice + 1] = { "index", "0" } end
+    if r(8) > 0 then choice[#choice + 1] = { "delta", obj(delta) } end
+    if last then
+      choice[#choice + 1] = { "finish_reason", '"stop"' }
+    else
+      maybe(choice, "finish_reason", r(4) > 0 and "null" or '""', 2)
+    end
+    maybe(choice, "logprobs", "null", 6)
+    maybe(choice, pick{ "native_finish_reason", "text", "x_c" }, val(), 8)
+    if r(5) > 0 then top[#top + 1] = { "id", pick{ '"chatcmpl-1"', '"chatcmpl-1"', '""' } } end
+    if r(5) > 0 then top[#top + 1] = { "created", pick{ "1700000000", "1700000001", "1.5" } } end
+    if r(5) > 0 then top[#top + 1] = { "model", pick{ '"m"', '""', '"m2"' } } end
+    maybe(top, "object", '"chat.completion.chunk"', 2)
+    maybe(top, pick{ "usage", "obfuscation", "system_fingerprint", "provider" },
+      pick{ "null", '"fp"', val() }, 4)
+    top[#top + 1] = { "choices", "[" .. obj(choice) .. "]" }
+    return "data: " .. obj(top) .. "\n\n"
+  end
+
+  local function same(a, b, path)
+    if type(a) ~= type(b) or math.type(a) ~= math.type(b) then
+      return path .. ": " .. show(a) .. " vs " .. show(b)
+    end
+    if type(a) ~= "table" then return a ~= b and path .. ": " .. show(a) .. " vs " .. show(b) end
+    if getmetatable(a) ~= getmetatable(b) then return path .. ": metatables differ" end
+    for k, v in pairs(a) do
+      local why = same(v, b[k], path .. "." .. tostring(k))
+      if why then return why end
+    end
+    for k in pairs(b) do if a[k] == nil then return path .. "." .. tostring(k) .. ": extra" end end
+    return nil
+  end
+
+  local function read_all(writes, how)
+    local s = assert(bed.c:chat_stream{ model = "replay", mock_writes = writes,
+      messages = { { role = "user", content = "x" } } })
+    local out = {}
+    if how == "chunks" then
+      for chunk in s:chunks() do
+        local c = chunk.choices and chunk.choices[1]
+        local t = c and c.delta and c.delta.content
+        if type(t) == "string" and t ~= "" then out[#out + 1] = t end
+      end
+    elseif how == "deltas" then
+      for t in s:deltas() do out[#out + 1] = t end
+    else
+      for t in s.read, s do   -- a frame loop: "" until more came
+        out[#out + 1] = t
+        llmux.step(0.001)
+      end
+    end
+    return { (s:result()) }, concat(out)
+  end
+
+  it("agrees with the full decoder on 150 random streams", function()
+    local failed = {}
+    for k = 1, 150 do
+      local writes = {}
+      local n = r(6) + 1
+      for j = 1, n do writes[j] = event(j == n) end
+      writes[n + 1] = "data: [DONE]\n\n"
+      local want, want_text = read_all(writes, "chunks")
+      for _, how in ipairs{ "deltas", "read" } do
+        local got, text = read_all(writes, how)
+        local why = same(want, got, "result()")
+          or text ~= want_text and ("text %s vs %s"):format(show(want_text), show(text))
+        if why and #failed < 3 then
+          failed[#failed + 1] = ("stream %d, %s: %s\n%s"):format(k, how, why, concat(writes))
+        end
+      end
+    end
+    assert(#failed == 0, concat(failed, "\n"))
+  end)
+end)
