@@ -234,6 +234,129 @@ describe("json_encode round trips", function()
   end)
 end)
 
+-- The edges, with the value decode(encode(v)) must give worked out from v by what README
+-- says is lost: null members dropped, integral floats as integers (-0.0 too), an empty table
+-- {} and a marked or empty array [] (decoded with the mark), an array's holes null, the keys
+-- of a mixed table strings. Any double (random bits, subnormals, 17 digits), any integer,
+-- strings of any bytes (invalid UTF-8, WTF-8 surrogates, long ones). Where cjson 2.1.0 can
+-- encode v without loss (no floats, integers below 1e14), decoding its text gives the same.
+describe("json_encode round trips at the edges", function()
+  local mtype, tointeger = math.type, math.tointeger
+  local r = math.random
+  local DOUBLES = { 0.0, -0.0, 5e-324, -5e-324, 2.2250738585072009e-308, 1e308, -1e308,
+    1.7976931348623157e308, 0.1 + 0.2, 1 / 3, 2^53, 2^53 + 2, 2^63, -2^63, 2^64, 1e21, 1e23,
+    9007199254740993.0, 123456789.123456789, 5e-310 }
+  local INTS = { 0, -1, math.maxinteger, math.mininteger, math.mininteger + 1, 2^53 // 1,
+    (2^53 // 1) + 1, 100000000000000, 999999999999999 }
+  local BYTES = { "\237\160\189", "\237\184\128", "\192\128", "\244\144\128\128", "\255",
+    "\0", '"', "\\", "/", "\127", "\u{1F600}", "x" }
+
+  local function double()   -- a listed one, any bits, or a subnormal
+    local k = r(3)
+    if k == 1 then return DOUBLES[r(#DOUBLES)] end
+    local bits = k == 2 and r(math.mininteger, math.maxinteger) or r(0, 1 << 52)
+    local d = string.unpack("d", string.pack("i8", bits))
+    if d ~= d or d == math.huge or d == -math.huge then return 0.5 end
+    return d
+  end
+  local function str()
+    local t = {}
+    if r(8) == 1 then return ("xyz"):rep(r(0, 3000)) .. string.char(r(0, 255)) end
+    for i = 1, r(0, 10) do t[i] = r(2) == 1 and BYTES[r(#BYTES)] or string.char(r(0, 255)) end
+    return table.concat(t)
+  end
+  local gen
+  function gen(depth)
+    local k = r(depth > 4 and 6 or 10)
+    if k == 1 then return INTS[r(#INTS)] end
+    if k == 2 then return r(math.mininteger, math.maxinteger) end
+    if k == 3 then return double() end
+    if k == 4 then return str() end
+    if k == 5 then return ({ true, false, null })[r(3)] end
+    if k == 6 then return ({ {}, json.array(), json.empty_array })[r(3)] end
+    local t = {}
+    if k == 7 then   -- an array, maybe with a hole, maybe marked
+      local n = r(1, 6)
+      for i = 1, n do t[i] = gen(depth + 1) end
+      if n > 2 and r(4) == 1 then t[r(1, n - 1)] = nil end
+      return r(4) == 1 and json.array(t) or t
+    end
+    for _ = 1, r(1, 5) do t[str() .. "k"] = gen(depth + 1) end
+    if k == 9 then t[r(-3, 3)] = gen(depth + 1) end   -- a number key in an object
+    if k == 10 then t[r() * 10] = gen(depth + 1) end
+    return t
+  end
+
+  local function expect(v, in_array)
+    if v == null then return in_array and null or nil end
+    if v == json.empty_array then return json.array() end
+    if mtype(v) == "float" then return tointeger(v) or v end
+    if type(v) ~= "table" then return v end
+    local max, count, array = 0, 0, true
+    for k in pairs(v) do
+      count = count + 1
+      if mtype(k) == "integer" and k >= 1 then max = math.max(max, k) else array = false end
+    end
+    local out = {}
+    if array and (count > 0 or getmetatable(v) == json.array_mt) then
+      for i = 1, max do out[i] = expect(v[i] == nil and null or v[i], true) end
+      return max == 0 and json.array(out) or out
+    end
+    for k, x in pairs(v) do
+      out[type(k) == "string" and k or mtype(k) == "integer" and ("%d"):format(k) or encode(k)]
+        = expect(x, false)
+    end
+    return out
+  end
+
+  local function same(a, b, path)
+    if type(a) ~= type(b) or mtype(a) ~= mtype(b) then
+      return ("%s: %s vs %s"):format(path, mtype(a) or type(a), mtype(b) or type(b))
+    end
+    if type(a) ~= "table" then
+      return a ~= b and ("%s: %q vs %q"):format(path, tostring(a), tostring(b)) or nil
+    end
+    if getmetatable(a) ~= getmetatable(b) then return path .. ": the array mark differs" end
+    for k, x in pairs(a) do
+      local why = same(x, b[k], path .. "." .. tostring(k))
+      if why then return why end
+    end
+    for k in pairs(b) do if a[k] == nil then return path .. "." .. tostring(k) .. ": extra" end end
+    return nil
+  end
+
+  local function cjson_can(v)
+    if mtype(v) then return mtype(v) == "integer" and v > -1e14 and v < 1e14 end
+    if type(v) ~= "table" then return v ~= json.empty_array end
+    if getmetatable(v) then return false end
+    for k, x in pairs(v) do
+      if not (type(k) == "string" or mtype(k) == "integer" and k >= 1) or not cjson_can(x) then
+        return false
+      end
+    end
+    return true
+  end
+
+  it("3000 random values", function()
+    math.randomseed(20261202)
+    local compared = 0
+    for i = 1, 3000 do
+      local v = gen(0)
+      local s = assert(encode(v))
+      local back, err = decode(s)
+      assert(back ~= nil or err == "JSON null", err)
+      local why = same(expect(v, false), back, "$")
+      assert(not why, ("value %d: %s in %s"):format(i, why, s:sub(1, 300)))
+      if cjson_can(v) then
+        compared = compared + 1
+        why = same(back, decode(cjson.encode(v)), "$")
+        assert(not why, ("value %d, cjson's text: %s"):format(i, why))
+      end
+    end
+    assert.is_true(compared > 500, compared)
+  end)
+end)
+
 describe("json_encode from the core", function()
   it("is llmux.json.encode, with llmux.json.null as cjson.null", function()
     assert.equals(core.json_encode, encode)
