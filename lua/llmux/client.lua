@@ -196,8 +196,10 @@ function M.new(opts)
   local user = {}   -- the caller's headers, a copy (a later change to theirs changes nothing)
   for k, v in pairs(opts.headers or {}) do user[k] = v end
   -- specs: the request specs of calls with the client's own options (see new_call)
-  secrets[self] = { key = key, headers = build_headers(key, user), hide = hidden(key, user),
-    user_headers = user, specs = {} }
+  -- hide_one: the one secret as a string, false for a list of them (make_info's fast check)
+  local hide = hidden(key, user)
+  secrets[self] = { key = key, headers = build_headers(key, user), hide = hide,
+    hide_one = type(hide) == "table" and false or hide, user_headers = user, specs = {} }
   return self
 end
 
@@ -407,12 +409,17 @@ end
 -- header block: a provider may echo it in a header of its answer.
 local function make_info(call, res, body)
   res.body = nil
-  local hide, head = key_of(call), res.head
-  -- plain searches first: a header block with no backslash (an escaped spelling) and without
-  -- the key, as nearly every one is, needs no scrub (a call per request otherwise)
-  if hide and (type(hide) ~= "string" or find(head, hide, 1, true) or find(head, "\\", 1, true))
-  then
-    res.head = errors.scrub(head, hide)
+  local sec, head = secrets[call.o], res.head
+  if sec then   -- the client's own secrets (no per-call options)
+    -- a plain search first: a header block without the key, as nearly every one is, needs no
+    -- scrub (a call per request otherwise). Header lines are no JSON: the key comes as it is
+    local one = sec.hide_one
+    if one == false or one and find(head, one, 1, true) then
+      res.head = errors.scrub(head, sec.hide)
+    end
+  else
+    local hide = key_of(call)
+    if hide then res.head = errors.scrub(head, hide) end
   end
   res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.shown
   if body then res.usage, res.model = body.usage, body.model end
