@@ -326,4 +326,18 @@ describe("errors.scrub", function()
     assert.equals("\\ x [redacted]", errors.scrub("\\ x %a", "%a"))
     assert.equals("\\ [redacted]", errors.scrub("\\ \\u005dx", "]x"))
   end)
+
+  -- a secret's own backslash read as the start of an escape while it stood as it is: the
+  -- secret (a header's or a password's) came through whole
+  it("removes a secret with backslashes of its own, as it is and escaped", function()
+    for _, k in ipairs{ "ab\\\\cd", "x\\u005cy", "k\\\\\\\"z", "\\\\", "q\\" } do
+      local escaped = k:gsub('[\\"]', "\\%0")
+      for _, text in ipairs{ k, "<" .. k .. ">", escaped, k .. " " .. escaped .. " " .. k } do
+        local got = errors.scrub(text, k)
+        assert.is_nil(got:find(k, 1, true), text)
+        assert.is_nil(got:find(escaped, 1, true), text)
+        assert.truthy(got:find("[redacted]", 1, true), text)
+      end
+    end
+  end)
 end)

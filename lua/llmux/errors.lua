@@ -336,22 +336,27 @@ end
 -- The end of secret spelled in v from i, as it is or as a JSON string may escape it (any byte
 -- as \u00XX, '"', '/' and '\' after a backslash), or nil. A provider that echoes the key in
 -- JSON that does not decode (cut short, or quoted in a text) shows it so: \u0073k-... or a
--- base64 key's "/" as \/.
-local function spelled(v, i, secret)
-  for k = 1, #secret do
+-- base64 key's "/" as \/. A backslash of the secret's own may stand as it is or escaped, and
+-- only the rest of the secret tells which: "\\" is one escaped or two as they are (k: the
+-- secret's byte to match next, 1 when absent).
+local function spelled(v, i, secret, k)
+  for k = k or 1, #secret do
     local c, b = byte(secret, k), byte(v, i)
     if b ~= 92 then
       if b ~= c then return nil end
       i = i + 1
     else
       local n = byte(v, i + 1)
-      if n == c and (c == 34 or c == 47 or c == 92) then
+      local u = n == 117 and find(v, "^%x%x%x%x", i + 2) and tonumber(sub(v, i + 2, i + 5), 16)
+      if c == 92 then
+        local e = n == 92 and spelled(v, i + 2, secret, k + 1)
+          or u == 92 and spelled(v, i + 6, secret, k + 1)
+        if e then return e end
+        i = i + 1   -- as it is
+      elseif n == c and (c == 34 or c == 47) then
         i = i + 2
-      elseif n == 117 and find(v, "^%x%x%x%x", i + 2) and tonumber(sub(v, i + 2, i + 5), 16) == c
-      then
+      elseif u == c then
         i = i + 6
-      elseif c == 92 then   -- a backslash of the secret's, as it is
-        i = i + 1
       else
         return nil
       end
