@@ -900,6 +900,21 @@ describe("client misuse", function()
     end
   end)
 
+  -- scrubbed one after the other, a secret that begins another took that one's head and left
+  -- its tail beside "[redacted]"
+  it("scrubs the whole of a key that begins a header's credential, or is begun by one", function()
+    for _, case in ipairs{
+      { "sk-prefix", "sk-prefix-and-its-TAIL-99", "leakkey" },   -- the key echoed
+      { "sk-prefix-and-its-TAIL-99", "sk-prefix", "leakheader:x-api-key" },   -- the header's
+    } do
+      local res, msg, _, detail = c:chat(body(case[3]), { api_key = case[2],
+        headers = { ["x-api-key"] = case[1] }, max_retries = 0 })
+      assert.is_nil(res)
+      assert.is_falsy(contains({ msg, detail }, "-TAIL-99"), msg)
+      assert.matches("%[redacted%]", msg)
+    end
+  end)
+
   it("shows no password of a base_url's userinfo in a message", function()
     local h = llmux.client{ base_url = "http://user:pw-SECRET-9@127.0.0.1:1/v1", api_key = KEY,
       max_retries = 0 }

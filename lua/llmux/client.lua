@@ -165,6 +165,9 @@ local function hidden(key, user)
   end
   if not list[1] then return key end
   list[#list + 1] = key
+  -- longest first: one that begins another (a key and a header's token made from it) would be
+  -- scrubbed first and leave the rest of the other beside "[redacted]"
+  table.sort(list, function(a, b) return #a > #b end)
   return list
 end
 
