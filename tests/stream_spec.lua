@@ -1265,4 +1265,79 @@ describe("stream flow", function()
     assert.equals("cancelled", code)
     llmux.run(function() end)   -- the retry's task ends without a word on stderr
   end)
+
+  -- What a retry raises (here m:request refusing a per-call ca_file that became a directory
+  -- during the backoff) came out of one read() and left the stream on its failed attempt's
+  -- closed request: every later read() and result() raised "attempt to use a closed
+  -- llmux.Request". Closed first, the task's failure went to stderr as never joined.
+  local function raising_retry(name)
+    local path = os.tmpname()
+    local src, dst = assert(io.open(u.ca_file, "rb")), assert(io.open(path, "wb"))
+    dst:write(src:read("a"))
+    src:close()
+    dst:close()
+    local s = assert(c:chat_stream(body("emptyonce:" .. key(name), "x"),
+      { base_url = u.https, ca_file = path }))
+    for _ = 1, 1e6 do
+      llmux.step(0.001)
+      if s:read() == nil or s.retrying then break end
+    end
+    assert.truthy(s.retrying)
+    os.remove(path)
+    assert(os.execute("mkdir " .. path))
+    return s, function() os.execute("rmdir " .. path) end
+  end
+  local function quiet(fn)   -- what a report of the scheduler's would write
+    local said, real = {}, io.stderr
+    io.stderr = { write = function(self, ...) said[#said + 1] = table.concat({ ... }) return self end }
+    local ok, err = pcall(fn)
+    io.stderr = real
+    assert(ok, err)
+    return table.concat(said)
+  end
+
+  it("a retry that raises in its task ends the stream: raised once, then its failure", function()
+    local s, clean = raising_retry("frameraise")
+    local raised = {}
+    local said = quiet(function()
+      for _ = 1, 1e6 do
+        llmux.step(0.001)
+        local ok, text = pcall(s.read, s)
+        if not ok then raised[#raised + 1] = text elseif text == nil then break end
+        if #raised > 3 then break end
+      end
+      llmux.run(function() end)
+      collectgarbage()
+      collectgarbage()
+    end)
+    clean()
+    assert.equals(1, #raised)
+    assert.matches("not a regular file", raised[1])
+    assert.is_nil(s:read())
+    local res, msg, code = s:result()
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.matches("without a finish_reason", msg)
+    assert.equals("", said)
+  end)
+
+  it("a stream whose retry raised, closed before any read, ends without a word", function()
+    local s, clean = raising_retry("frameraiseclose")
+    for _ = 1, 1e6 do   -- the frame loop goes on, reading nothing
+      llmux.step(0.001)
+      if not s.retrying or s.retrying:done() then break end
+    end
+    s:close()
+    local said = quiet(function()
+      llmux.run(function() end)
+      collectgarbage()
+      collectgarbage()
+    end)
+    clean()
+    assert.equals("", said)
+    assert.is_nil(s:read())   -- what the retry raised went with the close
+    local res, _, code = s:result()
+    assert.is_nil(res)
+    assert.equals("truncated", code)   -- it had ended before
+  end)
 end)

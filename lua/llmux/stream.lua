@@ -544,12 +544,20 @@ local function stop(s, why, code, detail)
 end
 
 -- The retry of retried: the backoff, the new attempt up to its headers, then the stream goes
--- on with the new request (or ends with the failure).
+-- on with the new request (or ends with the failure). What the retry raises ends the stream
+-- with the failure it retried and is kept for the reader (see reraise), also when the retry
+-- runs in a task of its own: that task never fails, so no "never joined" report comes of it,
+-- and the stream is not left on the closed request of its failed attempt.
 local function reopen(s, why, code, detail)
-  local ns, m, c, d = s.hooks.retry(why, code, detail)
+  local ok, ns, m, c, d = pcall(s.hooks.retry, why, code, detail)
   s.retrying = nil
   if s.over then   -- closed meanwhile (in the backoff, or while the new attempt started)
-    if ns then ns:close() end
+    if ok and ns then ns:close() end
+    return true
+  end
+  if not ok then
+    stop(s, why, code, detail)
+    s.raised = ns
     return true
   end
   if not ns then
@@ -564,17 +572,17 @@ end
 
 -- Before the first event a failure is retried like any other call (the hook sees the
 -- response's status and headers: x-should-retry counts); the stream then goes on with the
--- new request. Returns true when it did. read() outside any task (a frame loop) must not
--- wait out the backoff and the new headers, as a blocking wait there would: the retry runs
--- in a task of its own (s.retrying), which the frame's step() drives, and read() gives ""
--- until it is done.
-local function retried(s, why, code, detail)
+-- new request. Returns true when it did. read() outside any task (a frame loop: no block)
+-- must not wait out the backoff and the new headers, as a blocking wait there would: the
+-- retry runs in a task of its own (s.retrying), which the frame's step() drives, and read()
+-- gives "" until it is done.
+local function retried(s, why, code, detail, block)
   if s.events > 0 then return false end
   detail = described(s, detail)
   s.req:close()
   s.dropped = true
   sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
-  if s.nowait and not sched.current() then
+  if not block and not sched.current() then
     s.retrying = sched.spawn(reopen, s, why, code, detail)
     return true
   end
@@ -646,7 +654,7 @@ local function all_finished(s)
 end
 
 -- The transfer has ended and its queue is drained: success or an integrity failure.
-local function ended(s)
+local function ended(s, block)
   local res = s.req:result()
   s.res = res
   if s.plain then
@@ -654,7 +662,7 @@ local function ended(s)
     -- completion) or sent an error as JSON. Judged like a non-streaming answer.
     local ok, body, code, detail = s.hooks.judge(res, s.call)   -- {"error": ...}: provider
     if not ok then
-      if not retried(s, body, code, detail) then stop(s, body, code, detail) end
+      if not retried(s, body, code, detail, block) then stop(s, body, code, detail) end
       return
     end
     -- Replayed as one chunk, so deltas() and chunks() see the answer too.
@@ -678,15 +686,15 @@ local function ended(s)
   local why = res.code
     and ("stream broken after " .. s.events .. " events: " .. tostring(res.error))
     or ("stream ended after " .. s.events .. " events without a finish_reason or [DONE]")
-  if not retried(s, why, code, { curl_code = res.curl_code }) then
+  if not retried(s, why, code, { curl_code = res.curl_code }, block) then
     stop(s, why, code, { curl_code = res.curl_code })
   end
 end
 
-local function stalled(s)
+local function stalled(s, block)
   local why = format("no event for %g s (idle_timeout)", s.idle_timeout)
   s.req:cancel()
-  if not retried(s, why, "stalled") then stop(s, why, "stalled") end
+  if not retried(s, why, "stalled", nil, block) then stop(s, why, "stalled") end
 end
 
 -- The content text of choice 0 in a chunk (with n > 1 a chunk may carry only another choice).
@@ -702,6 +710,16 @@ local function first_text(obj)
   return nil
 end
 
+-- What a retry raised (see reopen), raised once to the reader that comes next, with the stream
+-- over: later reads end, and result() tells the failure that was retried.
+local function reraise(s)
+  local e = s.raised
+  if e ~= nil then
+    s.raised = nil
+    error(e, 0)
+  end
+end
+
 -- One step: handles queued events until one yields something; with block, waits for more.
 -- Returns text, chunk: the content text of the first choice (false when the chunk has none)
 -- and the decoded chunk; nil when nothing is ready (or the stream is over). With fast, the
@@ -709,13 +727,9 @@ end
 local function advance(s, block, fast)
   while not s.over do
     local retrying = s.retrying
-    if retrying then   -- a retry under way in its own task (see retried)
+    if retrying then   -- a retry under way in its own task (see retried; it never fails)
       if not block and not retrying:done() then return nil end
-      local _, err = retrying:join()
-      if err then
-        s.retrying = nil
-        error(err, 0)
-      end
+      retrying:join()
       if s.over then break end
     end
     local req = s.req
@@ -774,7 +788,7 @@ local function advance(s, block, fast)
     elseif ok then
       -- a fast chunk without text (the role chunk, the finish): go on
     elseif req:done() then
-      local chunk = ended(s)
+      local chunk = ended(s, block)
       if chunk then return first_text(chunk) or false, chunk end
     elseif s.plain then
       -- a whole body, not events: judged at its end and bounded by timeout (curl's), like a
@@ -784,7 +798,7 @@ local function advance(s, block, fast)
     else
       local idle = req:idle()
       if idle >= s.idle_timeout then
-        stalled(s)
+        stalled(s, block)
       elseif block then
         sched.wait(s.w, s.idle_timeout - idle)
       else
@@ -792,6 +806,7 @@ local function advance(s, block, fast)
       end
     end
   end
+  reraise(s)
   if s.held then   -- a high half that no piece completed
     s.held = nil
     return "\u{FFFD}", nil
@@ -853,9 +868,11 @@ end
 -- Inside a task, a retry before the first event (its backoff and new headers) makes it wait;
 -- outside one, the retry goes on in a task of its own (see retried) and read() gives "".
 function Stream:read()
-  if self.over then return nil end
+  if self.over then
+    reraise(self)
+    return nil
+  end
   local out, n = {}, 0
-  self.nowait = true
   while true do
     local text = advance(self, false, true)
     if text == nil then break end
@@ -864,7 +881,6 @@ function Stream:read()
       out[n] = text
     end
   end
-  self.nowait = false
   if n == 0 and self.over then return nil end
   return concat(out, "", 1, n)
 end
@@ -967,6 +983,7 @@ end
 -- stream first; the completion is what a non-streaming call would have returned.
 function Stream:result()
   while not self.over do advance(self, true, true) end
+  reraise(self)
   if self.err then
     local e = self.err
     if e[4] and not e[4].usage then
@@ -991,6 +1008,7 @@ function Stream:close()
     if not call.opening:done() then call.opening:cancel() end
   end
   if call.waiter then sched.release(call.waiter) end
+  self.raised = nil   -- what a retry raised (see reopen): the caller is done with the stream
   if not self.over then
     stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")
   end
