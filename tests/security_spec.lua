@@ -93,6 +93,10 @@ describe("the key in an answer's headers", function()
       assert.equals("[redacted]", sinfo.headers["x-echo-key"])
       assert.is_falsy(leaks(sinfo, secret))
       assert.is_falsy(tostring(s):find(secret, 1, true))
+      -- nor in the Stream's own fields (dumping one shows no secret)
+      for k, v in pairs(s) do
+        assert.is_falsy(type(v) == "string" and v:find(secret, 1, true), k)
+      end
     end
   end)
 end)

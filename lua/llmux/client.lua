@@ -410,20 +410,26 @@ end
 -- http_version, reused, local_port, time_*), less its body, plus the call's fields. One table
 -- per call instead of two; headers are parsed on first access. The key is scrubbed from the
 -- header block: a provider may echo it in a header of its answer.
-local function make_info(call, res, body)
-  res.body = nil
-  local sec, head = secrets[call.o], res.head
-  if sec then   -- the client's own secrets (no per-call options)
-    -- a plain search first: a header block without the key, as nearly every one is, needs no
-    -- scrub (a call per request otherwise). Header lines are no JSON: the key comes as it is
+-- A header block of an answer to call with its key scrubbed: a provider may echo it in a
+-- header. For the client's own secrets a plain search comes first: a block without the key,
+-- as nearly every one is, needs no scrub call (header lines are no JSON: the key comes as it
+-- is). A list of secrets, or a call's own, takes the full scrub.
+local function clean_head(call, head)
+  local sec = secrets[call.o]
+  if sec then
     local one = sec.hide_one
     if one == false or one and find(head, one, 1, true) then
-      res.head = errors.scrub(head, sec.hide)
+      return errors.scrub(head, sec.hide)
     end
-  else
-    local hide = key_of(call)
-    if hide then res.head = errors.scrub(head, hide) end
+    return head
   end
+  local hide = key_of(call)
+  return hide and errors.scrub(head, hide) or head
+end
+
+local function make_info(call, res, body)
+  res.body = nil
+  res.head = clean_head(call, res.head)
   res.attempts, res.latency, res.url = call.attempt, now() - call.t0, call.spec.shown
   if body then res.usage, res.model = body.usage, body.model end
   return setmetatable(res, Info)
@@ -609,7 +615,7 @@ perform = function(call)
     if not req then return nil, w, c3, c4 end
     if w then
       return stream.new(call, req, w, {
-        info = make_info, judge = judge, fail = call_fail, cut = cut,
+        info = make_info, judge = judge, fail = call_fail, cut = cut, clean = clean_head,
         retry = function(why, code, detail)
           local again, m, c, d = retry_or_fail(call, why, code, detail)
           if not again then return nil, m, c, d end

@@ -40,13 +40,14 @@ local function attach(s, req, w)
     pop_delta, pop_text = methods.pop_delta, methods.pop_text
   end
   local status, head, sse = req:head()
-  s.status, s.head = status, head
+  s.status, s.head = status, s.hooks.clean(s.call, head)   -- a Stream shows no secret
   s.http_version = tonumber(head:match("^HTTP/(%d[%d.]*)"))
   s.plain = not sse   -- the core's verdict (2xx and text/event-stream), not a second guess
 end
 
 -- stream.new(call, req, waiter, hooks) -> Stream for a request whose 2xx headers are in.
 -- hooks: info(call, res, body), judge(res, call), fail(call, why, code, detail),
+-- clean(call, head) (a header block with the key scrubbed),
 -- cut(call, text, n) (text as one line of a message, cut to n bytes, the key scrubbed first),
 -- retry(why, code, detail)
 -- -> Stream | nil, msg, code, detail.
