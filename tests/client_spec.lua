@@ -294,6 +294,13 @@ describe("client error codes", function()
     local _, msg, code2 = c2:chat(body("m"))
     assert.equals("connect", code2)
     assert.matches("127.0.0.1:1/v1/chat/completions", msg)
+    -- a field set to what no option may be says so where it is read, blaming the call
+    c2.base_url, c2.max_retries = u.http, nil
+    assert.truthy(c2:chat(body("m")))   -- read only when a retry is weighed
+    local ok, err = pcall(function() c2:chat(body("status:500")) end)
+    assert.is_false(ok)
+    assert.matches("client_spec.lua:%d+: llmux.Client: field 'max_retries' must be an integer "
+      .. ">= 0, not nil", err)
   end)
 
   it("TLS fails without the CA file", function()

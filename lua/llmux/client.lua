@@ -586,7 +586,12 @@ local function retry_or_fail(call, why, code, detail)
     return call_fail(call, why .. format("; server asks to wait %.0f s", wait), "ratelimit",
       detail)
   end
-  if not retryable or call.attempt > call.o.max_retries then
+  local max = call.o.max_retries
+  if OPTIONS.max_retries(max) then   -- a client's field changed since it was made
+    misuse(format("llmux.Client: field 'max_retries' must be an integer >= 0, not %s",
+      tostring(max)))
+  end
+  if not retryable or call.attempt > max then
     return call_fail(call, why, code, detail)
   end
   if not wait or wait <= 0 then wait = errors.backoff(call.attempt - 1) end
