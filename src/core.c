@@ -25,6 +25,9 @@ const char *lmx_curl_code(CURLcode cc, int toolarge, int cancelled) {
     case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
     case CURLE_FILESIZE_EXCEEDED: return "toolarge";
     case CURLE_PARTIAL_FILE: return "truncated";
+    /* curl 7.88 says out of memory for a response header line over its 100 KiB limit too
+     * (nothing tells the two apart): no retry cures either */
+    case CURLE_OUT_OF_MEMORY: return "toolarge";
     /* a URL curl cannot parse: not a transport failure, never retried (other schemes raise
      * in request(), so CURLE_UNSUPPORTED_PROTOCOL is a reply that is not HTTP: connect) */
     case CURLE_URL_MALFORMAT: return "badrequest";

@@ -890,6 +890,8 @@ static int request_result_body(lua_State *L) {
         Content-Length over the cap, said only "Maximum file size exceeded" */
       lua_pushfstring(L, "response larger than max_response_bytes (%I)",
                       (lua_Integer)r->max_bytes);
+    else if (r->cc == CURLE_OUT_OF_MEMORY)
+      lua_pushliteral(L, "a response header line over curl's limit (100 KiB), or out of memory");
     else if (r->errbuf[0]) lua_pushstring(L, r->errbuf);
     else lua_pushstring(L, curl_easy_strerror(r->cc));
     lua_rawset(L, 3);

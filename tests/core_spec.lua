@@ -161,6 +161,13 @@ describe("llmux.core Multi", function()
       assert.is_true(#res.head <= 256 * 1024)
     end
     assert.equals(200, fetcher(m)(spec("m")).status)   -- the handles serve on
+    -- one line over curl's own limit (100 KiB): curl says only "out of memory", which read
+    -- as a broken connection (connect, retried)
+    res = fetcher(m)(spec("rawheaders:1:200000"))
+    assert.equals("toolarge", res.code)
+    assert.equals("a response header line over curl's limit (100 KiB), or out of memory",
+      res.error)
+    assert.equals(200, fetcher(m)(spec("m")).status)
     m:close()
   end)
 
