@@ -406,10 +406,6 @@ local function judge(res, call)
     quota = errors.quota(status, eobj) or nil }
 end
 
--- The info table of a finished call: the transfer's result table itself (status, head,
--- http_version, reused, local_port, time_*), less its body, plus the call's fields. One table
--- per call instead of two; headers are parsed on first access. The key is scrubbed from the
--- header block: a provider may echo it in a header of its answer.
 -- A header block of an answer to call with its key scrubbed: a provider may echo it in a
 -- header. For the client's own secrets a plain search comes first: a block without the key,
 -- as nearly every one is, needs no scrub call (header lines are no JSON: the key comes as it
@@ -427,6 +423,10 @@ local function clean_head(call, head)
   return hide and errors.scrub(head, hide) or head
 end
 
+-- The info table of a finished call: the transfer's result table itself (status, head,
+-- http_version, reused, local_port, time_*), less its body, plus the call's fields. One table
+-- per call instead of two; headers are parsed on first access, from the block as clean_head
+-- left it.
 local function make_info(call, res, body)
   res.body = nil
   res.head = clean_head(call, res.head)

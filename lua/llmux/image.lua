@@ -377,9 +377,10 @@ function M.mask(w, h, region)
     end
     flat = r
   elseif type(region) == "table" then
-    -- one rectangle ({x, y, w, h} or with names), or a list of them ({} paints nothing)
-    local one = region[1] ~= nil and type(region[1]) ~= "table" or next(region) ~= nil
-      and region[1] == nil
+    -- one rectangle ({x, y, w, h}: a number first; or with names: no first item, some key),
+    -- or a list of them ({} paints nothing)
+    local first = region[1]
+    local one = first == nil and next(region) ~= nil or first ~= nil and type(first) ~= "table"
     local list = one and { region } or region
     for _, r in ipairs(list) do
       if type(r) ~= "table" then argerr(3, "mask", "a list of rectangles expected") end
