@@ -5,11 +5,7 @@ local llmux = require "llmux"
 local image = llmux.image
 local base64 = llmux.base64
 
-local SUITE = os.getenv("PNGSUITE") or "../shared/testdata/pngsuite"
-do   -- the worktree may sit elsewhere than beside shared/
-  local f = io.open(SUITE .. "/basn0g01.png", "rb")
-  if f then f:close() else SUITE = "/work/shared/testdata/pngsuite" end
-end
+local SUITE = require("helpers.bed").pngsuite("basn0g01.png"):match("^(.*)/")
 
 local function readfile(path)
   local f = assert(io.open(path, "rb"))

@@ -259,9 +259,7 @@ describe("images_edit", function()
       assert.equals(string.rep("\255\0\255\0\0\255\0\255", 2), sent:pixels())
     end
     os.remove(path)
-    local tf = io.open((os.getenv("PNGSUITE") or "../shared/testdata/pngsuite")
-      .. "/tbbn3p08.png", "rb") or assert(io.open("/work/shared/testdata/pngsuite/tbbn3p08.png",
-      "rb"))
+    local tf = assert(io.open(B.pngsuite("tbbn3p08.png"), "rb"))
     local tp = tf:read("a")   -- palette + tRNS
     tf:close()
     local big = assert(image.decode(tp))

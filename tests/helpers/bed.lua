@@ -38,4 +38,18 @@ function M.server_count(c, k)
   return assert(c:request("GET", "/_count?key=" .. k)).count
 end
 
+-- pngsuite(name) -> the path of PngSuite's file name: $PNGSUITE, else ../shared/testdata/pngsuite
+-- beside the worktree, else /work/shared's (a clone may sit anywhere).
+function M.pngsuite(name)
+  for _, dir in ipairs{ os.getenv("PNGSUITE") or "../shared/testdata/pngsuite",
+      "/work/shared/testdata/pngsuite" } do
+    local f = io.open(dir .. "/" .. name, "rb")
+    if f then
+      f:close()
+      return dir .. "/" .. name
+    end
+  end
+  error("PngSuite's " .. name .. " not found (set PNGSUITE)", 2)
+end
+
 return M
