@@ -101,6 +101,26 @@ describe("the key in an answer's headers", function()
   end)
 end)
 
+describe("a client with a key and a credential header", function()
+  -- its secrets are a list: every answer's header block is searched for each
+  it("answers, with neither in info nor in a Stream", function()
+    local hk = "hdr-SECRET-client-9"
+    local h = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0,
+      headers = { ["x-api-key"] = hk } }
+    assert(h:chat(body("m")))
+    for _, extra in ipairs{ {}, { mock_key_header = "x-api-key" } } do
+      local _, info = assert(h:chat(body("keyecho:header", extra)))
+      assert.equals("[redacted]", info.headers["x-echo-key"])
+      local s = assert(h:chat_stream(body("keyecho:header", extra)))
+      local _, sinfo = assert(s:result())
+      assert.equals("[redacted]", sinfo.headers["x-echo-key"])
+      for _, secret in ipairs{ KEY, hk } do
+        assert.is_falsy(leaks({ info, sinfo, s }, secret))
+      end
+    end
+  end)
+end)
+
 describe("a base_url with a password", function()
   it("shows it redacted in tostring, info.url, messages and misuse errors", function()
     local pw = "pw-SECRET-9"

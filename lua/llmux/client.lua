@@ -202,7 +202,7 @@ function M.new(opts)
   -- hide_one: the one secret as a string, false for a list of them (make_info's fast check)
   local hide = hidden(key, user)
   secrets[self] = { key = key, headers = build_headers(key, user), hide = hide,
-    hide_one = type(hide) == "table" and false or hide, user_headers = user, specs = {} }
+    hide_one = type(hide) ~= "table" and hide, user_headers = user, specs = {} }
   return self
 end
 
