@@ -327,6 +327,33 @@ describe("errors.scrub", function()
     assert.equals("\\ [redacted]", errors.scrub("\\ \\u005dx", "]x"))
   end)
 
+  -- a URL in an error quotes the key percent-encoded; a proxy's HTML page with references
+  it("removes a secret that percent-encoding or HTML character references spell", function()
+    local k = "sk-a/b+c="
+    for text, want in pairs{
+      ["?key=sk-a%2Fb%2Bc%3D&x=1"] = "?key=[redacted]&x=1",
+      ["%73%6B%2D%61%2F%62%2B%63%3D"] = "[redacted]",
+      ["%73%6b%2d%61%2f%62%2b%63%3d!"] = "[redacted]!",
+      ["<b>&#115;&#107;&#45;a&#47;b&#43;c&#61;</b>"] = "<b>[redacted]</b>",
+      ["&#x73;&#X6B;&#x2d;&#x61;&#x2F;&#x62;&#x2b;&#x63;&#x3d;"] = "[redacted]",
+      ["&#115&#107-a/b+c&#0061 and 100% sk-a/b+c="] = "[redacted] and 100% [redacted]",
+      ["\\u0073k-a%2Fb&#43;c\\u003d"] = "[redacted]",   -- mixed
+      ["sk-a%2Fb%2B"] = "sk-a%2Fb%2B",                  -- the secret's head only
+      ["sk-a%2Gb+c="] = "sk-a%2Gb+c=",                  -- no escape
+      ["&#1151;k-a/b+c="] = "&#1151;k-a/b+c=",          -- the digits are one reference
+      ["&amp;sk-a/b+c&#61"] = "&amp;[redacted]",
+    } do
+      assert.equals(want, errors.scrub(text, k), text)
+    end
+    -- a secret's own "%" and "&": as they are or escaped
+    for _, case in ipairs{ { "a%b", { "a%b", "a%25b", "%61%25%62" } },
+        { "x&y", { "x&y", "x&#38;y", "x&#x26y" } }, { "p%25q", { "p%25q", "p%2525q" } } } do
+      for _, text in ipairs(case[2]) do
+        assert.equals("<[redacted]>", errors.scrub("<" .. text .. ">", case[1]), text)
+      end
+    end
+  end)
+
   -- a secret's own backslash read as the start of an escape while it stood as it is: the
   -- secret (a header's or a password's) came through whole
   it("removes a secret with backslashes of its own, as it is and escaped", function()

@@ -21,11 +21,20 @@ local function unescaped(s)
   return (s:gsub("\\(.)", "%1"))
 end
 
--- Whether secret is anywhere in v (keys, values, nested tables), as it is or JSON-escaped.
+-- A string as a URL's percent-encoding or an HTML page's character references would read.
+local function decoded(s)
+  s = s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  s = s:gsub("&#[xX](%x+);?", function(h) return utf8.char(tonumber(h, 16)) end)
+  return (s:gsub("&#(%d+);?", function(d) return utf8.char(tonumber(d)) end))
+end
+
+-- Whether secret is anywhere in v (keys, values, nested tables), as it is, JSON-escaped,
+-- percent-encoded or as character references.
 local function leaks(v, secret, seen)
   seen = seen or {}
   if type(v) == "string" then
     return v:find(secret, 1, true) ~= nil or unescaped(v):find(secret, 1, true) ~= nil
+      or decoded(v):find(secret, 1, true) ~= nil
   end
   if type(v) ~= "table" or seen[v] then return false end
   seen[v] = true
@@ -58,6 +67,38 @@ describe("the key echoed by the provider", function()
     local hk = "hdr-SECRET-azure-0123"
     failed(hk, c:chat(body("keyecho:uescaped", { mock_key_header = "api-key" }),
       { headers = { ["api-key"] = hk } }))
+  end)
+
+  -- a URL quoted in an error (percent-encoded where a URL must, or every byte), a proxy's
+  -- HTML page quoting the request (character references)
+  it("is scrubbed when percent-encoding or HTML character references spell it", function()
+    local slashed = "sk-a/b+c/SECRET/9=="
+    local msg, code, detail = failed(slashed, c:chat(body("keyecho:percent"),
+      { api_key = slashed }))
+    assert.equals("badrequest", code)
+    assert.matches("key=[redacted])", msg, 1, true)
+    assert.matches("key=[redacted])", detail.body.message, 1, true)
+    msg, code, detail = failed(KEY, c:chat(body("keyecho:percentall")))
+    assert.equals("auth", code)
+    assert.matches("forbidden: key=[redacted]", msg, 1, true)
+    assert.equals("forbidden: key=[redacted]", detail.body)
+    for _, mode in ipairs{ "entity", "entityhex" } do
+      for _, secret in ipairs{ KEY, slashed } do
+        msg, code, detail = failed(secret, c:chat(body("keyecho:" .. mode),
+          { api_key = secret }))
+        assert.equals("server", code)
+        assert.matches("Bearer [redacted]</pre>", detail.body, 1, true)
+      end
+    end
+    -- a stream's failure before its first event, and one in its body (an error event)
+    failed(KEY, c:chat_stream(body("keyecho:percentall")))
+    local spelled = KEY:gsub(".", function(ch) return ("&#%d;"):format(ch:byte()) end)
+    local s = assert(c:chat_stream(body("replay", { mock_writes = {
+      'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n',
+      "event: error\ndata: <p>bad key " .. spelled .. "</p>\n\n" } })))
+    msg, code = failed(KEY, s:result())
+    assert.equals("provider", code)
+    assert.matches("bad key [redacted]", msg, 1, true)
   end)
 
   it("is scrubbed from a stream's error event whose JSON escapes spell it", function()

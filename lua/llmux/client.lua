@@ -407,20 +407,26 @@ local function judge(res, call)
 end
 
 -- A header block of an answer to call with its key scrubbed: a provider may echo it in a
--- header. For the client's own secrets a plain search comes first: a block without the key,
--- as nearly every one is, needs no scrub call (header lines are no JSON: the key comes as it
--- is). A list of secrets, or a call's own, takes the full scrub.
+-- header. A plain search for each secret comes first: a block without any, as nearly every
+-- one is, needs no scrub call (header lines are no JSON, URL or HTML: a secret comes as it
+-- is). The client's one secret takes one search.
 local function clean_head(call, head)
-  local sec = secrets[call.o]
+  local sec, hide = secrets[call.o], nil
   if sec then
     local one = sec.hide_one
-    if one == false or one and find(head, one, 1, true) then
-      return errors.scrub(head, sec.hide)
-    end
-    return head
+    if one then return find(head, one, 1, true) and errors.scrub(head, one) or head end
+    hide = sec.hide
+  else
+    hide = key_of(call)
   end
-  local hide = key_of(call)
-  return hide and errors.scrub(head, hide) or head
+  if type(hide) == "table" then
+    for i = 1, #hide do
+      if find(head, hide[i], 1, true) then return errors.scrub(head, hide) end
+    end
+  elseif hide and find(head, hide, 1, true) then
+    return errors.scrub(head, hide)
+  end
+  return head
 end
 
 -- The info table of a finished call: the transfer's result table itself (status, head,

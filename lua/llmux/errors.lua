@@ -333,41 +333,61 @@ function M.backoff(n)
   return min(M.BACKOFF_BASE * 2 ^ n, M.BACKOFF_MAX) * (1 - 0.25 * random())
 end
 
--- The end of secret spelled in v from i, as it is or as a JSON string may escape it (any byte
--- as \u00XX, '"', '/' and '\' after a backslash), or nil. A provider that echoes the key in
--- JSON that does not decode (cut short, or quoted in a text) shows it so: \u0073k-... or a
--- base64 key's "/" as \/. A backslash of the secret's own may stand as it is or escaped, and
--- only the rest of the secret tells which: "\\" is one escaped or two as they are (k: the
--- secret's byte to match next, 1 when absent).
+-- The byte an escape at i of v spells (b: the byte at i) and the escape's length, or nil.
+-- A provider that echoes the key shows it so when it is not quoted as it is: in JSON that
+-- does not decode (cut short, or quoted in a text), any byte as \u00XX and '"', '/' and '\'
+-- after a backslash (a base64 key's "/" as \/); in a URL or a form, percent-encoded (every
+-- byte %XX, or only a "/", "+" or "=": sk-ab%2Fcd); in an HTML page (a proxy's or a gateway's
+-- error page quoting the request), as character references &#115; or &#x73;, whose ";" a
+-- browser does without. Named references (&amp;) spell no byte a key is made of.
+local function unescape(v, i, b)
+  if b == 92 then
+    local n = byte(v, i + 1)
+    if n == 117 then
+      local h = match(v, "^%x%x%x%x", i + 2)
+      if h then return tonumber(h, 16), 6 end
+    elseif n == 34 or n == 47 or n == 92 then
+      return n, 2
+    end
+  elseif b == 37 then
+    local h = match(v, "^%x%x", i + 1)
+    if h then return tonumber(h, 16), 3 end
+  elseif b == 38 and byte(v, i + 1) == 35 then   -- digits as many as come, as a browser reads
+    local d, semi = match(v, "^(%d+)(;?)", i + 2)
+    if d then return tonumber(d), 2 + #d + #semi end
+    local h
+    h, semi = match(v, "^[xX](%x+)(;?)", i + 2)
+    if h then return tonumber(h, 16), 3 + #h + #semi end
+  end
+  return nil
+end
+
+-- The end of secret spelled in v from i, each byte as it is or escaped (see unescape), or
+-- nil. A byte of the secret's own that begins an escape ('\\', '%', '&') may stand as it is
+-- or escaped, and only the rest of the secret tells which: "\\\\" is one escaped or two as
+-- they are (k: the secret's byte to match next, 1 when absent).
 local function spelled(v, i, secret, k)
   for k = k or 1, #secret do
     local c, b = byte(secret, k), byte(v, i)
-    if b ~= 92 then
-      if b ~= c then return nil end
-      i = i + 1
+    if b ~= c then
+      local e, n = unescape(v, i, b)
+      if e ~= c then return nil end
+      i = i + n
+    elseif c == 92 or c == 37 or c == 38 then
+      local e, n = unescape(v, i, b)
+      local j = e == c and spelled(v, i + n, secret, k + 1)
+      if j then return j end
+      i = i + 1   -- as it is
     else
-      local n = byte(v, i + 1)
-      local u = n == 117 and find(v, "^%x%x%x%x", i + 2) and tonumber(sub(v, i + 2, i + 5), 16)
-      if c == 92 then
-        local e = n == 92 and spelled(v, i + 2, secret, k + 1)
-          or u == 92 and spelled(v, i + 6, secret, k + 1)
-        if e then return e end
-        i = i + 1   -- as it is
-      elseif n == c and (c == 34 or c == 47) then
-        i = i + 2
-      elseif u == c then
-        i = i + 6
-      else
-        return nil
-      end
+      i = i + 1
     end
   end
   return i - 1
 end
 
 -- Replaces every occurrence of secret in strings of v (deeply, tables copied) by "[redacted]",
--- also spelled with JSON escapes (in a string with a backslash: see spelled). secret may be a
--- list of them.
+-- also spelled with escapes (in a string where one may start, a backslash, a "%" or "&#": see
+-- unescape). secret may be a list of them.
 function M.scrub(v, secret)
   if type(secret) == "table" then
     for i = 1, #secret do v = M.scrub(v, secret[i]) end
@@ -376,8 +396,9 @@ function M.scrub(v, secret)
   if not secret or secret == "" then return v end
   local tv = type(v)
   if tv == "string" then
-    local out, i = nil, 1   -- out made at the first match: most strings (every answer's
-    if not find(v, "\\", 1, true) then   -- header block, see make_info) have none
+    local out, i = nil, 1   -- out made at the first match: most strings have no secret
+    -- three plain searches, not one pattern: a pattern's class costs a match per byte
+    if not (find(v, "\\", 1, true) or find(v, "%", 1, true) or find(v, "&#", 1, true)) then
       while true do
         local a, b = find(v, secret, i, true)
         if not a then break end
@@ -388,7 +409,7 @@ function M.scrub(v, secret)
     else
       -- where the secret's first byte or an escape starts, the secret may be spelled
       local first = sub(secret, 1, 1)
-      local starts, at = "[" .. (find(first, "^%w") and first or "%" .. first) .. "\\]", 1
+      local starts, at = "[" .. (find(first, "^%w") and first or "%" .. first) .. "\\%%&]", 1
       while true do
         local a = find(v, starts, at)
         if not a then break end
@@ -411,6 +432,5 @@ function M.scrub(v, secret)
   end
   return v
 end
-
 
 return M

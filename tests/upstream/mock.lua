@@ -463,7 +463,11 @@ end
 --                       header mock_key_header names) in another form: MODE uescaped (a 400
 --                       whose JSON, cut short, spells every byte \u00XX), slashes (the same
 --                       with "/" written "\/"), uescaped200 (a 200 body so), header (a 200
---                       answer with the key in a header), html (a 502 HTML page)
+--                       answer with the key in a header), html (a 502 HTML page), percent (a
+--                       400 whose JSON quotes a URL with the key percent-encoded where a URL
+--                       must: "/" as %2F), percentall (a 403 text with every byte %XX),
+--                       entity and entityhex (a proxy's 502 HTML page quoting the request,
+--                       every byte a character reference &#115; or &#x73;)
 local function echoed_key(ctx)
   local name = ctx.req.mock_key_header
   if type(name) == "string" then return ngx.req.get_headers()[name] or "" end
@@ -484,6 +488,18 @@ behaviours.keyecho = function(ctx, a)
   elseif mode == "header" then
     ngx.header["X-Echo-Key"] = key
     return answer(ctx)
+  elseif mode == "percent" then
+    local q = key:gsub("[^%w%-_.!~*'()]", function(c) return string.format("%%%02X", c:byte()) end)
+    return send_error(400, "Invalid URL (POST /v1/chat/completions?key=" .. q .. ")",
+      "invalid_request_error", "invalid_url")
+  elseif mode == "percentall" then
+    return send(403, "forbidden: key=" .. key:gsub(".", function(c)
+      return string.format("%%%02X", c:byte()) end), "text/plain")
+  elseif mode == "entity" or mode == "entityhex" then
+    local f = mode == "entity" and "&#%d;" or "&#x%x;"
+    local refs = key:gsub(".", function(c) return string.format(f, c:byte()) end)
+    return send(502, "<html><head><title>502 Bad Gateway</title></head><body><pre>"
+      .. "Authorization: Bearer " .. refs .. "</pre></body></html>", "text/html")
   elseif mode == "html" then
     return send(502, "<html><head><title>502 for " .. key .. "</title></head><body><h1>"
       .. key .. "</h1></body></html>", "text/html")
