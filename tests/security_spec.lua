@@ -101,6 +101,15 @@ describe("the key echoed by the provider", function()
     assert.matches("bad key [redacted]", msg, 1, true)
   end)
 
+  -- the provider's own masking shows which key was sent (a wrong variable, a revoked key)
+  it("is kept as the provider masked it: a head and a tail are no key", function()
+    local msg, code, detail = failed(KEY, c:chat(body("keyecho:masked")))
+    assert.equals("auth", code)
+    local masked = "sk-tes" .. ("*"):rep(#KEY - 10) .. "cdef"
+    assert.matches("Incorrect API key provided: " .. masked .. ". You can", msg, 1, true)
+    assert.equals("invalid_api_key", detail.body.code)
+  end)
+
   it("is scrubbed from a stream's error event whose JSON escapes spell it", function()
     local spelled = KEY:gsub(".", function(ch) return ("\\u%04x"):format(ch:byte()) end)
     for _, data in ipairs{

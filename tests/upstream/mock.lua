@@ -467,7 +467,8 @@ end
 --                       400 whose JSON quotes a URL with the key percent-encoded where a URL
 --                       must: "/" as %2F), percentall (a 403 text with every byte %XX),
 --                       entity and entityhex (a proxy's 502 HTML page quoting the request,
---                       every byte a character reference &#115; or &#x73;)
+--                       every byte a character reference &#115; or &#x73;), masked (OpenAI's
+--                       401 with the key masked: "sk-tes*****cdef")
 local function echoed_key(ctx)
   local name = ctx.req.mock_key_header
   if type(name) == "string" then return ngx.req.get_headers()[name] or "" end
@@ -500,6 +501,11 @@ behaviours.keyecho = function(ctx, a)
     local refs = key:gsub(".", function(c) return string.format(f, c:byte()) end)
     return send(502, "<html><head><title>502 Bad Gateway</title></head><body><pre>"
       .. "Authorization: Bearer " .. refs .. "</pre></body></html>", "text/html")
+  elseif mode == "masked" then
+    return send_error(401, "Incorrect API key provided: " .. key:sub(1, 6)
+      .. ("*"):rep(#key - 10) .. key:sub(-4) .. ". You can find your API key at "
+      .. "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+      "invalid_api_key")
   elseif mode == "html" then
     return send(502, "<html><head><title>502 for " .. key .. "</title></head><body><h1>"
       .. key .. "</h1></body></html>", "text/html")
