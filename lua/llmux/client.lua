@@ -219,7 +219,9 @@ local function merged(self, sec, opts, where)
   check_options(opts, where)
   local o = setmetatable({}, { __index = self })
   for k, v in pairs(opts) do
-    if k ~= "api_key" then o[k] = v end   -- the key stays out of anything a call holds
+    -- the key, and headers that may carry a credential, stay out of anything a call (and
+    -- its Stream) holds: they live in the header list and the call's secrets
+    if k ~= "api_key" and k ~= "headers" then o[k] = v end
   end
   if opts.base_url then o.base_url = check_url(opts.base_url, where) end
   local key = sec.key

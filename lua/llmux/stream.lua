@@ -511,12 +511,20 @@ local function absorb(s, obj)
   end
 end
 
+-- Keeps what info needs of a finished request's result: not its body, and its header block
+-- with the key scrubbed, as s.head (a provider may echo it in a header, and dumping a Stream
+-- shows no secret).
+local function keep(s, res)
+  res.body, res.head = nil, s.hooks.clean(s.call, res.head)
+  s.res = res
+end
+
 -- Closes the request, keeping what info needs of it, and wakes a reader in another task
 -- (a closed request never comes back from the engine).
 local function drop(s)
   local req = s.req
   if req and not s.dropped then
-    if req:done() then s.res = s.res or req:result() end
+    if req:done() and not s.res then keep(s, req:result()) end
     local _, comments, bytes = req:stream_stats()
     s.comments, s.bytes = comments, bytes
     s.dropped = true
@@ -657,11 +665,12 @@ end
 -- The transfer has ended and its queue is drained: success or an integrity failure.
 local function ended(s, block)
   local res = s.req:result()
-  s.res = res
+  -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
+  -- completion) or sent an error as JSON. Judged like a non-streaming answer.
+  local ok, body, code, detail
+  if s.plain then ok, body, code, detail = s.hooks.judge(res, s.call) end   -- {"error": ...}
+  keep(s, res)
   if s.plain then
-    -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
-    -- completion) or sent an error as JSON. Judged like a non-streaming answer.
-    local ok, body, code, detail = s.hooks.judge(res, s.call)   -- {"error": ...}: provider
     if not ok then
       if not retried(s, body, code, detail, block) then stop(s, body, code, detail) end
       return
