@@ -177,6 +177,40 @@ describe("a client with a key and a credential header", function()
   end)
 end)
 
+describe("a key set after the client was made", function()
+  it("is sent, kept out of the client's fields and scrubbed", function()
+    local other, hk = "sk-later-SECRET-42", "hdr-later-SECRET-7"
+    local open = llmux.client{ base_url = "http://127.0.0.1:" .. u.port, api_key = KEY }
+    open.api_key = other
+    open.headers = { ["x-api-key"] = hk }
+    assert.is_falsy(leaks(open, other))
+    assert.is_falsy(leaks(open, hk))
+    local seen = assert(open:request("GET", "/open/echo")).headers   -- Authorization: its length
+    assert.equals(#("Bearer " .. other), seen.authorization)
+    assert.equals(hk, seen["x-api-key"])
+    local h = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+    h.api_key = other
+    local msg = failed(other, h:chat(body("leakkey")))
+    assert.matches("Invalid request for key [redacted]", msg, 1, true)
+    h.headers = { ["x-api-key"] = hk }
+    msg = failed(hk, h:chat(body("leakheader:x-api-key")))
+    assert.matches("Invalid credential '[redacted]'", msg, 1, true)
+    failed(other, h:chat(body("leakkey")))   -- the key stays when the headers change
+    -- "" sends none, as the option does
+    open.api_key = ""
+    assert.is_nil(assert(open:request("GET", "/open/echo")).headers.authorization)
+    -- misuse names the field, never the value
+    for _, case in ipairs{ { "api_key", 42, "a string without line breaks" },
+        { "api_key", other .. "\n", "a string without line breaks" },
+        { "headers", { ["x-api-key"] = hk .. "\r\n" }, "a table of valid header names" } } do
+      local ok, err = pcall(function() h[case[1]] = case[2] end)
+      assert.is_false(ok)
+      assert.matches("llmux.Client: field '" .. case[1] .. "' must be " .. case[3], err, 1, true)
+      assert.is_falsy(err:find("SECRET", 1, true), err)
+    end
+  end)
+end)
+
 describe("a base_url with a password", function()
   it("shows it redacted in tostring, info.url, messages and misuse errors", function()
     local pw = "pw-SECRET-9"

@@ -177,33 +177,62 @@ local function env(name)
   if v ~= "" then return v end
 end
 
+-- The key a client sends for the api_key it was given: v, else the environment's; none for "".
+local function key_for(v, where)
+  local key = v or env("LLMUX_API_KEY") or env("OPENAI_API_KEY")
+  if key == "" then return nil end
+  if key and find(key, "[\r\n%z]") then
+    misuse(where .. ": api_key (from the environment) contains a line break")
+  end
+  return key
+end
+
+-- The key, and headers that may carry a credential, live beside the client, not in it:
+-- dumping a client shows neither. user: the caller's headers (copied: a later change to
+-- theirs changes nothing).
+local function set_secrets(self, key, user)
+  local copy = {}
+  for k, v in pairs(user or {}) do copy[k] = v end
+  -- specs: the request specs of calls with the client's own options (see new_call), made
+  -- anew, as their header lists are
+  -- hide_one: the one secret as a string, false for a list of them (clean_head's fast check)
+  local hide = hidden(key, copy)
+  secrets[self] = { key = key, headers = build_headers(key, copy), hide = hide,
+    hide_one = type(hide) ~= "table" and hide, user_headers = copy, specs = {} }
+end
+
 -- llmux.client(opts) -> Client
 function M.new(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("llmux.client: opts must be a table", 2) end
   check_options(opts, "llmux.client")
-  local self = setmetatable({}, Client)
+  local self = {}
   for k, v in pairs(DEFAULTS) do self[k] = v end
-  for k, v in pairs(opts) do self[k] = v end
-  -- the key, and headers that may carry a credential, live beside the client, not in it:
-  -- dumping a client shows neither
-  self.api_key, self.headers = nil, nil
+  for k, v in pairs(opts) do
+    if k ~= "api_key" and k ~= "headers" then self[k] = v end
+  end
+  setmetatable(self, Client)
   local base = opts.base_url or env("LLMUX_BASE_URL") or env("OPENAI_BASE_URL")
     or "https://api.openai.com/v1"
   self.base_url = check_url(base, "llmux.client")
-  local key = opts.api_key or env("LLMUX_API_KEY") or env("OPENAI_API_KEY")
-  if key == "" then key = nil end
-  if key and find(key, "[\r\n%z]") then
-    error("llmux.client: api_key (from the environment) contains a line break", 2)
-  end
-  local user = {}   -- the caller's headers, a copy (a later change to theirs changes nothing)
-  for k, v in pairs(opts.headers or {}) do user[k] = v end
-  -- specs: the request specs of calls with the client's own options (see new_call)
-  -- hide_one: the one secret as a string, false for a list of them (make_info's fast check)
-  local hide = hidden(key, user)
-  secrets[self] = { key = key, headers = build_headers(key, user), hide = hide,
-    hide_one = type(hide) ~= "table" and hide, user_headers = user, specs = {} }
+  set_secrets(self, key_for(opts.api_key, "llmux.client"), opts.headers)
   return self
+end
+
+-- c.api_key = key and c.headers = {...} on a client made before: checked as the options are
+-- and kept beside the client as llmux.client keeps them (a field of the client would be sent
+-- nowhere, and would show in a dump of it). api_key nil takes the environment's, as
+-- llmux.client does; "" sends none. Other fields are set as they are.
+function Client:__newindex(k, v)
+  local sec = secrets[self]
+  if (k ~= "api_key" and k ~= "headers") or not sec then return rawset(self, k, v) end
+  local want = v ~= nil and OPTIONS[k](v)
+  if want then misuse(format("llmux.Client: field '%s' must be %s", k, want)) end
+  if k == "api_key" then
+    set_secrets(self, key_for(v, "llmux.Client"), sec.user_headers)
+  else
+    set_secrets(self, sec.key, v)
+  end
 end
 
 function Client:__tostring()
