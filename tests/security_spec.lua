@@ -211,6 +211,41 @@ describe("a key set after the client was made", function()
   end)
 end)
 
+describe("a misuse error", function()
+  it("quotes no key given where a name or a URL belongs", function()
+    local line = "Authorization: Bearer " .. KEY
+    for _, case in ipairs{
+      { function() llmux.client{ headers = { [line] = "" } } end, "('Authorization...' is not" },
+      { function() c:chat(body("m"), { headers = { [line] = "x" } }) end,
+        "('Authorization...' is not" },
+      { function() c:chat(body("m"), { headers = { ["x-key\n" .. KEY] = "x" } }) end,
+        "('x-key...' is not" },
+      { function() llmux.client{ base_url = "https://h/v1?key=" .. KEY } end,
+        "bad base_url 'https://h/v1?...'" },
+      { function() c:chat(body("m"), { base_url = "https://h/v1#" .. KEY }) end,
+        "bad base_url 'https://h/v1#...'" },
+      { function() llmux.client{ api_key = { KEY } } end, "option 'api_key' must be" },
+      { function() llmux.client{ api_key = KEY .. "\n" } end, "option 'api_key' must be" },
+    } do
+      local ok, err = pcall(case[1])
+      assert.is_false(ok)
+      assert.is_falsy(leaks(err, KEY), err)
+      assert.matches(case[2], err, 1, true)
+    end
+    -- a key from the environment with a line break, made client or set later
+    local run_script = require "helpers.script"
+    local out = run_script([[
+      local llmux = require "llmux"
+      print(select(2, pcall(llmux.client, { base_url = "http://127.0.0.1:1/v1" })))
+      local c = llmux.client{ base_url = "http://127.0.0.1:1/v1", api_key = "sk-x" }
+      print(select(2, pcall(function() c.api_key = nil end)))
+    ]], nil, "env -u OPENAI_API_KEY LLMUX_API_KEY=\"$(printf 'sk-env-SECRET\\nx')\"")
+    assert.is_falsy(out:find("SECRET", 1, true), out)
+    local _, n = out:gsub("api_key %(from the environment%) contains a line break", "")
+    assert.equals(2, n, out)
+  end)
+end)
+
 describe("a base_url with a password", function()
   it("shows it redacted in tostring, info.url, messages and misuse errors", function()
     local pw = "pw-SECRET-9"

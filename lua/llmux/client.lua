@@ -55,7 +55,11 @@ local OPTIONS = {
         return "a table of name = value strings"
       end
       if find(k, "[%c:]") or k == "" or find(x, "[\r\n%z]") then
-        return "a table of valid header names and values ('" .. k .. "' is not)"
+        -- a name quoted up to a ":" or a control character: a whole header line given as a
+        -- name ("Authorization: Bearer sk-...") has the key after it
+        local name = match(k, "^[^%c:]*")
+        return "a table of valid header names and values ('" .. name
+          .. (name ~= k and "...' is not: a name has no ':' or control character)" or "' is not)")
       end
     end
   end,
@@ -113,7 +117,9 @@ local function check_url(u, where)
   local port = authority and port_of(authority)
   local n = port and find(port, "^%d+$") and tonumber(port)
   if not authority or port == false or (port and not (n and n >= 1 and n <= 65535)) then
-    misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where, shown(u)))
+    -- quoted without a query or fragment: a key put there (?key=...) would show
+    misuse(format("%s: bad base_url '%s' (want http(s)://host[:port]/path)", where,
+      (shown(u):gsub("([?#]).*", "%1..."))))
   end
   return (u:gsub("/+$", ""))
 end
