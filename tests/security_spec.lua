@@ -177,6 +177,17 @@ describe("a client with a key and a credential header", function()
   end)
 end)
 
+describe("an image answer that does not decode", function()
+  -- the answer is kept in detail.body (its images are paid for), as any failure's: scrubbed
+  it("keeps the answer in detail with the key scrubbed", function()
+    local broken = llmux.image.new(4, 4, 3, ("\1\2\3"):rep(16)):encode_png():sub(1, 40)
+    local _, code, detail = failed(KEY, c:inpaint{ image = broken, mask = broken,
+      prompt = "x", model = "keyecho:answer", decode = true })
+    assert.equals("decode", code)
+    assert.equals("[redacted]", detail.body.echoed_key)
+  end)
+end)
+
 describe("a key set after the client was made", function()
   it("is sent, kept out of the client's fields and scrubbed", function()
     local other, hk = "sk-later-SECRET-42", "hdr-later-SECRET-7"

@@ -937,8 +937,9 @@ end
 
 local WHITESPACE = { ignore_whitespace = true }
 
--- With args.decode, every data[i].b64_json becomes data[i].image (an llmux.Image).
-local function decode_images(res, info, args, where)
+-- With args.decode, every data[i].b64_json becomes data[i].image (an llmux.Image). A failure's
+-- detail holds the answer, with the call's secrets (key: key_of's) scrubbed as fail() does.
+local function decode_images(res, info, args, where, key)
   if not res or not args.decode then return res, info end
   for i, item in ipairs(type(res.data) == "table" and res.data or {}) do
     if type(item) == "table" and type(item.b64_json) == "string" then
@@ -946,8 +947,9 @@ local function decode_images(res, info, args, where)
       local img, msg, code
       if bytes then img, msg, code = image.decode(bytes) else msg, code = err, "decode" end
       if not img then   -- the answer stays in detail.body: its images are made and paid for
-        return nil, format("%s: data[%d].b64_json: %s", where, i, tostring(msg)), code,
-          { status = info.status, attempts = info.attempts, headers = info.headers, body = res }
+        return nil, errors.scrub(format("%s: data[%d].b64_json: %s", where, i, tostring(msg)),
+          key), code, errors.scrub({ status = info.status, attempts = info.attempts,
+          headers = info.headers, body = res }, key)
       end
       item.image = img
     end
@@ -1029,19 +1031,19 @@ function Client:images_edit(args, opts)
     form[#form + 1] = { name = "mask", data = mask, filename = "mask.png", type = "image/png" }
   end
   for _, f in ipairs(fields) do form[#form + 1] = f end
-  local res, info, code, detail = perform(new_call(self, opts, "POST", "/images/edits", nil,
-    where, nil, form))
+  local call = new_call(self, opts, "POST", "/images/edits", nil, where, nil, form)
+  local res, info, code, detail = perform(call)
   if not res then return nil, info, code, detail end
-  return decode_images(res, info, args, where)
+  return decode_images(res, info, args, where, key_of(call))
 end
 
 -- JSON image endpoints of aggregators: base64 PNGs in a JSON body, at a path of the
 -- caller's choosing (args.path).
 local function json_image_call(self, args, opts, where, path, body)
-  local res, info, code, detail = perform(new_call(self, opts, "POST", args.path or path,
-    encode_body(body, where), where))
+  local call = new_call(self, opts, "POST", args.path or path, encode_body(body, where), where)
+  local res, info, code, detail = perform(call)
   if not res then return nil, info, code, detail end
-  return decode_images(res, info, args, where)
+  return decode_images(res, info, args, where, key_of(call))
 end
 
 local INPAINT_ARGS = { image = "any", mask = "any", prompt = "string", model = "string",

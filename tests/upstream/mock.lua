@@ -468,7 +468,8 @@ end
 --                       must: "/" as %2F), percentall (a 403 text with every byte %XX),
 --                       entity and entityhex (a proxy's 502 HTML page quoting the request,
 --                       every byte a character reference &#115; or &#x73;), masked (OpenAI's
---                       401 with the key masked: "sk-tes*****cdef")
+--                       401 with the key masked: "sk-tes*****cdef"), answer (a 2xx answer
+--                       quoting it: a chat's content, an image answer's member echoed_key)
 local function echoed_key(ctx)
   local name = ctx.req.mock_key_header
   if type(name) == "string" then return ngx.req.get_headers()[name] or "" end
@@ -506,6 +507,12 @@ behaviours.keyecho = function(ctx, a)
       .. ("*"):rep(#key - 10) .. key:sub(-4) .. ". You can find your API key at "
       .. "https://platform.openai.com/account/api-keys.", "invalid_request_error",
       "invalid_api_key")
+  elseif mode == "answer" then
+    if ctx.image_answer then
+      ctx.image_answer.echoed_key = key
+      return answer(ctx)
+    end
+    return answer(ctx, "your key: " .. key)
   elseif mode == "html" then
     return send(502, "<html><head><title>502 for " .. key .. "</title></head><body><h1>"
       .. key .. "</h1></body></html>", "text/html")
