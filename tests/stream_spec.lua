@@ -551,6 +551,23 @@ describe("provider variations", function()
     assert.equals("decode", code)
   end)
 
+  it("an event stream in a Content-Encoding llmux did not ask for fails decode, naming it",
+    function()
+    -- it used to end as "truncated" after 0 events (retried as such), not a word of gzip
+    local s, msg, code, detail = c:chat_stream(body("gzipped", "x"))
+    assert.is_nil(s)
+    assert.equals("decode", code)
+    assert.matches("a body in Content-Encoding gzip, which llmux did not ask for", msg, 1, true)
+    assert.equals(200, detail.status)
+    assert.equals("gzip", detail.headers["content-encoding"])
+    assert.equals(1, detail.attempts)   -- a 2xx decode failure is not retried, as unstreamed
+    local res
+    res, msg, code = c:chat(body("gzipped", "x", { stream = true }))
+    assert.is_nil(res)
+    assert.equals("decode", code)
+    assert.matches("Content-Encoding gzip", msg, 1, true)
+  end)
+
   it("a 2xx that is not a stream is bounded by timeout, not idle_timeout", function()
     -- the JSON body comes in 8 pieces 0.2 s apart: each gap is short, the whole is not
     local s = assert(c:chat_stream(body("plainslow:8:200"), { idle_timeout = 0.5 }))

@@ -662,27 +662,39 @@ perform = function(call)
     local req, w, c3, c4 = start(call)
     if not req then return nil, w, c3, c4 end
     if w then
-      return stream.new(call, req, w, {
-        info = make_info, judge = judge, fail = call_fail, cut = cut, clean = clean_head,
-        retry = function(why, code, detail)
-          local again, m, c, d = retry_or_fail(call, why, code, detail)
-          if not again then return nil, m, c, d end
-          return perform(call)   -- nothing starts when the stream was closed meanwhile
-        end,
-      })
-    end
-    local res, decoded = req:result(true, true)   -- a 2xx JSON body comes decoded; closes req
-    local ok, a, code, detail
-    if not decoded and no_body(call, res) then decoded = {} end
-    if decoded then
-      ok, a, code, detail = answer_ok(res.status, res.head, decoded, call)
-      if ok then return decoded, make_info(call, res, decoded) end
+      -- a 2xx whose headers say its body is in an encoding llmux did not ask for (see
+      -- encoding): no event of it can be read, and it would end "truncated" after none
+      local status, head = req:head()
+      local enc = encoding(parse_headers(head))
+      if not enc then
+        return stream.new(call, req, w, {
+          info = make_info, judge = judge, fail = call_fail, cut = cut, clean = clean_head,
+          retry = function(why, code, detail)
+            local again, m, c, d = retry_or_fail(call, why, code, detail)
+            if not again then return nil, m, c, d end
+            return perform(call)   -- nothing starts when the stream was closed meanwhile
+          end,
+        })
+      end
+      req:close()
+      sched.release(w)
+      local again, m, c, d = retry_or_fail(call, "stream not readable: " .. enc, "decode",
+        { status = status, headers = parse_headers(clean_head(call, head)) })
+      if not again then return nil, m, c, d end
     else
-      ok, a, code, detail = judge(res, call)
+      local res, decoded = req:result(true, true)   -- a 2xx JSON body comes decoded; closes req
+      local ok, a, code, detail
+      if not decoded and no_body(call, res) then decoded = {} end
+      if decoded then
+        ok, a, code, detail = answer_ok(res.status, res.head, decoded, call)
+        if ok then return decoded, make_info(call, res, decoded) end
+      else
+        ok, a, code, detail = judge(res, call)
+      end
+      if ok then return a, make_info(call, res, a) end
+      local again, m, c, d = retry_or_fail(call, a, code, detail)
+      if not again then return nil, m, c, d end
     end
-    if ok then return a, make_info(call, res, a) end
-    local again, m, c, d = retry_or_fail(call, a, code, detail)
-    if not again then return nil, m, c, d end
   end
 end
 

@@ -603,6 +603,7 @@ end
 --   bytewise             every byte of the stream in its own write
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
+--   gzipped              a 200 event stream in Content-Encoding gzip, not asked for
 --   replay               the stream the request carries: body.mock_writes, a list of strings
 --                        written (and flushed) one by one, as they are (the property spec's
 --                        random chunk sequences; the body ends after the last)
@@ -1702,6 +1703,23 @@ streams.replay = function(ctx)
     ngx.print(w)
     if not ngx.flush(true) then return ngx.exit(ngx.OK) end
   end
+  return ngx.exit(ngx.OK)
+end
+
+-- gzipped (streamed)    200 text/event-stream with Content-Encoding: gzip, whether or not the
+--                       request asked for it (llmux does not): a gzip of one chunk "hi" with
+--                       finish_reason "stop", then [DONE]
+local GZIPPED_STREAM = ""
+  .. "\031\139\008\000\000\000\000\000\002\003\029\142\193\010\1940\016D\239\249\010\153s("
+  .. "z\205Y\175\250\001\165HLV\019mw\139YA(\253w\183\030g\230\241\152\0285\134\221\130"
+  .. "\154\017\2408\192CnOJj)\149\168]\146i\030I\171p\151\202\135_\006\1647E%\227\015\030"
+  .. "\147d\026\141\157\182\190HM\212\016z\211q\166/\194\222\195v\141\008\011\146\176\018o"
+  .. "\226R\177z\220+\215V\174&k\194\2146\149\025\235\176:\151\255\159\250\227\229|\026"
+  .. "\156\251\001\245V\235\002\162\000\000\000"
+streams.gzipped = function()
+  if not sse_headers({["Content-Encoding"] = "gzip"}) then return ngx.exit(ngx.OK) end
+  ngx.print(GZIPPED_STREAM)
+  ngx.flush(true)
   return ngx.exit(ngx.OK)
 end
 
