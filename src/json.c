@@ -624,12 +624,12 @@ void lmx_json_open(lua_State *L) {
  * [{"index": 0, "delta": {"content": "..."}, "finish_reason": null}]}. lmx_json_chunk reads
  * that shape without building a single Lua table, which is most of what decoding one costs.
  * It validates the whole text as strictly as json_decode does; anything it is not sure about
- * (other shapes, tool calls, usage, errors, escapes in keys, a lone surrogate in the text,
- * long or exponent numbers, deep nesting, invalid JSON) is answered "not simple", and the
- * caller decodes the event fully, so both paths agree by construction. Other members of the
- * chunk and its choice (extras) are collected raw into *extras, which the caller compares
- * with the last chunk's; without an extras buffer any non-null one is not simple. s[len] must
- * be '\0' (the scanners stop on it). */
+ * (other shapes, tool calls, usage, errors, escapes in keys, a lone surrogate in the text or
+ * a text that ends inside a character, long or exponent numbers, deep nesting, invalid JSON)
+ * is answered "not simple", and the caller decodes the event fully, so both paths agree by
+ * construction. Other members of the chunk and its choice (extras) are collected raw into
+ * *extras, which the caller compares with the last chunk's; without an extras buffer any
+ * non-null one is not simple. s[len] must be '\0' (the scanners stop on it). */
 
 #define CHUNK_DEPTH 32
 
@@ -919,6 +919,20 @@ static int chunk_member(Scan *S, const char *k, size_t kn, void *ud) {
   return extra_member(S, 'T', k, kn, 2);
 }
 
+/* Whether s[0..n) ends inside a UTF-8 character: a lead byte followed by fewer continuation
+ * bytes than it announces. A server may cut a character's bytes between two chunks; such a
+ * text goes the full way, where stream.lua holds the cut character back until the next piece
+ * completes it (the readers hand out whole characters). Lua's cut_at reads the same bytes. */
+static int ends_cut(const unsigned char *s, size_t n) {
+  size_t k = 0, need;
+  while (k < n && k < 3 && (s[n - 1 - k] & 0xC0) == 0x80) k++;
+  if (k == n) return 0;
+  unsigned char lead = s[n - 1 - k];
+  need = lead >= 0xC2 && lead <= 0xDF ? 1 : lead >= 0xE0 && lead <= 0xEF ? 2
+       : lead >= 0xF0 && lead <= 0xF4 ? 3 : 0;
+  return k < need;
+}
+
 int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_Buf *extras,
                    lmx_JChunk *c) {
   Scan S;
@@ -937,5 +951,6 @@ int lmx_json_chunk(const char *s, size_t len, lmx_Buf *scratch, lmx_Buf *extras,
   if (S.p != S.end || !c->choices) return 0;
   if (c->text.off >= 0) c->text.p = scratch->p + c->text.off;
   if (c->finish.off >= 0) c->finish.p = scratch->p + c->finish.off;
+  if (c->text.n && ends_cut((const unsigned char *)c->text.p, c->text.n)) return 0;
   return 1;
 }

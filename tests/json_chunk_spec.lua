@@ -95,6 +95,18 @@ describe("json_chunk", function()
     for _, s in ipairs(others) do assert.is_false(chunk(s), s) end
   end)
 
+  it("hands over a text that ends inside a character (stream.lua holds the cut back)",
+    function()
+    for _, t in ipairs{ "a\195", "\240\159", "\240\159\152", "\226\130", "x\244\143\191" } do
+      assert.same({ false }, { chunk(c('{"content":"' .. t .. '"}')) }, t)
+    end
+    -- whole characters, bytes that start none (continuations alone, C0, F5) and escapes
+    for _, t in ipairs{ "a\195\169", "\240\159\152\128", "\152\128", "a\192", "\245\128",
+      "\128\128\128\128", "\\u00e9" } do
+      assert.is_true((chunk(c('{"content":"' .. t .. '"}'))), t)
+    end
+  end)
+
   it("agrees with json_decode on thousands of mutated chunks", function()
     math.randomseed(7)
     local bases = { c('{"content":"hi \\"there\\" \\u00e9"}'), c("{}", '"length"'),

@@ -762,6 +762,67 @@ describe("provider variations", function()
     check(assert(s:result()), "chunks")
   end)
 
+  -- A content chunk of choice 0 with text (a JSON string's inside, raw bytes as they are).
+  local function text_chunk(text, finish)
+    return '{"id":"u1","object":"chat.completion.chunk","created":1,"model":"m",'
+      .. '"choices":[{"index":0,"delta":{"content":"' .. text .. '"},"finish_reason":'
+      .. (finish and '"' .. finish .. '"' or "null") .. "}]}"
+  end
+  -- The pieces each reader hands out of a stream written event by event, and the results.
+  local function pieces_by_reader(texts)
+    local writes = {}
+    for i, t in ipairs(texts) do writes[i] = "data: " .. text_chunk(t) .. "\n\n" end
+    writes[#writes + 1] = "data: " .. text_chunk("", "stop") .. "\n\ndata: [DONE]\n\n"
+    local b = body("replay", "x", { mock_writes = writes })
+    local out = {}
+    local s = assert(c:chat_stream(b))
+    out.deltas = {}
+    for t in s:deltas() do out.deltas[#out.deltas + 1] = t end
+    out.deltas.res = assert(s:result())
+    s = assert(c:chat_stream(b))
+    out.read = {}
+    for _ = 1, 2000 do
+      local t = s:read()
+      if not t then break end
+      if t ~= "" then out.read[#out.read + 1] = t end
+      llmux.sleep(0.001)
+    end
+    out.read.res = assert(s:result())
+    b.stream = true
+    out.on_delta = {}
+    out.on_delta.res = assert(c:chat(b, { on_delta = function(t)
+      out.on_delta[#out.on_delta + 1] = t
+    end }))
+    return out
+  end
+
+  it("holds back a character whose UTF-8 bytes a chunk cut until the next completes it",
+    function()
+    -- a server that cuts text by bytes: U+1F600 as "\240\159" + "\152\128", then byte by
+    -- byte; deltas() handed out each cut piece as it came (its "\240\159" no printable text)
+    local smile, e = "\u{1F600}", "\u{E9}"
+    for k, case in ipairs{
+      { { "a\240\159", "\152\128b" }, "a" .. smile .. "b" },
+      { { "a\240", "\159", "\152", "\128b", "c\195", "\169" }, "a" .. smile .. "bc" .. e },
+      { { "x\195", "\169\240\159\152", "\128" }, "x" .. e .. smile },
+    } do
+      local out = pieces_by_reader(case[1])
+      for how, pieces in pairs(out) do
+        for _, p in ipairs(pieces) do assert.is_truthy(utf8.len(p), how .. ": " .. p) end
+        assert.equals(case[2], table.concat(pieces), how)
+        assert.equals(case[2], pieces.res.choices[1].message.content, how)
+      end
+      -- the character waits for its last byte, the text before it does not
+      if k == 1 then assert.same({ "a", smile .. "b" }, { table.unpack(out.deltas) }) end
+    end
+    -- bytes that nothing completes come out at the end as they came, as the result has them
+    -- (llmux checks no UTF-8); a lead byte followed by plain text goes with it
+    for how, pieces in pairs(pieces_by_reader{ "a\240\159", "b", "c\226\130" }) do
+      assert.equals("a\240\159bc\226\130", table.concat(pieces), how)
+      assert.equals("a\240\159bc\226\130", pieces.res.choices[1].message.content, how)
+    end
+  end)
+
   it("takes the id and model from a later chunk when the first has none, whichever reader",
     function()
     each_reader("latemodel", function(res, how)

@@ -276,19 +276,36 @@ local function mended(v)
   return t or v
 end
 
--- Choice 0's next piece of text as the readers hand it out, once s.lone: after the held high
--- half, if any, and without a trailing one (held for the next piece); nil when nothing is left.
+-- A server may also cut a character's UTF-8 bytes between two pieces ("\240\159" ending one,
+-- "\152\128" starting the next). The result's text is their concatenation, whole again; the
+-- readers hold such a tail back too (the C fast path reads no chunk whose text ends so). What
+-- no piece completed is handed out at the end as it came, as the result keeps it (llmux
+-- checks no UTF-8: a server's broken bytes stay its own).
+-- cut_at(text) -> where an unfinished character ends text (a lead byte followed by fewer
+-- continuation bytes than it announces), nil when text ends on a whole one; json.c's ends_cut
+-- reads the same bytes.
+local function cut_at(text)
+  local at = find(text, "[\194-\244][\128-\191]*$", -4)
+  if not at then return nil end
+  local lead = byte(text, at)
+  if #text - at < (lead >= 240 and 3 or lead >= 224 and 2 or 1) then return at end
+  return nil
+end
+
+-- Choice 0's next piece of text as the readers hand it out, once s.lone, s.held or its last
+-- byte is not ASCII: after what was held, if anything, and without a trailing high half (s.lone)
+-- or unfinished character (held for the next piece); nil when nothing is left.
 local function hand_out(s, text)
   if s.held then
     text = s.held .. text
     s.held = nil
   end
-  local at = find(text, "\237[\160-\175][\128-\191]$")
+  local at = s.lone and find(text, "\237[\160-\175][\128-\191]$") or cut_at(text)
   if at then
     s.held = sub(text, at)
     text = sub(text, 1, at - 1)
   end
-  text = mend(text)
+  if s.lone then text = mend(text) end
   return text ~= "" and text or nil
 end
 
@@ -768,7 +785,8 @@ local function advance(s, block, fast)
           c.n = n
           c.parts[n] = data
           if not s.ttft then s.ttft = now() - s.call.t0 end
-          if s.held then return hand_out(s, data), nil end   -- a high half alone: U+FFFD
+          -- after a held tail (data may not complete it: false, a chunk without text)
+          if s.held then return hand_out(s, data) or false, nil end
           return data, nil
         end
       end
@@ -780,7 +798,7 @@ local function advance(s, block, fast)
       local obj, raw = on_event(s, data, event)
       if obj then
         local text = first_text(raw)
-        if text and s.lone then text = hand_out(s, text) end
+        if text and (s.lone or s.held or byte(text, -1) > 127) then text = hand_out(s, text) end
         return text or false, obj
       end
       if s.saw_done and not s.over then
@@ -817,16 +835,17 @@ local function advance(s, block, fast)
     end
   end
   reraise(s)
-  if s.held then   -- a high half that no piece completed
+  local held = s.held   -- a high half (U+FFFD) or a character's bytes no piece completed
+  if held then
     s.held = nil
-    return "\u{FFFD}", nil
+    return s.lone and mend(held) or held, nil
   end
   return nil
 end
 
 -- stream.each_delta(s, fn): reads the stream to its end, calling fn(text, chunk) with each
 -- piece of choice 0's text as deltas() hands it out and the chunk it came in (c:chat's
--- on_delta; a high surrogate half that nothing completed comes with the last chunk).
+-- on_delta; what was held back and never completed comes with the last chunk).
 function M.each_delta(s, fn)
   local last
   while true do
