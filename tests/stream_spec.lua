@@ -1035,6 +1035,37 @@ describe("stream lifetime", function()
     assert.equals(0, sched.engine():stats().running)
   end)
 
+  it("close() inside a reader's loop ends it, also with a character's start held back",
+    function()
+    -- "\ud83d" and "\240\159" end the first piece, held for the next: after close() the
+    -- reader handed it out (U+FFFD or the lone bytes) instead of ending
+    local function ev(text, finish)
+      return 'data: {"choices":[{"index":0,"delta":{"content":"' .. text
+        .. '"},"finish_reason":' .. (finish and '"stop"' or "null") .. "}]}\n\n"
+    end
+    for _, cut in ipairs{ { "a\\ud83d", "\\ude00b" }, { "a\240\159", "\152\128b" } } do
+      local writes = { ev(cut[1]), ev(cut[2]), ev("c"), ev("", true), "data: [DONE]\n\n" }
+      for _, how in ipairs{ "deltas", "on_delta" } do
+        local s = assert(c:chat_stream(body("replay", "x", { mock_writes = writes })))
+        local got = {}
+        if how == "deltas" then
+          for text in s:deltas() do
+            got[#got + 1] = text
+            s:close()
+          end
+        else
+          stream.each_delta(s, function(text)
+            got[#got + 1] = text
+            s:close()
+          end)
+        end
+        assert.same({ "a" }, got, how)
+        assert.equals("cancelled", select(3, s:result()), how)
+        assert.is_nil(s:read())
+      end
+    end
+  end)
+
   it("a to-be-closed stream closes at the end of its scope", function()
     local s2
     do

@@ -1038,6 +1038,7 @@ function Stream:close()
   end
   if call.waiter then sched.release(call.waiter) end
   self.raised = nil   -- what a retry raised (see reopen): the caller is done with the stream
+  self.held = nil   -- a piece held back (see hand_out) is no longer due: reads end now
   if not self.over then
     stop(self, "stream closed by the caller after " .. self.events .. " events", "cancelled")
   end
