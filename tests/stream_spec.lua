@@ -248,6 +248,36 @@ describe("stream integrity", function()
     assert.is_falsy(tostring(detail.body):find("sk-stream", 1, true))
   end)
 
+  it("every choice finished, then silence without [DONE] or an end of body: a success",
+    function()
+    -- the answer was whole, yet idle_timeout failed it as stalled
+    for _, how in ipairs{ "deltas", "read", "chunks", "result" } do
+      local s = assert(c:chat_stream(body("finishhold:4", "x"), { idle_timeout = 0.5 }))
+      local got = {}
+      if how == "deltas" then
+        for t in s:deltas() do got[#got + 1] = t end
+      elseif how == "chunks" then
+        for chunk in s:chunks() do got[#got + 1] = stream.first_text(chunk) end
+      elseif how == "read" then
+        for _ = 1, 2000 do
+          local t = s:read()
+          if not t then break end
+          got[#got + 1] = t
+          llmux.sleep(0.005)
+        end
+      end
+      local res, msg = s:result()
+      assert.truthy(res, how .. ": " .. tostring(msg))
+      assert.equals("held", res.choices[1].message.content, how)
+      assert.equals("stop", res.choices[1].finish_reason, how)
+      assert.is_nil(msg.code, how)   -- the info of a success: no word of the dropped transfer
+      if how ~= "result" then assert.equals("held", table.concat(got), how) end
+    end
+    -- a choice not finished is stalled as before
+    local _, _, code = c:chat(body("stall:2:3", "x", { stream = true }), { idle_timeout = 0.5 })
+    assert.equals("stalled", code)
+  end)
+
   it("a stream is finished only when every choice is", function()
     local res, msg, code = c:chat(body("twocut", "x", { stream = true, n = 2 }))
     assert.is_nil(res, msg)

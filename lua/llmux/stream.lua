@@ -719,6 +719,9 @@ local function ended(s, block)
 end
 
 local function stalled(s, block)
+  -- every choice finished, and then neither [DONE] nor the end of the body came: the answer
+  -- is whole (what [DONE] would have said), only its server kept the body open (stop drops it)
+  if all_finished(s) then return stop(s) end
   local why = format("no event for %g s (idle_timeout)", s.idle_timeout)
   s.req:cancel()
   if not retried(s, why, "stalled", nil, block) then stop(s, why, "stalled") end

@@ -612,6 +612,7 @@ end
 --   twocut               two choices, only one finishes, clean end: cut
 --   emptyfinish          finish_reason "" and no [DONE]: cut
 --   donehold:S           [DONE], then the body stays open S seconds
+--   finishhold:S         the same without [DONE]: finish_reason, then S seconds of silence
 --   emptyslow:S:KEY      the first request for KEY: as emptyonce (with x-mock-empty: 1); the
 --                        later ones get their headers only after S seconds
 --   emptynoretry:KEY     200 with x-should-retry: false and an empty event stream (counted)
@@ -1003,16 +1004,18 @@ streams.emptyfinish = function(ctx)
 end
 
 -- [DONE], then the body stays open for S seconds before it ends.
-streams.donehold = function(ctx, a)
+local function hold(ctx, a, done)
   local s = tonumber(a[1])
   if not s then return false end
   ctx.stream_id = "chatcmpl-" .. state:incr("seq", 1, 0)
   ctx.created = ngx.time()
   if not sse_headers() then return ngx.exit(ngx.OK) end
-  emit(ctx, chunk(ctx, {content = "held"}) .. chunk(ctx, {}, "stop") .. "data: [DONE]\n\n")
+  emit(ctx, chunk(ctx, {content = "held"}) .. chunk(ctx, {}, "stop") .. done)
   ngx.sleep(s)
   return ngx.exit(ngx.OK)
 end
+streams.donehold = function(ctx, a) return hold(ctx, a, "data: [DONE]\n\n") end
+streams.finishhold = function(ctx, a) return hold(ctx, a, "") end
 
 -- The first request for KEY gets 200 and an event stream with no event in it at all.
 streams.emptyonce = function(ctx, a)
