@@ -238,6 +238,20 @@ describe("stream integrity", function()
     end
   end)
 
+  it("an error event with empty data says it had no message", function()
+    -- the message ended "provider error in stream: " with nothing after it
+    for _, data in ipairs{ "data:", "data: ", "data:  \t" } do
+      local writes = { 'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+        "event: error\n" .. data .. "\n\n" }
+      local res, msg, code, detail = c:chat(body("replay", "x",
+        { stream = true, mock_writes = writes }))
+      assert.is_nil(res)
+      assert.equals("provider", code)
+      assert.matches("provider error in stream: an error event without a message", msg, 1, true)
+      assert.equals(2, detail.events)   -- the chunk and the error
+    end
+  end)
+
   it("an in-band error quoting the key shows none of it, however the message is cut", function()
     local s = assert(c:chat_stream(body("eventerrorkey:1:193")))
     collect(s)

@@ -624,6 +624,7 @@ local function provider_error(s, data, obj)
   local text = errors.message(e)
   local msg = text and s.hooks.cut(s.call, (gsub(text, "%s+", " ")), 1000)
     or s.hooks.cut(s.call, data, 200)
+  if not find(msg, "%S") then msg = "an error event without a message" end   -- "data:" alone
   stop(s, "provider error in stream: " .. msg, "provider",
     { body = type(e) == "table" and e or data })
 end
