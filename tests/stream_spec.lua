@@ -598,7 +598,7 @@ describe("provider variations", function()
   it("an event stream in a Content-Encoding llmux did not ask for fails decode, naming it",
     function()
     -- it used to end as "truncated" after 0 events (retried as such), not a word of gzip
-    local s, msg, code, detail = c:chat_stream(body("gzipped", "x"))
+    local s, msg, code, detail = c:chat_stream(body("gzippedstream", "x"))
     assert.is_nil(s)
     assert.equals("decode", code)
     assert.matches("a body in Content-Encoding gzip, which llmux did not ask for", msg, 1, true)
@@ -606,7 +606,7 @@ describe("provider variations", function()
     assert.equals("gzip", detail.headers["content-encoding"])
     assert.equals(1, detail.attempts)   -- a 2xx decode failure is not retried, as unstreamed
     local res
-    res, msg, code = c:chat(body("gzipped", "x", { stream = true }))
+    res, msg, code = c:chat(body("gzippedstream", "x", { stream = true }))
     assert.is_nil(res)
     assert.equals("decode", code)
     assert.matches("Content-Encoding gzip", msg, 1, true)

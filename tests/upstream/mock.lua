@@ -603,7 +603,7 @@ end
 --   bytewise             every byte of the stream in its own write
 --   keepalive            ": ping" and blank lines between the chunks
 --   jsonbody             ignores stream=true: an ordinary JSON completion
---   gzipped              a 200 event stream in Content-Encoding gzip, not asked for
+--   gzippedstream        a 200 event stream in Content-Encoding gzip, not asked for
 --   replay               the stream the request carries: body.mock_writes, a list of strings
 --                        written (and flushed) one by one, as they are (the property spec's
 --                        random chunk sequences; the body ends after the last)
@@ -1709,7 +1709,7 @@ streams.replay = function(ctx)
   return ngx.exit(ngx.OK)
 end
 
--- gzipped (streamed)    200 text/event-stream with Content-Encoding: gzip, whether or not the
+-- gzippedstream        200 text/event-stream with Content-Encoding: gzip, whether or not the
 --                       request asked for it (llmux does not): a gzip of one chunk "hi" with
 --                       finish_reason "stop", then [DONE]
 local GZIPPED_STREAM = ""
@@ -1719,7 +1719,7 @@ local GZIPPED_STREAM = ""
   .. "\147d\026\141\157\182\190HM\212\016z\211q\166/\194\222\195v\141\008\011\146\176\018o"
   .. "\226R\177z\220+\215V\174&k\194\2146\149\025\235\176:\151\255\159\250\227\229|\026"
   .. "\156\251\001\245V\235\002\162\000\000\000"
-streams.gzipped = function()
+streams.gzippedstream = function()
   if not sse_headers({["Content-Encoding"] = "gzip"}) then return ngx.exit(ngx.OK) end
   ngx.print(GZIPPED_STREAM)
   ngx.flush(true)
