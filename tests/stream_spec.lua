@@ -207,6 +207,21 @@ describe("stream integrity", function()
     assert.is_nil(res)
     assert.equals("truncated", code)
     assert.matches("broken after 4 events", msg)
+    -- over HTTP/2 the drop resets the stream (curl: not closed cleanly): the same verdict,
+    -- after every event that came was handed out, and the connection serves the next stream
+    local h2 = llmux.client{ base_url = u.https, api_key = "sk-stream", ca_file = u.ca_file }
+    for _ = 1, 2 do
+      local s = assert(h2:chat_stream(body("drop:3", "x")))
+      assert.equals("t1 t2 t3 ", collect(s))
+      local detail
+      res, msg, code, detail = s:result()
+      assert.is_nil(res)
+      assert.equals("truncated", code)
+      assert.matches("broken after 4 events: HTTP/2 stream %d+ was not closed cleanly", msg)
+      assert.equals(2, s:info().http_version)
+      assert.is_number(detail.curl_code)
+    end
+    assert.truthy(h2:chat(body("chunks:3", "x", { stream = true })))
   end)
 
   it("silence past idle_timeout is stalled, and pings or empty events do not count", function()
