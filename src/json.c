@@ -21,8 +21,12 @@
 #define LMX_JSON_CHUNK 512
 #define LMX_JSON_EXTRA 8   /* a luaL_Buffer's slots, a flush's two copies, a scalar */
 /* Stack is reserved in steps: asking for a whole chunk at once made every call regrow the
- * (coroutine) stack that the GC had just shrunk. */
-#define LMX_JSON_STEP 32
+ * (coroutine) stack that the GC had just shrunk. Under the incremental GC (a host's default;
+ * lua.c runs generational, which keeps stacks) each cycle shrinks a suspended coroutine's stack
+ * to twice what it uses, and a step of 32 (an object asks for 72 slots) still outgrew that at
+ * a chat's depth in llmux.map's tasks: a stack regrown per 6 answers, about 1.8k instructions
+ * per request. 16 (40 slots) fits. */
+#define LMX_JSON_STEP 16
 
 /* Object keys repeat from one response to the next ("choices", "message", "content", ...):
  * each state keeps the Lua strings of recent short keys, so a key seen before is pushed from
