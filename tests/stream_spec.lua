@@ -855,6 +855,29 @@ describe("provider variations", function()
     return out
   end
 
+  it("reads [DONE] with white space around it as the end", function()
+    -- a choice that never finished, so only [DONE] makes the stream whole
+    for _, done in ipairs{ "data: [DONE] \n\n", "data:  [DONE]\r\n\r\n",
+        "data: [DONE]\t\n\n" } do
+      local b = body("replay", "x", { mock_writes = { "data: " .. text_chunk("whole") .. "\n\n",
+        done } })
+      local s = assert(c:chat_stream(b))
+      local res, msg, code = s:result()
+      assert.is_table(res, ("%q: %s: %s"):format(done, tostring(code), tostring(msg)))
+      assert.equals("whole", res.choices[1].message.content)
+      s = assert(c:chat_stream(b))
+      local text = {}
+      for t in s:deltas() do text[#text + 1] = t end
+      assert.equals("whole", table.concat(text))
+      assert.is_table(s:result())
+    end
+    -- [DONE] is the whole of the data, though: other text after it is a chunk that is no JSON
+    local b = body("replay", "x", { mock_writes = { "data: " .. text_chunk("cut") .. "\n\n",
+      "data: [DONE] and more\n\n" } })
+    local _, _, code = assert(c:chat_stream(b)):result()
+    assert.equals("truncated", code)
+  end)
+
   it("holds back a character whose UTF-8 bytes a chunk cut until the next completes it",
     function()
     -- a server that cuts text by bytes: U+1F600 as "\240\159" + "\152\128", then byte by

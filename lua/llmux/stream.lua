@@ -633,7 +633,8 @@ end
 -- with lone surrogate halves kept: see mend), or nil (skipped, [DONE], error).
 local function on_event(s, data, event)
   s.events = s.events + 1
-  if data == "[DONE]" then
+  -- [DONE], white space around it too, as some servers pad it (a chunk starts with "{")
+  if data == "[DONE]" or byte(data) ~= 123 and find(data, "^%s*%[DONE%]%s*$") then
     s.saw_done = true
     return nil
   end
