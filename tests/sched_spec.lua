@@ -711,6 +711,80 @@ describe("semaphore", function()
 end)
 
 describe("map", function()
+  -- items[i] was read in the worker, outside the pcall that guards fn: a proxy whose __index
+  -- raised failed the worker and map raised "only a bug in map" after other items ran; a
+  -- __len that was no count failed the same way, a table of other keys ran nothing, and an
+  -- item fn removed meanwhile went to fn as nil
+  it("items that are no list raise naming items and the caller's line, before fn runs", function()
+    local calls = 0
+    local function fn(x) calls = calls + 1; return x end
+    local function proxy(len, get)
+      return setmetatable({}, { __len = len, __index = function(_, i)
+        if get then return get(i) end
+        if i <= 3 then return i * 10 end
+      end })
+    end
+    for _, case in ipairs{
+      { { a = 1, b = 2 }, 'items must be a list, not a table with key "[ab]"' },
+      { { 1, 2, n = 2 }, 'items must be a list, not a table with key "n"' },
+      { { [0] = "zero", "one" }, "items must be a list, not a table with key 0" },
+      { { [1.5] = 1 }, "items must be a list, not a table with key 1%.5" },
+      { { [-1] = 1 }, "items must be a list, not a table with key %-1" },
+      { proxy(function() return "3" end), '#items must be an integer >= 0, not "3"' },
+      { proxy(function() return 2.5 end), "#items must be an integer >= 0, not 2%.5" },
+      { proxy(function() return -1 end), "#items must be an integer >= 0, not %-1" },
+      { proxy(function() error("no length") end), "#items raised: .*no length" },
+      { proxy(function() return 4 end, function(i)
+          if i == 3 then error("cannot load item 3") end
+          return i
+        end), "items%[3%] raised: .*cannot load item 3" },
+    } do
+      local ok, err = pcall(function() llmux.map(case[1], fn) end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*sched_spec%.lua:%d+: llmux%.map: " .. case[2], err)
+      ok, err = pcall(llmux.run, function() local r = llmux.map(case[1], fn); return r end)
+      assert.is_false(ok)
+      assert.matches("sched_spec%.lua:%d+: llmux%.map: " .. case[2], err)
+    end
+    assert.equals(0, calls)
+  end)
+
+  it("a proxy is read through # and [i]; fn changing items meanwhile changes nothing", function()
+    local src = { "a", "b", "c" }
+    local p = setmetatable({}, { __index = src, __len = function() return #src end })
+    local results, failures = llmux.map(p, function(x, i) return x .. i end)
+    assert.same({ "a1", "b2", "c3" }, results)
+    assert.same({}, failures)
+    -- a __len that says more than __index has: the missing items are holes, each one the
+    -- failure of its own item when fn cannot take nil
+    local short = setmetatable({}, { __len = function() return 4 end, __index = src })
+    results, failures = llmux.map(short, function(x) return x:upper() end)
+    assert.same({ "A", "B", "C" }, results)
+    assert.same({ 4, 1 }, { failures[1].index, #failures })
+    assert.matches("attempt to index a nil value", failures[1].message)
+    -- holes of a plain table are items up to its largest key, whatever # says
+    local holed = {}
+    holed[1], holed[3], holed[9] = 1, 3, 9
+    local seen = 0
+    results = llmux.map(holed, function(x, i) seen = seen + 1; return x or -i end)
+    assert.same({ 1, -2, 3, -4, -5, -6, -7, -8, 9 }, results)
+    assert.equals(9, seen)
+    local items = { 1, 2, 3, 4, 5, 6 }
+    local seen = {}
+    results = llmux.map(items, function(x, i)
+      seen[i] = x
+      items[#items] = nil               -- drops the last, then the one before, ...
+      items[#items + 2] = "late"        -- and leaves holes and extras behind
+      llmux.sleep(0)
+      return x * 2
+    end, { concurrency = 2 })
+    assert.same({ 1, 2, 3, 4, 5, 6 }, seen)
+    assert.same({ 2, 4, 6, 8, 10, 12 }, results)
+    -- an empty table and an empty proxy are no work
+    assert.same({}, (llmux.map({}, error)))
+    assert.same({}, (llmux.map(setmetatable({}, { __len = function() return 0 end }), error)))
+  end)
+
   it("2000 requests at concurrency 64, every answer checked", function()
     local items = {}
     for i = 1, 2000 do items[i] = "item-" .. i end

@@ -6,8 +6,8 @@ local core = require "llmux.core"
 local errors = require "llmux.errors"
 
 local debug, io, math, string, table = debug, io, math, string, table
-local error, pcall, pairs, setmetatable, getmetatable, tostring, type =
-  error, pcall, pairs, setmetatable, getmetatable, tostring, type
+local error, next, pcall, pairs, rawget, rawlen, setmetatable, getmetatable, tostring, type =
+  error, next, pcall, pairs, rawget, rawlen, setmetatable, getmetatable, tostring, type
 local co_create, co_resume, co_yield, co_close, co_running =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.close, coroutine.running
 local pack, unpack = table.pack, table.unpack
@@ -830,6 +830,50 @@ local function progress_bar(total)
   end
 end
 
+-- An error value or key as a message shows it: a string quoted, anything else described.
+local function shown(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return describe(v)
+end
+
+local function len(t) return #t end
+local function index(t, i) return t[i] end
+
+-- The items map works on, read once before any fn runs (so fn may change items meanwhile)
+-- into a list of its own, and their count. A plain table is read raw: its keys must be
+-- positive integers, and the largest is the count (a hole is an item, nil: # could have
+-- named a border below it, and the items past it were dropped unseen). A proxy (its metatable
+-- has __index or __len) is read through #items and items[i]. What is no list of items
+-- (another key, a count that is no integer, a read that raises) is the caller's misuse:
+-- raised naming items from map's caller's line (level, as seen from here), before anything ran.
+local function read_items(items, level)
+  local mt = debug.getmetatable(items)
+  local list, n = {}, 0
+  if mt == nil or (rawget(mt, "__index") == nil and rawget(mt, "__len") == nil) then
+    for k, v in next, items do
+      if math.type(k) ~= "integer" or k < 1 then
+        error("llmux.map: items must be a list, not a table with key " .. shown(k), level)
+      end
+      list[k] = v
+      if k > n then n = k end
+    end
+    return list, n
+  end
+  local ok
+  ok, n = pcall(len, items)
+  if not ok then error("llmux.map: #items raised: " .. describe(n), level) end
+  if math.type(n) ~= "integer" or n < 0 then
+    error("llmux.map: #items must be an integer >= 0, not " .. shown(n), level)
+  end
+  for i = 1, n do
+    local v
+    ok, v = pcall(index, items, i)
+    if not ok then error(("llmux.map: items[%d] raised: %s"):format(i, describe(v)), level) end
+    list[i] = v
+  end
+  return list, n
+end
+
 -- map(items, fn[, {concurrency, progress}]) -> results, failures.
 -- results[i] is fn(items[i], i)'s first value (nil when it failed); failures lists
 -- {index, message, code, detail} for each item whose fn returned nil, msg[, code, detail] or
@@ -851,16 +895,18 @@ function M.map(items, fn, opts)
     error("llmux.map: concurrency must be an integer >= 1", 2)
   end
   local progress = opts.progress
-  if progress == true then
-    progress = core.isatty(2) and progress_bar(#items) or nil
-  elseif progress == "always" then
-    progress = progress_bar(#items)
-  elseif progress ~= nil and progress ~= false and type(progress) ~= "function" then
+  if progress ~= nil and progress ~= false and progress ~= true and progress ~= "always"
+      and type(progress) ~= "function" then
     error("llmux.map: progress must be a boolean, \"always\" or a function", 2)
+  end
+  local list, n = read_items(items, 3)
+  if progress == true then
+    progress = core.isatty(2) and progress_bar(n) or nil
+  elseif progress == "always" then
+    progress = progress_bar(n)
   end
   if progress == false then progress = nil end
 
-  local n = #items
   local results, failures = {}, {}
   local nexti, ndone, nfailed = 0, 0, 0
   -- the progress function failed (perr: what it raised, maybe nil): no worker takes a new item
@@ -869,7 +915,7 @@ function M.map(items, fn, opts)
     while nexti < n and not pfailed do
       nexti = nexti + 1
       local i = nexti
-      local ok, r1, r2, r3, r4 = pcall(fn, items[i], i)
+      local ok, r1, r2, r3, r4 = pcall(fn, list[i], i)
       if not ok then
         failures[#failures + 1] = raised(i, r1)
         nfailed = nfailed + 1
