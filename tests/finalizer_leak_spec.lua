@@ -108,7 +108,10 @@ describe("Multis and Requests let go of together", function()
     it("leak nothing: " .. mode, function()
       if why then return pending(why) end
       local out, status = script(SCRIPT, table.concat({ u.http, u.https, u.ca_file, mode }, " "),
-        "timeout 120 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect "
+        -- without make test's LOCPATH: p11-kit (libcurl's TLS trust) loses a block to
+        -- newlocale when it is set, which is none of ours
+        "env -u LOCPATH timeout 120 valgrind -q --leak-check=full "
+        .. "--errors-for-leak-kinds=definite,indirect "
         .. "--error-exitcode=99")
       assert.matches("built", out)
       assert.is_nil(out:find("definitely lost", 1, true), out)
