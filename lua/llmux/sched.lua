@@ -8,8 +8,8 @@ local errors = require "llmux.errors"
 local debug, io, math, string, table = debug, io, math, string, table
 local error, next, pcall, pairs, rawget, rawlen, setmetatable, getmetatable, tostring, type =
   error, next, pcall, pairs, rawget, rawlen, setmetatable, getmetatable, tostring, type
-local co_create, co_resume, co_yield, co_close, co_running =
-  coroutine.create, coroutine.resume, coroutine.yield, coroutine.close, coroutine.running
+local co_create, co_resume, co_yield, co_close =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
 local pack, unpack = table.pack, table.unpack
 local huge, min, floor = math.huge, math.min, math.floor
 local now = core.now
@@ -29,7 +29,6 @@ local watched          -- the engine watching the job pool's eventfd (see offloa
 local waiting = {}     -- core Request or Job -> Task, box or Waiter (see wake)
 local RequestMT = debug.getregistry()["llmux.Request"]
 local wake             -- defined with the tasks below
-local pass             -- a permit given back (defined with the semaphore)
 
 -- The engine, or nil; one made before a fork() is let go of in the child (it belongs to the
 -- parent: its transfers and connections cannot be touched there), and the next use makes a
@@ -240,15 +239,6 @@ local function finish(task, ok, value)
     if not joined(task.joiners) then
       unobserved[task] = true
       task.sentinel = setmetatable({ err = task.err }, Sentinel)
-    end
-  end
-  -- permits it still holds (taken by hand, never given back) go back: nobody else may give
-  -- them back (see Sem:release), so they would be lost for good
-  local held = task.held
-  if held then
-    task.held = nil
-    for sem, n in pairs(held) do
-      for _ = 1, n do pass(sem) end
     end
   end
   for i = 1, #task.joiners do wake(task.joiners[i], task) end
@@ -681,58 +671,19 @@ function M.semaphore(n)
   if math.type(n) ~= "integer" or n < 1 then
     error("llmux.semaphore: n must be an integer >= 1", 2)
   end
-  return setmetatable({ permits = n, size = n, queue = {}, qh = 1, outside = 0 }, Sem)
-end
-
--- Permits are counted per holder: the task that took one, or false for code outside tasks
--- (the task of the running coroutine even where it cannot yield, as in a sort comparator).
--- Only a holder gives a permit back, so a release() too many raises where it is made instead
--- of letting one more caller in while the permit's holder still runs.
-local function holder()
-  return tasks[co_running()] or false
-end
-
-local function take(self, t)
-  if t then
-    local held = t.held
-    if not held then held = {}; t.held = held end
-    held[self] = (held[self] or 0) + 1
-  else
-    self.outside = self.outside + 1
-  end
-end
-
--- Whether t held a permit of self (one is now given up).
-local function drop(self, t)
-  if t then
-    local held = t.held
-    local n = held and held[self]
-    if not n then return false end
-    held[self] = n > 1 and n - 1 or nil
-  else
-    if self.outside == 0 then return false end
-    self.outside = self.outside - 1
-  end
-  return true
+  return setmetatable({ permits = n, size = n, queue = {}, qh = 1 }, Sem)
 end
 
 function Sem:acquire()
-  local t = holder()
   if self.permits > 0 and self.qh > #self.queue then
     self.permits = self.permits - 1
-    take(self, t)
     return true
   end
-  -- the permit is recorded as t's when it is handed over (see pass), not when the wait ends
-  suspend(function(w)
-    if not w.co then w.holder = t end   -- a box: a blocked caller, in a task or not
-    self.queue[#self.queue + 1] = w
-  end, "a semaphore")
+  suspend(function(w) self.queue[#self.queue + 1] = w end, "a semaphore")
   return true
 end
 
--- A permit given back goes to the first waiter still waiting, or to the pool.
-function pass(self)
+function Sem:release()
   local q = self.queue
   while self.qh <= #q and q[self.qh].cancelled do   -- blocked callers that gave up
     q[self.qh] = false
@@ -748,37 +699,25 @@ function pass(self)
       -- mostly taken: the rest moves down, as the queue may never empty (constant contention)
       self.queue, self.qh = table.move(q, self.qh, #q, 1, {}), 1
     end
-    if w.co then take(self, w) else take(self, w.holder) end
     wake(w, true)   -- the permit passes straight to the waiter
-  else
+  elseif self.permits < self.size then
     self.permits = self.permits + 1
-  end
-end
-
-local function give_back(self, t)
-  if not drop(self, t) then
+  else
     -- blamed outside this file: from sem:with's guard, level 2 named the guard's line
-    errors.raise_outside(SOURCE, "llmux.Semaphore: release() without acquire()"
-      .. (t and " in this task (a permit is given back by the task that took it)" or ""))
+    errors.raise_outside(SOURCE, "llmux.Semaphore: release() without acquire()")
   end
-  pass(self)
-end
-
-function Sem:release()
-  give_back(self, holder())
 end
 
 -- sem:with(fn, ...) -> fn's results, holding a permit meanwhile: released on return, on
--- error, and when the task is closed while fn waits (a to-be-closed guard, not a pcall; it
--- may then run outside the task, so it names its holder).
-local Permit = { __close = function(p) give_back(p.sem, p.holder) end }
+-- error, and when the task is closed while fn waits (a to-be-closed guard, not a pcall).
+local Permit = { __close = function(p) p.sem:release() end }
 function Sem:with(fn, ...)
   -- checked first: misuse must not wait for a permit (or deadlock) before it is reported
   if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
     error("llmux.Semaphore:with: fn must be a function, not a " .. type(fn), 2)
   end
   self:acquire()
-  local _ <close> = setmetatable({ sem = self, holder = holder() }, Permit)
+  local _ <close> = setmetatable({ sem = self }, Permit)
   return fn(...)
 end
 
