@@ -682,7 +682,8 @@ describe("map", function()
   -- raised failed the worker and map raised "only a bug in map" after other items ran; a
   -- __len that was no count failed the same way, a table of other keys ran nothing, and an
   -- item fn removed meanwhile went to fn as nil
-  it("items that are no list raise naming items and the caller's line, before fn runs", function()
+  it("items that are no list raise naming items and the caller's line, before fn runs",
+    function()
     local calls = 0
     local function fn(x) calls = calls + 1; return x end
     local function proxy(len, get)
@@ -692,11 +693,7 @@ describe("map", function()
       end })
     end
     for _, case in ipairs{
-      { { a = 1, b = 2 }, 'items must be a list, not a table with key "[ab]"' },
-      { { 1, 2, n = 2 }, 'items must be a list, not a table with key "n"' },
-      { { [0] = "zero", "one" }, "items must be a list, not a table with key 0" },
-      { { [1.5] = 1 }, "items must be a list, not a table with key 1%.5" },
-      { { [-1] = 1 }, "items must be a list, not a table with key %-1" },
+      { { [1 << 40] = 1 }, "items has 1099511627775 holes %(its largest key is 1099511627776%)" },
       { proxy(function() return "3" end), '#items must be an integer >= 0, not "3"' },
       { proxy(function() return 2.5 end), "#items must be an integer >= 0, not 2%.5" },
       { proxy(function() return -1 end), "#items must be an integer >= 0, not %-1" },
@@ -714,6 +711,23 @@ describe("map", function()
       assert.matches("sched_spec%.lua:%d+: llmux%.map: " .. case[2], err)
     end
     assert.equals(0, calls)
+  end)
+
+  it("takes a plain table's positive integer keys as items, as ipairs does, and n", function()
+    local function keys(items)
+      local r, f = llmux.map(items, function(x, i) return x == nil and "nil " .. i or x end)
+      assert.same({}, f)
+      return r
+    end
+    assert.same({}, keys{ a = 1, b = 2 })   -- no items, as ipairs finds none
+    assert.same({ "one" }, keys{ [0] = "zero", [-1] = "minus", [1.5] = "half", "one" })
+    assert.same({ "x", "y" }, keys{ "x", "y", name = "list with a field" })
+    -- table.pack's n counts trailing nils, which have no key
+    assert.same({ "a", "nil 2", "nil 3" }, keys(table.pack("a", nil, nil)))
+    assert.same({ "a", "b", "c" }, keys{ "a", "b", "c", n = 2 })   -- n never drops an item
+    -- the results of an earlier map have holes where items failed: each is an item
+    local earlier = llmux.map({ 1, 2, 3, 4 }, function(x) if x % 2 == 1 then return x end end)
+    assert.same({ 1, "nil 2", 3 }, keys(earlier))
   end)
 
   it("a proxy is read through # and [i]; fn changing items meanwhile changes nothing", function()

@@ -778,23 +778,35 @@ end
 local function len(t) return #t end
 local function index(t, i) return t[i] end
 
+-- The most holes a plain table of items may have: past it, a table with a stray huge key
+-- ({[2^40] = x}) would run that many nil items, a hang to the caller.
+local MAX_HOLES = 1 << 20
+
 -- The items map works on, read once before any fn runs (so fn may change items meanwhile)
--- into a list of its own, and their count. A plain table is read raw: its keys must be
--- positive integers, and the largest is the count (a hole is an item, nil: # could have
--- named a border below it, and the items past it were dropped unseen). A proxy (its metatable
--- has __index or __len) is read through #items and items[i]. What is no list of items
--- (another key, a count that is no integer, a read that raises) is the caller's misuse:
--- raised naming items from map's caller's line (level, as seen from here), before anything ran.
+-- into a list of its own, and their count. A plain table is read raw, as far as its largest
+-- positive integer key or its n (table.pack's count) if larger: a hole is an item, nil (# could
+-- have named a border below it, and the items past it were dropped unseen: the results of an
+-- earlier map have holes where items failed). Other keys are no items, as for ipairs and #. A
+-- proxy (its metatable has __index or __len) is read through #items and items[i]. What is no
+-- list of items (a count that is no integer, a read that raises, more than MAX_HOLES holes)
+-- is the caller's misuse: raised naming items from map's caller's line (level, as seen from
+-- here), before anything ran.
 local function read_items(items, level)
   local mt = debug.getmetatable(items)
   local list, n = {}, 0
   if mt == nil or (rawget(mt, "__index") == nil and rawget(mt, "__len") == nil) then
+    local count = 0
     for k, v in next, items do
-      if math.type(k) ~= "integer" or k < 1 then
-        error("llmux.map: items must be a list, not a table with key " .. shown(k), level)
+      if math.type(k) == "integer" and k >= 1 then
+        list[k], count = v, count + 1
+        if k > n then n = k end
       end
-      list[k] = v
-      if k > n then n = k end
+    end
+    local tn = rawget(items, "n")
+    if math.type(tn) == "integer" and tn > n then n = tn end
+    if n - count > MAX_HOLES then
+      error(("llmux.map: items has %d holes (its largest key is %d): no list"):format(
+        n - count, n), level)
     end
     return list, n
   end
