@@ -58,6 +58,8 @@ typedef struct {
   size_t n, pos;
   lmx_ImgErr *e;
   lmx_Buf *out;
+  uint64_t rows, last_row;   /* decode: rows with pixels in them read so far, and in all */
+  size_t idat_after;         /* IDAT bytes read since the last of them */
 } Io;
 
 /* libpng's messages are short fixed phrases ("IDAT: CRC error", "Invalid IHDR data"): they
@@ -75,8 +77,22 @@ static void on_warning(png_structp png, png_const_charp msg) {
   (void)msg;   /* ancillary trouble (a bad tEXt CRC, an unknown sRGB profile) is not fatal */
 }
 
+/* Compressed image data past the last row that decode reads. Once that row is in, libpng
+ * inflates all the rest to find the stream's end (and only warns that there was too much):
+ * 2 MB of zlib inflate to 2 GB, seconds of CPU for a 1x1 image. An encoder leaves a few
+ * bytes (the end of the last block, the Adler-32); more than this is refused, which bounds
+ * that work to ~25 MB of inflate (1032:1 at most; libpng may hold 8 KiB read before). */
+#define LMX_PNG_IDAT_AFTER_MAX (16u << 10)
+
 static void read_fn(png_structp png, png_bytep dst, size_t len) {
   Io *io = png_get_io_ptr(png);
+  if (io->rows == io->last_row && png_get_io_chunk_type(png) == 0x49444154u /* IDAT */ &&
+      (png_get_io_state(png) & PNG_IO_MASK_LOC) == PNG_IO_CHUNK_DATA &&
+      (io->idat_after += len) > LMX_PNG_IDAT_AFTER_MAX) {
+    seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: the compressed image data goes on "
+           "past the image (over %u bytes more)", LMX_PNG_IDAT_AFTER_MAX);
+    png_error(png, "too much image data");
+  }
   if (len > io->n - io->pos) {   /* at least what this read misses is missing */
     seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: truncated: the data ends after %zu "
            "bytes, at least %zu more expected", io->n, len - (io->n - io->pos));
@@ -100,6 +116,25 @@ static void flush_fn(png_structp png) {
 
 /* Decode -------------------------------------------------------------------------------- */
 
+/* Called by libpng with each row that has pixels, after its data is inflated and before
+ * libpng finishes the stream after the last one (a user transform that changes nothing). */
+static void row_done(png_structp png, png_row_infop ri, png_bytep row) {
+  Io *io = png_get_io_ptr(png);
+  (void)ri;
+  (void)row;
+  io->rows++;
+}
+
+/* The rows with pixels libpng reads: an Adam7 pass without columns has none. */
+static uint64_t data_rows(png_uint_32 w, png_uint_32 h, int ilace) {
+  uint64_t n = 0;
+  int p;
+  if (ilace == PNG_INTERLACE_NONE) return h;
+  for (p = 0; p < 7; p++)
+    if (PNG_PASS_COLS(w, p) > 0) n += PNG_PASS_ROWS(h, p);
+  return n;
+}
+
 #define LMX_PNG_CHUNK_MAX (8u << 20)
 
 /* Metadata llmux never looks at, as libpng's list of 5-byte names. */
@@ -108,7 +143,7 @@ static const png_byte ignored_chunks[] =
 
 int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *out,
                    lmx_PngInfo *info_out, lmx_ImgErr *e) {
-  Io io = { data, n, 0, e, NULL };
+  Io io = { data, n, 0, e, NULL, 0, (uint64_t)-1, 0 };
   png_structp png;
   png_infop info = NULL;
   unsigned char *volatile px = NULL;
@@ -171,6 +206,8 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   png_set_expand(png);
   png_set_strip_16(png);
   png_set_interlace_handling(png);
+  png_set_read_user_transform_fn(png, row_done);
+  io.last_row = data_rows(w, h, ilace);
   png_read_update_info(png, info);
   ch = png_get_channels(png, info);
   rowbytes = png_get_rowbytes(png, info);
@@ -209,7 +246,7 @@ static int pick_filter(int level, int ch) {
 static int encode(const lmx_Image *im, const int *opts, lmx_Buf *out, lmx_ImgErr *e) {
   static const int ctypes[5] = { 0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
                                  PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA };
-  Io io = { NULL, 0, 0, e, out };
+  Io io = { NULL, 0, 0, e, out, 0, (uint64_t)-1, 0 };
   png_structp png;
   png_infop info = NULL;
   size_t start = out->n, stride = (size_t)im->w * im->ch;

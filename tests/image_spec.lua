@@ -187,6 +187,34 @@ describe("image decode: bad input", function()
     assert.matches("more expected", msg, 1, true)
   end)
 
+  -- The IDAT data of a PNG, joined: a zlib stream tests can put under another header.
+  local function idat_of(png)
+    local parts, pos = {}, 9
+    while pos + 8 <= #png do
+      local len, kind = string.unpack(">I4c4", png, pos)
+      if kind == "IDAT" then parts[#parts + 1] = png:sub(pos + 8, pos + 7 + len) end
+      pos = pos + 12 + len
+    end
+    return table.concat(parts)
+  end
+
+  it("refuses compressed data that goes on far past the image (an inflate bomb)", function()
+    -- libpng inflated all of it after the last row, to check the stream's end: 2 MB of zlib
+    -- under a 1x1 header was 2 GB of zeros and 5 s of CPU
+    local zeros = idat_of(image.new(4096, 4096, 1):encode_png{ level = 1 })
+    assert.is_true(#zeros > 32 * 1024)
+    local img, msg, code = image.decode(SIG .. ihdr(1, 1, 8, 0) .. chunk("IDAT", zeros)
+      .. chunk("IEND", ""))
+    assert.is_nil(img)
+    assert.equals("decode", code)
+    assert.matches("bad PNG: the compressed image data goes on past the image", msg, 1, true)
+    -- a little left over (here a second row the header does not have) is no bomb: decoded,
+    -- as Pillow and browsers do
+    local two = idat_of(image.new(1, 2, 1, "\9"):encode_png())
+    img = assert(image.decode(SIG .. ihdr(1, 1, 8, 0) .. chunk("IDAT", two) .. chunk("IEND", "")))
+    assert.equals("\7", img:pixels())
+  end)
+
   it("names the per-side limit, not max_pixels, for a side llmux cannot hold", function()
     local side = llmux.core.image_max_side
     local s = SIG .. ihdr(side + 1, 1, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", "")
