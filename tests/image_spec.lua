@@ -737,6 +737,32 @@ describe("data URIs and vision parts", function()
     assert.matches("is a URL: llmux reads files, it does not fetch", msg, 1, true)
   end)
 
+  it("reads data: URLs with parameters, in any case, as browsers do", function()
+    -- RFC 2397 and the Fetch standard: the scheme and "base64" match in any case, ";" may
+    -- have spaces after it, parameters may come before; ";BASE64" was refused as not base64
+    -- and "DATA:" taken for a path (its message quoting the whole payload)
+    local png = readfile(SUITE .. "/basn0g01.png")
+    local b64 = base64.encode(png)
+    local want = "data:image/png;base64," .. b64
+    for _, head in ipairs{ "data:image/png;base64,", "data:image/png;BASE64,",
+        "data:image/png;Base64,", "DATA:image/png;base64,", "Data:IMAGE/PNG;BASE64,",
+        "data:image/png;charset=utf-8;base64,", "data:image/png; base64,",
+        "data:image/png;base64 ,", "data:;base64," } do
+      local uri, msg = image.data_uri(head .. b64)
+      assert.equals(want, uri, head .. ": " .. tostring(msg))
+      assert.equals(want, image.part(head .. b64).image_url.url, head)
+    end
+    -- what is not base64 stays refused, without the payload in the message
+    for _, head in ipairs{ "data:image/png,", "data:image/png;base64x,",
+        "data:image/png;base64;charset=utf-8,", "DATA:image/png," } do
+      local res, msg, code = image.data_uri(head .. b64)
+      assert.is_nil(res, head)
+      assert.equals("decode", code, head)
+      assert.matches("is not base64", msg, 1, true)
+      assert.is_nil(msg:find(b64, 1, true))
+    end
+  end)
+
   it("refuses images over max_bytes with toolarge, naming the size and fit", function()
     local uri, msg, code = image.data_uri(jpeg, { max_bytes = 10 })
     assert.is_nil(uri)

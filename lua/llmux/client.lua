@@ -840,7 +840,7 @@ local function image_of(v, what, where, accept)
   end
   local bytes = v
   local kind, w, h = image.sniff(v)
-  if not kind and find(v, "^data:[^,]*,") then
+  if not kind and image._is_data_url(v) then
     local err, code
     bytes, err, code = image._data_url(v)
     if not bytes then return nil, format("%s: %s: %s", where, what, err), code end

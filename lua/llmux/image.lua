@@ -15,7 +15,7 @@ local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.get
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
 local io_open, format, sub, find, match = io.open, string.format, string.sub, string.find,
   string.match
-local unpack, byte = string.unpack, string.byte
+local unpack, byte, lower = string.unpack, string.byte, string.lower
 local b64_encode, b64_decode = base64.encode, base64.decode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
@@ -534,9 +534,10 @@ local WHITESPACE = { ignore_whitespace = true }
 -- bytes are ("image/jpg", a common slip, becomes image/jpeg); the payload is not decoded when
 -- it holds more than limit bytes (no limit: nil), nor echoed in messages (it may be megabytes).
 local function data_url(s, limit)
-  local head, at = match(s, "^data:([^,]*),()")
+  local head, at = match(s, "^[Dd][Aa][Tt][Aa]:([^,]*),()")
   local n = #s - at + 1
-  if not find(head, ";base64$") then
+  -- as the Fetch standard reads it: "base64" in any case, spaces after ';' and at the end
+  if not find(lower(head), ";[ ]*base64[ ]*$") then
     return nil, format("llmux.image: a data: URL of %d bytes that is not base64", #s), "decode"
   end
   if limit and n // 4 * 3 - 2 > limit and not find(s, "%s", at) then
@@ -554,6 +555,12 @@ local function data_url(s, limit)
 end
 M._data_url = data_url   -- for llmux.client
 
+-- Whether s is a data: URL (the scheme in any case), for data_url to read.
+local function is_data_url(s)
+  return find(s, "^[Dd][Aa][Tt][Aa]:[^,]*,") ~= nil
+end
+M._is_data_url = is_data_url
+
 -- The bytes and MIME type of src (an Image, image bytes, a data: URL or a path) | nil, msg,
 -- code; a file is read up to limit bytes.
 local function bytes_of(src, fname, limit)
@@ -563,7 +570,7 @@ local function bytes_of(src, fname, limit)
   end
   local mime = M.sniff(src)
   if mime then return src, mime end
-  if find(src, "^data:[^,]*,") then return data_url(src, limit) end
+  if is_data_url(src) then return data_url(src, limit) end
   if find(src, "^https?://") then
     return nil, format("llmux.image: %s is a URL: llmux reads files, it does not fetch "
       .. "(image.part passes URLs on as they are)", sub(src, 1, 200)), "io"
