@@ -58,7 +58,7 @@ typedef struct {
   size_t n, pos;
   lmx_ImgErr *e;
   lmx_Buf *out;
-  uint64_t rows, last_row;   /* decode: rows with pixels in them read so far, and in all */
+  uint64_t rows, all_rows;   /* decode: rows with pixels in them read so far, and in all */
   size_t idat_after;         /* IDAT bytes read since the last of them */
 } Io;
 
@@ -86,7 +86,7 @@ static void on_warning(png_structp png, png_const_charp msg) {
 
 static void read_fn(png_structp png, png_bytep dst, size_t len) {
   Io *io = png_get_io_ptr(png);
-  if (io->rows == io->last_row && png_get_io_chunk_type(png) == 0x49444154u /* IDAT */ &&
+  if (io->rows == io->all_rows && png_get_io_chunk_type(png) == 0x49444154u /* IDAT */ &&
       (png_get_io_state(png) & PNG_IO_MASK_LOC) == PNG_IO_CHUNK_DATA &&
       (io->idat_after += len) > LMX_PNG_IDAT_AFTER_MAX) {
     seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: the compressed image data goes on "
@@ -147,9 +147,8 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   png_structp png;
   png_infop info = NULL;
   unsigned char *volatile px = NULL;
-  png_bytep *volatile rows = NULL;
   png_uint_32 w, h;
-  int depth, ctype, ilace, ch;
+  int depth, ctype, ilace, ch, passes, pass;
   size_t rowbytes, y;
 
   out->px = NULL;
@@ -166,7 +165,6 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, NULL);
     free(px);
-    free(rows);
     if (e->code == LMX_IMG_OK) seterr(e, LMX_IMG_DECODE, "llmux.image: bad PNG");
     return e->code;
   }
@@ -205,9 +203,9 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
    * up, tRNS -> alpha, 16 bits -> high byte (what PIL and browsers show). */
   png_set_expand(png);
   png_set_strip_16(png);
-  png_set_interlace_handling(png);
+  passes = png_set_interlace_handling(png);
   png_set_read_user_transform_fn(png, row_done);
-  io.last_row = data_rows(w, h, ilace);
+  io.all_rows = data_rows(w, h, ilace);
   png_read_update_info(png, info);
   ch = png_get_channels(png, info);
   rowbytes = png_get_rowbytes(png, info);
@@ -215,15 +213,17 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     seterr(e, LMX_IMG_DECODE, "llmux.image: bad PNG: unsupported pixel layout");
     png_error(png, "layout");
   }
-  if (!(px = malloc(rowbytes * h)) || !(rows = malloc(sizeof *rows * h))) {
+  if (!(px = malloc(rowbytes * h))) {
     nomem(e);
     png_error(png, "out of memory");
   }
-  for (y = 0; y < h; y++) rows[y] = px + y * rowbytes;
-  png_read_image(png, rows);
+  /* Row by row, as png_read_image would, but without its array of row pointers: 8 bytes a
+   * row is 8 times the pixels of a gray image 1 pixel wide, written before any data is read
+   * (a 68-byte header claiming 1 x 8192^2 took 512 MiB). */
+  for (pass = 0; pass < passes; pass++)
+    for (y = 0; y < h; y++) png_read_row(png, px + y * rowbytes, NULL);
   png_read_end(png, NULL);   /* the rest, up to IEND: a cut file is an error, not a success */
   png_destroy_read_struct(&png, &info, NULL);
-  free(rows);
   out->px = px;
   out->w = (int)w;
   out->h = (int)h;

@@ -215,6 +215,31 @@ describe("image decode: bad input", function()
     assert.equals("\7", img:pixels())
   end)
 
+  it("allocates no more than the pixels max_pixels allows for a tall image's header", function()
+    -- decode kept a pointer per row besides the pixels: 8 bytes a row, so a 68-byte PNG
+    -- declaring 1 x 8192^2 gray pixels (64 MiB, within max_pixels) had 512 MiB more written
+    -- before its missing data was noticed. Measured in a process of its own: the peak of
+    -- this one is the other tests'.
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(SIG .. ihdr(1, 8192 * 8192, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", ""))
+    f:close()
+    local out = require "helpers.script"([[
+      local image = require "llmux.image"
+      local img, msg, code = image.load(arg[1])
+      local f = io.open("/proc/self/status")
+      local kib = f:read("a"):match("VmHWM:%s*(%d+)")
+      f:close()
+      io.write(tostring(img), "|", code, "|", msg, "|", kib)
+    ]], path)
+    os.remove(path)
+    local img, code, msg, kib = out:match("^(.-)|(.-)|(.-)|(%d+)$")
+    assert(kib, out)
+    assert.equals("nil", img)
+    assert.equals("decode", code)
+    assert.is_true(tonumber(kib) < 200 * 1024, kib .. " KiB at the peak, " .. msg)
+  end)
+
   it("names the per-side limit, not max_pixels, for a side llmux cannot hold", function()
     local side = llmux.core.image_max_side
     local s = SIG .. ihdr(side + 1, 1, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", "")
