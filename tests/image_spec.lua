@@ -208,6 +208,15 @@ describe("image decode: bad input", function()
     assert.is_nil(img)
     assert.equals("decode", code)
     assert.matches("bad PNG: the compressed image data goes on past the image", msg, 1, true)
+    -- interlaced: the last row is the last of the last pass with columns (zeros are a valid
+    -- Adam7 stream of any size, each row filter 0)
+    for _, wh in ipairs{ { 3, 3 }, { 1, 1 }, { 9, 2 } } do
+      img, msg, code = image.decode(SIG .. chunk("IHDR", string.pack(">I4I4BBBBB", wh[1],
+        wh[2], 8, 0, 0, 0, 1)) .. chunk("IDAT", zeros) .. chunk("IEND", ""))
+      assert.is_nil(img)
+      assert.equals("decode", code)
+      assert.matches("goes on past the image", msg, 1, true)
+    end
     -- a little left over (here a second row the header does not have) is no bomb: decoded,
     -- as Pillow and browsers do
     local two = idat_of(image.new(1, 2, 1, "\9"):encode_png())
