@@ -347,6 +347,8 @@ local function run_op(c, op, frame)
     rec.closed = s == nil or s:done()
   else
     local s, m, code, d = c:chat_stream(body_of(op), op.o)
+    -- kept till the program was checked: only a dropped stream is left to the collector
+    if op.reader ~= "drop" then rec.s = s end
     if not s then
       rec.res = { s, m, code, d }
     elseif op.reader == "closer" then
@@ -625,12 +627,22 @@ describe("the client under random programs (property)", function()
             tostring(r[2]), tostring(r[3]), rec.took), 0)
         end
       end
-      -- nothing left behind (dropped streams: once the collector ran)
-      recs = nil
-      collectgarbage()
-      collectgarbage()
-      assert(not llmux.step(0), where() .. "\n  the loop is busy after the program")
-      assert(sched.engine():empty(), where() .. "\n  the Multi is not empty after the program")
+      -- nothing left behind: by the streams read or closed, held till now; by those dropped
+      -- unclosed, once the collector ran
+      local dropped = false
+      for _, rec in ipairs(recs) do
+        assert(not rec.s or rec.s:done(), where() .. "\n  a stream is not over")
+        dropped = dropped or rec.dropped
+      end
+      for pass = 1, 2 do
+        if pass == 2 or not dropped then   -- a dropped one's transfer may be in flight still
+          assert(not llmux.step(0), where() .. "\n  the loop is busy after the program")
+          assert(sched.engine():empty(), where() .. "\n  the Multi is not empty after the program")
+        end
+        recs = nil
+        collectgarbage()
+        collectgarbage()
+      end
       if progress then
         noise = noise:gsub("\r%[[#.]*%][^\r\n]*\n?", "")
       end
