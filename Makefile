@@ -76,13 +76,17 @@ $(LOCALE_DIR)/%.UTF-8:
 	@mkdir -p $(LOCALE_DIR)
 	localedef -i $* -f UTF-8 $@ || test -f $@/LC_NUMERIC
 
-# The worker pool's C test, plain and under ThreadSanitizer (when the compiler has it).
+# The worker pool's C test and base64's first use from many threads, plain and under
+# ThreadSanitizer (when the compiler has it).
 POOLTEST := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/pool_test.c src/pool.c -lpthread -ldl
+B64TEST  := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -Isrc tests/b64_threads_test.c src/b64.c -lpthread
 pooltest:
 	@mkdir -p $(BUILD)/test
 	$(CC) $(POOLTEST) -o $(BUILD)/test/pool_test && $(BUILD)/test/pool_test
+	$(CC) $(B64TEST) -o $(BUILD)/test/b64_threads && $(BUILD)/test/b64_threads
 	@if $(CC) -fsanitize=thread $(POOLTEST) -o $(BUILD)/test/pool_tsan 2>/dev/null; then \
-	  $(BUILD)/test/pool_tsan; else echo "pooltest: no ThreadSanitizer, skipped"; fi
+	  $(BUILD)/test/pool_tsan && $(CC) -fsanitize=thread $(B64TEST) -o $(BUILD)/test/b64_tsan && \
+	  $(BUILD)/test/b64_tsan; else echo "pooltest: no ThreadSanitizer, skipped"; fi
 
 demo: deps
 	$(MAKE) all

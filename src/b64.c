@@ -4,6 +4,7 @@
  * invalid entries carry bit 24, checked once per block. Neither hot loop branches per byte.
  * Anything the fast loops do not take (the tail, padding, blanks, errors) goes through a
  * careful one-group-at-a-time path that also finds the exact error position. */
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include "b64.h"
@@ -20,15 +21,16 @@ static const char ALPHA[65] =
 static uint16_t enc12[4096];   /* two characters for each 12-bit value, in memory order */
 static uint32_t dec[4][256];   /* character at position k of a group -> its bits, in place */
 static signed char val[256];   /* 0..63, or -1 */
-static int ready;
+static pthread_once_t ready = PTHREAD_ONCE_INIT;
 
 #define BAD 0x01000000u
 
-/* Tables are built on first use. Two threads racing here write identical values, and the
- * flag is set last, so a reader that sees it set sees complete tables. */
-static void init(void) {
+/* Tables are built on first use, once per process: the first calls may come at the same time
+ * from several threads (worker threads, lua_States on threads of their own), and two threads
+ * writing the tables at once was a data race, identical values or not. pthread_once costs a
+ * load and a branch once they are built, what the flag it replaces cost. */
+static void build_tables(void) {
   int i, k;
-  if (__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) return;
   for (i = 0; i < 4096; i++) {
     unsigned char two[2] = { (unsigned char)ALPHA[i >> 6], (unsigned char)ALPHA[i & 63] };
     memcpy(&enc12[i], two, 2);
@@ -57,8 +59,9 @@ static void init(void) {
   __builtin_cpu_init();
   use_ssse3 = __builtin_cpu_supports("ssse3");
 #endif
-  __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
 }
+
+static void init(void) { pthread_once(&ready, build_tables); }
 
 /* x86: 12 bytes -> 16 characters and back per SSSE3 instruction block (W. Mula's and
  * A. Klomp's method), chosen at run time; the scalar loops above cover every other CPU and

@@ -1,4 +1,5 @@
--- C unit tests that have no Lua in them (tests/pool_test.c: the worker pool, plain and under
+-- C unit tests that have no Lua in them (tests/pool_test.c: the worker pool;
+-- tests/b64_threads_test.c: base64's first use from many threads at once; plain and under
 -- ThreadSanitizer when the compiler has it), run through make so the summary counts them.
 describe("C unit tests", function()
   it("pool_test passes", function()
