@@ -1,5 +1,7 @@
 /* luaopen_llmux_core: builds the classes and module functions of llmux.core. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -137,16 +139,26 @@ static int core_forks(lua_State *L) {
   return 1;
 }
 
+/* Process-wide, once, whichever state and thread loads the module first (a host may require
+ * llmux in several lua_States on several threads at the same time): curl_global_init, which is
+ * thread-safe only in a libcurl whose curl_version_info says CURL_VERSION_THREADSAFE (7.84 and
+ * later when built with atomics; Debian's 7.88 is), and curl_version(), which rebuilds its text
+ * in a static buffer on every call (initialising libldap's globals unguarded on the way): two
+ * states loading at once read each other's half-written text. The text is kept here, copied
+ * once. A failed init stays failed (no memory, no TLS library): every require says so. */
+static CURLcode global_rc;
+static char curl_text[256];
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static void global_init(void) {
+  global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (global_rc == CURLE_OK) snprintf(curl_text, sizeof curl_text, "%s", curl_version());
+}
+
 LMX_API int luaopen_llmux_core(lua_State *L);
 LMX_API int luaopen_llmux_core(lua_State *L) {
-  static int inited = 0;
-  if (!inited) {
-    /* curl_global_init is not reentrant before 7.84; the module loads once per process in
-     * practice, and a failure here is reported rather than ignored. */
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      return luaL_error(L, "llmux: curl_global_init failed");
-    inited = 1;
-  }
+  pthread_once(&global_once, global_init);
+  if (global_rc != CURLE_OK)
+    return luaL_error(L, "llmux: curl_global_init failed: %s", curl_easy_strerror(global_rc));
   lmx_pool_init();
   lua_newtable(L);
   lmx_request_open(L);   /* before the Multi: m:request holds the Request and Template classes */
@@ -171,7 +183,7 @@ LMX_API int luaopen_llmux_core(lua_State *L) {
   lua_setfield(L, -2, "file_kind");
   lua_pushliteral(L, LMX_VERSION);
   lua_setfield(L, -2, "_VERSION");
-  lua_pushstring(L, curl_version());
+  lua_pushstring(L, curl_text);
   lua_setfield(L, -2, "curl_version");
   return 1;
 }
