@@ -71,8 +71,10 @@ static void *run_state(void *arg) {
     snprintf(s->verdict, sizeof s->verdict, "luaL_newstate failed");
     return NULL;
   }
+  /* generational as lua.c, or incremental with a new cycle as soon as one ends (pause 100),
+   * so that finalizers run while transfers and jobs are in flight */
   if (s->index % 2) lua_gc(L, LUA_GCGEN, 0, 0);
-  else lua_gc(L, LUA_GCINC, 0, 0, 0);
+  else lua_gc(L, LUA_GCINC, 100, 400, 0);
   luaL_openlibs(L);
   lua_register(L, "mt_meet", mt_meet);
   if (luaL_loadfile(L, script) != LUA_OK) {
