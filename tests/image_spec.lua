@@ -377,6 +377,9 @@ describe("image objects", function()
     local img = image.new(1, 1, 1)
     assert.has_error(function() img:encode_png{ level = 10 } end)
     assert.has_error(function() img:encode_png{ level = "fast" } end)
+    assert.has_error(function() img:encode_png{ level = "6" } end,
+      [[bad argument #2 to 'image.encode_png' (level must be an integer 0..9, got "6")]])
+    assert.is_true(image.decode(img:encode_png{ level = 6.0 }):pixels() == img:pixels())
     assert.has_error(function() img:encode_png{ filter = 1 } end)
     assert.has_error(function() img.encode_png(42) end)
   end)
@@ -872,7 +875,10 @@ describe("image misuse", function()
 
   it("new checks its arguments by name", function()
     local cases = {
-      { { "a", 1, 1 }, "#1 to 'image.new' (width must be a positive integer, got a)" },
+      { { "a", 1, 1 }, [[#1 to 'image.new' (width must be a positive integer, got "a")]] },
+      { { "2", 1, 1 }, [[#1 to 'image.new' (width must be a positive integer, got "2")]] },
+      { { 1, "2", 1 }, [[#2 to 'image.new' (height must be a positive integer, got "2")]] },
+      { { 1, 1, "3" }, [[#3 to 'image.new' (channels must be 1, 2, 3 or 4, got "3")]] },
       { { 1.5, 1, 1 }, "#1 to 'image.new' (width must be a positive integer, got 1.5)" },
       { { 1, 0, 1 }, "#2 to 'image.new' (height must be a positive integer, got 0)" },
       { { 1, 1, 5 }, "#3 to 'image.new' (channels must be 1, 2, 3 or 4, got 5)" },

@@ -386,6 +386,9 @@ describe("inpaint and outpaint", function()
     assert.has_error(function()
       c:outpaint{ image = picture(2, 2), direction = "left", pixels = 0, prompt = "x" }
     end, "llmux.Client:outpaint: 'pixels' must be an integer >= 1")
+    assert.has_error(function()   -- math.tointeger takes "64"; an option does not
+      c:outpaint{ image = picture(2, 2), direction = "left", pixels = "64", prompt = "x" }
+    end, "llmux.Client:outpaint: 'pixels' must be a number")
   end)
 
   it("refuses a path that does not start with '/' or holds blanks, before sending", function()

@@ -228,6 +228,10 @@ describe("worker pool: configure", function()
       "llmux.configure: workers must be an integer 1..64")
     assert.has_error(function() llmux.configure{ workers = 1.5 } end)
     assert.has_error(function() llmux.configure{ workers = 65 } end)
+    assert.has_error(function() llmux.configure{ workers = "3" } end,
+      "llmux.configure: workers must be an integer 1..64")
+    llmux.configure{ workers = 3.0 }   -- an integral float counts, as in every llmux option
+    assert.equals(3, core.pool_stats().target)
     llmux.configure{ workers = 3 }
     assert.equals(3, core.pool_stats().target)
     local n = in_task(function()

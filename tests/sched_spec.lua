@@ -599,6 +599,13 @@ describe("semaphore", function()
     sem:release()
     assert.has_error(function() sem:release() end)
     assert.has_error(function() llmux.semaphore(0) end)
+    assert.has_error(function() llmux.semaphore("2") end, "llmux.semaphore: n must be an integer >= 1")
+    assert.has_error(function() llmux.semaphore(1.5) end, "llmux.semaphore: n must be an integer >= 1")
+    local two = llmux.semaphore(2.0)   -- an integral float counts, as in every llmux option
+    assert.is_true(two:acquire() and two:acquire())
+    assert.equals(0, two.permits)
+    two:release(); two:release()
+    assert.has_error(function() two:release() end)
     -- a permit given back by hand inside sem:with: the second release, at with's end, named
     -- a line of sched.lua (its to-be-closed guard) rather than the caller's
     for _, f in ipairs{

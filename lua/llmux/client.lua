@@ -10,10 +10,16 @@ local stream = require "llmux.stream"
 local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable, tostring,
   type = error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset, setmetatable,
   tostring, type
-local min, tointeger = math.min, math.tointeger
+local min = math.min
 local byte, format, find, lower, match, sub = string.byte, string.format, string.find,
   string.lower, string.match, string.sub
 local getenv = os.getenv
+
+-- An integral number as an integer; nil for anything else (math.tointeger takes "2" too).
+local function tointeger(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
 local now, parse_headers = core.now, core.parse_headers
 local json_encode = json.encode
 
@@ -43,10 +49,10 @@ local OPTIONS = {
   timeout = positive, connect_timeout = positive, idle_timeout = positive, deadline = positive,
   -- an integral float counts (3.0: what Debian's lua-cjson makes of a config file's 3)
   max_retries = function(v)
-    return (type(v) ~= "number" or tointeger(v) == nil or v < 0) and "an integer >= 0"
+    return (tointeger(v) == nil or v < 0) and "an integer >= 0"
   end,
   max_response_bytes = function(v)
-    return (type(v) ~= "number" or tointeger(v) == nil or v < 1) and "an integer >= 1"
+    return (tointeger(v) == nil or v < 1) and "an integer >= 1"
   end,
   headers = function(v)
     if type(v) ~= "table" then return "a table of name = value strings" end
@@ -735,7 +741,7 @@ local function open_stream(self, body, opts, where)
   local call = new_call(self, opts, "POST", "/chat/completions", encode_body(b, where), where,
     true)
   call.prompt_chars = prompt_chars(body)
-  call.n = type(body.n) == "number" and math.tointeger(body.n) or 1   -- 2.0 asks for 2 too
+  call.n = tointeger(body.n) or 1   -- 2.0 asks for 2 too
   return perform(call)
 end
 
@@ -1017,7 +1023,7 @@ function Client:images_edit(args, opts)
   for _, k in ipairs(EDIT_FIELDS) do
     local v, least = args[k], EDIT_INTEGERS[k]
     if least and v ~= nil then
-      v = math.tointeger(v)
+      v = tointeger(v)
       if not v or v < least then
         misuse(format("%s: '%s' must be an integer >= %d", where, k, least))
       end
@@ -1096,7 +1102,7 @@ function Client:outpaint(args, opts)
   if not DIRECTIONS[args.direction] then
     error(where .. ": 'direction' must be left, right, top, bottom or all", 2)
   end
-  local pixels = math.tointeger(args.pixels)   -- 64.0 too: cjson decodes every number so
+  local pixels = tointeger(args.pixels)   -- 64.0 too: cjson decodes every number so
   if not pixels or pixels < 1 then
     error(where .. ": 'pixels' must be an integer >= 1", 2)
   end

@@ -11,7 +11,7 @@ local base64 = require "llmux.base64"
 local errors = require "llmux.errors"
 local type, pairs, ipairs, error, tostring, select, pcall = type, pairs, ipairs, error, tostring,
   select, pcall
-local getmetatable, tointeger, getinfo = getmetatable, math.tointeger, debug.getinfo
+local getmetatable, getinfo = getmetatable, debug.getinfo
 local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, math.sqrt
 local io_open, format, sub, find, match = io.open, string.format, string.sub, string.find,
   string.match
@@ -22,6 +22,16 @@ local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
 local job_resize, file_kind = core.job_image_resize, core.file_kind
 local can_offload, offload = sched.can_offload, sched.offload
 local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.image_mask_from
+
+-- An integral number as an integer; nil for anything else (math.tointeger takes "2" too).
+local function tointeger(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
+-- A value as an argument error shows it: a string quoted, so "2" does not read as 2.
+local function shown(v)
+  return type(v) == "string" and format("%q", v) or tostring(v)
+end
 
 local Image = core.Image                          -- the method table of llmux.Image
 local IMAGE_MT = getmetatable(c_new(1, 1, 1))
@@ -93,7 +103,7 @@ local function int_opt(v, n, fname, name, lo, hi, default)
   local i = tointeger(v)
   if not i or i < lo or (hi and i > hi) then
     argerr(n, fname, format("%s must be an integer %s, got %s", name,
-      hi and format("%d..%d", lo, hi) or ">= " .. lo, tostring(v)))
+      hi and format("%d..%d", lo, hi) or ">= " .. lo, shown(v)))
   end
   return i
 end
@@ -206,7 +216,7 @@ end
 local function size_arg(v, n, fname, name)
   local i = tointeger(v)
   if not i or i < 1 then
-    argerr(n, fname, format("%s must be a positive integer, got %s", name, tostring(v)))
+    argerr(n, fname, format("%s must be a positive integer, got %s", name, shown(v)))
   end
   return i
 end
@@ -217,7 +227,7 @@ function M.new(w, h, ch, px)
   local iw, ih = size_arg(w, 1, "new", "width"), size_arg(h, 2, "new", "height")
   local ich = tointeger(ch)
   if not ich or ich < 1 or ich > 4 then
-    argerr(3, "new", "channels must be 1, 2, 3 or 4, got " .. tostring(ch))
+    argerr(3, "new", "channels must be 1, 2, 3 or 4, got " .. shown(ch))
   end
   if px ~= nil and type(px) ~= "string" then
     argerr(4, "new", "pixels must be a string, got " .. type(px))

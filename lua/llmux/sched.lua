@@ -58,8 +58,8 @@ function M.configure(opts)
   end
   local workers
   if opts and opts.workers ~= nil then
-    workers = opts.workers
-    if math.type(workers) ~= "integer" or workers < 1 or workers > 64 then
+    workers = type(opts.workers) == "number" and math.tointeger(opts.workers)   -- 4.0 too
+    if not workers or workers < 1 or workers > 64 then
       error("llmux.configure: workers must be an integer 1..64", 2)
     end
     local rest, more = {}, false
@@ -668,7 +668,8 @@ local Sem = { __name = "llmux.Semaphore" }
 Sem.__index = Sem
 
 function M.semaphore(n)
-  if math.type(n) ~= "integer" or n < 1 then
+  n = type(n) == "number" and math.tointeger(n)   -- 4.0 too, as every count llmux takes
+  if not n or n < 1 then
     error("llmux.semaphore: n must be an integer >= 1", 2)
   end
   return setmetatable({ permits = n, size = n, queue = {}, qh = 1 }, Sem)
