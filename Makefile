@@ -127,7 +127,8 @@ asan: deps
 # seconds (default 60). Corpora persist in $(BUILD)/fuzz, so later runs start where earlier
 # ones ended.
 FUZZ_TIME ?= 60
-PNGSUITE  ?= ../shared/testdata/pngsuite
+# PngSuite seeds the PNG fuzzer: beside the worktree, else /work/shared's (as tests find it)
+PNGSUITE  ?= $(firstword $(wildcard ../shared/testdata/pngsuite /work/shared/testdata/pngsuite))
 FUZZ_CC := clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined -Isrc
 fuzz: deps

@@ -136,6 +136,8 @@ static uint64_t data_rows(png_uint_32 w, png_uint_32 h, int ilace) {
 }
 
 #define LMX_PNG_CHUNK_MAX (8u << 20)
+/* libpng's two row buffers (see lmx_png_decode) may take this much, or as much as the pixels */
+#define LMX_PNG_ROWBUF_MAX ((uint64_t)64 << 20)
 
 /* Metadata llmux never looks at, as libpng's list of 5-byte names. */
 static const png_byte ignored_chunks[] =
@@ -206,6 +208,23 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   passes = png_set_interlace_handling(png);
   png_set_read_user_transform_fn(png, row_done);
   io.all_rows = data_rows(w, h, ilace);
+  /* libpng reads each row into two buffers of its own (this row and the previous, for the
+   * filters), sized for the widest pixel its transforms pass through: 8 bytes for 16-bit
+   * RGBA, 4 at 8 bits or fewer. For a wide, short image those outweigh the pixels (a
+   * 67108864 x 1 16-bit image: 1 GiB for 256 MiB of pixels), so they are held to the pixels'
+   * size or LMX_PNG_ROWBUF_MAX. png_read_update_info allocates them. */
+  {
+    uint64_t bufs = 2 * (uint64_t)w * (depth == 16 ? 8 : 4);
+    uint64_t pixels = (uint64_t)w * h * ((ctype & PNG_COLOR_MASK_COLOR ? 3 : 1) +
+                                         (ctype & PNG_COLOR_MASK_ALPHA ? 1 : 0));
+    if (bufs > LMX_PNG_ROWBUF_MAX && bufs > pixels) {
+      seterr(e, LMX_IMG_TOOLARGE, "llmux.image: image is %lux%lu: rows this wide take "
+             "libpng %llu MiB of row buffers, more than the pixels and over %llu MiB",
+             (unsigned long)w, (unsigned long)h, (unsigned long long)(bufs >> 20),
+             (unsigned long long)(LMX_PNG_ROWBUF_MAX >> 20));
+      png_error(png, "too large");
+    }
+  }
   png_read_update_info(png, info);
   ch = png_get_channels(png, info);
   rowbytes = png_get_rowbytes(png, info);

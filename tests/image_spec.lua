@@ -249,6 +249,43 @@ describe("image decode: bad input", function()
     assert.is_true(tonumber(kib) < 200 * 1024, kib .. " KiB at the peak, " .. msg)
   end)
 
+  it("refuses rows so wide that libpng's row buffers would outweigh the pixels", function()
+    -- libpng reads a row into two buffers of 8 bytes a pixel at 16 bits: a 67108864 x 1
+    -- 16-bit RGBA header (within max_pixels) had 1 GiB allocated before its missing data was
+    -- noticed. Measured in a process of its own, as above.
+    local w = 8192 * 8192
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(SIG .. ihdr(w, 1, 16, 6) .. chunk("IDAT", "") .. chunk("IEND", ""))
+    f:close()
+    local out = require "helpers.script"([[
+      local image = require "llmux.image"
+      local img, msg, code = image.load(arg[1])
+      local f = io.open("/proc/self/status")
+      local kib = f:read("a"):match("VmHWM:%s*(%d+)")
+      f:close()
+      io.write(tostring(img), "|", code, "|", msg, "|", kib)
+    ]], path)
+    os.remove(path)
+    local img, code, msg, kib = out:match("^(.-)|(.-)|(.-)|(%d+)$")
+    assert(kib, out)
+    assert.equals("nil", img)
+    assert.equals("toolarge", code)
+    assert.matches(("image is %dx1: rows this wide take libpng 1024 MiB of row buffers, more "
+      .. "than the pixels and over 64 MiB"):format(w), msg, 1, true)
+    assert.is_true(tonumber(kib) < 200 * 1024, kib .. " KiB at the peak, " .. msg)
+    local _, m, c = image.decode(SIG .. ihdr(16 << 20, 1, 8, 0) .. chunk("IDAT", "")
+      .. chunk("IEND", ""))   -- 8-bit gray: 4 bytes a pixel once expanded, twice
+    assert.equals("toolarge", c)
+    assert.matches("take libpng 128 MiB of row buffers", m, 1, true)
+    -- buffers within 64 MiB, or no more than the pixels: allowed (here cut short)
+    for _, case in ipairs{ { 4 << 20, 1, 8, 6 }, { 4 << 20, 1, 16, 6 }, { 5 << 20, 4, 16, 6 } } do
+      local _, m, c = image.decode(SIG .. ihdr(table.unpack(case)) .. chunk("IDAT", "")
+        .. chunk("IEND", ""))
+      assert.equals("decode", c, m)
+    end
+  end)
+
   it("names the per-side limit, not max_pixels, for a side llmux cannot hold", function()
     local side = llmux.core.image_max_side
     local s = SIG .. ihdr(side + 1, 1, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", "")
