@@ -58,6 +58,27 @@ end
 
 local function px(...) return string.char(...) end
 
+-- image.load of the PNG bytes s in a process of its own -> tostring(img), code, message and
+-- that process's peak resident KiB (this one's peak is the other tests').
+local function load_apart(s)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  local out = require "helpers.script"([[
+    local image = require "llmux.image"
+    local img, msg, code = image.load(arg[1])
+    local f = io.open("/proc/self/status")
+    local kib = f:read("a"):match("VmHWM:%s*(%d+)")
+    f:close()
+    io.write(tostring(img), "|", code, "|", msg, "|", kib)
+  ]], path)
+  os.remove(path)
+  local img, code, msg, kib = out:match("^(.-)|(.-)|(.-)|(%d+)$")
+  assert(kib, out)
+  return img, code, msg, tonumber(kib)
+end
+
 describe("image decode: PngSuite", function()
   local files = suite_files()
 
@@ -227,53 +248,26 @@ describe("image decode: bad input", function()
   it("allocates no more than the pixels max_pixels allows for a tall image's header", function()
     -- decode kept a pointer per row besides the pixels: 8 bytes a row, so a 68-byte PNG
     -- declaring 1 x 8192^2 gray pixels (64 MiB, within max_pixels) had 512 MiB more written
-    -- before its missing data was noticed. Measured in a process of its own: the peak of
-    -- this one is the other tests'.
-    local path = os.tmpname()
-    local f = assert(io.open(path, "wb"))
-    f:write(SIG .. ihdr(1, 8192 * 8192, 8, 0) .. chunk("IDAT", "") .. chunk("IEND", ""))
-    f:close()
-    local out = require "helpers.script"([[
-      local image = require "llmux.image"
-      local img, msg, code = image.load(arg[1])
-      local f = io.open("/proc/self/status")
-      local kib = f:read("a"):match("VmHWM:%s*(%d+)")
-      f:close()
-      io.write(tostring(img), "|", code, "|", msg, "|", kib)
-    ]], path)
-    os.remove(path)
-    local img, code, msg, kib = out:match("^(.-)|(.-)|(.-)|(%d+)$")
-    assert(kib, out)
+    -- before its missing data was noticed.
+    local img, code, msg, kib = load_apart(SIG .. ihdr(1, 8192 * 8192, 8, 0)
+      .. chunk("IDAT", "") .. chunk("IEND", ""))
     assert.equals("nil", img)
     assert.equals("decode", code)
-    assert.is_true(tonumber(kib) < 200 * 1024, kib .. " KiB at the peak, " .. msg)
+    assert.is_true(kib < 200 * 1024, kib .. " KiB at the peak, " .. msg)
   end)
 
   it("refuses rows so wide that libpng's row buffers would outweigh the pixels", function()
     -- libpng reads a row into two buffers of 8 bytes a pixel at 16 bits: a 67108864 x 1
     -- 16-bit RGBA header (within max_pixels) had 1 GiB allocated before its missing data was
-    -- noticed. Measured in a process of its own, as above.
+    -- noticed.
     local w = 8192 * 8192
-    local path = os.tmpname()
-    local f = assert(io.open(path, "wb"))
-    f:write(SIG .. ihdr(w, 1, 16, 6) .. chunk("IDAT", "") .. chunk("IEND", ""))
-    f:close()
-    local out = require "helpers.script"([[
-      local image = require "llmux.image"
-      local img, msg, code = image.load(arg[1])
-      local f = io.open("/proc/self/status")
-      local kib = f:read("a"):match("VmHWM:%s*(%d+)")
-      f:close()
-      io.write(tostring(img), "|", code, "|", msg, "|", kib)
-    ]], path)
-    os.remove(path)
-    local img, code, msg, kib = out:match("^(.-)|(.-)|(.-)|(%d+)$")
-    assert(kib, out)
+    local img, code, msg, kib = load_apart(SIG .. ihdr(w, 1, 16, 6) .. chunk("IDAT", "")
+      .. chunk("IEND", ""))
     assert.equals("nil", img)
     assert.equals("toolarge", code)
     assert.matches(("image is %dx1: rows this wide take libpng 1024 MiB of row buffers, more "
       .. "than the pixels and over 64 MiB"):format(w), msg, 1, true)
-    assert.is_true(tonumber(kib) < 200 * 1024, kib .. " KiB at the peak, " .. msg)
+    assert.is_true(kib < 200 * 1024, kib .. " KiB at the peak, " .. msg)
     local _, m, c = image.decode(SIG .. ihdr(16 << 20, 1, 8, 0) .. chunk("IDAT", "")
       .. chunk("IEND", ""))   -- 8-bit gray: 4 bytes a pixel once expanded, twice
     assert.equals("toolarge", c)
