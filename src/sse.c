@@ -70,10 +70,14 @@ static int add_data(lmx_SSE *p, const char *v, size_t n, int stable) {
 /* A blank line. Returns nonzero when the callback asked to stop. */
 static int dispatch(lmx_SSE *p, lmx_SSECallback cb, void *ud) {
   int stop = 0;
-  if (p->data_len) {   /* an empty data buffer dispatches nothing (but resets the type) */
+  /* An empty data buffer dispatches nothing (but resets the type), as the WHATWG parser
+   * does, except for an "error" event: a provider's "event: error" with no data line must not
+   * vanish (OpenAI's and Anthropic's SDKs hand such an event out too). */
+  int error_only = !p->data_len && p->event.n == 5 && memcmp(p->event.p, "error", 5) == 0;
+  if (p->data_len || error_only) {
     lmx_SSEEvent ev;
-    ev.data = p->ref ? p->ref : p->data.p;
-    ev.data_len = p->data_len - 1;   /* the final LF goes */
+    ev.data = error_only ? "" : p->ref ? p->ref : p->data.p;
+    ev.data_len = error_only ? 0 : p->data_len - 1;   /* the final LF goes */
     ev.event = p->event.n ? p->event.p : NULL;
     ev.event_len = p->event.n;
     ev.id = p->id.n ? p->id.p : NULL;

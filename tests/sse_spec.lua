@@ -142,6 +142,8 @@ describe("sse events", function()
     { "id one space removed", "id:  5\ndata: a\n\n", { ev("a", nil, " 5") } },
     -- dispatch
     { "empty data not dispatched", "\n\n\nevent: x\n\n: c\n\n", {} },
+    { "an error event without data is dispatched, empty", "event: error\n\nevent: Error\n\n"
+      .. "event: errors\n\nevent:error\nid: 3\n\n", { ev("", "error"), ev("", "error", "3") } },
     { "unterminated event not dispatched", "data: a\n\ndata: b\n", { ev "a" } },
     { "unterminated line not dispatched", "data: a\n\ndata: b", { ev "a" } },
     { "only last LF removed", "data: a\ndata:\n\n", { ev "a\n" } },

@@ -267,6 +267,28 @@ describe("stream integrity", function()
     end
   end)
 
+  it("an error event without a data line fails the stream, even one [DONE] then ends", function()
+    -- the WHATWG parser dispatches no event without data: "event: error" then a blank line
+    -- vanished, and a stream that went on to [DONE] was a success holding half an answer
+    for _, tail in ipairs{ "data: [DONE]\n\n", "" } do
+      local writes = { 'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+        "event: error\n\n", tail }
+      local res, msg, code, detail = c:chat(body("replay", "x",
+        { stream = true, mock_writes = writes }))
+      assert.is_nil(res)
+      assert.equals("provider", code)
+      assert.matches("provider error in stream: an error event without a message", msg, 1, true)
+      assert.equals(2, detail.events)
+      local s = assert(c:chat_stream(body("replay", "x", { stream = true, mock_writes = writes })))
+      local text = {}
+      for piece in s:deltas() do text[#text + 1] = piece end
+      assert.equals("a", table.concat(text))
+      res, msg, code = s:result()
+      assert.is_nil(res)
+      assert.equals("provider", code)
+    end
+  end)
+
   it("an in-band error quoting the key shows none of it, however the message is cut", function()
     local s = assert(c:chat_stream(body("eventerrorkey:1:193")))
     collect(s)
