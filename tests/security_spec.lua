@@ -220,6 +220,28 @@ describe("a key set after the client was made", function()
       assert.is_falsy(err:find("SECRET", 1, true), err)
     end
   end)
+
+  it("leaves a call in flight the secrets it was sent with, scrubbed", function()
+    -- a stream open when the key (or a credential header) changes ends with the old one
+    -- quoted by the provider: in its error and in its info's header block
+    local old, new, hk = "sk-old-SECRET-1", "sk-new-SECRET-2", "hdr-old-SECRET-3"
+    local h = llmux.client{ base_url = u.http, api_key = old, max_retries = 0 }
+    local s = assert(h:chat_stream(body("eventerrorkey:2:10")))
+    h.api_key = new
+    local msg, code = failed(old, s:result())
+    assert.equals("provider", code)
+    assert.matches("[redacted]", msg, 1, true)
+    s = assert(h:chat_stream(body("keyecho:header")))
+    h.api_key = old
+    local _, info = assert(s:result())
+    assert.equals("[redacted]", info.headers["x-echo-key"])
+    h.headers = { ["x-api-key"] = hk }
+    s = assert(h:chat_stream(body("keyecho:header", { mock_key_header = "x-api-key" })))
+    h.headers = nil
+    _, info = assert(s:result())
+    assert.equals("[redacted]", info.headers["x-echo-key"])
+    assert.is_falsy(leaks({ info, s }, hk))
+  end)
 end)
 
 describe("a misuse error", function()

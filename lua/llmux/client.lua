@@ -286,12 +286,16 @@ end
 -- Stream hold (weak tables keyed by them), never in them: dumping a Stream shows no secret.
 local call_keys = setmetatable({}, { __mode = "k" })      -- call -> its secrets (hidden's)
 local spec_headers = setmetatable({}, { __mode = "k" })   -- spec -> its header lines
+-- spec of a call with the client's own options -> the client's secrets entry its header list
+-- came from: a call in flight when c.api_key or c.headers changes sends and hides the old
+-- ones to its end (the client's entry by then is the new one's)
+local spec_secrets = setmetatable({}, { __mode = "k" })
 
 -- The secrets of a call, for errors.scrub: its own (per-call options: false for none) or its
--- client's.
+-- client's when the call was made.
 local function key_of(call)
   local key = call_keys[call]
-  if key == nil then key = secrets[call.o].hide end
+  if key == nil then key = spec_secrets[call.spec].hide end
   return key or nil
 end
 
@@ -454,7 +458,7 @@ end
 -- one is, needs no scrub call (header lines are no JSON, URL or HTML: a secret comes as it
 -- is). The client's one secret takes one search.
 local function clean_head(call, head)
-  local sec, hide = secrets[call.o], nil
+  local sec, hide = spec_secrets[call.spec], nil
   if sec then
     local one = sec.hide_one
     if one then return find(head, one, 1, true) and errors.scrub(head, one) or head end
@@ -520,6 +524,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
   if form then
     spec = new_spec(o, o.base_url .. path, method, without_content_type(headers))
     spec.form = form
+    if o == self then spec_secrets[spec] = sec end
   elseif o == self then
     -- Request specs of calls without per-call options, one per method, path and kind, kept
     -- by the client: the core reads a spec only inside request(), so calls in flight can
@@ -542,6 +547,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
       spec.template = core.template(spec)   -- read and checked once, headers built once
       spec.headers = nil
       by_path[path] = spec
+      spec_secrets[spec] = sec
     end
   else
     spec = new_spec(o, o.base_url .. path, method, headers, streaming)
@@ -551,7 +557,7 @@ local function new_call(self, opts, method, path, payload, where, streaming, for
     o = o, t0 = t0, attempt = 0, deadline_at = o.deadline and t0 + o.deadline,
     spec = spec, payload = payload,
   }
-  -- a call with the client's own options finds the key through the client (o == self), so
+  -- a call with the client's own options finds the key through its spec (o == self), so
   -- the common call adds nothing to the weak table, whose entries only a collection clears
   if o ~= self then call_keys[call] = hide or sec.hide or false end   -- o: no secrets entry
   return call
