@@ -669,6 +669,30 @@ while time.time() < end:
   end)
 end)
 
+describe("llmux.core counts", function()
+  -- lua_tointegerx converts "4" too: a count given as a string is refused, an integral float
+  -- (what a JSON config decodes 4 to) is taken
+  it("take an integral number, never a string", function()
+    local function template(extra)
+      local s = spec("m", extra)
+      s.body = nil
+      return core.template(s)
+    end
+    for _, case in ipairs{
+      { function(v) return core.multi{ max_connects = v } end, "max_connects" },
+      { function(v) return template{ max_response_bytes = v } end, "max_response_bytes" },
+      { function(v) return template{ stream = true, max_event_bytes = v } end,
+        "max_event_bytes" },
+      { function(v) return core.sse{ max_bytes = v } end, "max_bytes" },
+    } do
+      local ok, err = pcall(case[1], "64")
+      assert.is_false(ok, case[2])
+      assert.matches("'" .. case[2] .. "'.* must be an integer", err)
+      assert(case[1](64.0))
+    end
+  end)
+end)
+
 describe("llmux.core result(decode)", function()
   it("hands back a 2xx JSON body decoded, and every other body as a string", function()
     local m = core.multi()

@@ -922,6 +922,11 @@ describe("configure", function()
       { { nope = 1 }, "llmux.configure: unknown option 'nope'" },
       { { http2 = 1 }, "llmux.configure: option 'http2' must be a boolean" },
       { { workers = target + 1, nope = 1 }, "llmux.configure: unknown option 'nope'" },
+      -- a count is a number (4.0 too), never a string lua_tointegerx would convert
+      { { max_host_connections = "4" },
+        "llmux.configure: option 'max_host_connections' must be an integer in [0, 100000]" },
+      { { max_concurrent_streams = "10" },
+        "llmux.configure: option 'max_concurrent_streams' must be an integer in [1, 2147483647]" },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(llmux.configure, c[1])
