@@ -301,6 +301,25 @@ describe("client error codes", function()
     assert.is_false(ok)
     assert.matches("client_spec.lua:%d+: llmux.Client: field 'max_retries' must be an integer "
       .. ">= 0, not nil", err)
+    -- every other option field is checked as the call that reads it is made (a stream read
+    -- idle_timeout = "x" in stream.lua: "attempt to compare string with number"; the core
+    -- took timeout = "5" for a number); an integral float is an integer, as in llmux.client
+    for _, case in ipairs{ { "idle_timeout", "x", "a number > 0, not x" },
+        { "timeout", "5", "a number > 0, not 5" }, { "deadline", 0 / 0, "a number > 0, not " },
+        { "connect_timeout", -1, "a number > 0, not %-1" },
+        { "max_response_bytes", "100", "an integer >= 1, not 100" } } do
+      local c3 = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+      c3[case[1]] = case[2]
+      for _, call in ipairs{ function() c3:chat_stream(body("m")) end,
+          function() c3:chat(body("m"), { timeout = 5 }) end } do
+        ok, err = pcall(call)
+        assert.is_false(ok, case[1])
+        assert.matches("client_spec.lua:%d+: llmux.Client: field '" .. case[1] .. "' must be "
+          .. case[3], err)
+      end
+    end
+    c2.max_retries, c2.max_response_bytes = 0, 5000.0
+    assert.equals("toolarge", select(3, c2:chat(body("huge:20000"))))
   end)
 
   it("TLS fails without the CA file", function()

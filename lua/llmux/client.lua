@@ -206,11 +206,11 @@ local function set_secrets(self, key, user)
   local copy = {}
   for k, v in pairs(user or {}) do copy[k] = v end
   -- specs: the request specs of calls with the client's own options (see new_call), made
-  -- anew, as their header lists are
+  -- anew, as their header lists are; fields: the option fields as check_fields last saw them
   -- hide_one: the one secret as a string, false for a list of them (clean_head's fast check)
   local hide = hidden(key, copy)
   secrets[self] = { key = key, headers = build_headers(key, copy), hide = hide,
-    hide_one = type(hide) ~= "table" and hide, user_headers = copy, specs = {} }
+    hide_one = type(hide) ~= "table" and hide, user_headers = copy, specs = {}, fields = {} }
 end
 
 -- llmux.client(opts) -> Client
@@ -515,8 +515,31 @@ local function without_content_type(headers)
   return h
 end
 
+-- A client's option fields may be set after llmux.client made it (c.timeout = 30), as they
+-- are: each is checked as the options are when a call is made with a value it was not checked
+-- with (sec.fields), blaming the caller (a stream read idle_timeout = "x" deep in stream.lua;
+-- the core took timeout = "5" for a number). nil is left to where it is read (max_retries:
+-- retry_or_fail). api_key and headers are checked as they are set (Client.__newindex).
+local FIELDS = { "timeout", "connect_timeout", "idle_timeout", "deadline", "max_retries",
+  "max_response_bytes", "ca_file" }
+local function check_fields(self, sec)
+  local checked = sec.fields
+  for i = 1, #FIELDS do
+    local k = FIELDS[i]
+    local v = rawget(self, k)
+    if v ~= checked[k] then
+      local want = v ~= nil and OPTIONS[k](v)
+      if want then
+        misuse(format("llmux.Client: field '%s' must be %s, not %s", k, want, tostring(v)))
+      end
+      checked[k] = v
+    end
+  end
+end
+
 local function new_call(self, opts, method, path, payload, where, streaming, form)
   local sec = secrets[self]
+  check_fields(self, sec)
   local o, headers, hide = self, sec.headers, nil
   if opts ~= nil then o, headers, hide = merged(self, sec, opts, where) end
   local t0 = now()
