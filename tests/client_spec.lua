@@ -309,8 +309,10 @@ describe("client error codes", function()
         { "connect_timeout", -1, "a number > 0, not %-1" },
         { "max_response_bytes", "100", "an integer >= 1, not 100" } } do
       local c3 = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+      assert(c3:chat(body("m")))   -- its request spec made and kept, the fields checked
       c3[case[1]] = case[2]
-      for _, call in ipairs{ function() c3:chat_stream(body("m")) end,
+      for _, call in ipairs{ function() c3:chat(body("m")) end,
+          function() c3:chat_stream(body("m")) end,
           function() c3:chat(body("m"), { timeout = 5 }) end } do
         ok, err = pcall(call)
         assert.is_false(ok, case[1])
