@@ -71,6 +71,18 @@ describe("the key echoed by the provider", function()
 
   -- a URL quoted in an error (percent-encoded where a URL must, or every byte), a proxy's
   -- HTML page quoting the request (character references)
+  it("is scrubbed before a message cuts the provider's text it is in", function()
+    -- a Content-Encoding quoting it, cut to 100 bytes for the message: the key's head
+    -- survived the cut when it was scrubbed after
+    for _, call in ipairs{ function() return c:chat(body("keyecho:encoding")) end,
+        function() return c:chat_stream(body("keyecho:encoding")) end } do
+      local msg, code = failed(KEY, call())
+      assert.equals("decode", code)
+      assert.matches("Content-Encoding " .. ("x"):rep(80) .. " [redacted]", msg, 1, true)
+      assert.not_matches(KEY:sub(1, 8), msg, 1, true)
+    end
+  end)
+
   it("is scrubbed when percent-encoding or HTML character references spell it", function()
     local slashed = "sk-a/b+c/SECRET/9=="
     local msg, code, detail = failed(slashed, c:chat(body("keyecho:percent"),

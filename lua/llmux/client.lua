@@ -383,10 +383,10 @@ end
 -- What a body that is not JSON came in, as a message says it: llmux asks for no
 -- Content-Encoding (it sends no Accept-Encoding), so curl decodes none, and a server that
 -- compresses all the same sends bytes no decoder can read; nil for an unencoded body.
-local function encoding(headers)
+local function encoding(headers, key)
   local enc = headers["content-encoding"]
   if enc and lower(enc) ~= "identity" then
-    return "a body in Content-Encoding " .. line(enc, 100) .. ", which llmux did not ask for"
+    return "a body in Content-Encoding " .. line(enc, 100, key) .. ", which llmux did not ask for"
   end
 end
 
@@ -402,7 +402,7 @@ local function judge(res, call)
     if body == nil or type(body) ~= "table" or not find(res.body, "^[ \t\r\n]*{") then
       local key, headers = key_of(call), parse_headers(res.head)
       return false, "response is not a JSON object: "
-        .. (body == nil and encoding(headers) or line(derr or res.body, 200, key)),
+        .. (body == nil and encoding(headers, key) or line(derr or res.body, 200, key)),
         "decode", { status = status, headers = headers, body = short(res.body, 4096, key) }
     end
     local ok, why, code, detail = answer_ok(status, res.head, body, call)
@@ -424,7 +424,7 @@ local function judge(res, call)
   local headers = parse_headers(res.head)
   if eobj == nil then
     eobj = short(res.body, 4096, key)
-    text = body == nil and encoding(headers)
+    text = body == nil and encoding(headers, key)
       or line(errors.brief(short(res.body, 16384, key)), 200, key)
   else
     text = errors.message(eobj)
@@ -712,7 +712,7 @@ perform = function(call)
       -- a 2xx whose headers say its body is in an encoding llmux did not ask for (see
       -- encoding): no event of it can be read, and it would end "truncated" after none
       local status, head = req:head()
-      local enc = encoding(parse_headers(head))
+      local enc = encoding(parse_headers(head), key_of(call))
       if not enc then
         return stream.new(call, req, w, {
           info = make_info, judge = judge, fail = call_fail, cut = cut, clean = clean_head,

@@ -469,7 +469,8 @@ end
 --                       entity and entityhex (a proxy's 502 HTML page quoting the request,
 --                       every byte a character reference &#115; or &#x73;), masked (OpenAI's
 --                       401 with the key masked: "sk-tes*****cdef"), answer (a 2xx answer
---                       quoting it: a chat's content, an image answer's member echoed_key)
+--                       quoting it: a chat's content, an image answer's member echoed_key),
+--                       encoding (a 200 whose Content-Encoding quotes it past 80 bytes)
 local function echoed_key(ctx)
   local name = ctx.req.mock_key_header
   if type(name) == "string" then return ngx.req.get_headers()[name] or "" end
@@ -502,6 +503,9 @@ behaviours.keyecho = function(ctx, a)
     local refs = key:gsub(".", function(c) return string.format(f, c:byte()) end)
     return send(502, "<html><head><title>502 Bad Gateway</title></head><body><pre>"
       .. "Authorization: Bearer " .. refs .. "</pre></body></html>", "text/html")
+  elseif mode == "encoding" then   -- a 200 "in" an encoding naming the key past 80 bytes
+    ngx.header["Content-Encoding"] = ("x"):rep(80) .. " " .. key
+    return send(200, "\31\139 not json", "application/json")
   elseif mode == "masked" then
     return send_error(401, "Incorrect API key provided: " .. key:sub(1, 6)
       .. ("*"):rep(#key - 10) .. key:sub(-4) .. ". You can find your API key at "
