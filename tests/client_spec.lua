@@ -784,6 +784,13 @@ describe("client misuse", function()
     assert.has_error(function() llmux.client{ base_url = "ftp://x" } end)
     assert.has_error(function() llmux.client{ base_url = "not a url" } end)
     assert.has_error(function() llmux.client{ headers = { ["X-A"] = "a\r\nInjected: 1" } } end)
+    assert.has_error(function() llmux.client{ headers = { ["X A"] = "a" } } end)
+    assert.has_error(function() llmux.client{ headers = { ["X-\xC3\xA9"] = "a" } } end)
+    -- every byte RFC 9110's token allows is taken (nginx ignores such a name; it only sees
+    -- that the call goes)
+    local odd = "!#$%&'*+-.^_`|~09AZaz"
+    local ok_h = llmux.client{ base_url = u.http, api_key = KEY, headers = { [odd] = "v" } }
+    assert(ok_h:chat(body("m"), { headers = { [odd .. "2"] = "w" } }))
     assert.has_error(function() llmux.client{ api_key = "sk\nx" } end,
       "llmux.client: option 'api_key' must be a string without line breaks")
     -- per call too: a key with a line break would add headers of its own

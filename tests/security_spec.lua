@@ -265,6 +265,12 @@ describe("a misuse error", function()
         "('Authorization...' is not" },
       { function() c:chat(body("m"), { headers = { ["x-key\n" .. KEY] = "x" } }) end,
         "('x-key...' is not" },
+      -- a space or other byte no header name has (RFC 9110 token): curl sent "Bearer sk-..."
+      -- as a name
+      { function() llmux.client{ headers = { ["Bearer " .. KEY] = "x" } } end,
+        "('Bearer...' is not: a name is letters, digits and !#$%&'*+-.^_`|~)" },
+      { function() c:chat(body("m"), { headers = { ["X-Key(" .. KEY .. ")"] = "x" } }) end,
+        "('X-Key...' is not" },
       { function() llmux.client{ base_url = "https://h/v1?key=" .. KEY } end,
         "bad base_url 'https://h/v1?...'" },
       { function() c:chat(body("m"), { base_url = "https://h/v1#" .. KEY }) end,

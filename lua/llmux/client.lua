@@ -33,6 +33,11 @@ Client.__index = Client
 local function number_ge0(v) return (type(v) ~= "number" or not (v >= 0)) and "a number >= 0" end
 local function positive(v) return (type(v) ~= "number" or not (v > 0)) and "a number > 0" end
 local function string_(v) return type(v) ~= "string" and "a string" end
+-- A header name's bytes, RFC 9110's tchar (a space or ":" in one makes no header line curl
+-- could send as meant), as a Lua pattern set
+local TOKEN = "%w!#$%%&'*+%-.^_`|~"
+local NOT_TOKEN = "[^" .. TOKEN .. "]"
+
 local OPTIONS = {
   base_url = string_,
   -- a FIFO would block the first connection's open of it until a writer came (the core
@@ -60,12 +65,13 @@ local OPTIONS = {
       if type(k) ~= "string" or type(x) ~= "string" then
         return "a table of name = value strings"
       end
-      if find(k, "[%c:]") or k == "" or find(x, "[\r\n%z]") then
-        -- a name quoted up to a ":" or a control character: a whole header line given as a
+      if find(k, NOT_TOKEN) or k == "" or find(x, "[\r\n%z]") then
+        -- a name quoted up to its first byte no name has: a whole header line given as a
         -- name ("Authorization: Bearer sk-...") has the key after it
-        local name = match(k, "^[^%c:]*")
+        local name = match(k, "^[" .. TOKEN .. "]*")
         return "a table of valid header names and values ('" .. name
-          .. (name ~= k and "...' is not: a name has no ':' or control character)" or "' is not)")
+          .. (name ~= k and "...' is not: a name is letters, digits and !#$%&'*+-.^_`|~)"
+            or "' is not)")
       end
     end
   end,
