@@ -209,14 +209,17 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
   png_set_read_user_transform_fn(png, row_done);
   io.all_rows = data_rows(w, h, ilace);
   /* libpng reads each row into two buffers of its own (this row and the previous, for the
-   * filters), sized for the widest pixel its transforms pass through: 8 bytes for 16-bit
-   * RGBA, 4 at 8 bits or fewer. For a wide, short image those outweigh the pixels (a
-   * 67108864 x 1 16-bit image: 1 GiB for 256 MiB of pixels), so they are held to the pixels'
-   * size or LMX_PNG_ROWBUF_MAX. png_read_update_info allocates them. */
+   * filters), sized for the widest the pixel gets on its way through the transforms above
+   * (png_read_start_row's max_pixel_depth): the channels it ends with (palette and tRNS
+   * expanded), at 2 bytes a sample before 16 bits are stripped: 8 bytes for 16-bit RGBA, 1 for
+   * gray at 8 bits or fewer. For a wide, short image those outweigh the pixels (a 67108864 x 1
+   * 16-bit RGBA image: 1 GiB for 256 MiB of pixels), so they are held to the pixels' size or
+   * LMX_PNG_ROWBUF_MAX. png_read_update_info allocates them. */
   {
-    uint64_t bufs = 2 * (uint64_t)w * (depth == 16 ? 8 : 4);
-    uint64_t pixels = (uint64_t)w * h * ((ctype & PNG_COLOR_MASK_COLOR ? 3 : 1) +
-                                         (ctype & PNG_COLOR_MASK_ALPHA ? 1 : 0));
+    int chans = (ctype & PNG_COLOR_MASK_COLOR ? 3 : 1) +
+                (ctype & PNG_COLOR_MASK_ALPHA || png_get_valid(png, info, PNG_INFO_tRNS));
+    uint64_t bufs = 2 * (uint64_t)w * chans * (depth == 16 ? 2 : 1);
+    uint64_t pixels = (uint64_t)w * h * chans;
     if (bufs > LMX_PNG_ROWBUF_MAX && bufs > pixels) {
       seterr(e, LMX_IMG_TOOLARGE, "llmux.image: image is %lux%lu: rows this wide take "
              "libpng %llu MiB of row buffers, more than the pixels and over %llu MiB",

@@ -268,15 +268,43 @@ describe("image decode: bad input", function()
     assert.matches(("image is %dx1: rows this wide take libpng 1024 MiB of row buffers, more "
       .. "than the pixels and over 64 MiB"):format(w), msg, 1, true)
     assert.is_true(kib < 200 * 1024, kib .. " KiB at the peak, " .. msg)
-    local _, m, c = image.decode(SIG .. ihdr(16 << 20, 1, 8, 0) .. chunk("IDAT", "")
-      .. chunk("IEND", ""))   -- 8-bit gray: 4 bytes a pixel once expanded, twice
+    local _, m, c = image.decode(SIG .. ihdr(16 << 20, 1, 8, 3) .. chunk("PLTE", "\0\0\0")
+      .. chunk("IDAT", "") .. chunk("IEND", ""))   -- 8-bit palette: RGB, 3 bytes a pixel, twice
     assert.equals("toolarge", c)
-    assert.matches("take libpng 128 MiB of row buffers", m, 1, true)
+    assert.matches("take libpng 96 MiB of row buffers", m, 1, true)
     -- buffers within 64 MiB, or no more than the pixels: allowed (here cut short)
     for _, case in ipairs{ { 4 << 20, 1, 8, 6 }, { 4 << 20, 1, 16, 6 }, { 5 << 20, 4, 16, 6 } } do
       local _, m, c = image.decode(SIG .. ihdr(table.unpack(case)) .. chunk("IDAT", "")
         .. chunk("IEND", ""))
       assert.equals("decode", c, m)
+    end
+  end)
+
+  it("sizes libpng's row buffers by the pixel they hold, not the widest one", function()
+    -- libpng widens a pixel only as far as the transforms take it: 8-bit gray stays a byte,
+    -- gray + alpha two, RGB three. Such rows were taken for 4 bytes a pixel and refused,
+    -- though their buffers stay within 64 MiB or the pixels' size (here cut short).
+    for _, case in ipairs{ { 24 << 20, 2, 8, 0 }, { 16 << 20, 2, 8, 4 }, { 16 << 20, 2, 8, 2 },
+                           { 8 << 20, 3, 16, 0 } } do
+      local _, m, c = image.decode(SIG .. ihdr(table.unpack(case)) .. chunk("IDAT", "")
+        .. chunk("IEND", ""))
+      assert.equals("decode", c, m)
+      assert.matches("Not enough image data", m, 1, true)
+    end
+    -- tRNS adds an alpha channel there: the figure in the message is what libpng would take
+    local w = 16 << 20
+    for _, case in ipairs{ { 16, 0, "\0\0", 128 }, { 8, 0, "\0\0", 64 }, { 8, 3, "\0", 128 },
+                           { 16, 2, ("\0"):rep(6), 256 } } do
+      local depth, ctype, trns, mib = table.unpack(case)
+      local s = SIG .. ihdr(w, 1, depth, ctype) .. (ctype == 3 and chunk("PLTE", "\0\0\0") or "")
+        .. chunk("tRNS", trns) .. chunk("IDAT", "") .. chunk("IEND", "")
+      local _, m, c = image.decode(s)
+      if mib > 64 then
+        assert.equals("toolarge", c, m)
+        assert.matches(("take libpng %d MiB of row buffers"):format(mib), m, 1, true)
+      else
+        assert.equals("decode", c, m)
+      end
     end
   end)
 
