@@ -142,7 +142,7 @@ fuzz: deps
 	$(BUILD)/fuzz/sse_fuzz -dict=tests/fuzz/sse.dict -max_total_time=$(FUZZ_TIME) \
 	  $(BUILD)/fuzz/sse_corpus
 	@mkdir -p $(BUILD)/fuzz/png_corpus
-	$(FUZZ_CC) $$($(PKG_CONFIG) --cflags libpng) tests/fuzz/png_fuzz.c src/image.c src/buf.c \
+	$(FUZZ_CC) -DLMX_FUZZ $$($(PKG_CONFIG) --cflags libpng) tests/fuzz/png_fuzz.c src/image.c src/buf.c \
 	  $$($(PKG_CONFIG) --libs libpng) -lm -o $(BUILD)/fuzz/png_fuzz
 	$(BUILD)/fuzz/png_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 \
 	  -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/png_corpus \

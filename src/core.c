@@ -147,7 +147,7 @@ static int core_forks(lua_State *L) {
  * states loading at once read each other's half-written text. The text is kept here, copied
  * once. A failed init stays failed (no memory, no TLS library): every require says so. */
 static CURLcode global_rc;
-static char curl_text[256];
+static char curl_text[512];   /* curl_version builds at most 300 bytes */
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static void global_init(void) {
   global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);

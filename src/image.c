@@ -42,8 +42,8 @@ int lmx_img_alloc(lmx_Image *out, int w, int h, int ch, lmx_ImgErr *e) {
   out->w = out->h = out->ch = 0;
   if (w < 1 || h < 1 || ch < 1 || ch > 4)
     return seterr(e, LMX_IMG_ARG, "llmux.image: bad size %dx%dx%d", w, h, ch);
+  if ((uint64_t)w * (uint64_t)h > SIZE_MAX / 4) return nomem(e);   /* a 32-bit size_t wraps */
   n = (size_t)w * (size_t)h;
-  if (n > ((size_t)-1) / 4) return nomem(e);
   if (!(out->px = calloc(n, (size_t)ch))) return nomem(e);
   out->w = w;
   out->h = h;
@@ -171,6 +171,10 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     return e->code;
   }
   png_set_read_fn(png, &io, read_fn);
+#ifdef LMX_FUZZ
+  /* make fuzz: a mutated chunk keeps its wrong CRC, so the input reaches the decoder */
+  png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);
+#endif
   /* The limits below are ours; libpng's own (1e6 per side) would report a different error
    * for the same kind of input. */
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
@@ -235,7 +239,7 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     seterr(e, LMX_IMG_DECODE, "llmux.image: bad PNG: unsupported pixel layout");
     png_error(png, "layout");
   }
-  if (!(px = malloc(rowbytes * h))) {
+  if (rowbytes > SIZE_MAX / h || !(px = malloc(rowbytes * h))) {   /* 32-bit: no wrap */
     nomem(e);
     png_error(png, "out of memory");
   }
