@@ -272,6 +272,12 @@ describe("client error codes", function()
     -- the cap and its name, also when curl refused the Content-Length up front (its own
     -- message was only "Maximum file size exceeded")
     assert.matches("response larger than max_response_bytes %(50000%)", msg)
+    -- a 5xx whose body is over the cap is not retried (a status alone does not make it so)
+    local big = body("body:503")
+    big.mock_body = ("x"):rep(5000)
+    local _, _, code5, detail5 = c:chat(big, { max_response_bytes = 1000 })
+    assert.equals("toolarge", code5)
+    assert.equals(1, detail5.attempts)
     _, msg, code = c:chat(body("truncbody"), { max_retries = 0 })
     assert.equals("truncated", code)
     -- the same cut over HTTP/2 (curl: the stream was not closed cleanly) reads the same

@@ -123,6 +123,12 @@ describe("errors.should_retry", function()
     for _, code in ipairs{ "tls", "toolarge", "cancelled", "closed" } do
       assert.is_false(errors.should_retry(nil, nil, code), code)
     end
+    -- a response over a limit, or ended here, is not retried whatever status came with it
+    for _, code in ipairs{ "toolarge", "cancelled", "closed" } do
+      for _, st in ipairs{ 408, 409, 429, 500, 503 } do
+        assert.is_false(errors.should_retry(st, {}, code), code .. " " .. st)
+      end
+    end
     for _, st in ipairs{ 408, 409, 429, 499, 500, 502, 503, 504, 529 } do
       assert.is_true(errors.should_retry(st, {}, "x"), st)
     end

@@ -205,6 +205,10 @@ end
 local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, truncated = true,
   stalled = true }
 
+-- Failures no status makes worth another attempt: a response over a limit (the caller's cap,
+-- or the header limits), one closed or cancelled here. A 5xx that came with one is no retry.
+local NO_RETRY = { toolarge = true, cancelled = true, closed = true }
+
 -- should_retry(status, headers, code[, body]) -> boolean. x-should-retry wins, as the server
 -- knows. A transfer that broke (reset, cut short, timed out) is retried whatever status line
 -- came before the break: a 200 whose body never arrived is no answer. body (the error object)
@@ -214,6 +218,7 @@ function M.should_retry(status, headers, code, body)
   if xs == "true" then return true end
   if xs == "false" then return false end
   if RETRY_TRANSPORT[code] then return true end
+  if NO_RETRY[code] then return false end
   if not status or status == 0 then return false end
   if status == 429 and hopeless(status, body) then return false end
   return status == 408 or status == 409 or status == 429 or status == 499 or status >= 500
