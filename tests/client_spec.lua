@@ -328,6 +328,30 @@ describe("client error codes", function()
     end
     c2.max_retries, c2.max_response_bytes = 0, 5000.0
     assert.equals("toolarge", select(3, c2:chat(body("huge:20000"))))
+    -- base_url too, as llmux.client checks it: a trailing slash dropped, a URL that is no
+    -- http(s)://host[:port]/path raised (curl took "http://a b" as a badrequest failure, the
+    -- core raised for "ftp://" from client.lua)
+    c2.max_response_bytes = nil
+    c2.base_url = u.http .. "/"
+    local _, info2 = assert(c2:chat(body("m")))
+    assert.equals(u.http .. "/chat/completions", info2.url)
+    for _, case in ipairs{ { "ftp://x/v1", "bad base_url 'ftp://x/v1'" },
+        { "http://a b/v1", "bad base_url 'http://a b/v1'" },
+        { "http://h:99999/v1", "bad base_url 'http://h:99999/v1'" },
+        { 5, "field 'base_url' must be a string, not 5" },
+        { nil, "field 'base_url' must be a string, not nil" } } do
+      local c3 = llmux.client{ base_url = u.http, api_key = KEY, max_retries = 0 }
+      assert(c3:chat(body("m")))
+      c3.base_url = case[1]
+      for _, call in ipairs{ function() c3:chat(body("m")) end,
+          function() c3:chat_stream(body("m")) end,
+          function() c3:chat(body("m"), { timeout = 5 }) end } do
+        ok, err = pcall(call)
+        assert.is_false(ok, tostring(case[1]))
+        assert.matches("client_spec.lua:%d+: llmux.Client: " .. case[2]:gsub("[%-%.%(%)]", "%%%0"),
+          err)
+      end
+    end
   end)
 
   it("TLS fails without the CA file", function()

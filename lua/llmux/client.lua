@@ -526,17 +526,23 @@ end
 -- with (sec.fields), blaming the caller (a stream read idle_timeout = "x" deep in stream.lua;
 -- the core took timeout = "5" for a number). nil is left to where it is read (max_retries:
 -- retry_or_fail). api_key and headers are checked as they are set (Client.__newindex).
+-- base_url, which every call reads, is checked as llmux.client checks it, nil too, and kept
+-- without its trailing slash.
 local FIELDS = { "timeout", "connect_timeout", "idle_timeout", "deadline", "max_retries",
-  "max_response_bytes", "ca_file" }
+  "max_response_bytes", "ca_file", "base_url" }
 local function check_fields(self, sec)
   local checked = sec.fields
   for i = 1, #FIELDS do
     local k = FIELDS[i]
     local v = rawget(self, k)
     if v ~= checked[k] then
-      local want = v ~= nil and OPTIONS[k](v)
+      local want = (v ~= nil or k == "base_url") and OPTIONS[k](v)
       if want then
         misuse(format("llmux.Client: field '%s' must be %s, not %s", k, want, tostring(v)))
+      end
+      if k == "base_url" then
+        v = check_url(v, "llmux.Client")
+        rawset(self, k, v)
       end
       checked[k] = v
     end
