@@ -202,6 +202,18 @@ describe("stream integrity", function()
     assert.is_true(detail.usage.completion_tokens > 0)
   end)
 
+  it("a failure after the provider's usage keeps it, not flagged as estimated", function()
+    local writes = { 'data: {"id":"x","choices":[{"index":0,"delta":{"content":"ab"}}]}\n\n',
+      'data: {"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":5,'
+        .. '"total_tokens":12}}\n\n' }
+    local res, _, code, detail = c:chat(body("replay", "x", { stream = true,
+      mock_writes = writes }))
+    assert.is_nil(res)
+    assert.equals("truncated", code)
+    assert.same({ prompt_tokens = 7, completion_tokens = 5, total_tokens = 12 }, detail.usage)
+    assert.is_nil(detail.usage_estimated)
+  end)
+
   it("a connection dropped mid-stream is truncated", function()
     local res, msg, code = c:chat(body("drop:3", "x", { stream = true }))
     assert.is_nil(res)

@@ -1021,8 +1021,8 @@ function Stream:result()
   if self.err then
     local e = self.err
     if e[4] and not e[4].usage then
-      local usage = usage_of(self)
-      e[4].usage, e[4].usage_estimated = usage, true
+      -- the provider's, when it came before the failure: only an estimate is flagged
+      e[4].usage, e[4].usage_estimated = usage_of(self)
     end
     return e[1], e[2], e[3], e[4]
   end
