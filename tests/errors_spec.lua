@@ -33,6 +33,8 @@ describe("errors.classify", function()
     { 400, { status = "INVALID_ARGUMENT", details = { { reason = "API_KEY_INVALID" } } }, "auth" },
     { 400, { message = "Model Not Exist", code = "invalid_request_error" }, "notfound" },
     { 400, { message = "Invalid model: mistral-huge", type = "invalid_model" }, "notfound" },
+    { 422, { message = "Invalid model: mistral-huge", type = "invalid_model" }, "notfound" },
+    { 409, { message = "Invalid model: mistral-huge", type = "invalid_model" }, "badrequest" },
     { 400, { message = "'messages' must be a non-empty array" }, "badrequest" },
     { 403, { code = 403, message = "x requires moderation on OpenRouter. Your input was flagged "
       .. "for \"harassment\"." }, "content_filter" },

@@ -455,4 +455,18 @@ describe("inpaint and outpaint", function()
     assert.equals(broken, llmux.base64.decode(detail.body.data[1].b64_json))
     assert.equals(200, detail.status)
   end)
+
+  it("an answer's image over max_pixels is a toolarge failure, the answer in detail", function()
+    local img = picture(4, 4)
+    local saved = image.max_pixels
+    image.configure{ max_pixels = 15 }
+    local ok, res, msg, code, detail = pcall(c.inpaint, c, { image = img, mask = img,
+      prompt = "x", decode = true })
+    image.configure{ max_pixels = saved }
+    assert(ok, res)
+    assert.is_nil(res)
+    assert.equals("toolarge", code)
+    assert.matches("data%[1%]%.b64_json: .*max_pixels", msg)
+    assert.equals(img:encode_png(), llmux.base64.decode(detail.body.data[1].b64_json))
+  end)
 end)
