@@ -29,6 +29,25 @@ local function contains(v, s, seen)
 end
 
 describe("client answers", function()
+  it("has the defaults README names", function()
+    local d = llmux.client{ base_url = u.http }
+    assert.equals(600, d.timeout)
+    assert.equals(5, d.connect_timeout)
+    assert.equals(60, d.idle_timeout)
+    assert.equals(2, d.max_retries)
+    assert.equals(64 * 1024 * 1024, d.max_response_bytes)
+    assert.is_nil(d.deadline)
+    local image, base64 = llmux.image, llmux.base64
+    assert.equals(8192 * 8192, image.max_pixels)
+    assert.equals(20 * 1024 * 1024, image.max_bytes)
+    assert.equals(512 * 512, image.pool_min_pixels)
+    assert.equals(512 * 1024, image.pool_min_bytes)
+    assert.equals(2 * 1024 * 1024, base64.pool_min_bytes)
+    assert.equals((1 << 29) - 1, llmux.core.image_max_side)
+    assert.equals(8, errors.BACKOFF_MAX)
+    assert.equals(60, errors.MAX_SERVER_WAIT)
+  end)
+
   it("returns the response and an info table", function()
     local res, info = c:chat(body("m", "hello"))
     assert.equals("echo: hello", res.choices[1].message.content)

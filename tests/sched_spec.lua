@@ -685,6 +685,20 @@ describe("semaphore", function()
 end)
 
 describe("map", function()
+  it("runs 16 items at a time by default", function()
+    local active, most = 0, 0
+    local results = llmux.map({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+      19, 20 }, function(x)
+      active = active + 1
+      if active > most then most = active end
+      llmux.sleep(0.01)
+      active = active - 1
+      return x
+    end)
+    assert.equals(16, most)
+    assert.equals(20, #results)
+  end)
+
   -- items[i] was read in the worker, outside the pcall that guards fn: a proxy whose __index
   -- raised failed the worker and map raised "only a bug in map" after other items ran; a
   -- __len that was no count failed the same way, a table of other keys ran nothing, and an
