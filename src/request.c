@@ -617,7 +617,9 @@ void lmx_request_finish(lmx_Request *r, CURLcode cc) {
   curl_mime_free(r->mime);   /* after the handle let go of it (release resets a dirty one) */
   r->mime = NULL;
   if (r->st) lmx_sse_free(&r->st->parser);   /* no more bytes will come; queued events stay */
-  m->running--;
+  /* the last running transfer ended: no due is left (expire() would find none), so an idle
+   * Multi's timeout() says nil, not the finished transfer's due */
+  if (--m->running == 0) m->next_due = -1.0;
   r->state = LMX_R_DONE;
   lmx_multi_enqueue(m, r);
 }
