@@ -453,6 +453,26 @@ describe("client retries", function()
     end
   end)
 
+  it("never retries 400, 401, 403, 404, 422 whose body broke off, and still a 200 or 503", function()
+    for _, st in ipairs{ 400, 401, 403, 404, 422 } do
+      local k = key("t" .. st)
+      local res, msg, code, detail = c:chat(body("truncbody:" .. st .. ":" .. k))
+      assert.is_nil(res)
+      assert.equals("truncated", code, msg)
+      assert.matches("HTTP " .. st .. ", body not read whole: transfer closed", msg)
+      assert.equals(st, detail.status)
+      assert.equals(1, detail.attempts)
+      assert.equals(1, server_count(k))
+    end
+    for _, st in ipairs{ 200, 503 } do
+      local k = key("t" .. st)
+      local _, msg, code, detail = c:chat(body("truncbody:" .. st .. ":" .. k))
+      assert.equals("truncated", code, msg)
+      assert.equals(3, detail.attempts)
+      assert.equals(3, server_count(k))
+    end
+  end)
+
   it("obeys x-should-retry", function()
     local res, _, code, detail = c:chat(body("noretry:503"))
     assert.is_nil(res)

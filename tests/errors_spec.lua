@@ -137,6 +137,19 @@ describe("errors.should_retry", function()
     for _, st in ipairs{ 400, 401, 403, 404, 422 } do
       assert.is_false(errors.should_retry(st, {}, "x"), st)
     end
+    -- a transfer that broke after its status line: an answer (2xx) that never arrived is
+    -- retried, an error status decides as it would with its body whole
+    for _, code in ipairs{ "connect", "timeout", "truncated" } do
+      assert.is_true(errors.should_retry(200, {}, code), code)
+      assert.is_true(errors.should_retry(0, nil, code), code)
+      for _, st in ipairs{ 408, 409, 429, 500, 503 } do
+        assert.is_true(errors.should_retry(st, {}, code), st .. " " .. code)
+      end
+      for _, st in ipairs{ 301, 400, 401, 402, 403, 404, 413, 422 } do
+        assert.is_false(errors.should_retry(st, {}, code), st .. " " .. code)
+      end
+      assert.is_true(errors.should_retry(401, { ["x-should-retry"] = "true" }, code), code)
+    end
   end)
 
   it("does not retry a 429 that no wait cures", function()

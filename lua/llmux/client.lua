@@ -400,7 +400,9 @@ end
 local function judge(res, call)
   local status = res.status
   if res.code then
-    return false, res.error, res.code, { status = status ~= 0 and status or nil,
+    -- an error status that came before the break is the news (it decides the retry)
+    local why = status >= 300 and format("HTTP %d, body not read whole: %s", status, res.error)
+    return false, why or res.error, res.code, { status = status ~= 0 and status or nil,
       curl_code = res.curl_code, headers = parse_headers(res.head) }
   end
   local body, derr = json.decode(res.body)

@@ -210,14 +210,16 @@ local RETRY_TRANSPORT = { connect = true, timeout = true, resolve = true, trunca
 local NO_RETRY = { toolarge = true, cancelled = true, closed = true }
 
 -- should_retry(status, headers, code[, body]) -> boolean. x-should-retry wins, as the server
--- knows. A transfer that broke (reset, cut short, timed out) is retried whatever status line
--- came before the break: a 200 whose body never arrived is no answer. body (the error object)
--- tells a 429 that no wait cures (quota spent, a request over the limit alone): not retried.
+-- knows. A transfer that broke (reset, cut short, timed out) is retried when no status line
+-- or a 2xx one came before the break: an answer whose body never arrived is no answer. After
+-- an error status the status decides, as with its whole body: a 401 cut short is a 401, never
+-- retried. body (the error object) tells a 429 that no wait cures (quota spent, a request over
+-- the limit alone): not retried.
 function M.should_retry(status, headers, code, body)
   local xs = headers and headers["x-should-retry"]
   if xs == "true" then return true end
   if xs == "false" then return false end
-  if RETRY_TRANSPORT[code] then return true end
+  if RETRY_TRANSPORT[code] and (not status or status < 300) then return true end
   if NO_RETRY[code] then return false end
   if not status or status == 0 then return false end
   if status == 429 and hopeless(status, body) then return false end

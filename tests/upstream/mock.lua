@@ -576,11 +576,17 @@ end
 
 -- Byte-for-byte truncated body: promises 1000 bytes, sends ~20, then drops
 -- the connection (curl: exit 18, partial file).
-behaviours.truncbody = function()
-  ngx.status = 200
+-- truncbody[:STATUS[:KEY]]  the same with STATUS (default 200: an answer's body, else an
+--                       error object's); KEY counts the requests
+behaviours.truncbody = function(_, a)
+  local n = a[1] and status_arg(a[1]) or 200
+  if a[1] and not status_arg(a[1]) then return false end
+  local key = table.concat(a, ":", 2)
+  if key ~= "" then count(key) end
+  ngx.status = n
   ngx.header["Content-Type"] = "application/json"
   ngx.header["Content-Length"] = 1000
-  ngx.print('{"id":"chatcmpl-trunc')
+  ngx.print(n == 200 and '{"id":"chatcmpl-trunc' or '{"error":{"message":"mock trunc')
   ngx.flush(true)
   return ngx.exit(ngx.ERROR)
 end
