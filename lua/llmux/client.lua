@@ -687,7 +687,10 @@ local function retry_or_fail(call, why, code, detail)
   if wait == nil then wait = errors.retry_after_body(detail.body) end
   if wait then detail.retry_after = wait end
   if retryable and wait and wait > errors.MAX_SERVER_WAIT then
-    return call_fail(call, why .. format("; server asks to wait %.0f s", wait), "ratelimit",
+    -- to the millisecond, as retry-after-ms can ask: 60.001 s rounded would read as 60 s,
+    -- which is not over the cap
+    local asked = format("%.3f", wait):gsub("%.?0+$", "")
+    return call_fail(call, why .. "; server asks to wait " .. asked .. " s", "ratelimit",
       detail)
   end
   local max = call.o.max_retries
