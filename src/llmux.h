@@ -95,7 +95,7 @@ struct lmx_Request {
 struct lmx_Multi {
   CURLM *cm;
   CURLSH *sh;
-  int epfd, tfd;              /* epoll set of curl's sockets + a timerfd for curl's timer */
+  int epfd;                   /* epoll set of curl's sockets (curl's timer: timer_due below) */
   int wfd;                    /* one more fd in the set, not curl's (watch()); -1: none */
   int stepping, closed;
   int running;                /* transfers in flight */
