@@ -1224,6 +1224,33 @@ describe("stream lifetime", function()
     end)
   end)
 
+  -- A retry before the first event ran inside the reader that met the failure, with the
+  -- stream left on its failed attempt's closed request meanwhile: a read() from another task
+  -- then raised "attempt to use a closed llmux.Request" from inside stream.lua.
+  it("read() from another task while the reader's retry waits for headers waits for it too",
+    function()
+    local k = key("tworeaders")
+    llmux.run(function()
+      local s = assert(c:chat_stream(body("emptyslow:1:" .. k, "x")))
+      local first = llmux.spawn(function() return collect(s) end)
+      -- the retry's request is in once the mock counted it; its headers come 1 s later
+      while B.server_count(c, k) < 2 do llmux.sleep(0.01) end
+      assert.is_false(s:done())
+      local got = {}
+      while true do
+        local text = s:read()
+        if text == nil then break end
+        got[#got + 1] = text
+        llmux.sleep(0.01)
+      end
+      local text = first:join()
+      assert.equals(#"echo: x", #text + #table.concat(got))
+      local res, info = s:result()
+      assert.equals("echo: x", res.choices[1].message.content)
+      assert.equals(2, info.attempts)
+    end)
+  end)
+
   it("read() does not wait for the end of the body after [DONE]", function()
     local s = assert(c:chat_stream(body("donehold:1", "x")))
     local text, worst, t0 = {}, 0, llmux.now()

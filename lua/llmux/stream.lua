@@ -598,21 +598,19 @@ end
 
 -- Before the first event a failure is retried like any other call (the hook sees the
 -- response's status and headers: x-should-retry counts); the stream then goes on with the
--- new request. Returns true when it did. read() outside any task (a frame loop: no block)
--- must not wait out the backoff and the new headers, as a blocking wait there would: the
--- retry runs in a task of its own (s.retrying), which the frame's step() drives, and read()
--- gives "" until it is done.
-local function retried(s, why, code, detail, block)
+-- new request. Returns true when it did. The retry runs in a task of its own (s.retrying),
+-- which every reader meets (see advance) while the stream is on its failed attempt's closed
+-- request: a blocking reader, or read() in a task, waits for it (joins); read() outside any
+-- task (a frame loop) must not wait out the backoff and the new headers, as a blocking wait
+-- there would: the frame's step() drives the task, and read() gives "" until it is done.
+local function retried(s, why, code, detail)
   if s.events > 0 then return false end
   detail = described(s, detail)
   s.req:close()
   s.dropped = true
   sched.release(s.w)   -- the old waiter's stall timer must not keep the loop busy
-  if not block and not sched.current() then
-    s.retrying = sched.spawn(reopen, s, why, code, detail)
-    return true
-  end
-  return reopen(s, why, code, detail)
+  s.retrying = sched.spawn(reopen, s, why, code, detail)
+  return true
 end
 
 -- The event-stream error message: {"error": {"message": ...}} or plain text.
@@ -682,7 +680,7 @@ local function all_finished(s)
 end
 
 -- The transfer has ended and its queue is drained: success or an integrity failure.
-local function ended(s, block)
+local function ended(s)
   local res = s.req:result()
   -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
   -- completion) or sent an error as JSON. Judged like a non-streaming answer.
@@ -691,7 +689,7 @@ local function ended(s, block)
   keep(s, res)
   if s.plain then
     if not ok then
-      if not retried(s, body, code, detail, block) then stop(s, body, code, detail) end
+      if not retried(s, body, code, detail) then stop(s, body, code, detail) end
       return
     end
     -- Replayed as one chunk, so deltas() and chunks() see the answer too.
@@ -715,18 +713,18 @@ local function ended(s, block)
   local why = res.code
     and ("stream broken after " .. s.events .. " events: " .. tostring(res.error))
     or ("stream ended after " .. s.events .. " events without a finish_reason or [DONE]")
-  if not retried(s, why, code, { curl_code = res.curl_code }, block) then
+  if not retried(s, why, code, { curl_code = res.curl_code }) then
     stop(s, why, code, { curl_code = res.curl_code })
   end
 end
 
-local function stalled(s, block)
+local function stalled(s)
   -- every choice finished, and then neither [DONE] nor the end of the body came: the answer
   -- is whole (what [DONE] would have said), only its server kept the body open (stop drops it)
   if all_finished(s) then return stop(s) end
   local why = format("no event for %g s (idle_timeout)", s.idle_timeout)
   s.req:cancel()
-  if not retried(s, why, "stalled", nil, block) then stop(s, why, "stalled") end
+  if not retried(s, why, "stalled", nil) then stop(s, why, "stalled") end
 end
 
 -- The content text of choice 0 in a chunk (with n > 1 a chunk may carry only another choice).
@@ -760,7 +758,7 @@ local function advance(s, block, fast)
   while not s.over do
     local retrying = s.retrying
     if retrying then   -- a retry under way in its own task (see retried; it never fails)
-      if not block and not retrying:done() then return nil end
+      if not block and not retrying:done() and not sched.current() then return nil end
       retrying:join()
       if s.over then break end
     end
@@ -821,7 +819,7 @@ local function advance(s, block, fast)
     elseif ok then
       -- a fast chunk without text (the role chunk, the finish): go on
     elseif req:done() then
-      local chunk = ended(s, block)
+      local chunk = ended(s)
       if chunk then return first_text(chunk) or false, chunk end
     elseif s.plain then
       -- a whole body, not events: judged at its end and bounded by timeout (curl's), like a
@@ -831,7 +829,7 @@ local function advance(s, block, fast)
     else
       local idle = req:idle()
       if idle >= s.idle_timeout then
-        stalled(s, block)
+        stalled(s)
       elseif block then
         sched.wait(s.w, s.idle_timeout - idle)
       else
@@ -900,7 +898,7 @@ end
 -- s:read() -> text | nil: does not wait for events (for frame loops). The content that arrived
 -- since the last read ("" when none), or nil once the stream is over (s:result() tells how).
 -- Inside a task, a retry before the first event (its backoff and new headers) makes it wait;
--- outside one, the retry goes on in a task of its own (see retried) and read() gives "".
+-- outside one, it gives "" while the retry goes on in its task (see retried).
 function Stream:read()
   if self.over then
     reraise(self)
