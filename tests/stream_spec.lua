@@ -1060,6 +1060,27 @@ describe("stream closed by another task", function()
     assert.matches("closed by the caller", msg)
   end)
 
+  -- The reader's grace ended by judging the [DONE] whatever had happened meanwhile: a [DONE]
+  -- without any choice made the closed stream "truncated" after result() had said "cancelled".
+  it("while its reader waits out the grace of a [DONE] without any choice: still cancelled",
+    function()
+    local said, res, msg, code = llmux.run(function()
+      local s = assert(c:chat_stream{ model = "replay", mock_writes = { "data: [DONE]\n\n" },
+        mock_hold = 2, messages = { { role = "user", content = "x" } } })
+      local closer = llmux.spawn(function()
+        llmux.sleep(0.1)
+        s:close()
+        return select(3, s:result())
+      end)
+      assert.equals("", collect(s))
+      return closer:join(), s:result()
+    end)
+    assert.equals("cancelled", said)
+    assert.is_nil(res)
+    assert.equals("cancelled", code)
+    assert.matches("closed by the caller", msg)
+  end)
+
   it("while it waits out a retry backoff: no new attempt starts", function()
     local k = key("closeretry")
     local res, _, code = llmux.run(function()

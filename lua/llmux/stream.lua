@@ -814,7 +814,8 @@ local function advance(s, block, fast)
             sched.wait(s.w, t_end - now())
           end
         end
-        no_choice_is_truncated(s)
+        -- a stream closed meanwhile (or ended by a read() in another task) ended then, once
+        if not s.over then no_choice_is_truncated(s) end
       end
     elseif ok then
       -- a fast chunk without text (the role chunk, the finish): go on

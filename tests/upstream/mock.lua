@@ -616,7 +616,8 @@ end
 --   gzippedstream        a 200 event stream in Content-Encoding gzip, not asked for
 --   replay               the stream the request carries: body.mock_writes, a list of strings
 --                        written (and flushed) one by one, as they are (the property spec's
---                        random chunk sequences; the body ends after the last)
+--                        random chunk sequences; the body ends after the last, or
+--                        body.mock_hold seconds later)
 --   emptyonce:KEY        the first request for KEY: 200 and an empty event stream (a KEY
 --                        starting "pauseMS" ends it MS ms after its comment)
 --   twocut               two choices, only one finishes, clean end: cut
@@ -1716,6 +1717,7 @@ streams.replay = function(ctx)
     ngx.print(w)
     if not ngx.flush(true) then return ngx.exit(ngx.OK) end
   end
+  if type(ctx.req.mock_hold) == "number" then ngx.sleep(ctx.req.mock_hold) end
   return ngx.exit(ngx.OK)
 end
 
