@@ -463,6 +463,24 @@ describe("provider variations", function()
     assert.equals("A0a0", table.concat(seen))
   end)
 
+  -- first_text took the first entry of choice 0 in a chunk, where absorb took every one: a
+  -- chunk with two entries for index 0 had the readers hand out less than result() kept.
+  it("a chunk with two entries for choice 0: the readers hand out both, as result() keeps",
+    function()
+    local two = '{"id":"x","created":1,"model":"m","choices":[{"index":0,"delta":'
+      .. '{"content":"a"}},{"index":0,"delta":{"content":"b"}}]}'
+    local b = { model = "replay", messages = { { role = "user", content = "x" } },
+      mock_writes = { "data: " .. two .. "\n\n",
+        'data: {"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        "data: [DONE]\n\n" } }
+    local s = assert(c:chat_stream(b))
+    assert.equals("ab", collect(s))
+    assert.equals("ab", s:result().choices[1].message.content)
+    local got = {}
+    for chunk in assert(c:chat_stream(b)):chunks() do got[#got + 1] = stream.first_text(chunk) end
+    assert.equals("ab", table.concat(got))
+  end)
+
   it("keeps a refusal, a reasoning model's thinking and logprobs", function()
     local res, info = assert(c:chat(body("fixture:refusal", "x", { stream = true })))
     local msg = res.choices[1].message

@@ -727,17 +727,20 @@ local function stalled(s)
   if not retried(s, why, "stalled", nil) then stop(s, why, "stalled") end
 end
 
--- The content text of choice 0 in a chunk (with n > 1 a chunk may carry only another choice).
+-- The content text of choice 0 in a chunk (with n > 1 a chunk may carry only another choice;
+-- of one with two entries for it, both, as absorb takes them).
 local function first_text(obj)
   local choices = obj.choices
   if type(choices) ~= "table" then return nil end
+  local text
   for k, ch in ipairs(choices) do
     if type(ch) == "table" and (type(ch.index) == "number" and ch.index or k - 1) == 0 then
       local d = ch.delta
-      return type(d) == "table" and text_of(d.content) or nil
+      local t = type(d) == "table" and text_of(d.content) or nil
+      if t then text = text and text .. t or t end
     end
   end
-  return nil
+  return text
 end
 
 -- What a retry raised (see reopen), raised once to the reader that comes next, with the stream
