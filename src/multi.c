@@ -178,6 +178,13 @@ static void easy_setup(lmx_Multi *m, CURL *e) {
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   }
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  /* No CA directory: curl 7.88 keeps the parsed CA store in the multi (CURLOPT_CA_CACHE_TIMEOUT,
+   * 24 h) only when no CApath is set, and Debian's libcurl sets /etc/ssl/certs beside its bundle
+   * (the same certificates, hashed). With it, every new TLS connection parsed the whole bundle
+   * inside step(): about 20 ms of a frame per connection for Debian's 140 certificates, and a
+   * burst of HTTP/1.1 streams opened one connection each. Trust comes from the bundle (or the
+   * ca_file given), read once per engine. */
+  curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
   /* A transfer that ends while its name is being resolved (cancel, close, a connect timeout)
    * makes curl 7.88 join the resolver thread (Curl_resolver_kill), which blocks the caller
    * until getaddrinfo returns: seconds with a silent DNS server. Quick exit detaches the
