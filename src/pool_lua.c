@@ -1,4 +1,5 @@
-/* llmux.Job: the work of b64_lua.c and image_lua.c (base64, PNG decode and encode, resize) on
+/* llmux.Job: the work of b64_lua.c and image_lua.c (base64, PNG decode and encode, resize,
+ * channel conversion, crop, borders, masks from images) on
  * the worker pool of pool.c, so a task can yield while it runs. The scheduler waits on
  * core.job_fd() in its engine's epoll set and collects finished jobs with core.job_next().
  *
@@ -18,9 +19,11 @@
 #define LMX_JOB "llmux.Job"
 #define LMX_PORT "llmux.JobPort"
 
-enum { OP_B64_ENCODE, OP_B64_DECODE, OP_PNG_DECODE, OP_PNG_ENCODE, OP_RESIZE };
+enum { OP_B64_ENCODE, OP_B64_DECODE, OP_PNG_DECODE, OP_PNG_ENCODE, OP_RESIZE, OP_CONVERT,
+       OP_CROP, OP_EXTEND, OP_MASK_FROM };
 static const char *const opnames[] = { "base64 encode", "base64 decode", "PNG decode",
-                                       "PNG encode", "resize" };
+                                       "PNG encode", "resize", "convert", "crop", "extend",
+                                       "mask" };
 
 typedef struct Job {
   lmx_Job base;                 /* first: the pool's part */
@@ -29,7 +32,10 @@ typedef struct Job {
   const char *src;              /* input bytes: the string in uservalue 1 */
   size_t n;
   lmx_Image in;                 /* input image: the pixels of the Image in uservalue 1 */
-  int a, b;                     /* skip_ws | level | width, height */
+  int a, b;                     /* skip_ws | level | width, height | channels | threshold */
+  int side[4];                  /* crop: x, y, w, h; extend: left, right, top, bottom */
+  int fill, inverted;           /* extend: LMX_FILL_*; mask: invert in (-1 auto), inverted out */
+  unsigned char rgba[4];        /* extend's fill colour */
   uint64_t max_pixels;
   int rc;                       /* an LMX_IMG_* code, base64 too */
   lmx_ImgErr ie;
@@ -63,6 +69,20 @@ static void job_run(lmx_Job *base) {
       break;
     case OP_PNG_ENCODE:
       j->rc = lmx_png_encode(&j->in, j->a, -1, &j->out, &j->ie);
+      break;
+    case OP_CONVERT:
+      j->rc = lmx_img_convert(&j->in, j->a, &j->img, &j->ie);
+      break;
+    case OP_CROP:
+      j->rc = lmx_img_crop(&j->in, j->side[0], j->side[1], j->side[2], j->side[3], &j->img,
+                           &j->ie);
+      break;
+    case OP_EXTEND:
+      j->rc = lmx_img_extend(&j->in, j->side[0], j->side[1], j->side[2], j->side[3], j->fill,
+                             j->rgba, j->a, &j->img, &j->ie);
+      break;
+    case OP_MASK_FROM:
+      j->rc = lmx_img_mask_from(&j->in, j->a, j->inverted, &j->img, &j->inverted, &j->ie);
       break;
     default:
       j->rc = lmx_img_resize(&j->in, j->a, j->b, &j->img, &j->ie);
@@ -232,6 +252,69 @@ static int job_image_resize(lua_State *L) {
   return submit(L, j);
 }
 
+/* The pixel transforms below take what image.lua checked and the inline calls take: an argument
+ * out of range is a bug there, raised as the inline call raises it. */
+
+/* core.job_image_convert(img, channels) -> Job | nil, msg (to_gray, to_rgb, to_rgba) */
+static int job_image_convert(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  lua_Integer ch = luaL_checkinteger(L, 2);
+  Job *j;
+  luaL_argcheck(L, ch == 1 || ch == 3 || ch == 4, 2, "channels must be 1, 3 or 4");
+  j = imagejob(L, OP_CONVERT, src);
+  j->a = (int)ch;
+  return submit(L, j);
+}
+
+/* core.job_image_crop(img, x, y, w, h) -> Job | nil, msg; the rectangle inside the image */
+static int job_image_crop(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  lua_Integer x = luaL_checkinteger(L, 2), y = luaL_checkinteger(L, 3);
+  int w = checkdim(L, 4, "width"), h = checkdim(L, 5, "height");
+  Job *j;
+  luaL_argcheck(L, x >= 0 && y >= 0 && x <= src->w - w && y <= src->h - h, 2,
+                "the rectangle must be inside the image");
+  j = imagejob(L, OP_CROP, src);
+  j->side[0] = (int)x; j->side[1] = (int)y; j->side[2] = w; j->side[3] = h;
+  return submit(L, j);
+}
+
+/* core.job_image_extend(img, left, right, top, bottom, edge, r, g, b, a, out_channels)
+ * -> Job | nil, msg */
+static int job_image_extend(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  int i, outch;
+  Job *j;
+  for (i = 2; i <= 10; i += i == 5 ? 2 : 1) {   /* 6, edge, is a boolean */
+    lua_Integer v = luaL_checkinteger(L, i);
+    luaL_argcheck(L, v >= 0 && v <= (i < 6 ? LMX_IMG_MAX_SIDE : 255), i, "out of range");
+  }
+  outch = (int)luaL_checkinteger(L, 11);
+  luaL_argcheck(L, outch == src->ch || (outch == 2 && src->ch == 1) ||
+                (outch == 4 && src->ch == 3), 11, "bad channel count");
+  j = imagejob(L, OP_EXTEND, src);
+  for (i = 0; i < 4; i++) {
+    j->side[i] = (int)lua_tointeger(L, 2 + i);
+    j->rgba[i] = (unsigned char)lua_tointeger(L, 7 + i);
+  }
+  j->fill = lua_toboolean(L, 6) ? LMX_FILL_EDGE : LMX_FILL_COLOR;
+  j->a = outch;
+  return submit(L, j);
+}
+
+/* core.job_image_mask_from(img, threshold, invert) -> Job | nil, msg; invert true, false or
+ * "auto"; the result is mask, inverted */
+static int job_image_mask_from(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  lua_Integer th = luaL_checkinteger(L, 2);
+  Job *j;
+  luaL_argcheck(L, th >= 0 && th <= 256, 2, "threshold must be 0..256");
+  j = imagejob(L, OP_MASK_FROM, src);
+  j->a = (int)th;
+  j->inverted = lua_type(L, 3) == LUA_TSTRING ? -1 : lua_toboolean(L, 3);
+  return submit(L, j);
+}
+
 static Job *checkjob(lua_State *L) {
   Job *j = lmx_checkudata(L, 1, LMX_JOB);
   if (j->closed || !j->submitted) luaL_error(L, "attempt to use a closed " LMX_JOB);
@@ -251,11 +334,14 @@ static int results(lua_State *L, Job *j) {
   if (j->rc == LMX_IMG_NOMEM && j->op <= OP_B64_DECODE) return luaL_error(L, "not enough memory");
   if (j->rc != LMX_IMG_OK && j->op == OP_PNG_ENCODE) return luaL_error(L, "%s", j->ie.msg);
   if (j->rc != LMX_IMG_OK) return lmx_image_result(L, j->rc, &j->ie);
-  if (j->op == OP_PNG_DECODE || j->op == OP_RESIZE) {
+  if (j->op >= OP_PNG_DECODE && j->op != OP_PNG_ENCODE) {
     lmx_Image *im = lmx_image_push(L);
     *im = j->img;
     memset(&j->img, 0, sizeof j->img);
-    return lmx_image_result(L, LMX_IMG_OK, &j->ie);
+    lmx_image_result(L, LMX_IMG_OK, &j->ie);
+    if (j->op != OP_MASK_FROM) return 1;
+    lua_pushboolean(L, j->inverted);
+    return 2;
   }
   lua_pushlstring(L, j->out.p, j->out.n);
   lmx_buf_free(&j->out);
@@ -404,7 +490,9 @@ void lmx_pool_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
     { "job_b64_encode", job_b64_encode }, { "job_b64_decode", job_b64_decode },
     { "job_image_decode", job_image_decode }, { "job_image_encode_png", job_image_encode_png },
-    { "job_image_resize", job_image_resize }, { "job_fd", core_job_fd },
+    { "job_image_resize", job_image_resize }, { "job_image_convert", job_image_convert },
+    { "job_image_crop", job_image_crop }, { "job_image_extend", job_image_extend },
+    { "job_image_mask_from", job_image_mask_from }, { "job_fd", core_job_fd },
     { "job_next", core_job_next }, { "pool_configure", core_pool_configure },
     { "pool_stats", core_pool_stats }, { NULL, NULL } };
   lmx_newclass(L, LMX_JOB, meta, methods);

@@ -22,6 +22,9 @@ local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
 local job_resize, file_kind = core.job_image_resize, core.file_kind
 local can_offload, offload = sched.can_offload, sched.offload
 local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.image_mask_from
+local job_convert, job_crop = core.job_image_convert, core.job_image_crop
+local job_extend, job_mask_from = core.job_image_extend, core.job_image_mask_from
+local mtype = math.type
 
 -- An integral number as an integer; nil for anything else (math.tointeger takes "2" too).
 local function tointeger(v)
@@ -45,7 +48,8 @@ local M = {
   level = 2,                                      -- encode_png default for images
   mask_level = 1,                                 -- and for 1-channel masks
   -- Inside a task, work on images of at least this many pixels (decode: as the PNG header
-  -- says; resize: source or result) or PNGs of at least this many bytes runs on a worker
+  -- says; resize: source or result; to_gray, to_rgb, to_rgba, crop, extend and
+  -- normalize_mask: the source) or PNGs of at least this many bytes runs on a worker
   -- thread while the task yields. 512 x 512 RGB is about 2 ms of encode or decode and 4 ms
   -- of resize here; the hop to a worker and back costs 0.1 to 0.2 ms.
   pool_min_pixels = 512 * 512,
@@ -273,6 +277,48 @@ function Image:resize(w, h)
   return c_resize(self, iw, ih)
 end
 
+-- to_gray, to_rgb, to_rgba and crop are the C methods, on a worker inside a task when the
+-- image is large (a 3000 x 3000 to_rgba is 70 ms: four frames of a game's step(0)). A call the
+-- C method would refuse (a closed image, a bad rectangle) is left to it, to raise as it does.
+local to_gray, to_rgb, to_rgba, crop = Image.to_gray, Image.to_rgb, Image.to_rgba, Image.crop
+
+local function large(img)
+  return getmetatable(img) == IMAGE_MT and pooled(img:width() * img:height())
+end
+
+-- (a call to the C method by its name: a misuse names it as before)
+function Image:to_gray()
+  local job = large(self) and job_convert(self, 1)
+  if job then return offload(job) end
+  local a, b, c = to_gray(self)
+  return a, b, c
+end
+
+function Image:to_rgb()
+  local job = large(self) and job_convert(self, 3)
+  if job then return offload(job) end
+  local a, b, c = to_rgb(self)
+  return a, b, c
+end
+
+function Image:to_rgba()
+  local job = large(self) and job_convert(self, 4)
+  if job then return offload(job) end
+  local a, b, c = to_rgba(self)
+  return a, b, c
+end
+
+function Image:crop(x, y, w, h)
+  if large(self) and mtype(x) == "integer" and mtype(y) == "integer" and mtype(w) == "integer"
+      and mtype(h) == "integer" and x >= 0 and y >= 0 and w >= 1 and h >= 1
+      and x <= self:width() - w and y <= self:height() - h then
+    local job = job_crop(self, x, y, w, h)
+    if job then return offload(job) end
+  end
+  local a, b, c = crop(self, x, y, w, h)
+  return a, b, c
+end
+
 -- A fill option as (edge, r, g, b, a). "transparent" is black with alpha 0.
 local function fill_of(fill, n, fname)
   if fill == nil or fill == "transparent" then return false, 0, 0, 0, 0 end
@@ -308,6 +354,10 @@ function Image:extend(opts)
   if msg then return nil, msg, code end
   local ch = self:channels()
   if not edge and ca < 255 and (ch == 1 or ch == 3) then ch = ch + 1 end
+  if pooled(self:width() * self:height()) then
+    local job = job_extend(self, l, r, t, b, edge, cr, cg, cb, ca, ch)
+    if job then return offload(job) end
+  end
   return c_extend(self, l, r, t, b, edge, cr, cg, cb, ca, ch)
 end
 
@@ -419,6 +469,10 @@ function M.normalize_mask(img, opts)
     argerr(2, "normalize_mask", "invert must be \"auto\", true or false")
   end
   local th = int_opt(opts.threshold, 2, "normalize_mask", "threshold", 1, 255, 128)
+  if pooled(img:width() * img:height()) then
+    local job = job_mask_from(img, th, inv)
+    if job then return offload(job) end
+  end
   return c_mask_from(img, th, inv)
 end
 
