@@ -1472,6 +1472,47 @@ describe("stream flow", function()
     for i = 1, 200 do assert.equals("echo: question " .. i, results[i]) end
   end)
 
+  -- A backlog of queued events (a burst read in one step, a stream left unread while HTTP/2
+  -- took its answer) is handed out a bounded piece at a time: read() decoded it all in one
+  -- call, and a task's deltas() loop all in one resume, which is one frame's step(0).
+  it("read() and a task's deltas() take a backlog of events a piece at a time", function()
+    local want = {}
+    for i = 1, 600 do want[i] = "t" .. i .. " " end
+    want = table.concat(want)
+    local function queued(model, extra)
+      local s = assert(c:chat_stream(body(model, "x", extra)))
+      while not s.req:done() do llmux.step(0.01) end   -- every event is queued now
+      return s
+    end
+    local s = queued("burst:600")
+    local first = s:read()
+    assert.is_false(s:done())
+    assert.is_true(#first > 0 and #first < #want, #first)
+    local got, reads = { first }, 1
+    for text in s.read, s do got[#got + 1], reads = text, reads + 1 end
+    assert.equals(want, table.concat(got))
+    assert.is_true(reads >= 3, reads)   -- 600 events, 256 a read
+    assert.is_truthy(s:result())
+    -- a few events of much text: about 64 KiB a read
+    local big = ("abcdefgh"):rep(5000)   -- 40000 bytes an event
+    local ev = 'data: {"choices":[{"index":0,"delta":{"content":"' .. big .. '"}}]}\n\n'
+    s = queued("replay", { mock_writes = { ev .. ev .. ev .. ev,
+      'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n' } })
+    assert.equals(big:rep(2), s:read())
+    assert.equals(big:rep(2), s:read())
+    assert.is_nil(s:read())   -- the finish chunk has no text
+    -- a task's deltas(): one step(0) does not take the whole backlog
+    s = queued("burst:600")
+    local n = 0
+    local t = llmux.spawn(function() for _ in s:deltas() do n = n + 1 end end)
+    llmux.step(0)
+    assert.is_false(t:done())
+    assert.is_true(n > 0 and n < 600, n)
+    while not t:done() do llmux.step(0) end
+    assert.equals(600, n)
+    assert.equals(want, s:result().choices[1].message.content)
+  end)
+
   it("a frame loop keeps receiving with step(0) and read()", function()
     local s = assert(c:chat_stream(body("chunks:30:10", "frames")))
     local got, frames, worst = {}, 0, 0

@@ -477,6 +477,16 @@ function M.can_offload()
   return current() ~= nil
 end
 
+-- pass(): the current task lets the loop's other work go first and goes on in this turn's
+-- last pass or the next turn (a long run of queued work, see stream.lua's pace). Outside tasks,
+-- or where the task cannot yield, it returns at once.
+function M.pass()
+  local task = current()
+  if not task then return end
+  push_ready(task, nil)
+  co_yield(WAIT)
+end
+
 -- fetch(spec) -> result table of a finished transfer (the request is closed after).
 function M.fetch(spec)
   local req = M.engine():request(spec)

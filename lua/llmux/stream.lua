@@ -26,6 +26,13 @@ local Stream = { __name = "llmux.Stream" }
 Stream.__index = Stream
 
 local DONE_GRACE = 0.25   -- seconds a transfer may take to end after [DONE]
+-- Events a reader takes from the queue at a time: s:read() hands out at most this many events'
+-- text per call, and deltas() and chunks() in a task let the other tasks (and a game's frame,
+-- whose step(0) runs the task) go on after as many. A queue may hold thousands (a burst read
+-- in one step, a stream left unread while HTTP/2 kept taking its answer): decoding them all
+-- in one call held a frame for 5 to 15 ms.
+local READ_EVENTS = 256
+local READ_BYTES = 64 * 1024   -- and s:read() stops once it has this much text
 
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
@@ -54,7 +61,7 @@ end
 function M.new(call, req, w, hooks)
   local s = setmetatable({
     call = call, hooks = hooks, idle_timeout = call.o.idle_timeout,
-    over = false, events = 0, skipped = 0, chars = 0,
+    over = false, events = 0, skipped = 0, chars = 0, paced = 0,
     choices = {}, saw_done = false,
   }, Stream)
   attach(s, req, w)
@@ -863,9 +870,22 @@ function M.each_delta(s, fn)
   end
 end
 
+-- Called once per event a task's iterator hands out: every READ_EVENTS, the task lets the
+-- loop's other work go first (outside tasks it does nothing).
+local function pace(s)
+  local k = s.paced + 1
+  if k < READ_EVENTS then
+    s.paced = k
+  else
+    s.paced = 0
+    sched.pass()
+  end
+end
+
 -- s:chunks() -> iterator over every decoded chunk (waits for each; ends with the stream).
 function Stream:chunks()
   return function()
+    pace(self)
     local _, chunk = advance(self, true)
     return chunk
   end
@@ -877,6 +897,7 @@ function Stream:deltas()
   local s = self
   local c   -- choice 0, once ttft, id, model and created are known (none changes after)
   return function()
+    pace(s)
     -- the bulk of a stream (text, no finish) without a call into advance; the first text
     -- (choice 0 and ttft not yet set up), chunks while the id, model or created is not known
     -- (pop_text reads none of them) and everything else go the general way
@@ -900,7 +921,8 @@ function Stream:deltas()
 end
 
 -- s:read() -> text | nil: does not wait for events (for frame loops). The content that arrived
--- since the last read ("" when none), or nil once the stream is over (s:result() tells how).
+-- since the last read ("" when none), or nil once the stream is over (s:result() tells how);
+-- at most READ_EVENTS events' or about READ_BYTES of it, the rest left for the next read.
 -- Inside a task, a retry before the first event (its backoff and new headers) makes it wait;
 -- outside one, it gives "" while the retry goes on in its task (see retried).
 function Stream:read()
@@ -908,13 +930,15 @@ function Stream:read()
     reraise(self)
     return nil
   end
-  local out, n = {}, 0
-  while true do
+  local out, n, bytes = {}, 0, 0
+  for _ = 1, READ_EVENTS do
     local text = advance(self, false, true)
     if text == nil then break end
     if text then
       n = n + 1
       out[n] = text
+      bytes = bytes + #text
+      if bytes >= READ_BYTES then break end
     end
   end
   if n == 0 and self.over then return nil end
