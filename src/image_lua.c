@@ -37,10 +37,13 @@ lmx_Image *lmx_image_check(lua_State *L, int i) { return checkimage(L, i); }
 lmx_Pin *lmx_image_pin(lmx_Image *im) { return &((ImageUD *)im)->pin; }
 
 /* The collector does not see malloc'd pixels: tell it, as if they had been allocated by Lua,
- * so a loop making large images does not outrun the collection of the old ones. */
+ * so a loop making large images does not outrun the collection of the old ones. Not when the
+ * host stopped the collector (a game that collects in its spare frame time): LUA_GCSTEP runs
+ * a step even then, and one with an image's debt could run a whole cycle inside a frame. */
 static void account(lua_State *L, const lmx_Image *im) {
   size_t kb = ((size_t)im->w * im->h * im->ch) >> 10;
-  if (kb > 0) lua_gc(L, LUA_GCSTEP, kb > 0x7fffffff ? 0x7fffffff : (int)kb);
+  if (kb > 0 && lua_gc(L, LUA_GCISRUNNING))
+    lua_gc(L, LUA_GCSTEP, kb > 0x7fffffff ? 0x7fffffff : (int)kb);
 }
 
 /* Leaves the result of an image.c call: the new Image (already at the top) on success, or
