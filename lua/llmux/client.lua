@@ -15,13 +15,9 @@ local byte, format, find, lower, match, sub = string.byte, string.format, string
   string.lower, string.match, string.sub
 local getenv = os.getenv
 
--- An integral number as an integer; nil for anything else (math.tointeger takes "2" too).
-local function tointeger(v)
-  return type(v) == "number" and math.tointeger(v) or nil
-end
-
 local now, parse_headers = core.now, core.parse_headers
 local json_encode = json.encode
+local tointeger = errors.integer
 
 local M = { _VERSION = "0.1.0" }
 

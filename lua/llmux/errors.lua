@@ -65,6 +65,12 @@ function M.raise_outside(source, msg)
   error(msg, level)
 end
 
+-- integer(v): an integral number (4 or 4.0: a JSON config's 4) as an integer; nil for anything
+-- else, "4" too, which math.tointeger converts: the check of every count misuse names.
+function M.integer(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
 -- The provider's error object from a decoded body: body.error (table or string), the same
 -- in a list's first entry (Gemini's OpenAI-compatible endpoint answers [{"error": {...}}]), or
 -- the body.

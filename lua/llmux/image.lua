@@ -25,11 +25,7 @@ local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.i
 local job_convert, job_crop = core.job_image_convert, core.job_image_crop
 local job_extend, job_mask_from = core.job_image_extend, core.job_image_mask_from
 local mtype = math.type
-
--- An integral number as an integer; nil for anything else (math.tointeger takes "2" too).
-local function tointeger(v)
-  return type(v) == "number" and math.tointeger(v) or nil
-end
+local tointeger = errors.integer
 
 -- A value as an argument error shows it: a string quoted, so "2" does not read as 2.
 local function shown(v)

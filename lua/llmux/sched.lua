@@ -58,7 +58,7 @@ function M.configure(opts)
   end
   local workers
   if opts and opts.workers ~= nil then
-    workers = type(opts.workers) == "number" and math.tointeger(opts.workers)   -- 4.0 too
+    workers = errors.integer(opts.workers)
     if not workers or workers < 1 or workers > 64 then
       error("llmux.configure: workers must be an integer 1..64", 2)
     end
@@ -678,7 +678,7 @@ local Sem = { __name = "llmux.Semaphore" }
 Sem.__index = Sem
 
 function M.semaphore(n)
-  n = type(n) == "number" and math.tointeger(n)   -- 4.0 too, as every count llmux takes
+  n = errors.integer(n)
   if not n or n < 1 then
     error("llmux.semaphore: n must be an integer >= 1", 2)
   end
