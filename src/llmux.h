@@ -155,6 +155,14 @@ void lmx_json_open(lua_State *L);   /* json.c: core.json_decode */
  * the host set; (locale_t)0 only if it could not be made (out of memory) */
 locale_t lmx_c_locale(void);
 void lmx_json_encode_open(lua_State *L);   /* json_encode.c: core.json_encode */
+/* The integer at index i of an option that counts something: *ok is nonzero only for a number
+ * with an integral value (4 or 4.0; a JSON config's 4), not for "4", which lua_tointegerx
+ * converts. */
+static inline lua_Integer lmx_count(lua_State *L, int i, int *ok) {
+  lua_Integer v = lua_tointegerx(L, i, ok);
+  if (lua_type(L, i) != LUA_TNUMBER) *ok = 0;
+  return v;
+}
 /* The metatable that marks a table as a JSON array (registry name; core.json_array_mt): the
  * encoder writes it as one even when empty, and the decoder gives it to every empty array it
  * reads, so a decoded [] goes back out as [] and not as {}. */

@@ -321,8 +321,8 @@ static int getintfield(lua_State *L, int t, const char *k, long dflt, long lo, l
   long v = dflt;
   if (ty != LUA_TNIL) {
     int ok;
-    lua_Integer i = lua_tointegerx(L, -1, &ok);   /* a number only: it converts "4" too */
-    if (!ok || ty != LUA_TNUMBER || i < lo || i > hi)
+    lua_Integer i = lmx_count(L, -1, &ok);
+    if (!ok || i < lo || i > hi)
       luaL_error(L, "llmux.multi: option '%s' must be an integer in [%d, %d]", k, (int)lo, (int)hi);
     v = (long)i;
   }

@@ -251,8 +251,8 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
     luaL_error(L, "llmux.request: 'url' must be http:// or https://");
   if (specfield(L, t, "max_response_bytes") != LUA_TNIL) {
     int ok;
-    P->maxb = lua_tointegerx(L, -1, &ok);   /* a number only: it converts "4" too */
-    if (!ok || lua_type(L, -1) != LUA_TNUMBER || P->maxb < 0)
+    P->maxb = lmx_count(L, -1, &ok);
+    if (!ok || P->maxb < 0)
       luaL_error(L, "llmux.request: 'max_response_bytes' must be an integer >= 0");
   }
   lua_pop(L, 1);
@@ -264,8 +264,8 @@ static void plan_read(lua_State *L, int t, Plan *P, int per_request, struct curl
   lua_pop(L, 1);
   if (specfield(L, t, "max_event_bytes") != LUA_TNIL) {
     int ok;
-    P->maxev = lua_tointegerx(L, -1, &ok);
-    if (!ok || lua_type(L, -1) != LUA_TNUMBER || P->maxev < 1 || P->maxev > (lua_Integer)1 << 30)   /* queue entries: u32 sizes */
+    P->maxev = lmx_count(L, -1, &ok);
+    if (!ok || P->maxev < 1 || P->maxev > (lua_Integer)1 << 30)   /* queue entries: u32 sizes */
       luaL_error(L, "llmux.request: 'max_event_bytes' must be an integer in [1, 2^30]");
   }
   lua_pop(L, 1);

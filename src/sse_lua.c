@@ -167,8 +167,8 @@ static int sse_new(lua_State *L) {
     }
     if (lua_getfield(L, 1, "max_bytes") != LUA_TNIL) {
       int ok;
-      maxb = lua_tointegerx(L, -1, &ok);   /* a number only: it converts "4" too */
-      if (!ok || lua_type(L, -1) != LUA_TNUMBER || maxb < 1) return luaL_error(L, "llmux.sse: 'max_bytes' must be an integer >= 1");
+      maxb = lmx_count(L, -1, &ok);
+      if (!ok || maxb < 1) return luaL_error(L, "llmux.sse: 'max_bytes' must be an integer >= 1");
     }
     lua_pop(L, 1);
   }
