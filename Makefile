@@ -92,9 +92,9 @@ demo: deps
 	$(MAKE) all
 	$(LUA) tests/helpers/demo.lua
 
-# The Python peer of the stream bench and valgrind for its instruction counts; only the bench
-# wants them, so only the bench installs them.
-BENCH_PKGS := python3-aiohttp python3-uvloop valgrind
+# The floor's JSON library (cJSON), the Python peer of the benches and valgrind for their
+# instruction counts; only the bench wants them, so only the bench installs them.
+BENCH_PKGS := libcjson-dev python3-aiohttp python3-uvloop valgrind
 
 bench: deps
 	@missing=""; for p in $(BENCH_PKGS); do \
@@ -102,7 +102,7 @@ bench: deps
 	done; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends $$missing || echo "bench: no$$missing, the Python row is skipped"; \
+	    --no-install-recommends $$missing || echo "bench: could not install$$missing"; \
 	fi
 	$(MAKE) all
 	$(LUA) tests/bench/bench.lua

@@ -2,7 +2,11 @@
 -- libcurl multi (tests/bench/floor.c), on the loopback upstream. Both send the same kind of
 -- non-streaming chat request, with the same header lines, and check every answer, one after
 -- the other on the same upstream; what is compared is the client's own CPU (user+sys) per
--- request.
+-- request. The floor does in C the work llmux does: it builds each body as a JSON tree
+-- (cJSON) and parses each answer into one before checking it. Its HTTP part alone (no JSON:
+-- a body from snprintf, the answer's bytes searched for the echo) is measured beside it as a
+-- lower bound, and, when /usr/bin/python3 has them, aiohttp on uvloop doing the same chats
+-- (tests/bench/chat_aiohttp.py) as the peer the target's figures name.
 --
 --   make bench                                        (from the repo root)
 --   BENCH_N=2000 BENCH_CONC=16 BENCH_ROUNDS=1 lua5.4 tests/bench/bench.lua
@@ -89,7 +93,7 @@ end
 local function build_floor()
   local bin = BUILD_DIR .. "/floor"
   local cmd = ("mkdir -p %s && %s -O2 -Wall -Wextra -o %s %s"
-    .. " $(pkg-config --cflags --libs libcurl) 2>&1")
+    .. " $(pkg-config --cflags --libs libcurl libcjson) 2>&1")
     :format(q(BUILD_DIR), os.getenv("CC") or "cc", q(bin), q(here() .. "/floor.c"))
   local out, ok = capture(cmd)
   if not ok then error("bench: building the floor failed:\n" .. out, 0) end
@@ -97,14 +101,21 @@ local function build_floor()
   return bin
 end
 
-local function run_floor(bin, url, n, conc)
-  -- `timeout` is the wall guard here: the floor itself stops only on its request count.
-  local cmd = ("timeout %g %s %s %d %d"):format(GUARD, q(bin), q(url .. "/chat/completions"),
-    n, conc)
-  local out, _, code = capture(cmd)
-  if code == 124 then error("bench: the floor ran over the " .. GUARD .. " s guard", 0) end
+-- Parses a child's `key=value ...` line into a table of numbers.
+local function kv(out)
   local r = {}
   for k, v in out:gmatch("(%w[%w_]*)=(%S+)") do r[k] = tonumber(v) end
+  return r
+end
+
+-- mode "json" (the floor) or "http" (its HTTP part alone)
+local function run_floor(bin, url, n, conc, mode)
+  -- `timeout` is the wall guard here: the floor itself stops only on its request count.
+  local cmd = ("timeout %g %s %s %d %d %s"):format(GUARD, q(bin), q(url .. "/chat/completions"),
+    n, conc, mode)
+  local out, _, code = capture(cmd)
+  if code == 124 then error("bench: the floor ran over the " .. GUARD .. " s guard", 0) end
+  local r = kv(out)
   if not (r.requests and r.failures and r.wall_s and r.cpu_us_per_req and r.sys_us_per_req
       and r.peak_rss_kib) then
     error(("bench: the floor failed (exit %s): %s"):format(tostring(code), out), 0)
@@ -113,6 +124,19 @@ local function run_floor(bin, url, n, conc)
     requests = r.requests, failures = r.failures, wall = r.wall_s,
     cpu_us = r.cpu_us_per_req, sys_us = r.sys_us_per_req, rss_kib = r.peak_rss_kib,
   }
+end
+
+-- aiohttp on uvloop, once: nil when python3 lacks them.
+local function run_python(url, n, conc)
+  local out, _, code = capture(("timeout %g /usr/bin/python3 %s %s %d %d 2>&1"):format(GUARD,
+    q(here() .. "/chat_aiohttp.py"), q(url .. "/chat/completions"), n, conc))
+  if code == 3 or code == 127 then return nil end   -- aiohttp/uvloop (or python) missing
+  local r = kv(out)
+  if not (r.requests and r.cpu_us_per_req) then
+    error("bench: the aiohttp peer failed: " .. out, 0)
+  end
+  return { requests = r.requests, failures = r.failures, wall = r.wall_s,
+    cpu_us = r.cpu_us_per_req, rss_kib = r.peak_rss_kib }
 end
 
 -- llmux ----------------------------------------------------------------------------------
@@ -190,37 +214,62 @@ local function summary(runs)
   return s
 end
 
-local ROW = "%-7s %-6s %9d %9d %8.3f %9.0f %11.2f %11.2f %6.1f MiB"
+local ROW = "%-7s %-7s %9d %9d %8.3f %9.0f %11.2f %11s %10s"
 
 local function row(round, name, r)
   print(ROW:format(round, name, r.requests, r.failures, r.wall, r.rate or r.requests / r.wall,
-    r.cpu_us, r.sys_us, r.rss_kib / 1024))
+    r.cpu_us, r.sys_us and ("%.2f"):format(r.sys_us) or "-",
+    r.rss_kib and ("%.1f MiB"):format(r.rss_kib / 1024) or "-"))
 end
 
-local function report(url, floors, mines, ratios)
+local function ratio_line(what, ratios)
+  local each = column(ratios, function(r) return ("%.2fx"):format(r) end)
+  local ratio = median(ratios)
+  return ratio, ("CPU per request, %s: %.2fx%s"):format(what, ratio,
+    #ratios > 1 and " (median of rounds " .. table.concat(each, ", ") .. ")" or "")
+end
+
+-- runs: {floor = {...}, http = {...}, llmux = {...}} a run per round each; py: aiohttp's run
+-- or nil. Returns the verdict's ratio, llmux / floor.
+local function report(url, runs, py)
   print(("llmux bench: %d requests per client and round, concurrency %d, %d round(s)")
     :format(N, CONC, ROUNDS))
   print(("upstream %s (%d nginx worker), %s"):format(url, WORKERS,
     llmux.core.curl_version:match("^%S+")))
   print("CPU: user+sys of the client process over its request loop only; sys: its kernel part")
+  print("floor: C, libcurl multi + cJSON (body built and answer parsed as JSON trees);"
+    .. " http: the floor's HTTP part alone, no JSON")
   print()
-  print(("%-7s %-6s %9s %9s %8s %9s %11s %11s %10s"):format("round", "client", "requests",
+  print(("%-7s %-7s %9s %9s %8s %9s %11s %11s %10s"):format("round", "client", "requests",
     "failures", "wall s", "req/s", "CPU us/req", "sys us/req", "peak RSS"))
-  for i = 1, #floors do
-    row(tostring(i), "floor", floors[i])
-    row(tostring(i), "llmux", mines[i])
+  local names = { "floor", "http", "llmux" }
+  for i = 1, #runs.floor do
+    for _, name in ipairs(names) do row(tostring(i), name, runs[name][i]) end
   end
-  if #floors > 1 then
-    row("all", "floor", summary(floors))
-    row("all", "llmux", summary(mines))
+  if #runs.floor > 1 then
+    for _, name in ipairs(names) do row("all", name, summary(runs[name])) end
+  end
+  if py then row("once", "aiohttp", py) end
+  if #runs.floor > 1 then
     print("(all: requests and failures summed, highest peak RSS, medians of the rest)")
   end
   print()
-  local each = column(ratios, function(r) return ("%.2fx"):format(r) end)
-  local ratio = median(ratios)
-  print(("CPU per request, llmux / floor: %.2fx%s; target <= %.1fx: %s"):format(ratio,
-    #ratios > 1 and " (median of rounds " .. table.concat(each, ", ") .. ")" or "", TARGET,
-    ratio <= TARGET and "met" or "MISSED"))
+  local ratios, http_ratios = {}, {}
+  for i, f in ipairs(runs.floor) do
+    ratios[i] = runs.llmux[i].cpu_us / f.cpu_us
+    http_ratios[i] = runs.llmux[i].cpu_us / runs.http[i].cpu_us
+  end
+  local ratio, line = ratio_line("llmux / floor", ratios)
+  print(("%s; target <= %.1fx: %s"):format(line, TARGET, ratio <= TARGET and "met" or "MISSED"))
+  print(select(2, ratio_line("llmux / http (HTTP alone, no JSON)", http_ratios)))
+  if py then
+    local f, h = summary(runs.floor).cpu_us, summary(runs.http).cpu_us
+    print(("CPU per request, aiohttp+uvloop / floor: %.2fx, / http: %.2fx, / llmux: %.2fx"
+      .. " (the target's figure: 5.4x the floor)"):format(py.cpu_us / f, py.cpu_us / h,
+      py.cpu_us / summary(runs.llmux).cpu_us))
+  else
+    print("aiohttp+uvloop: not in /usr/bin/python3, its row is skipped")
+  end
   return ratio
 end
 
@@ -257,19 +306,22 @@ local function report_instructions(bin, url)
     print("instructions: valgrind not found, skipped")
     return
   end
-  local floor = per_request(function(n)
-    return ("%s %s %d %d"):format(q(bin), q(url .. "/chat/completions"), n, CONC)
-  end)
+  local function floor_cmd(mode)
+    return function(n)
+      return ("%s %s %d %d %s"):format(q(bin), q(url .. "/chat/completions"), n, CONC, mode)
+    end
+  end
   local function child(mode)
     return function(n)
       return ("%s %s %s %s %d %d"):format(q(arg[-1] or "lua5.4"), q(arg[0]), mode, q(url), n,
         CONC)
     end
   end
+  local floor, http = per_request(floor_cmd("json")), per_request(floor_cmd("http"))
   local mine = per_request(child("--child"))
-  if not (floor and mine) then return end
-  print(("instructions per request (callgrind, user space): floor %.0f, llmux %.0f: %.2fx")
-    :format(floor, mine, mine / floor))
+  if not (floor and http and mine) then return end
+  print(("instructions per request (callgrind, user space): floor %.0f, http %.0f, llmux %.0f:"
+    .. " %.2fx the floor, %.2fx http"):format(floor, http, mine, mine / floor, mine / http))
   -- The same work on the bare core (no scheduler, no client): what the Lua layers add.
   local core_only = per_request(child("--child-core"))
   if core_only then
@@ -288,21 +340,23 @@ local function main(u)
   local warm = run_llmux(client, math.min(N, 2000), CONC)
   if warm.failures > 0 then error("bench: the warm-up had failures", 0) end
 
-  local floors, mines, ratios, failed = {}, {}, {}, false
+  local runs, failed = { floor = {}, http = {}, llmux = {} }, false
   for i = 1, ROUNDS do
     -- which goes first alternates, so a machine speeding up or slowing down over the run
     -- does not favour one of them
-    if i % 2 == 1 then
-      floors[i] = run_floor(bin, u.http, N, CONC)
-      mines[i] = run_llmux(client, N, CONC)
-    else
-      mines[i] = run_llmux(client, N, CONC)
-      floors[i] = run_floor(bin, u.http, N, CONC)
+    local r = {}
+    local function floor() r.floor = run_floor(bin, u.http, N, CONC, "json") end
+    local function mine() r.llmux = run_llmux(client, N, CONC) end
+    if i % 2 == 1 then floor() mine() else mine() floor() end
+    r.http = run_floor(bin, u.http, N, CONC, "http")
+    for name, run in pairs(r) do
+      runs[name][i] = run
+      failed = failed or run.failures > 0
     end
-    ratios[i] = mines[i].cpu_us / floors[i].cpu_us
-    failed = failed or floors[i].failures > 0 or mines[i].failures > 0
   end
-  local ratio = report(u.http, floors, mines, ratios)
+  local py = run_python(u.http, N, CONC)
+  failed = failed or (py and py.failures > 0)
+  local ratio = report(u.http, runs, py)
   report_instructions(bin, u.http)
   return not failed and not (STRICT and ratio > TARGET)
 end

@@ -1,16 +1,25 @@
 /* The benchmark floor: the leanest client we know how to write for llmux's workload, so the
  * bench can say how much CPU llmux spends per request on top of libcurl itself.
  *
- *   floor URL N CONCURRENCY
+ *   floor URL N CONCURRENCY [json|http]
  *
- * POSTs N small chat bodies to URL (the full .../chat/completions address) with CONCURRENCY
+ * POSTs N small chat requests to URL (the full .../chat/completions address) with CONCURRENCY
  * transfers in flight over keep-alive HTTP/1.1, driven by the textbook curl_multi_perform +
  * curl_multi_poll loop. That loop measured cheaper here than the socket API with epoll (which
  * llmux's core uses): poll hands back every ready socket in one call, while with the socket
  * API every transfer costs an EPOLL_CTL_ADD and an EPOLL_CTL_DEL, as curl starts and stops
- * watching its connection. Each transfer slot keeps its easy handle, request body and response
- * buffer for the whole run, so the steady state allocates nothing of its own. A request passes
- * when it ends with status 200 and its body holds the echo of its own message.
+ * watching its connection. Each transfer slot keeps its easy handle and response buffer for
+ * the whole run.
+ *
+ * json (the default, the floor of the CPU target): the work llmux does for a chat, in C. The
+ * request body is built as a tree and printed with cJSON (the smallest of Debian's C JSON
+ * libraries; jansson measured 1.4x its instructions here), the answer is parsed into a cJSON
+ * tree, and the request passes when it ends with status 200 and choices[1].message.content is
+ * the echo of its own message.
+ *
+ * http: the HTTP part alone, a lower bound no JSON client reaches: the body is one snprintf
+ * into the slot and the answer passes when its bytes hold the quoted echo (memmem), nothing
+ * is decoded.
  *
  * Prints one line of key=value pairs on stdout:
  *   requests= failures= wall_s= cpu_us_per_req= sys_us_per_req= peak_rss_kib=
@@ -23,14 +32,16 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <curl/curl.h>
+#include <cjson/cJSON.h>
 
 #define SHOW_FAILURES 3   /* failures described on stderr; the rest are only counted */
 
 typedef struct {
   CURL *easy;
   long idx;               /* request number, which its message and echo carry */
-  char body[128];         /* request body: CURLOPT_POSTFIELDS points here, never copied */
-  char want[64];          /* the text a correct answer contains */
+  char body[128];         /* http: the request body; CURLOPT_POSTFIELDS points here */
+  char *jbody;            /* json: the printed request body, freed at the next request */
+  char want[64];          /* http: the quoted echo a correct answer holds; json: the echo */
   size_t wantlen;
   char *resp;             /* response body, kept across requests */
   size_t n, cap;
@@ -70,23 +81,65 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud) {
   return len;
 }
 
+static int use_json = 1;
+
+/* json: the request body of message `text`, printed by cJSON from a tree, as a C client
+ * builds its request (NULL when out of memory). */
+static char *json_body(const char *text) {
+  cJSON *root = cJSON_CreateObject(), *msgs, *m;
+  if (!root || !cJSON_AddStringToObject(root, "model", "m")
+      || !(msgs = cJSON_AddArrayToObject(root, "messages")) || !(m = cJSON_CreateObject())) {
+    cJSON_Delete(root);
+    return NULL;
+  }
+  cJSON_AddItemToArray(msgs, m);
+  char *out = cJSON_AddStringToObject(m, "role", "user")
+              && cJSON_AddStringToObject(m, "content", text) ? cJSON_PrintUnformatted(root) : NULL;
+  cJSON_Delete(root);
+  return out;
+}
+
 /* Points slot s at request idx and hands its easy handle to the multi. */
 static int start(CURLM *cm, Slot *s, long idx) {
-  int len = snprintf(s->body, sizeof s->body,
-                     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q%ld\"}]}",
-                     idx);
-  s->wantlen = (size_t)snprintf(s->want, sizeof s->want, "\"echo: q%ld\"", idx);
+  size_t len;
   s->idx = idx;
   s->n = 0;
+  if (use_json) {
+    char text[32];
+    snprintf(text, sizeof text, "q%ld", idx);
+    s->wantlen = (size_t)snprintf(s->want, sizeof s->want, "echo: %s", text);
+    free(s->jbody);
+    if (!(s->jbody = json_body(text))) return -1;
+    len = strlen(s->jbody);
+    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, s->jbody);
+  } else {
+    len = (size_t)snprintf(s->body, sizeof s->body,
+                     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q%ld\"}]}",
+                     idx);
+    s->wantlen = (size_t)snprintf(s->want, sizeof s->want, "\"echo: q%ld\"", idx);
+  }
   curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE, (long)len);
   return curl_multi_add_handle(cm, s->easy) == CURLM_OK ? 0 : -1;
+}
+
+/* json: whether body (n bytes) parses and its choices[1].message.content is want. */
+static int json_passes(const char *body, size_t n, const char *want) {
+  cJSON *res = cJSON_ParseWithLength(body, n);
+  cJSON *choice = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(res, "choices"), 0);
+  cJSON *content = cJSON_GetObjectItemCaseSensitive(
+      cJSON_GetObjectItemCaseSensitive(choice, "message"), "content");
+  int ok = cJSON_IsString(content) && strcmp(content->valuestring, want) == 0;
+  cJSON_Delete(res);
+  return ok;
 }
 
 /* Judges one finished transfer: 0 passed, 1 failed. */
 static int judge(Slot *s, CURLcode rc, long *shown) {
   long status = 0;
   curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
-  if (rc == CURLE_OK && status == 200 && memmem(s->resp, s->n, s->want, s->wantlen)) return 0;
+  if (rc == CURLE_OK && status == 200
+      && (use_json ? json_passes(s->resp, s->n, s->want)
+                   : memmem(s->resp, s->n, s->want, s->wantlen) != NULL)) return 0;
   if ((*shown)++ < SHOW_FAILURES)
     fprintf(stderr, "floor: request %ld failed: %s, status %ld, body %.*s\n", s->idx,
             curl_easy_strerror(rc), status, (int)(s->n < 200 ? s->n : 200),
@@ -95,8 +148,9 @@ static int judge(Slot *s, CURLcode rc, long *shown) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s URL N CONCURRENCY\n", argv[0]);
+  if (argc == 5 && strcmp(argv[4], "http") == 0) use_json = 0;
+  if (argc != 4 && !(argc == 5 && (!use_json || strcmp(argv[4], "json") == 0))) {
+    fprintf(stderr, "usage: %s URL N CONCURRENCY [json|http]\n", argv[0]);
     return 2;
   }
   const char *url = argv[1];
@@ -169,6 +223,7 @@ int main(int argc, char **argv) {
   for (long i = 0; i < conc; i++) {
     curl_easy_cleanup(slots[i].easy);
     free(slots[i].resp);
+    free(slots[i].jbody);
   }
   free(slots);
   curl_slist_free_all(hdrs);
