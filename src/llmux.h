@@ -51,6 +51,7 @@ typedef struct lmx_Stream {
   lmx_Buf extras, last_extras;  /* a chunk's members the fast path does not read, and those
                                  of the last chunk Lua decoded fully (see fast_chunk) */
   uint64_t stream_bytes;      /* bytes of the event stream */
+  int queued_any;             /* an event was queued: the bytes are an event stream */
 } lmx_Stream;
 
 struct lmx_Request {

@@ -73,6 +73,26 @@ static int on_event(void *ud, const lmx_SSEEvent *ev) {
   return 0;
 }
 
+/* The most bytes of an event stream's answer kept until its first event: the end of what came
+ * instead of events, for the message of a stream that carried none (a gateway's JSON error
+ * under a text/event-stream Content-Type). */
+#define SSE_TAIL_MAX ((size_t)4096)
+
+/* Keeps the last SSE_TAIL_MAX bytes of what b and p (n bytes) hold together, in b. Only a
+ * diagnostic: out of memory, b keeps what it had. */
+static void keep_tail(lmx_Buf *b, const char *p, size_t n) {
+  if (n >= SSE_TAIL_MAX) {
+    p += n - SSE_TAIL_MAX;
+    n = SSE_TAIL_MAX;
+    b->n = 0;
+  } else if (b->n + n > SSE_TAIL_MAX) {
+    size_t drop = b->n + n - SSE_TAIL_MAX;
+    memmove(b->p, b->p + drop, b->n - drop);
+    b->n -= drop;
+  }
+  (void)lmx_buf_append(b, p, n);
+}
+
 /* curl write callback: a short count makes curl fail the transfer with CURLE_WRITE_ERROR,
  * which finish() reports as "toolarge" (cap) or out of memory. An event stream goes through
  * the SSE parser instead of the body buffer, and pauses while Lua lags behind. The cap
@@ -103,8 +123,14 @@ size_t lmx_request_writecb(char *p, size_t size, size_t nmemb, void *ud) {
       return 0;
     }
     if (st->evq.n != before) {
+      if (!st->queued_any) {
+        st->queued_any = 1;
+        lmx_buf_free(&r->body);
+      }
       r->last_event = lmx_now();
       notify(r);
+    } else if (!st->queued_any) {
+      keep_tail(&r->body, p, n);
     }
     return n;
   }

@@ -691,6 +691,52 @@ describe("provider variations", function()
     assert.equals("timeout", code)
   end)
 
+  it("an event-stream 2xx whose body is JSON, not events, is judged as that JSON", function()
+    -- a gateway's {"error": ...} under text/event-stream: the provider's words, not
+    -- "truncated after 0 events"
+    for _, kind in ipairs{ "json", "pings" } do
+      local res, msg, code, detail = c:chat(body("sseplain:" .. kind, "x", { stream = true }),
+        { max_retries = 0 })
+      assert.is_nil(res, kind)
+      assert.equals("provider", code, kind)
+      assert.matches("gateway: upstream model overloaded", msg, 1, true)
+      assert.equals(200, detail.status)
+      local s = assert(c:chat_stream(body("sseplain:" .. kind)))
+      assert.equals("", collect(s))
+      local _, msg2, code2 = s:result()
+      assert.equals("provider", code2, kind)
+      assert.matches("upstream model overloaded", msg2, 1, true)
+    end
+    -- a whole completion sent so is the answer, read as one chunk
+    local s = assert(c:chat_stream(body("sseplain:whole")))
+    assert.equals("whole under an event-stream type", collect(s))
+    assert.equals("whole under an event-stream type",
+      assert(s:result()).choices[1].message.content)
+  end)
+
+  it("an event-stream 2xx that carried no event says what came instead", function()
+    local _, msg, code, detail = c:chat(body("sseplain:text", "x", { stream = true }),
+      { max_retries = 0 })
+    assert.equals("truncated", code)
+    assert.matches("after 0 events", msg, 1, true)
+    assert.matches("instead of events it sent: upstream connect error or disconnect/reset",
+      msg, 1, true)
+    assert.equals("upstream connect error or disconnect/reset before headers\n", detail.body)
+    -- only the last 4 KiB are kept, from a blank on, and the message shows 100 bytes of them
+    _, msg, code, detail = c:chat(body("sseplain:big", "x", { stream = true }),
+      { max_retries = 0 })
+    assert.equals("truncated", code)
+    assert.equals("THE-END", detail.body)
+    assert.matches("it sent: THE-END (truncated)", msg, 1, true)
+    -- the key, echoed across the window's start, shows neither whole nor in part
+    _, msg, code, detail = c:chat(body("sseplain:keyecho", "x", { stream = true }),
+      { max_retries = 0, api_key = "sk-echoed-0123456789abcdefghij" })
+    assert.equals("truncated", code)
+    assert.not_matches("abcdefghij", msg, 1, true)
+    assert.not_matches("abcdefghij", detail.body, 1, true)
+    assert.matches("^z+ tail$", detail.body)
+  end)
+
   it("tool calls without index: by id, or one per entry, or the last call goes on", function()
     assert.same({ 'c1 a {"x":1}', 'c2 b {"y":2}' }, calls_of("noindex"))
     assert.same({ '- a {"x":1}', '- b {"y":2}' }, calls_of("noindex2"))

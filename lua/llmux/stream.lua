@@ -35,6 +35,8 @@ local READ_EVENTS = 256
 local READ_BYTES = 64 * 1024   -- and s:read() stops once it has this much text
 
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
+-- The most bytes of a stream without events the core keeps (SSE_TAIL_MAX in request.c).
+local TAIL_MAX = 4096
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
 
 local pop_delta, pop_text   -- Request methods, looked up once (the hot path calls them)
@@ -690,11 +692,20 @@ end
 local function ended(s)
   local res = s.req:result()
   -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
-  -- completion) or sent an error as JSON. Judged like a non-streaming answer.
+  -- completion) or sent an error as JSON. Judged like a non-streaming answer. So is one
+  -- whose Content-Type says event stream when no event came and what came is a JSON object
+  -- (a gateway's {"error": ...}): the core keeps the last 4 KiB of such a body.
+  local tail = not s.plain and s.events == 0 and not res.code and res.body or ""
+  local whole = #tail < TAIL_MAX   -- else the window may begin inside a token (a key)
+  if find(tail, ":", 1, true) then   -- without its comment lines (": ping" keep-alives)
+    tail = gsub(gsub("\n" .. tail, "\r\n?", "\n"), "\n:[^\n]*", ""):sub(2)
+  end
+  local plain = s.plain or whole and find(tail, "^%s*{") ~= nil
+  if plain and not s.plain then res.body = tail end
   local ok, body, code, detail
-  if s.plain then ok, body, code, detail = s.hooks.judge(res, s.call) end   -- {"error": ...}
+  if plain then ok, body, code, detail = s.hooks.judge(res, s.call) end   -- {"error": ...}
   keep(s, res)
-  if s.plain then
+  if plain then
     if not ok then
       if not retried(s, body, code, detail) then stop(s, body, code, detail) end
       return
@@ -720,9 +731,13 @@ local function ended(s)
   local why = res.code
     and ("stream broken after " .. s.events .. " events: " .. tostring(res.error))
     or ("stream ended after " .. s.events .. " events without a finish_reason or [DONE]")
-  if not retried(s, why, code, { curl_code = res.curl_code }) then
-    stop(s, why, code, { curl_code = res.curl_code })
+  local detail = { curl_code = res.curl_code }
+  if find(tail, "%S") then   -- bytes that made no event: what came instead
+    if not whole then tail = tail:match("%s(.*)$") or "" end   -- from its first blank on
+    why = why .. "; instead of events it sent: " .. s.hooks.cut(s.call, tail, 100)
+    detail.body = tail
   end
+  if not retried(s, why, code, detail) then stop(s, why, code, detail) end
 end
 
 local function stalled(s)

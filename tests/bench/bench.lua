@@ -12,7 +12,7 @@
 --   BENCH_N=2000 BENCH_CONC=16 BENCH_ROUNDS=1 lua5.4 tests/bench/bench.lua
 --
 -- Env: BENCH_N requests per client and round (20000), BENCH_CONC transfers in flight (64),
--- BENCH_ROUNDS floor + llmux rounds (5), BENCH_STRICT=1 also fails the run when the CPU
+-- BENCH_ROUNDS floor + llmux rounds (7), BENCH_STRICT=1 also fails the run when the CPU
 -- target is missed. Several rounds because a small shared VM drifts by tens of percent
 -- between runs: each round runs the two back to back, and the verdict is the median of the
 -- per-round ratios, which a slow spell hitting one round cannot swing (and which of the two
@@ -43,7 +43,7 @@ end
 
 local N = env_int("BENCH_N", 20000)
 local CONC = env_int("BENCH_CONC", 64)
-local ROUNDS = env_int("BENCH_ROUNDS", 5)
+local ROUNDS = env_int("BENCH_ROUNDS", 7)
 local STRICT = os.getenv("BENCH_STRICT") == "1"
 
 -- Shell helpers ----------------------------------------------------------------------------

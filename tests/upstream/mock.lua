@@ -629,6 +629,11 @@ end
 --   emptynoretry:KEY     200 with x-should-retry: false and an empty event stream (counted)
 --   plainslow:N:MS       ignores stream=true: a JSON completion whose body comes in N
 --                        pieces MS ms apart
+--   sseplain:KIND        200 text/event-stream whose body is no event stream: KIND json
+--                        {"error": ...} (a gateway's failure), whole a JSON completion, pings
+--                        ": ping" comments then the JSON error, text a line of plain text,
+--                        big 6000 bytes of text ending in "THE-END", keyecho the text with the
+--                        request's key (30 bytes) straddling the client's 4 KiB window
 -- stream_options.include_usage adds the usage-only final chunk (empty choices), as OpenAI does.
 
 local function sse_headers(headers)
@@ -1060,6 +1065,26 @@ streams.emptynoretry = function(ctx, a)
   count(key)
   sse_headers({["x-should-retry"] = "false"})
   emit(ctx, ": nothing to see\n\n")
+  return ngx.exit(ngx.OK)
+end
+
+streams.sseplain = function(ctx, a)
+  local kind = a[1]
+  local err = cjson.encode{ error = { message = "gateway: upstream model overloaded",
+    type = "server_error", code = "overloaded" } }
+  local bodies = {
+    json = err,
+    whole = cjson.encode(chat_object(ctx, "whole under an event-stream type")),
+    pings = ": ping\n\n: ping\n\n" .. err,
+    text = "upstream connect error or disconnect/reset before headers\n",
+    big = ("x"):rep(5993) .. " THE-END",
+    keyecho = "start " .. (ngx.var.http_authorization or ""):gsub("^Bearer ", "") .. " "
+      .. ("z"):rep(4080) .. " tail",
+  }
+  local body = bodies[kind]
+  if not body then return false end
+  sse_headers()
+  emit(ctx, body)
   return ngx.exit(ngx.OK)
 end
 
