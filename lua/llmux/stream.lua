@@ -598,6 +598,10 @@ local function reopen(s, why, code, detail)
   if not ns then
     s.over = true
     s.err = { nil, m, c, d }
+    -- info tells the last attempt, as the failure does, not the first (an empty 200): its
+    -- status and headers, none when it got no response
+    s.res, s.status, s.head = nil, d and d.status, ""
+    s.last_headers = d and d.headers or {}
     return true
   end
   attach(s, ns.req, ns.w)
@@ -992,6 +996,7 @@ local function info_of(s)
   local res = s.res or { status = s.status, head = s.head }
   local usage, estimated = usage_of(s)
   local info = s.hooks.info(s.call, res, s.whole)
+  if s.last_headers then info.headers = s.last_headers end
   info.http_version = info.http_version or s.http_version
   info.status = s.status
   info.ttft = s.ttft

@@ -627,6 +627,9 @@ end
 --   emptyslow:S:KEY      the first request for KEY: as emptyonce (with x-mock-empty: 1); the
 --                        later ones get their headers only after S seconds
 --   emptynoretry:KEY     200 with x-should-retry: false and an empty event stream (counted)
+--   emptythen:STATUS:KEY the first request for KEY: 200 and an empty event stream; the later
+--                        ones STATUS (an error object, with x-mock-attempt: N), or with
+--                        STATUS reset the connection reset before any byte
 --   plainslow:N:MS       ignores stream=true: a JSON completion whose body comes in N
 --                        pieces MS ms apart
 --   sseplain:KIND        200 text/event-stream whose body is no event stream: KIND json
@@ -1086,6 +1089,19 @@ streams.sseplain = function(ctx, a)
   sse_headers()
   emit(ctx, body)
   return ngx.exit(ngx.OK)
+end
+
+streams.emptythen = function(ctx, a)
+  local status, key = a[1] == "reset" and "reset" or tonumber(a[1]), table.concat(a, ":", 2)
+  if not status or key == "" then return false end
+  local n = count(key)
+  if n == 1 then
+    sse_headers({["x-mock-attempt"] = "1"})
+    emit(ctx, ": nothing to see\n\n")
+    return ngx.exit(ngx.OK)
+  end
+  if status == "reset" then return behaviours.reset() end
+  return send_status(status, {["x-mock-attempt"] = tostring(n)})
 end
 
 streams.plainslow = function(ctx, a)
