@@ -330,6 +330,26 @@ describe("errors.scrub", function()
     assert.equals("x", errors.scrub("x", {}))
   end)
 
+  it("takes steps in proportion to text and secret, whatever escapes they hold", function()
+    -- each backslash of the secret may stand as it is or escaped ("\\\\"): tried both ways
+    -- at every one, a failing match took 2^n steps (n = 30: hours). A budget of VM
+    -- instructions, not of time, says it ended in bounded work.
+    local function within(budget, f, ...)
+      debug.sethook(function() error("over budget", 0) end, "", budget)
+      local ok, r = pcall(f, ...)
+      debug.sethook()
+      assert(ok, r)
+      return r
+    end
+    for _, esc in ipairs{ "\\", "%", "&" } do
+      local secret = esc:rep(30) .. "X"
+      local text = (esc == "\\" and "\\\\" or esc == "%" and "%25" or "&#38;"):rep(30)
+      assert.equals(text .. "Y", within(5e6, errors.scrub, text .. "Y", secret), esc)
+      -- spelled that way and ending right, it is found
+      assert.equals("a [redacted] b", within(5e6, errors.scrub, "a " .. text .. "X b", secret), esc)
+    end
+  end)
+
   -- a provider's JSON that does not decode is shown as text: the key may be spelled there
   it("removes a secret that JSON escapes spell", function()
     local k = 'sk-a/b"c'

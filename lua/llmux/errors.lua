@@ -378,19 +378,25 @@ end
 -- The end of secret spelled in v from i, each byte as it is or escaped (see unescape), or
 -- nil. A byte of the secret's own that begins an escape ('\\', '%', '&') may stand as it is
 -- or escaped, and only the rest of the secret tells which: "\\\\" is one escaped or two as
--- they are (k: the secret's byte to match next, 1 when absent).
-local function spelled(v, i, secret, k)
-  for k = k or 1, #secret do
+-- they are (k: the secret's byte to match next). failed: the (i, k) pairs at such a byte
+-- already tried in vain, from any start in v, so each is tried once: a secret of many such
+-- bytes costs at most some #v x #secret steps for all of v, not two to the power of their
+-- number at each start.
+local function spelled(v, i, secret, k, failed)
+  for k = k, #secret do
     local c, b = byte(secret, k), byte(v, i)
     if b ~= c then
       local e, n = unescape(v, i, b)
       if e ~= c then return nil end
       i = i + n
     elseif c == 92 or c == 37 or c == 38 then
+      local at = i * (#secret + 1) + k
+      if failed[at] then return nil end
       local e, n = unescape(v, i, b)
-      local j = e == c and spelled(v, i + n, secret, k + 1)
-      if j then return j end
-      i = i + 1   -- as it is
+      local j = e == c and spelled(v, i + n, secret, k + 1, failed)
+        or spelled(v, i + 1, secret, k + 1, failed)   -- as it is
+      if not j then failed[at] = true end
+      return j
     else
       i = i + 1
     end
@@ -423,10 +429,11 @@ function M.scrub(v, secret)
       -- where the secret's first byte or an escape starts, the secret may be spelled
       local first = sub(secret, 1, 1)
       local starts, at = "[" .. (find(first, "^%w") and first or "%" .. first) .. "\\%%&]", 1
+      local failed = {}
       while true do
         local a = find(v, starts, at)
         if not a then break end
-        local b = spelled(v, a, secret)
+        local b = spelled(v, a, secret, 1, failed)
         if b then
           out = out or {}
           out[#out + 1] = sub(v, i, a - 1) .. "[redacted]"
