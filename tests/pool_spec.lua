@@ -274,6 +274,27 @@ describe("worker pool: many at once", function()
 end)
 
 describe("worker pool: configure", function()
+  it("starts 2 workers when nobody configured it (README), on the first job", function()
+    -- a process of its own: this one's pool may have started or been configured already
+    local out, status = run_script([[
+      local llmux = require "llmux"
+      local before = llmux.core.pool_stats()
+      local jobs = {}
+      llmux.run(function()
+        for i = 1, 4 do
+          jobs[i] = llmux.spawn(function()
+            return #llmux.image.new(1200, 1200, 3):encode_png{ level = 1 }
+          end)
+        end
+        for i = 1, 4 do assert(jobs[i]:join() > 0) end
+      end)
+      local after = llmux.core.pool_stats()
+      print(before.threads, before.target, after.threads, after.target, after.done)
+    ]])
+    assert.equals(0, status, out)
+    assert.equals("0\t2\t2\t2\t4", out:match("[^\n]*"))
+  end)
+
   it("sets the number of workers, more but never fewer", function()
     assert.has_error(function() llmux.configure{ workers = 0 } end,
       "llmux.configure: workers must be an integer 1..64")
