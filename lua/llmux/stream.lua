@@ -782,8 +782,9 @@ end
 -- One step: handles queued events until one yields something; with block, waits for more.
 -- Returns text, chunk: the content text of the first choice (false when the chunk has none)
 -- and the decoded chunk; nil when nothing is ready (or the stream is over). With fast, the
--- common chunk shape is read in C: its text comes back without a chunk table.
-local function advance(s, block, fast)
+-- common chunk shape is read in C: its text comes back without a chunk table. With bare
+-- (chunks()), no text: a chunk goes out whole, so nothing of it is held back (hand_out).
+local function advance(s, block, fast, bare)
   while not s.over do
     local retrying = s.retrying
     if retrying then   -- a retry under way in its own task (see retried; it never fails)
@@ -829,6 +830,7 @@ local function advance(s, block, fast)
     if ok == false then
       local obj, raw = on_event(s, data, event)
       if obj then
+        if bare then return false, obj end
         local text = first_text(raw)
         if text and (s.lone or s.held or byte(text, -1) > 127) then text = hand_out(s, text) end
         return text or false, obj
@@ -869,7 +871,7 @@ local function advance(s, block, fast)
   end
   reraise(s)
   local held = s.held   -- a high half (U+FFFD) or a character's bytes no piece completed
-  if held then
+  if held and not bare then
     s.held = nil
     return s.lone and mend(held) or held, nil
   end
@@ -902,10 +904,19 @@ local function pace(s)
 end
 
 -- s:chunks() -> iterator over every decoded chunk (waits for each; ends with the stream).
+-- What deltas() or read() held back of a character (see hand_out) comes first, as a chunk
+-- of choice 0 with that text alone: the chunks after it start with the character's rest.
 function Stream:chunks()
   return function()
     pace(self)
-    local _, chunk = advance(self, true)
+    local held = self.held
+    if held then
+      self.held = nil
+      return { id = self.id, object = "chat.completion.chunk", created = self.created,
+        model = self.model, choices = { { index = 0,
+          delta = { content = self.lone and mend(held) or held } } } }
+    end
+    local _, chunk = advance(self, true, false, true)
     return chunk
   end
 end
