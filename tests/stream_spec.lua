@@ -290,6 +290,25 @@ describe("stream integrity", function()
     end
   end)
 
+  it("an error event whose data is [DONE] is a provider failure, not the end", function()
+    -- it was taken for the [DONE] that ends a stream: a success holding half an answer
+    for _, data in ipairs{ "data: [DONE]", "data:  [DONE] " } do
+      local writes = { 'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+        "event: error\n" .. data .. "\n\n" }
+      for _, how in ipairs{ "result", "deltas", "chunks" } do
+        local s = assert(c:chat_stream(body("replay", "x", { mock_writes = writes })))
+        if how == "deltas" then collect(s) elseif how == "chunks" then
+          for _ in s:chunks() do end
+        end
+        local res, msg, code, detail = s:result()
+        assert.is_nil(res, how)
+        assert.equals("provider", code, how)
+        assert.matches("provider error in stream: [DONE]", msg, 1, true)
+        assert.equals(2, detail.events, how)
+      end
+    end
+  end)
+
   it("an error event without a data line fails the stream, even one [DONE] then ends", function()
     -- the WHATWG parser dispatches no event without data: "event: error" then a blank line
     -- vanished, and a stream that went on to [DONE] was a success holding half an answer

@@ -644,13 +644,15 @@ end
 -- with lone surrogate halves kept: see mend), or nil (skipped, [DONE], error).
 local function on_event(s, data, event)
   s.events = s.events + 1
+  -- an error event is a failure whatever its data says, [DONE] too (Anthropic's SDK raises on
+  -- any; OpenAI's looks for [DONE] first and would end there, a success of half an answer)
+  if event == "error" then
+    provider_error(s, data)
+    return nil
+  end
   -- [DONE], white space around it too, as some servers pad it (a chunk starts with "{")
   if data == "[DONE]" or byte(data) ~= 123 and find(data, "^%s*%[DONE%]%s*$") then
     s.saw_done = true
-    return nil
-  end
-  if event == "error" then
-    provider_error(s, data)
     return nil
   end
   local obj = json_decode(data)
