@@ -758,6 +758,23 @@ describe("provider variations", function()
       assert.equals("provider", code2, kind)
       assert.matches("upstream model overloaded", msg2, 1, true)
     end
+    -- a body of exactly the 4 KiB the core keeps is whole too (it was taken for a window
+    -- cut from a longer one), in one write or two; one byte more is not
+    local function error_of(n)
+      local head = '{"error":{"message":"gateway overloaded","type":"server_error","pad":"'
+      return head .. ("p"):rep(n - #head - 3) .. '"}}'
+    end
+    local e = error_of(4096)
+    for _, writes in ipairs{ { e }, { e:sub(1, 100), e:sub(101) } } do
+      local res, msg, code = c:chat(body("replay", "x", { stream = true, mock_writes = writes }),
+        { max_retries = 0 })
+      assert.is_nil(res)
+      assert.equals("provider", code, msg)
+      assert.matches("gateway overloaded", msg, 1, true)
+    end
+    local _, msg, code = c:chat(body("replay", "x",
+      { stream = true, mock_writes = { error_of(4097) } }), { max_retries = 0 })
+    assert.equals("truncated", code, msg)
     -- a whole completion sent so is the answer, read as one chunk
     local s = assert(c:chat_stream(body("sseplain:whole")))
     assert.equals("whole under an event-stream type", collect(s))

@@ -35,8 +35,6 @@ local READ_EVENTS = 256
 local READ_BYTES = 64 * 1024   -- and s:read() stops once it has this much text
 
 -- Codes a transport failure keeps after the first event; anything else is "truncated".
--- The most bytes of a stream without events the core keeps (SSE_TAIL_MAX in request.c).
-local TAIL_MAX = 4096
 local KEEP = { timeout = true, toolarge = true, cancelled = true, closed = true }
 
 local pop_delta, pop_text   -- Request methods, looked up once (the hot path calls them)
@@ -702,7 +700,8 @@ local function ended(s)
   -- whose Content-Type says event stream when no event came and what came is a JSON object
   -- (a gateway's {"error": ...}): the core keeps the last 4 KiB of such a body.
   local tail = not s.plain and s.events == 0 and not res.code and res.body or ""
-  local whole = #tail < TAIL_MAX   -- else the window may begin inside a token (a key)
+  -- the whole body, or a window that may begin inside a token (a key)
+  local whole = #tail >= select(3, s.req:stream_stats())
   if find(tail, ":", 1, true) then   -- without its comment lines (": ping" keep-alives)
     tail = gsub(gsub("\n" .. tail, "\r\n?", "\n"), "\n:[^\n]*", ""):sub(2)
   end
