@@ -775,6 +775,26 @@ describe("provider variations", function()
     local _, msg, code = c:chat(body("replay", "x",
       { stream = true, mock_writes = { error_of(4097) } }), { max_retries = 0 })
     assert.equals("truncated", code, msg)
+    -- so is an error after more ': ping' keep-alives than the 4 KiB hold (CRLF too): it was
+    -- "truncated", the window beginning in the keep-alives
+    for _, eol in ipairs{ "\n", "\r\n" } do
+      local pings = (": ping" .. eol .. eol):rep(700)
+      local res
+      res, msg, code = c:chat(body("replay", "x", { stream = true,
+        mock_writes = { pings, error_of(300) .. eol } }), { max_retries = 0 })
+      assert.is_nil(res)
+      assert.equals("provider", code, msg)
+      assert.matches("gateway overloaded", msg, 1, true)
+    end
+    -- but not the end of a larger JSON object whose window begins at a line of its own, nor
+    -- an object that is no error after more bytes than the window holds (never a success)
+    local big = '{"error":{"message":"gateway overloaded","items":[\n'
+      .. ('{"a":1},\n'):rep(600) .. '{"a":1}]}}'
+    for _, w in ipairs{ big, ("x"):rep(5000) .. '\n{"id":"c1","choices":[]}\n' } do
+      _, msg, code = c:chat(body("replay", "x", { stream = true, mock_writes = { w } }),
+        { max_retries = 0 })
+      assert.equals("truncated", code, msg)
+    end
     -- a whole completion sent so is the answer, read as one chunk
     local s = assert(c:chat_stream(body("sseplain:whole")))
     assert.equals("whole under an event-stream type", collect(s))

@@ -705,8 +705,16 @@ local function ended(s)
   if find(tail, ":", 1, true) then   -- without its comment lines (": ping" keep-alives)
     tail = gsub(gsub("\n" .. tail, "\r\n?", "\n"), "\n:[^\n]*", ""):sub(2)
   end
-  local plain = s.plain or whole and find(tail, "^%s*{") ~= nil
-  if plain and not s.plain then res.body = tail end
+  -- a window's first line may be cut: the lines after it are the end of the body, taken
+  -- when they decode as an error object (a gateway's, after more keep-alives than the window
+  -- holds); an answer is never made of part of a body
+  local json = whole and tail or tail:match("\n(.*)$") or ""
+  local plain = s.plain or find(json, "^%s*{") ~= nil
+  if plain and not whole and not s.plain then
+    local obj = json_decode(json)
+    plain = type(obj) == "table" and obj.error ~= nil
+  end
+  if plain and not s.plain then res.body = json end
   local ok, body, code, detail
   if plain then ok, body, code, detail = s.hooks.judge(res, s.call) end   -- {"error": ...}
   keep(s, res)
