@@ -455,6 +455,7 @@ describe("stream retries before the first event", function()
     assert.equals(2, detail.attempts)
     info = s:info()
     assert.is_nil(info.status)
+    assert.is_nil(info.http_version)   -- it said the first attempt's 1.1
     assert.is_nil(info.headers["x-mock-attempt"])
     assert.equals(2, info.attempts)
   end)

@@ -597,8 +597,9 @@ local function reopen(s, why, code, detail)
     s.over = true
     s.err = { nil, m, c, d }
     -- info tells the last attempt, as the failure does, not the first (an empty 200): its
-    -- status and headers, none when it got no response
+    -- status and headers, none when it got no response (nor an HTTP version)
     s.res, s.status, s.head = nil, d and d.status, ""
+    if not s.status then s.http_version = nil end
     s.last_headers = d and d.headers or {}
     return true
   end
