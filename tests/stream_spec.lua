@@ -444,6 +444,9 @@ describe("stream retries before the first event", function()
     local info = s:info()
     assert.equals(503, info.status)
     assert.equals("2", info.headers["x-mock-attempt"])
+    assert.equals(0, info.comments)   -- a number, as every stream's info has
+    info.headers["x-mock-attempt"] = "changed"   -- info's own table, not the detail's
+    assert.equals("2", detail.headers["x-mock-attempt"])
     assert.equals(2, info.attempts)
     assert.equals(0, info.events)
     -- a retry that got no response at all: neither status nor headers of the first attempt

@@ -600,7 +600,10 @@ local function reopen(s, why, code, detail)
     -- status and headers, none when it got no response (nor an HTTP version)
     s.res, s.status, s.head = nil, d and d.status, ""
     if not s.status then s.http_version = nil end
-    s.last_headers = d and d.headers or {}
+    -- a copy: info's table and the failure's detail are the caller's to change apart
+    local h = {}
+    for k, v in pairs(d and d.headers or h) do h[k] = v end
+    s.last_headers, s.comments = h, 0   -- no stream came back: no comment of it either
     return true
   end
   attach(s, ns.req, ns.w)
