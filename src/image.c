@@ -581,11 +581,10 @@ void lmx_img_fill_rect(lmx_Image *im, int x, int y, int w, int h, unsigned char 
 int lmx_img_mask_from(const lmx_Image *src, int threshold, int invert, lmx_Image *out,
                       int *inverted, lmx_ImgErr *e) {
   size_t i, n = (size_t)src->w * src->h, painted = 0;
-  int r, use_alpha = 0;
+  int r, use_alpha;
   const int ch = src->ch;
   if ((r = lmx_img_alloc(out, src->w, src->h, 1, e))) return r;
-  if (ch == 2 || ch == 4)   /* an opaque alpha channel says nothing: use the colour then */
-    for (i = 0; i < n && !use_alpha; i++) use_alpha = src->px[i * ch + ch - 1] != 255;
+  use_alpha = !lmx_img_opaque(src);   /* an opaque alpha channel says nothing: use the colour */
   for (i = 0; i < n; i++) {
     const unsigned char *p = src->px + i * ch;
     int v = use_alpha ? 255 - p[ch - 1] : ch >= 3 ? luma(p[0], p[1], p[2]) : p[0];
@@ -612,6 +611,15 @@ int lmx_img_mask_alpha(const lmx_Image *src, lmx_Image *out, lmx_ImgErr *e) {
     out->px[2 * i + 1] = (unsigned char)(255 - src->px[i]);
   }
   return LMX_IMG_OK;
+}
+
+int lmx_img_opaque(const lmx_Image *im) {
+  size_t i, n = (size_t)im->w * im->h;
+  const int ch = im->ch;
+  if (ch == 1 || ch == 3) return 1;
+  for (i = 0; i < n; i++)
+    if (im->px[i * ch + ch - 1] != 255) return 0;
+  return 1;
 }
 
 double lmx_img_coverage(const lmx_Image *im) {

@@ -80,6 +80,9 @@ int lmx_img_mask_from(const lmx_Image *src, int threshold, int invert, lmx_Image
  * to edit: the grey as it was, alpha 255 - grey. */
 int lmx_img_mask_alpha(const lmx_Image *src, lmx_Image *out, lmx_ImgErr *e);
 
+/* Whether im has no alpha channel or every pixel's alpha is 255. */
+int lmx_img_opaque(const lmx_Image *im);
+
 /* Mean of a 1-channel image over 255: the painted fraction of a 0/255 mask. */
 double lmx_img_coverage(const lmx_Image *im);
 #endif

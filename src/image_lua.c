@@ -212,12 +212,7 @@ static int image_channels(lua_State *L) {
 
 /* img:opaque() -> boolean: no alpha channel, or every pixel's alpha is 255 */
 static int image_opaque(lua_State *L) {
-  lmx_Image *im = checkimage(L, 1);
-  size_t n = (size_t)im->w * im->h, i;
-  int ch = im->ch, opaque = 1;
-  if (ch == 2 || ch == 4)
-    for (i = 0; i < n && opaque; i++) opaque = im->px[i * ch + ch - 1] == 255;
-  lua_pushboolean(L, opaque);
+  lua_pushboolean(L, lmx_img_opaque(checkimage(L, 1)));
   return 1;
 }
 

@@ -1,5 +1,5 @@
 /* llmux.Job: the work of b64_lua.c and image_lua.c (base64, PNG decode and encode, resize,
- * channel conversion, crop, borders, masks from images) on
+ * channel conversion, crop, borders, masks from images, the opaque and coverage scans) on
  * the worker pool of pool.c, so a task can yield while it runs. The scheduler waits on
  * core.job_fd() in its engine's epoll set and collects finished jobs with core.job_next().
  *
@@ -20,10 +20,10 @@
 #define LMX_PORT "llmux.JobPort"
 
 enum { OP_B64_ENCODE, OP_B64_DECODE, OP_PNG_DECODE, OP_PNG_ENCODE, OP_RESIZE, OP_CONVERT,
-       OP_CROP, OP_EXTEND, OP_MASK_FROM };
+       OP_CROP, OP_EXTEND, OP_MASK_FROM, OP_OPAQUE, OP_COVERAGE };
 static const char *const opnames[] = { "base64 encode", "base64 decode", "PNG decode",
                                        "PNG encode", "resize", "convert", "crop", "extend",
-                                       "mask" };
+                                       "mask", "opaque", "coverage" };
 
 typedef struct Job {
   lmx_Job base;                 /* first: the pool's part */
@@ -35,6 +35,7 @@ typedef struct Job {
   int a, b;                     /* skip_ws | level | width, height | channels | threshold */
   int side[4];                  /* crop: x, y, w, h; extend: left, right, top, bottom */
   int fill, inverted;           /* extend: LMX_FILL_*; mask: invert in (-1 auto), inverted out */
+  double scan;                  /* opaque (0 or 1), coverage: what the scan found */
   unsigned char rgba[4];        /* extend's fill colour */
   uint64_t max_pixels;
   int rc;                       /* an LMX_IMG_* code, base64 too */
@@ -83,6 +84,12 @@ static void job_run(lmx_Job *base) {
       break;
     case OP_MASK_FROM:
       j->rc = lmx_img_mask_from(&j->in, j->a, j->inverted, &j->img, &j->inverted, &j->ie);
+      break;
+    case OP_OPAQUE:
+      j->scan = lmx_img_opaque(&j->in);
+      break;
+    case OP_COVERAGE:
+      j->scan = lmx_img_coverage(&j->in);
       break;
     default:
       j->rc = lmx_img_resize(&j->in, j->a, j->b, &j->img, &j->ie);
@@ -315,6 +322,18 @@ static int job_image_mask_from(lua_State *L) {
   return submit(L, j);
 }
 
+/* core.job_image_opaque(img) -> Job | nil, msg; the result is img:opaque()'s boolean */
+static int job_image_opaque(lua_State *L) {
+  return submit(L, imagejob(L, OP_OPAQUE, lmx_image_check(L, 1)));
+}
+
+/* core.job_image_coverage(mask) -> Job | nil, msg; the result is mask:coverage()'s number */
+static int job_image_coverage(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  luaL_argcheck(L, src->ch == 1, 1, "a 1-channel mask expected");
+  return submit(L, imagejob(L, OP_COVERAGE, src));
+}
+
 static Job *checkjob(lua_State *L) {
   Job *j = lmx_checkudata(L, 1, LMX_JOB);
   if (j->closed || !j->submitted) luaL_error(L, "attempt to use a closed " LMX_JOB);
@@ -334,6 +353,14 @@ static int results(lua_State *L, Job *j) {
   if (j->rc == LMX_IMG_NOMEM && j->op <= OP_B64_DECODE) return luaL_error(L, "not enough memory");
   if (j->rc != LMX_IMG_OK && j->op == OP_PNG_ENCODE) return luaL_error(L, "%s", j->ie.msg);
   if (j->rc != LMX_IMG_OK) return lmx_image_result(L, j->rc, &j->ie);
+  if (j->op == OP_OPAQUE) {
+    lua_pushboolean(L, j->scan != 0);
+    return 1;
+  }
+  if (j->op == OP_COVERAGE) {
+    lua_pushnumber(L, j->scan);
+    return 1;
+  }
   if (j->op >= OP_PNG_DECODE && j->op != OP_PNG_ENCODE) {
     lmx_Image *im = lmx_image_push(L);
     *im = j->img;
@@ -492,7 +519,8 @@ void lmx_pool_open(lua_State *L) {
     { "job_image_decode", job_image_decode }, { "job_image_encode_png", job_image_encode_png },
     { "job_image_resize", job_image_resize }, { "job_image_convert", job_image_convert },
     { "job_image_crop", job_image_crop }, { "job_image_extend", job_image_extend },
-    { "job_image_mask_from", job_image_mask_from }, { "job_fd", core_job_fd },
+    { "job_image_mask_from", job_image_mask_from }, { "job_image_opaque", job_image_opaque },
+    { "job_image_coverage", job_image_coverage }, { "job_fd", core_job_fd },
     { "job_next", core_job_next }, { "pool_configure", core_pool_configure },
     { "pool_stats", core_pool_stats }, { NULL, NULL } };
   lmx_newclass(L, LMX_JOB, meta, methods);
