@@ -58,7 +58,7 @@ typedef struct {
   size_t n, pos;
   lmx_ImgErr *e;
   lmx_Buf *out;
-  uint64_t rows, all_rows;   /* decode: rows with pixels in them read so far, and in all */
+  png_uint_32 h;             /* decode: the image's height, once known (rows_in) */
   size_t idat_after;         /* IDAT bytes read since the last of them */
 } Io;
 
@@ -84,9 +84,18 @@ static void on_warning(png_structp png, png_const_charp msg) {
  * that work to ~25 MB of inflate (1032:1 at most; libpng may hold 8 KiB read before). */
 #define LMX_PNG_IDAT_AFTER_MAX (16u << 10)
 
+/* Whether libpng has every row of the image and reads on only to finish the stream: its last
+ * row ends a pass-free image's row count (row_number == height) and Adam7's pass 6 (pass 7).
+ * Asked of libpng's counters, not counted in a user transform: any transform has libpng run
+ * its whole transform pipeline on every row, a fifth of a 1-pixel row's decode. */
+static int rows_in(png_structp png, const Io *io) {
+  return io->h && (png_get_current_pass_number(png) >= 7 ||
+                   png_get_current_row_number(png) >= io->h);
+}
+
 static void read_fn(png_structp png, png_bytep dst, size_t len) {
   Io *io = png_get_io_ptr(png);
-  if (io->rows == io->all_rows && png_get_io_chunk_type(png) == 0x49444154u /* IDAT */ &&
+  if (png_get_io_chunk_type(png) == 0x49444154u /* IDAT */ && rows_in(png, io) &&
       (png_get_io_state(png) & PNG_IO_MASK_LOC) == PNG_IO_CHUNK_DATA &&
       (io->idat_after += len) > LMX_PNG_IDAT_AFTER_MAX) {
     seterr(io->e, LMX_IMG_DECODE, "llmux.image: bad PNG: the compressed image data goes on "
@@ -116,25 +125,6 @@ static void flush_fn(png_structp png) {
 
 /* Decode -------------------------------------------------------------------------------- */
 
-/* Called by libpng with each row that has pixels, after its data is inflated and before
- * libpng finishes the stream after the last one (a user transform that changes nothing). */
-static void row_done(png_structp png, png_row_infop ri, png_bytep row) {
-  Io *io = png_get_io_ptr(png);
-  (void)ri;
-  (void)row;
-  io->rows++;
-}
-
-/* The rows with pixels libpng reads: an Adam7 pass without columns has none. */
-static uint64_t data_rows(png_uint_32 w, png_uint_32 h, int ilace) {
-  uint64_t n = 0;
-  int p;
-  if (ilace == PNG_INTERLACE_NONE) return h;
-  for (p = 0; p < 7; p++)
-    if (PNG_PASS_COLS(w, p) > 0) n += PNG_PASS_ROWS(h, p);
-  return n;
-}
-
 #define LMX_PNG_CHUNK_MAX (8u << 20)
 /* libpng's two row buffers (see lmx_png_decode) may take this much, or as much as the pixels */
 #define LMX_PNG_ROWBUF_MAX ((uint64_t)64 << 20)
@@ -145,7 +135,7 @@ static const png_byte ignored_chunks[] =
 
 int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *out,
                    lmx_PngInfo *info_out, lmx_ImgErr *e) {
-  Io io = { data, n, 0, e, NULL, 0, (uint64_t)-1, 0 };
+  Io io = { data, n, 0, e, NULL, 0, 0 };
   png_structp png;
   png_infop info = NULL;
   unsigned char *volatile px = NULL;
@@ -206,12 +196,13 @@ int lmx_png_decode(const void *data, size_t n, uint64_t max_pixels, lmx_Image *o
     png_error(png, "too large");
   }
   /* Everything to 8-bit gray, gray+alpha, RGB or RGBA: palette -> RGB, gray < 8 bits scaled
-   * up, tRNS -> alpha, 16 bits -> high byte (what PIL and browsers show). */
-  png_set_expand(png);
-  png_set_strip_16(png);
+   * up, tRNS -> alpha, 16 bits -> high byte (what PIL and browsers show). Only the transforms
+   * the image needs: with none set libpng skips its transform pipeline on every row. */
+  if (ctype == PNG_COLOR_TYPE_PALETTE || depth < 8 || png_get_valid(png, info, PNG_INFO_tRNS))
+    png_set_expand(png);
+  if (depth == 16) png_set_strip_16(png);
   passes = png_set_interlace_handling(png);
-  png_set_read_user_transform_fn(png, row_done);
-  io.all_rows = data_rows(w, h, ilace);
+  io.h = h;
   /* libpng reads each row into two buffers of its own (this row and the previous, for the
    * filters), sized for the widest the pixel gets on its way through the transforms above
    * (png_read_start_row's max_pixel_depth): the channels it ends with (palette and tRNS
@@ -272,7 +263,7 @@ static int pick_filter(int level, int ch) {
 static int encode(const lmx_Image *im, const int *opts, lmx_Buf *out, lmx_ImgErr *e) {
   static const int ctypes[5] = { 0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
                                  PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA };
-  Io io = { NULL, 0, 0, e, out, 0, (uint64_t)-1, 0 };
+  Io io = { NULL, 0, 0, e, out, 0, 0 };
   png_structp png;
   png_infop info = NULL;
   size_t start = out->n, stride = (size_t)im->w * im->ch;

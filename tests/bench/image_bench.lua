@@ -84,6 +84,11 @@ local function main()
     kv(("png_%s_default_bytes"):format(name), #png, "%d")
     kv(("png_%s_decode_ms"):format(name), best(function() assert(image.decode(png)) end) * 1e3)
   end
+  -- A tall, thin image is all per-row cost (libpng inflates, unfilters and copies row by row):
+  -- 1 x 200000 gray, in ns a row.
+  local tall = image.new(1, 200000, 1, ("\0\64\128\255"):rep(50000)):encode_png{ level = 1 }
+  kv("png_tall1x200000_decode_ns_per_row",
+    best(function() assert(image.decode(tall)) end) * 1e9 / 200000, "%.1f")
 
   -- Python's base64 and Pillow, on the same bytes and pixels ------------------------------
   if not os.execute("/usr/bin/python3 -c 'import PIL' 2>/dev/null") then
