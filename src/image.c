@@ -36,19 +36,25 @@ void lmx_img_free(lmx_Image *im) {
   im->w = im->h = im->ch = 0;
 }
 
-int lmx_img_alloc(lmx_Image *out, int w, int h, int ch, lmx_ImgErr *e) {
+int lmx_img_from(const void *px, int w, int h, int ch, lmx_Image *out, lmx_ImgErr *e) {
   size_t n;
   out->px = NULL;
   out->w = out->h = out->ch = 0;
   if (w < 1 || h < 1 || ch < 1 || ch > 4)
     return seterr(e, LMX_IMG_ARG, "llmux.image: bad size %dx%dx%d", w, h, ch);
   if ((uint64_t)w * (uint64_t)h > SIZE_MAX / 4) return nomem(e);   /* a 32-bit size_t wraps */
-  n = (size_t)w * (size_t)h;
-  if (!(out->px = calloc(n, (size_t)ch))) return nomem(e);
+  n = (size_t)w * (size_t)h * (size_t)ch;
+  /* a copy need not be zeroed first; zeros come from calloc (from the kernel when large) */
+  if (!(out->px = px ? malloc(n) : calloc(n, 1))) return nomem(e);
+  if (px) memcpy(out->px, px, n);
   out->w = w;
   out->h = h;
   out->ch = ch;
   return LMX_IMG_OK;
+}
+
+int lmx_img_alloc(lmx_Image *out, int w, int h, int ch, lmx_ImgErr *e) {
+  return lmx_img_from(NULL, w, h, ch, out, e);
 }
 
 /* libpng glue --------------------------------------------------------------------------- */

@@ -48,6 +48,10 @@ int lmx_png_encode(const lmx_Image *im, int level, int filter, lmx_Buf *out, lmx
 int lmx_img_alloc(lmx_Image *out, int w, int h, int ch, lmx_ImgErr *e);
 void lmx_img_free(lmx_Image *im);
 
+/* Allocates w x h x ch pixels into *out, copied from px (w * h * ch bytes), zeroed when px is
+ * NULL. */
+int lmx_img_from(const void *px, int w, int h, int ch, lmx_Image *out, lmx_ImgErr *e);
+
 /* Channel conversion: gray is ITU-R 601-2 luma, alpha is dropped or added opaque. */
 int lmx_img_convert(const lmx_Image *src, int ch, lmx_Image *out, lmx_ImgErr *e);
 

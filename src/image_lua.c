@@ -87,15 +87,13 @@ static int image_new(lua_State *L) {
   const char *px = luaL_optlstring(L, 4, NULL, &n);
   lmx_ImgErr e;
   lmx_Image *im;
-  int r;
   luaL_argcheck(L, ch >= 1 && ch <= 4, 3, "channels must be 1, 2, 3 or 4");
   if (px && n != (size_t)w * h * ch)
     return luaL_argerror(L, 4, lua_pushfstring(L, "pixels must be %d x %d x %d = %I bytes, "
                          "got %I", w, h, (int)ch, (LUAI_UACINT)w * h * ch, (LUAI_UACINT)n));
   lua_settop(L, 4);
   im = newimage(L);
-  if ((r = lmx_img_alloc(im, w, h, (int)ch, &e)) == LMX_IMG_OK && px) memcpy(im->px, px, n);
-  return finish(L, r, &e);
+  return finish(L, lmx_img_from(px, w, h, (int)ch, im, &e), &e);
 }
 
 /* core.image_encode_png(img, level) -> PNG bytes */

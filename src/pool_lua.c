@@ -1,5 +1,6 @@
 /* llmux.Job: the work of b64_lua.c and image_lua.c (base64, PNG decode and encode, resize,
- * channel conversion, crop, borders, masks from images, the opaque and coverage scans) on
+ * channel conversion, crop, borders, masks from images, the opaque and coverage scans, an
+ * image made from a string's pixels) on
  * the worker pool of pool.c, so a task can yield while it runs. The scheduler waits on
  * core.job_fd() in its engine's epoll set and collects finished jobs with core.job_next().
  *
@@ -20,10 +21,11 @@
 #define LMX_PORT "llmux.JobPort"
 
 enum { OP_B64_ENCODE, OP_B64_DECODE, OP_PNG_DECODE, OP_PNG_ENCODE, OP_RESIZE, OP_CONVERT,
-       OP_CROP, OP_EXTEND, OP_MASK_FROM, OP_OPAQUE, OP_COVERAGE };
+       OP_CROP, OP_EXTEND, OP_MASK_FROM, OP_OPAQUE, OP_COVERAGE,
+       OP_NEW };
 static const char *const opnames[] = { "base64 encode", "base64 decode", "PNG decode",
                                        "PNG encode", "resize", "convert", "crop", "extend",
-                                       "mask", "opaque", "coverage" };
+                                       "mask", "opaque", "coverage", "new" };
 
 typedef struct Job {
   lmx_Job base;                 /* first: the pool's part */
@@ -32,7 +34,8 @@ typedef struct Job {
   const char *src;              /* input bytes: the string in uservalue 1 */
   size_t n;
   lmx_Image in;                 /* input image: the pixels of the Image in uservalue 1 */
-  int a, b;                     /* skip_ws | level | width, height | channels | threshold */
+  int a, b, c;                  /* skip_ws | level | width, height | channels | threshold;
+                                   new: width, height, channels */
   int side[4];                  /* crop: x, y, w, h; extend: left, right, top, bottom */
   int fill, inverted;           /* extend: LMX_FILL_*; mask: invert in (-1 auto), inverted out */
   double scan;                  /* opaque (0 or 1), coverage: what the scan found */
@@ -90,6 +93,9 @@ static void job_run(lmx_Job *base) {
       break;
     case OP_COVERAGE:
       j->scan = lmx_img_coverage(&j->in);
+      break;
+    case OP_NEW:
+      j->rc = lmx_img_from(j->src, j->a, j->b, j->c, &j->img, &j->ie);
       break;
     default:
       j->rc = lmx_img_resize(&j->in, j->a, j->b, &j->img, &j->ie);
@@ -334,6 +340,25 @@ static int job_image_coverage(lua_State *L) {
   return submit(L, imagejob(L, OP_COVERAGE, src));
 }
 
+/* core.job_image_new(w, h, channels, pixels) -> Job | nil, msg; pixels w * h * channels bytes;
+ * the result is image_new's Image */
+static int job_image_new(lua_State *L) {
+  int w = checkdim(L, 1, "width"), h = checkdim(L, 2, "height");
+  lua_Integer ch = luaL_checkinteger(L, 3);
+  size_t n;
+  const char *px = luaL_checklstring(L, 4, &n);
+  Job *j;
+  luaL_argcheck(L, ch >= 1 && ch <= 4, 3, "channels must be 1, 2, 3 or 4");
+  luaL_argcheck(L, n == (size_t)w * h * ch, 4, "pixels must be width x height x channels bytes");
+  j = newjob(L, OP_NEW, 4);
+  j->src = px;
+  j->n = n;
+  j->a = w;
+  j->b = h;
+  j->c = (int)ch;
+  return submit(L, j);
+}
+
 static Job *checkjob(lua_State *L) {
   Job *j = lmx_checkudata(L, 1, LMX_JOB);
   if (j->closed || !j->submitted) luaL_error(L, "attempt to use a closed " LMX_JOB);
@@ -520,7 +545,8 @@ void lmx_pool_open(lua_State *L) {
     { "job_image_resize", job_image_resize }, { "job_image_convert", job_image_convert },
     { "job_image_crop", job_image_crop }, { "job_image_extend", job_image_extend },
     { "job_image_mask_from", job_image_mask_from }, { "job_image_opaque", job_image_opaque },
-    { "job_image_coverage", job_image_coverage }, { "job_fd", core_job_fd },
+    { "job_image_coverage", job_image_coverage }, { "job_image_new", job_image_new },
+    { "job_fd", core_job_fd },
     { "job_next", core_job_next }, { "pool_configure", core_pool_configure },
     { "pool_stats", core_pool_stats }, { NULL, NULL } };
   lmx_newclass(L, LMX_JOB, meta, methods);
