@@ -1,18 +1,31 @@
 /* core.b64_encode / core.b64_decode: the Lua face of b64.c. The result is written straight
  * into a luaL_Buffer of its final size, so a large string is produced with one copy. */
+#include <string.h>
 #include "llmux.h"
 #include "b64.h"
 
-/* core.b64_encode(s) -> string */
+/* core.b64_encode(s[, prefix]) -> prefix .. base64 of s: a data: URL's head goes in the same
+ * buffer, not concatenated after (a copy of megabytes). prefix: at most LMX_B64_PREFIX_MAX
+ * bytes. */
 static int b64_encode(lua_State *L) {
-  size_t n, len;
+  size_t n, pn, len;
   const char *s = luaL_checklstring(L, 1, &n);
+  const char *pre = lmx_b64_prefix(L, 2, &pn);
   luaL_Buffer b;
+  char *dst;
   len = lmx_b64_enclen(n);
   if (len == 0 && n != 0) return luaL_error(L, "llmux.base64: input too large");
-  lmx_b64_encode((const unsigned char *)s, n, luaL_buffinitsize(L, &b, len));
-  luaL_pushresultsize(&b, len);
+  dst = luaL_buffinitsize(L, &b, pn + len);
+  memcpy(dst, pre, pn);
+  lmx_b64_encode((const unsigned char *)s, n, dst + pn);
+  luaL_pushresultsize(&b, pn + len);
   return 1;
+}
+
+const char *lmx_b64_prefix(lua_State *L, int i, size_t *pn) {
+  const char *pre = luaL_optlstring(L, i, "", pn);
+  luaL_argcheck(L, *pn <= LMX_B64_PREFIX_MAX, i, "prefix longer than 64 bytes");
+  return pre;
 }
 
 /* Pushes nil, msg, "decode" for a failed decode of the n bytes at s; returns 3. */

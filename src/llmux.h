@@ -201,6 +201,10 @@ struct lmx_Image;
 struct lmx_ImgErr;
 struct lmx_Pin;
 int lmx_b64_error(lua_State *L, const char *s, size_t n, const struct lmx_B64Err *err);
+/* The optional prefix of an encode at i (a data: URL's head), "" when absent; raises past
+ * LMX_B64_PREFIX_MAX bytes, so a job can hold it in place. */
+#define LMX_B64_PREFIX_MAX 64
+const char *lmx_b64_prefix(lua_State *L, int i, size_t *pn);
 struct lmx_Image *lmx_image_push(lua_State *L);           /* a new, closed Image */
 struct lmx_Image *lmx_image_check(lua_State *L, int i);   /* raises when closed */
 struct lmx_Pin *lmx_image_pin(struct lmx_Image *im);

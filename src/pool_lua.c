@@ -39,6 +39,8 @@ typedef struct Job {
   int side[4];                  /* crop: x, y, w, h; extend: left, right, top, bottom */
   int fill, inverted;           /* extend: LMX_FILL_*; mask: invert in (-1 auto), inverted out */
   double scan;                  /* opaque (0 or 1), coverage: what the scan found */
+  char pre[LMX_B64_PREFIX_MAX]; /* base64 encode: what goes before the output */
+  size_t npre;
   unsigned char rgba[4];        /* extend's fill colour */
   uint64_t max_pixels;
   int rc;                       /* an LMX_IMG_* code, base64 too */
@@ -55,9 +57,10 @@ static void job_run(lmx_Job *base) {
   j->rc = LMX_IMG_OK;
   switch (j->op) {
     case OP_B64_ENCODE:
-      len = lmx_b64_enclen(j->n);
+      len = j->npre + lmx_b64_enclen(j->n);
       if (!(j->out.p = malloc(len ? len : 1))) { j->rc = LMX_IMG_NOMEM; break; }
-      lmx_b64_encode((const unsigned char *)j->src, j->n, j->out.p);
+      memcpy(j->out.p, j->pre, j->npre);
+      lmx_b64_encode((const unsigned char *)j->src, j->n, j->out.p + j->npre);
       j->out.n = j->out.cap = len;
       break;
     case OP_B64_DECODE:
@@ -201,15 +204,18 @@ static int checkdim(lua_State *L, int i, const char *what) {
   return (int)v;
 }
 
-/* core.job_b64_encode(s) -> Job | nil, msg */
+/* core.job_b64_encode(s[, prefix]) -> Job | nil, msg; the result is prefix .. base64 of s */
 static int job_b64_encode(lua_State *L) {
-  size_t n;
+  size_t n, pn;
   const char *s = luaL_checklstring(L, 1, &n);
+  const char *pre = lmx_b64_prefix(L, 2, &pn);
   Job *j;
   if (lmx_b64_enclen(n) == 0 && n != 0) return luaL_error(L, "llmux.base64: input too large");
   j = newjob(L, OP_B64_ENCODE, 1);
   j->src = s;
   j->n = n;
+  memcpy(j->pre, pre, pn);
+  j->npre = pn;
   return submit(L, j);
 }
 

@@ -13,16 +13,23 @@ local M = {
   pool_min_bytes = 2 << 20,
 }
 
+-- prefix .. the base64 of s, written as one string: a data: URL's head concatenated after
+-- was one more copy of megabytes (llmux.image's data_uri and part; prefix: 64 bytes at most).
+local function encode(s, prefix)
+  if #s >= M.pool_min_bytes and can_offload() then
+    local job = job_encode(s, prefix)
+    if job then return offload(job) end
+  end
+  return c_encode(s, prefix)
+end
+M._encode = encode
+
 -- encode(s) -> string
 function M.encode(s)
   if type(s) ~= "string" then
     error("bad argument #1 to 'base64.encode' (string expected, got " .. type(s) .. ")", 2)
   end
-  if #s >= M.pool_min_bytes and can_offload() then
-    local job = job_encode(s)
-    if job then return offload(job) end
-  end
-  return c_encode(s)
+  return encode(s)
 end
 
 -- decode(s[, {ignore_whitespace = true}]) -> string | nil, msg, "decode"

@@ -16,7 +16,7 @@ local floor, ceil, min, max, sqrt = math.floor, math.ceil, math.min, math.max, m
 local io_open, format, sub, find, match = io.open, string.format, string.sub, string.find,
   string.match
 local unpack, byte, lower = string.unpack, string.byte, string.lower
-local b64_encode, b64_decode = base64.encode, base64.decode
+local b64_encode, b64_decode = base64._encode, base64.decode
 local c_decode, c_new, c_encode = core.image_decode, core.image_new, core.image_encode_png
 local job_decode, job_encode = core.job_image_decode, core.job_image_encode_png
 local job_resize, file_kind = core.job_image_resize, core.file_kind
@@ -686,7 +686,7 @@ local function make_uri(src, limit, fname)
     return nil, format("llmux.image: image is %d bytes, over max_bytes %d; shrink it first, "
       .. "e.g. image.load(path):fit{max_side = 2048}", #bytes, limit), "toolarge"
   end
-  return "data:" .. mime .. ";base64," .. b64_encode(bytes)
+  return b64_encode(bytes, "data:" .. mime .. ";base64,")
 end
 
 -- data_uri(src[, {max_bytes = n}]) -> "data:image/...;base64,..." | nil, msg, code
