@@ -22,10 +22,11 @@
 
 enum { OP_B64_ENCODE, OP_B64_DECODE, OP_PNG_DECODE, OP_PNG_ENCODE, OP_RESIZE, OP_CONVERT,
        OP_CROP, OP_EXTEND, OP_MASK_FROM, OP_OPAQUE, OP_COVERAGE,
-       OP_NEW };
+       OP_NEW, OP_MASK_ALPHA };
 static const char *const opnames[] = { "base64 encode", "base64 decode", "PNG decode",
                                        "PNG encode", "resize", "convert", "crop", "extend",
-                                       "mask", "opaque", "coverage", "new" };
+                                       "mask", "opaque", "coverage", "new",
+                                       "mask alpha" };
 
 typedef struct Job {
   lmx_Job base;                 /* first: the pool's part */
@@ -99,6 +100,9 @@ static void job_run(lmx_Job *base) {
       break;
     case OP_NEW:
       j->rc = lmx_img_from(j->src, j->a, j->b, j->c, &j->img, &j->ie);
+      break;
+    case OP_MASK_ALPHA:
+      j->rc = lmx_img_mask_alpha(&j->in, &j->img, &j->ie);
       break;
     default:
       j->rc = lmx_img_resize(&j->in, j->a, j->b, &j->img, &j->ie);
@@ -346,6 +350,14 @@ static int job_image_coverage(lua_State *L) {
   return submit(L, imagejob(L, OP_COVERAGE, src));
 }
 
+/* core.job_image_mask_alpha(mask) -> Job | nil, msg; the result is core.image_mask_alpha's
+ * Image (grey + alpha, alpha 255 - grey) */
+static int job_image_mask_alpha(lua_State *L) {
+  lmx_Image *src = lmx_image_check(L, 1);
+  luaL_argcheck(L, src->ch == 1, 1, "a 1-channel mask expected");
+  return submit(L, imagejob(L, OP_MASK_ALPHA, src));
+}
+
 /* core.job_image_new(w, h, channels, pixels) -> Job | nil, msg; pixels w * h * channels bytes;
  * the result is image_new's Image */
 static int job_image_new(lua_State *L) {
@@ -552,6 +564,7 @@ void lmx_pool_open(lua_State *L) {
     { "job_image_crop", job_image_crop }, { "job_image_extend", job_image_extend },
     { "job_image_mask_from", job_image_mask_from }, { "job_image_opaque", job_image_opaque },
     { "job_image_coverage", job_image_coverage }, { "job_image_new", job_image_new },
+    { "job_image_mask_alpha", job_image_mask_alpha },
     { "job_fd", core_job_fd },
     { "job_next", core_job_next }, { "pool_configure", core_pool_configure },
     { "pool_stats", core_pool_stats }, { NULL, NULL } };

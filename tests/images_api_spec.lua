@@ -443,6 +443,23 @@ describe("inpaint and outpaint", function()
     assert(ok, err)
   end)
 
+  it("makes a large edit mask's alpha form on the worker pool inside tasks", function()
+    local saved = image.pool_min_pixels
+    image.pool_min_pixels = 600 * 400
+    local ok, err = pcall(function()
+      local img, m = picture(600, 400), image.mask(600, 400, { { 10, 10, 100, 100 } })
+      local d0 = llmux.core.pool_stats().done
+      llmux.run(function()
+        assert(c:images_edit{ image = img, mask = m, prompt = "x" })
+      end)
+      -- the mask's grey + alpha form, then the PNG encodes of the image and of that form
+      -- (the image's opaque() scan is no job: it has no alpha)
+      assert.equals(3, llmux.core.pool_stats().done - d0)
+    end)
+    image.pool_min_pixels = saved
+    assert(ok, err)
+  end)
+
   it("a provider's bad b64_json is a decode error", function()
     -- the mock echoes the PNG it got; a corrupt one comes back corrupt
     local png = picture(4, 4):encode_png()

@@ -177,6 +177,25 @@ describe("worker pool: same results as inline", function()
     assert.is_true(o)
   end)
 
+  -- an edit call's mask in OpenAI's form (grey + alpha) reads and writes every pixel: 12 ms
+  -- for a 3000 x 3000 mask inline
+  it("makes a mask's alpha form on the pool, with the inline pixels", function()
+    local m = image.mask(700, 500, { { 10, 20, 300, 200 } })
+    local inline = llmux.core.image_mask_alpha(m)
+    local n, pooled = in_task(function() return image._mask_alpha(m) end)
+    assert.equals(1, n)
+    assert.equals(2, pooled:channels())
+    assert.equals(inline:pixels(), pooled:pixels())
+    -- small: inline, no job; not a mask: refused, no job
+    local small = image.mask(64, 64, { { 1, 2, 30, 20 } })
+    n = in_task(function()
+      assert.equals(llmux.core.image_mask_alpha(small):pixels(),
+        image._mask_alpha(small):pixels())
+      assert.has_error(function() image._mask_alpha(rgba) end)
+    end)
+    assert.equals(0, n)
+  end)
+
   -- image.new copies a string's pixels into fresh memory: 18 ms for 3000 x 3000 RGBA, held
   -- in a game's frame when done inline (the engine's framebuffer read back for a vision call).
   it("makes an image from a string's pixels on the pool, zeros without a job", function()

@@ -952,12 +952,12 @@ local function alpha_mask(v, where)
   end
   if not image.is_image(v) then return v end
   local ch = v:channels()
-  if ch == 1 then return core.image_mask_alpha(v) end
+  if ch == 1 then return image._mask_alpha(v) end
   -- alpha of its own goes as it is; without (or all opaque: a mask drawn in colour and saved
   -- as RGBA, in which OpenAI would find nothing to edit) it is read by its luma
   if (ch == 2 or ch == 4) and not v:opaque() then return v end
   local grey <close> = v:to_gray()
-  return core.image_mask_alpha(grey)
+  return image._mask_alpha(grey)
 end
 
 -- image and mask of an edit call, checked to be the same size, and the image's MIME type;

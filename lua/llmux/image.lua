@@ -25,7 +25,7 @@ local c_extend, c_mask, c_mask_from = core.image_extend, core.image_mask, core.i
 local job_convert, job_crop = core.job_image_convert, core.job_image_crop
 local job_extend, job_mask_from = core.job_image_extend, core.job_image_mask_from
 local job_opaque, job_coverage = core.job_image_opaque, core.job_image_coverage
-local job_new = core.job_image_new
+local job_new, job_mask_alpha = core.job_image_new, core.job_image_mask_alpha
 local mtype = math.type
 local tointeger = errors.integer
 
@@ -496,6 +496,14 @@ function M.normalize_mask(img, opts)
     if job then return offload(job) end
   end
   return c_mask_from(img, th, inv)
+end
+
+-- A 1-channel mask as grey + alpha, alpha 255 - grey (OpenAI's edit mask: llmux.client's
+-- alpha_mask), on the worker pool when large and in a task: 12 ms inline at 3000 x 3000.
+function M._mask_alpha(mask)
+  local job = large(mask) and job_mask_alpha(mask)
+  if job then return offload(job) end
+  return core.image_mask_alpha(mask)
 end
 
 -- check_pair(img, mask) -> true | nil, msg, "badrequest": what an edit endpoint checks before
