@@ -14,7 +14,8 @@ static int b64_encode(lua_State *L) {
   luaL_Buffer b;
   char *dst;
   len = lmx_b64_enclen(n);
-  if (len == 0 && n != 0) return luaL_error(L, "llmux.base64: input too large");
+  if ((len == 0 && n != 0) || len > SIZE_MAX - pn)   /* the prefix too: 32-bit sizes */
+    return luaL_error(L, "llmux.base64: input too large");
   dst = luaL_buffinitsize(L, &b, pn + len);
   memcpy(dst, pre, pn);
   lmx_b64_encode((const unsigned char *)s, n, dst + pn);

@@ -213,8 +213,10 @@ static int job_b64_encode(lua_State *L) {
   size_t n, pn;
   const char *s = luaL_checklstring(L, 1, &n);
   const char *pre = lmx_b64_prefix(L, 2, &pn);
+  size_t len = lmx_b64_enclen(n);
   Job *j;
-  if (lmx_b64_enclen(n) == 0 && n != 0) return luaL_error(L, "llmux.base64: input too large");
+  if ((len == 0 && n != 0) || len > SIZE_MAX - pn)   /* the prefix too: 32-bit sizes */
+    return luaL_error(L, "llmux.base64: input too large");
   j = newjob(L, OP_B64_ENCODE, 1);
   j->src = s;
   j->n = n;

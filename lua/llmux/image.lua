@@ -501,7 +501,8 @@ end
 -- A 1-channel mask as grey + alpha, alpha 255 - grey (OpenAI's edit mask: llmux.client's
 -- alpha_mask), on the worker pool when large and in a task: 12 ms inline at 3000 x 3000.
 function M._mask_alpha(mask)
-  local job = large(mask) and job_mask_alpha(mask)
+  -- not a mask: refused inline, with its own message
+  local job = large(mask) and mask:channels() == 1 and job_mask_alpha(mask)
   if job then return offload(job) end
   return core.image_mask_alpha(mask)
 end
