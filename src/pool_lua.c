@@ -345,20 +345,19 @@ static int job_image_opaque(lua_State *L) {
   return submit(L, imagejob(L, OP_OPAQUE, lmx_image_check(L, 1)));
 }
 
-/* core.job_image_coverage(mask) -> Job | nil, msg; the result is mask:coverage()'s number */
-static int job_image_coverage(lua_State *L) {
+/* A job op on the 1-channel mask at 1 (image.lua sends no other) */
+static int maskjob(lua_State *L, int op) {
   lmx_Image *src = lmx_image_check(L, 1);
   luaL_argcheck(L, src->ch == 1, 1, "a 1-channel mask expected");
-  return submit(L, imagejob(L, OP_COVERAGE, src));
+  return submit(L, imagejob(L, op, src));
 }
+
+/* core.job_image_coverage(mask) -> Job | nil, msg; the result is mask:coverage()'s number */
+static int job_image_coverage(lua_State *L) { return maskjob(L, OP_COVERAGE); }
 
 /* core.job_image_mask_alpha(mask) -> Job | nil, msg; the result is core.image_mask_alpha's
  * Image (grey + alpha, alpha 255 - grey) */
-static int job_image_mask_alpha(lua_State *L) {
-  lmx_Image *src = lmx_image_check(L, 1);
-  luaL_argcheck(L, src->ch == 1, 1, "a 1-channel mask expected");
-  return submit(L, imagejob(L, OP_MASK_ALPHA, src));
-}
+static int job_image_mask_alpha(lua_State *L) { return maskjob(L, OP_MASK_ALPHA); }
 
 /* core.job_image_new(w, h, channels, pixels) -> Job | nil, msg; pixels w * h * channels bytes;
  * the result is image_new's Image */

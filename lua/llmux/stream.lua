@@ -697,28 +697,38 @@ local function all_finished(s)
 end
 
 -- The transfer has ended and its queue is drained: success or an integrity failure.
+-- What an event-stream 2xx that carried no event sent instead, from tail (the core keeps the
+-- last 4 KiB of such a body) -> json | nil, tail, whole. tail: those bytes without comment
+-- lines (": ping" keep-alives); whole: they are the whole body, not a window that may begin
+-- inside a token (a key); json: the body to judge as a non-streamed answer, when it is a JSON
+-- object (a gateway's {"error": ...}). A window's first line may be cut: the lines after it
+-- are the end of the body, taken when they decode as an error object (a gateway's, after more
+-- keep-alives than the window holds); an answer is never made of part of a body.
+local function no_event_body(s, tail)
+  local whole = #tail >= select(3, s.req:stream_stats())
+  if find(tail, ":", 1, true) then
+    tail = gsub(gsub("\n" .. tail, "\r\n?", "\n"), "\n:[^\n]*", ""):sub(2)
+  end
+  local json = whole and tail or tail:match("\n(.*)$") or ""
+  if not find(json, "^%s*{") then return nil, tail, whole end
+  if not whole then
+    local obj = json_decode(json)
+    if not (type(obj) == "table" and obj.error ~= nil) then return nil, tail, whole end
+  end
+  return json, tail, whole
+end
+
 local function ended(s)
   local res = s.req:result()
   -- A 2xx that is not an event stream: a provider that ignored stream=true (a whole
-  -- completion) or sent an error as JSON. Judged like a non-streaming answer. So is one
-  -- whose Content-Type says event stream when no event came and what came is a JSON object
-  -- (a gateway's {"error": ...}): the core keeps the last 4 KiB of such a body.
-  local tail = not s.plain and s.events == 0 and not res.code and res.body or ""
-  -- the whole body, or a window that may begin inside a token (a key)
-  local whole = #tail >= select(3, s.req:stream_stats())
-  if find(tail, ":", 1, true) then   -- without its comment lines (": ping" keep-alives)
-    tail = gsub(gsub("\n" .. tail, "\r\n?", "\n"), "\n:[^\n]*", ""):sub(2)
+  -- completion) or sent an error as JSON. Judged like a non-streaming answer, and so is an
+  -- event stream that carried no event but such JSON (no_event_body).
+  local plain, tail, whole = s.plain, "", true
+  if not plain and s.events == 0 and not res.code then
+    local json
+    json, tail, whole = no_event_body(s, res.body)
+    if json then plain, res.body = true, json end
   end
-  -- a window's first line may be cut: the lines after it are the end of the body, taken
-  -- when they decode as an error object (a gateway's, after more keep-alives than the window
-  -- holds); an answer is never made of part of a body
-  local json = whole and tail or tail:match("\n(.*)$") or ""
-  local plain = s.plain or find(json, "^%s*{") ~= nil
-  if plain and not whole and not s.plain then
-    local obj = json_decode(json)
-    plain = type(obj) == "table" and obj.error ~= nil
-  end
-  if plain and not s.plain then res.body = json end
   local ok, body, code, detail
   if plain then ok, body, code, detail = s.hooks.judge(res, s.call) end   -- {"error": ...}
   keep(s, res)
